@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` and `make test`. Both create .venv when missing.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test lint package clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/bottleneck-studio
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check app tests benchmarks
+	$(BIN)/lint-imports
+
+test: $(TEST_STAMP)
+	$(BIN)/lint-imports
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+package: $(STAMP)
+	bash packaging/build.sh
+
+clean:
+	rm -rf build dist $(VENV)

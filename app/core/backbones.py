@@ -1,0 +1,213 @@
+"""Frozen ImageNet backbones and their taps.
+
+Each backbone names three *taps*: ``main`` (global average pool of the last block, GoogLeNet's
+main-head input) and ``aux1``/``aux2`` on intermediate blocks at about 2/3 and 4/5 of the depth,
+where GoogLeNet put its auxiliary classifiers. Aux taps are stored after GoogLeNet's
+parameter-free 5x5/stride-3 average pool, so the trainable aux head is GoogLeNet's own.
+
+The extractor takes raw RGB pixels (0..255, float) and contains its backbone's input scaling,
+so the cache, the exported model and prediction can never scale pixels differently.
+Keras is imported lazily: describing a backbone costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.core.imaging import PREPROCESS_VERSION
+
+if TYPE_CHECKING:
+    import keras
+
+RANDOM_WEIGHTS_SEED = 1234
+AUX_POOL = (5, 3)  # GoogLeNet: 5x5 average pool, stride 3
+
+_IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+class BackboneError(Exception):
+    """A backbone or weights choice that cannot be built; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    title: str
+    image_size: int
+    constructor: str  # attribute of keras.applications
+    aux_layers: tuple[str, str]
+    scaling: str  # "tf" ([-1, 1]), "caffe" (BGR, mean subtracted), "none" (model scales)
+    hidden: bool = False  # not offered in the GUI (test/self-test backbone)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    s.name: s
+    for s in (
+        BackboneSpec("inception_v3", "Inception v3", 299, "InceptionV3", ("mixed5", "mixed7"), "tf"),
+        BackboneSpec("xception", "Xception", 299, "Xception",
+                     ("block9_sepconv1_act", "block11_sepconv1_act"), "tf"),
+        BackboneSpec("mobilenet", "MobileNet v1", 224, "MobileNet",
+                     ("conv_pw_9_relu", "conv_pw_11_relu"), "tf"),
+        BackboneSpec("mobilenet_v2", "MobileNet v2", 224, "MobileNetV2",
+                     ("block_11_add", "block_14_add"), "tf"),
+        BackboneSpec("efficientnet_b0", "EfficientNet B0", 224, "EfficientNetB0",
+                     ("block5c_add", "block6b_add"), "none"),
+        BackboneSpec("resnet50", "ResNet-50", 224, "ResNet50",
+                     ("conv4_block3_out", "conv4_block6_out"), "caffe"),
+        BackboneSpec("tiny", "Tiny CNN (tests and self-test only)", 64, "",
+                     ("tiny_block2", "tiny_block3"), "tf", hidden=True),
+    )
+}
+DEFAULT_BACKBONE = "inception_v3"
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        choices = ", ".join(n for n, s in BACKBONES.items() if not s.hidden)
+        raise BackboneError(f"unknown backbone {name!r}; choose one of {choices}") from None
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_fingerprint(spec: BackboneSpec, weights: str) -> str:
+    """A string that changes whenever the backbone's numbers could change; no Keras import."""
+    keras_version = importlib.metadata.version("keras")
+    if weights == "imagenet":
+        if spec.name == "tiny":
+            raise BackboneError("the tiny backbone has no ImageNet weights; use --weights none")
+        return f"imagenet@keras{keras_version}"
+    if weights == "none":
+        return f"random{RANDOM_WEIGHTS_SEED}@keras{keras_version}"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise BackboneError(
+            f"weights file {path} not found; give 'imagenet', 'none' or a .weights.h5 file"
+        )
+    return f"file:{_file_digest(path)}"
+
+
+def model_key(spec: BackboneSpec, weights: str) -> str:
+    """The cache key of features from ``spec`` with ``weights`` after our decoding."""
+    return f"{spec.name}|{weights_fingerprint(spec, weights)}|prep{PREPROCESS_VERSION}"
+
+
+def build_backbone(spec: BackboneSpec, weights: str) -> keras.Model:
+    """The bare Keras backbone (no top), weights loaded, frozen."""
+    import keras
+
+    size = (spec.image_size, spec.image_size, 3)
+    if weights == "none":
+        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+    if spec.name == "tiny":
+        model = _tiny_backbone(size)
+        if weights not in ("none", "imagenet"):
+            model.load_weights(str(Path(weights).expanduser()))
+    else:
+        ctor = getattr(keras.applications, spec.constructor)
+        source: Any = None if weights == "none" else weights
+        if source not in (None, "imagenet"):
+            source = str(Path(source).expanduser())
+        try:
+            model = ctor(include_top=False, weights=source, input_shape=size)
+        except (ValueError, OSError) as exc:
+            raise BackboneError(f"cannot load weights {weights!r} into {spec.title}: {exc}") from exc
+        except Exception as exc:  # download failures surface as URL/HTTP errors
+            if weights == "imagenet":
+                raise BackboneError(
+                    f"could not download ImageNet weights for {spec.title} ({exc}); "
+                    "connect to the internet once or choose a local weights file"
+                ) from exc
+            raise
+    model.trainable = False
+    return model
+
+
+def _tiny_backbone(size: tuple[int, int, int]) -> keras.Model:
+    import keras
+    from keras import layers
+
+    inp = keras.Input(size)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="tiny_block1")(inp)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="tiny_block2")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="tiny_block3")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="tiny_block4")(x)
+    return keras.Model(inp, x, name="tiny")
+
+
+def scaling_layer(spec: BackboneSpec) -> keras.layers.Layer | None:
+    """The backbone's input scaling as a built-in Keras layer (saved and loaded safely)."""
+    import keras
+    import numpy as np
+
+    if spec.scaling == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_pixels")
+    if spec.scaling == "caffe":
+        # RGB -> BGR and ImageNet mean subtracted, as a fixed 1x1 convolution.
+        layer = keras.layers.Conv2D(3, 1, name="scale_pixels_caffe", trainable=False)
+        layer.build((None, None, None, 3))
+        kernel = np.zeros((1, 1, 3, 3), np.float32)
+        for out_ch, in_ch in enumerate((2, 1, 0)):
+            kernel[0, 0, in_ch, out_ch] = 1.0
+        layer.set_weights([kernel, -np.asarray(_IMAGENET_MEAN_BGR, np.float32)])
+        return layer
+    return None
+
+
+def build_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None
+                    ) -> keras.Model:
+    """Pixels (0..255) -> ``[main (N, C), aux1 (N, h, w, c), aux2 (N, h, w, c)]``."""
+    import keras
+    from keras import layers
+
+    base = backbone if backbone is not None else build_backbone(spec, weights)
+    taps = keras.Model(
+        base.input,
+        [base.output, base.get_layer(spec.aux_layers[0]).output,
+         base.get_layer(spec.aux_layers[1]).output],
+        name=f"{spec.name}_taps",
+    )
+    inp = keras.Input((spec.image_size, spec.image_size, 3), name="pixels")
+    scale = scaling_layer(spec)
+    x = scale(inp) if scale is not None else inp
+    main, a1, a2 = taps(x)
+    pool = AUX_POOL
+    outputs = [
+        layers.GlobalAveragePooling2D(name="main_tap")(main),
+        layers.AveragePooling2D(pool[0], strides=pool[1], name="aux1_tap")(a1),
+        layers.AveragePooling2D(pool[0], strides=pool[1], name="aux2_tap")(a2),
+    ]
+    model = keras.Model(inp, outputs, name=f"{spec.name}_extractor")
+    model.trainable = False
+    return model
+
+
+def build_image_model(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None
+                      ) -> keras.Model:
+    """Pixels (0..255) -> the main tap only: the front half of an exported classifier."""
+    import keras
+    from keras import layers
+
+    base = backbone if backbone is not None else build_backbone(spec, weights)
+    inp = keras.Input((spec.image_size, spec.image_size, 3), name="pixels")
+    scale = scaling_layer(spec)
+    x = scale(inp) if scale is not None else inp
+    out = layers.GlobalAveragePooling2D(name="main_tap")(base(x))
+    return keras.Model(inp, out, name=f"{spec.name}_features")

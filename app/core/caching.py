@@ -1,0 +1,251 @@
+"""The caching job: every image through the frozen backbone once, features into the store.
+
+Decoding runs in a thread pool a few batches ahead of the backbone (Pillow releases the GIL),
+so the backbone rarely waits. Each batch is committed on its own: a killed or cancelled run
+resumes where it stopped. With nothing to compute, Keras is never imported.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.core.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec, model_key
+from app.core.dataset import Dataset, Skipped, SplitSpec, scan_dataset
+from app.core.imaging import PREPROCESS_VERSION, ImageError, load_rgb
+from app.core.jobs import CancelToken, Progress, ProgressCallback, RateMeter, no_progress
+from app.core.paths import user_cache_dir
+from app.core.store import TAPS, FeatureBatch, FeatureStore
+
+if TYPE_CHECKING:
+    import keras
+
+DEFAULT_BATCH = 32
+PREFETCH_BATCHES = 3
+WAIT_POLL_SECONDS = 0.5
+
+
+@dataclass
+class CacheResult:
+    images: int
+    computed: int
+    reused: int
+    skipped: list[Skipped]
+    classes: dict[str, int]
+    split: dict[str, int]
+    seconds: float
+    images_per_second: float
+    device: str
+    backbone: str
+    model_key: str
+    cancelled: bool = False
+    findings: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["skipped"] = [s.as_dict() for s in self.skipped]
+        d["findings"] = [f.as_dict() for f in self.findings]
+        return d
+
+
+@dataclass
+class CacheJob:
+    """Everything one caching run needs; ``run`` does the work."""
+
+    data: str | Path | Dataset
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "imagenet"
+    cache_dir: str | Path | None = None
+    batch_size: int = DEFAULT_BATCH
+    split: SplitSpec | None = None
+    workers: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
+
+    def run(self, progress: ProgressCallback = no_progress,
+            cancel: CancelToken | None = None) -> tuple[CacheResult, Dataset]:
+        cancel = cancel or CancelToken()
+        start = time.perf_counter()
+        spec = get_spec(self.backbone)
+        key = model_key(spec, self.weights)
+        with FeatureStore(self.cache_dir or user_cache_dir()) as store:
+            ds = self.data if isinstance(self.data, Dataset) else scan_dataset(
+                self.data, store, self.split, progress, cancel)
+            ds.require_usable()
+            first_path: dict[str, str] = {}
+            for r in ds.images:
+                first_path.setdefault(r.digest, r.path)
+            cached = store.cached_digests(key, first_path)
+            todo = [d for d in first_path if d not in cached]
+            device = "none (nothing to compute)"
+            computed: set[str] = set()
+            bad: dict[str, str] = {}
+            if todo:
+                runner = _Runner(spec, self.weights, key, store, self.batch_size, self.workers)
+                device = runner.device
+                computed, bad = runner.compute(todo, first_path, progress, cancel)
+            if bad:
+                ds = ds.without(bad)
+        seconds = time.perf_counter() - start
+        n_computed = sum(1 for r in ds.images if r.digest in computed)
+        result = CacheResult(
+            images=len(ds.images),
+            computed=n_computed,
+            reused=sum(1 for r in ds.images if r.digest in cached),
+            skipped=ds.skipped,
+            classes=ds.class_counts(),
+            split=ds.split_counts(),
+            seconds=round(seconds, 3),
+            images_per_second=round((n_computed or len(ds.images)) / max(seconds, 1e-9), 2),
+            device=device,
+            backbone=spec.name,
+            model_key=key,
+            cancelled=cancel.cancelled,
+            findings=ds.findings,
+        )
+        return result, ds
+
+
+def cache_features(data: str | Path | Dataset, backbone: str = DEFAULT_BACKBONE,
+                   weights: str = "imagenet", cache_dir: str | Path | None = None,
+                   progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+                   **options) -> CacheResult:
+    """Cache every image of ``data``; see :class:`CacheJob` for the options."""
+    job = CacheJob(data, backbone, weights, cache_dir, **options)
+    return job.run(progress, cancel)[0]
+
+
+class _Runner:
+    """The backbone and the decode pool for one run."""
+
+    def __init__(self, spec: BackboneSpec, weights: str, key: str, store: FeatureStore,
+                 batch_size: int, workers: int) -> None:
+        from app.core import device as dev
+
+        self.device = dev.configure()
+        self.spec, self.key, self.store = spec, key, store
+        self.batch_size = max(1, batch_size)
+        self.workers = workers
+        self.model = self._build(spec, weights, dev.on_gpu())
+        shapes = {t: list(o.shape[1:]) for t, o in zip(TAPS, self.model.outputs)}
+        store.register_model(key, {"backbone": spec.name, "shapes": shapes,
+                                   "image_size": spec.image_size, "prep": PREPROCESS_VERSION})
+
+    @staticmethod
+    def _build(spec: BackboneSpec, weights: str, gpu: bool) -> keras.Model:
+        import keras
+
+        from app.core.backbones import build_extractor
+
+        if not gpu:
+            return build_extractor(spec, weights)
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("mixed_float16")
+        try:
+            return build_extractor(spec, weights)
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+    def compute(self, todo: list[str], paths: dict[str, str], progress: ProgressCallback,
+                cancel: CancelToken) -> tuple[set[str], dict[str, str]]:
+        """Compute ``todo``; digests another process is computing are waited for."""
+        meter = RateMeter(len(todo))
+        computed: set[str] = set()
+        bad: dict[str, str] = {}
+        remaining = todo
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
+            try:
+                while remaining and not cancel.cancelled:
+                    deferred = self._pass(remaining, paths, pool, meter, computed, bad,
+                                          progress, cancel)
+                    if not deferred:
+                        break
+                    progress(meter.report("cache", len(computed) + len(bad),
+                                          f"waiting for another process ({len(deferred)} images)"))
+                    time.sleep(WAIT_POLL_SECONDS)
+                    done_elsewhere = self.store.cached_digests(self.key, deferred)
+                    remaining = [d for d in deferred if d not in done_elsewhere]
+            finally:
+                self.store.release_claims(self.key)
+        return computed, bad
+
+    def _pass(self, todo: list[str], paths: dict[str, str], pool: ThreadPoolExecutor,
+              meter: RateMeter, computed: set[str], bad: dict[str, str],
+              progress: ProgressCallback, cancel: CancelToken) -> list[str]:
+        size = self.spec.input_size
+        deferred: list[str] = []
+        inflight: deque[list[tuple[str, Future]]] = deque()
+        next_start = 0
+
+        def submit_next() -> None:
+            nonlocal next_start
+            while next_start < len(todo) and not cancel.cancelled:
+                chunk = todo[next_start : next_start + self.batch_size]
+                next_start += len(chunk)
+                mine = self.store.claim(self.key, chunk)
+                ours = set(mine)
+                deferred.extend(d for d in chunk if d not in ours)
+                if mine:
+                    inflight.append([(d, pool.submit(load_rgb, paths[d], size)) for d in mine])
+                    return
+
+        for _ in range(PREFETCH_BATCHES):
+            submit_next()
+        while inflight:
+            if cancel.cancelled:
+                for chunk in inflight:
+                    for _, fut in chunk:
+                        fut.cancel()
+                break
+            chunk = inflight.popleft()
+            submit_next()
+            digests, arrays, failures = [], [], []
+            for d, fut in chunk:
+                try:
+                    arrays.append(fut.result())
+                    digests.append(d)
+                except ImageError as exc:
+                    failures.append((d, str(exc)))
+            if failures:
+                self.store.mark_bad(PREPROCESS_VERSION, failures)
+                bad.update(failures)
+            if arrays:
+                feats = self._predict(np.stack(arrays))
+                self.store.put_features(self.key, FeatureBatch(digests, *feats))
+                computed.update(digests)
+            report: Progress = meter.report("cache", len(computed) + len(bad),
+                                            f"{Path(paths[chunk[-1][0]]).name}")
+            progress(report)
+        return deferred
+
+    def _predict(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """Run the backbone on a batch, halving the batch on GPU out-of-memory."""
+        from app.core.device import is_out_of_memory
+
+        n = len(pixels)
+        outs: list[list[np.ndarray]] = [[], [], []]
+        for i in range(0, n, self.batch_size):
+            part = pixels[i : i + self.batch_size]
+            try:
+                res = self._predict_padded(part)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                res = self._predict(part)
+            for o, r in zip(outs, res):
+                o.append(r)
+        return [np.concatenate(o).astype(np.float16) for o in outs]
+
+    def _predict_padded(self, part: np.ndarray) -> list[np.ndarray]:
+        # A fixed batch shape keeps one compiled graph for the whole run.
+        n = len(part)
+        x = np.zeros((self.batch_size, *part.shape[1:]), np.float32)
+        x[:n] = part
+        res = self.model.predict_on_batch(x)
+        return [np.asarray(r)[:n] for r in res]

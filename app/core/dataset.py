@@ -1,0 +1,278 @@
+"""Dataset intake: a folder with one sub-folder per class, scanned, hashed, split and checked.
+
+Files are recognised by content, not by name. Each image's split is decided by its content
+digest, so an image keeps its split when the folder grows or files are renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.core.imaging import IMAGE_SUFFIXES, PREPROCESS_VERSION, sniff_format
+from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
+from app.core.store import FeatureStore
+
+SPLITS = ("train", "validation", "test")
+MIN_IMAGES_ERROR = 2
+MIN_IMAGES_WARNING = 20
+
+
+class DatasetError(Exception):
+    """The folder cannot be used as a dataset; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: str  # absolute
+    label: str
+    digest: str
+    split: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the validation report."""
+
+    level: str  # "error" | "warning"
+    message: str
+    paths: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"level": self.level, "message": self.message, "paths": list(self.paths)}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    train: float = 0.8
+    validation: float = 0.1
+    test: float = 0.1
+
+    def __post_init__(self) -> None:
+        parts = (self.train, self.validation, self.test)
+        if any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6 or self.train <= 0:
+            raise ValueError(f"split fractions must be >= 0, train > 0 and sum to 1, got {parts}")
+
+    @classmethod
+    def parse(cls, text: str) -> SplitSpec:
+        """'80/10/10' or '0.8,0.1,0.1'."""
+        parts = [float(p) for p in text.replace(",", "/").split("/")]
+        if len(parts) != 3:
+            raise ValueError("a split has three parts: train/validation/test")
+        total = sum(parts)
+        return cls(*(p / total for p in parts))
+
+    def assign(self, digest: str) -> str:
+        u = int(digest[:8], 16) / 0x100000000
+        if u < self.train:
+            return "train"
+        if u < self.train + self.validation:
+            return "validation"
+        return "test"
+
+
+@dataclass
+class Dataset:
+    root: Path
+    classes: list[str]
+    images: list[ImageRecord]
+    skipped: list[Skipped] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    split_spec: SplitSpec = field(default_factory=SplitSpec)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "warning"]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(r.label for r in self.images)
+        return {c: counts.get(c, 0) for c in self.classes}
+
+    def split_counts(self) -> dict[str, int]:
+        counts = Counter(r.split for r in self.images)
+        return {s: counts.get(s, 0) for s in SPLITS}
+
+    def subset(self, split: str) -> list[ImageRecord]:
+        return [r for r in self.images if r.split == split]
+
+    def require_usable(self) -> None:
+        if self.errors:
+            raise DatasetError(self.errors[0].message)
+
+    def without(self, bad: dict[str, str]) -> Dataset:
+        """This dataset less the images whose digest is in ``bad``, which become skipped."""
+        keep = [r for r in self.images if r.digest not in bad]
+        skipped = self.skipped + [Skipped(r.path, bad[r.digest]) for r in self.images
+                                  if r.digest in bad]
+        return _checked(Dataset(self.root, self.classes, keep, skipped, [], self.split_spec))
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every regular file below ``folder``, hidden files and folders left out, sorted."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=True):
+            yield from _walk(Path(entry.path))
+        elif entry.is_file(follow_symlinks=True):
+            yield Path(entry.path)
+
+
+def _digest_file(path: Path) -> tuple[str, str | None]:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        head = f.read(64)
+        h.update(head)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest(), sniff_format(head)
+
+
+def scan_dataset(
+    root: str | Path,
+    store: FeatureStore | None = None,
+    split: SplitSpec | None = None,
+    progress: ProgressCallback = no_progress,
+    cancel: CancelToken | None = None,
+) -> Dataset:
+    """Scan ``root`` into a :class:`Dataset` with its validation report.
+
+    With a ``store``, files unchanged since the last scan (same size and mtime) are not read
+    again, and images known not to decode are skipped with their recorded reason.
+    Raises :class:`DatasetError` only when ``root`` is not a folder; every other problem is a
+    finding in the report.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder")
+    split = split or SplitSpec()
+    class_dirs = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+    known = store.file_entries() if store else {}
+    candidates: list[tuple[Path, str, os.stat_result]] = []
+    for class_dir in class_dirs:
+        for path in _walk(class_dir):
+            try:
+                candidates.append((path, class_dir.name, path.stat()))
+            except OSError:
+                continue
+
+    to_hash: list[int] = []
+    results: list[tuple[str, str | None] | None] = []
+    for i, (path, _, st) in enumerate(candidates):
+        entry = known.get(str(path))
+        if entry and entry.size == st.st_size and entry.mtime_ns == st.st_mtime_ns:
+            results.append((entry.digest, entry.format))
+        else:
+            results.append(None)
+            to_hash.append(i)
+
+    skipped: list[Skipped] = []
+    if to_hash:
+        meter = RateMeter(len(to_hash))
+        new_rows = []
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {i: pool.submit(_digest_file, candidates[i][0]) for i in to_hash}
+            for n, i in enumerate(to_hash, 1):
+                if cancel is not None and cancel.cancelled:
+                    for f in futures.values():
+                        f.cancel()
+                    cancel.raise_if_cancelled()
+                path, _, st = candidates[i]
+                try:
+                    digest, fmt = futures[i].result()
+                except OSError as exc:
+                    skipped.append(Skipped(str(path), f"cannot read file: {exc.strerror or exc}"))
+                    continue
+                results[i] = (digest, fmt)
+                new_rows.append((str(path), st.st_size, st.st_mtime_ns, digest, fmt))
+                if n % 64 == 0 or n == len(to_hash):
+                    progress(meter.report("scan", n, f"reading {path.name}"))
+        if store:
+            store.remember_files(new_rows)
+
+    bad = store.bad_reasons(PREPROCESS_VERSION) if store else {}
+    images: list[ImageRecord] = []
+    for (path, label, st), res in zip(candidates, results):
+        if res is None:
+            continue
+        digest, fmt = res
+        if st.st_size == 0:
+            skipped.append(Skipped(str(path), "empty file (0 bytes)"))
+        elif fmt is None:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                skipped.append(Skipped(str(path), "not an image: its content is no JPEG, PNG, "
+                                                  "BMP, GIF, WebP or TIFF"))
+            # other non-images (notes, thumbnails databases) are silently ignored
+        elif digest in bad:
+            skipped.append(Skipped(str(path), bad[digest]))
+        else:
+            images.append(ImageRecord(str(path), label, digest, split.assign(digest), fmt))
+
+    return _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split))
+
+
+def _checked(ds: Dataset) -> Dataset:
+    """Fill in the validation report of ``ds``."""
+    findings: list[Finding] = []
+    counts = ds.class_counts()
+    nonempty = [c for c, n in counts.items() if n > 0]
+    if not ds.images:
+        findings.append(Finding("error", f"no usable images found in {ds.root} "
+                                         "(expected one sub-folder of images per class)"))
+    elif len(nonempty) < 2:
+        findings.append(Finding("error", f"only one class with images ({nonempty[0]!r}); "
+                                         "a classifier needs at least two class folders"))
+    for c, n in counts.items():
+        if n < MIN_IMAGES_ERROR and ds.images:
+            findings.append(Finding("error", f"class {c!r} has {n} usable image(s); "
+                                             f"each class needs at least {MIN_IMAGES_ERROR}"))
+        elif n < MIN_IMAGES_WARNING and ds.images:
+            findings.append(Finding("warning", f"class {c!r} has only {n} images; "
+                                               f"{MIN_IMAGES_WARNING} or more give a usable model"))
+    if nonempty:
+        most, least = max(counts[c] for c in nonempty), min(counts[c] for c in nonempty)
+        if least and most / least >= 3:
+            findings.append(Finding("warning", f"classes are unbalanced ({least} to {most} "
+                                               "images); class weights will compensate"))
+    by_digest: dict[str, list[ImageRecord]] = defaultdict(list)
+    for r in ds.images:
+        by_digest[r.digest].append(r)
+    for recs in by_digest.values():
+        labels = sorted({r.label for r in recs})
+        if len(labels) > 1:
+            findings.append(Finding(
+                "warning",
+                f"the same image is in classes {', '.join(map(repr, labels))}",
+                tuple(r.path for r in recs),
+            ))
+    if ds.skipped:
+        findings.append(Finding("warning", f"{len(ds.skipped)} file(s) skipped as unreadable",
+                                tuple(s.path for s in ds.skipped)))
+    ds.findings = findings
+    return ds

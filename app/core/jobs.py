@@ -1,0 +1,72 @@
+"""What every long core job shares: a cancel token and progress reports.
+
+Jobs are plain functions that take ``progress`` (a callable receiving :class:`Progress`) and
+``cancel`` (a :class:`CancelToken`); they never know whether a GUI or a terminal is watching.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class Cancelled(Exception):
+    """Raised inside a job when its token was cancelled; callers see a partial result instead."""
+
+
+class CancelToken:
+    """A thread-safe flag a job checks between units of work (Python threads cannot be killed)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress point: ``done`` of ``total`` units in ``stage``, with a rate and an ETA."""
+
+    stage: str
+    done: int
+    total: int
+    rate: float = 0.0  # units per second
+    eta: float | None = None  # seconds
+    message: str = ""
+    data: dict | None = None  # stage-specific payload (e.g. epoch metrics)
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def no_progress(_: Progress) -> None:
+    """The default progress callback: ignores every report."""
+
+
+class RateMeter:
+    """Turns a running count into a rate and an ETA, smoothed over the whole run."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.start = time.perf_counter()
+
+    def report(self, stage: str, done: int, message: str = "") -> Progress:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = done / elapsed
+        eta = (self.total - done) / rate if rate > 0 else None
+        return Progress(stage, done, self.total, rate, eta, message)

@@ -1,0 +1,277 @@
+"""The feature cache: an SQLite file (WAL mode) that survives kill -9 and shared use.
+
+Rows are keyed by the image's content digest and a *model key* (backbone, weights fingerprint,
+preprocessing version), so a changed backbone or weights file never reuses old rows and a
+renamed or moved file reuses its own. Features are stored as float16. Every batch is one
+transaction: a killed run loses at most the batch in flight.
+
+Two processes caching the same images coordinate through short-lived *claims*: a process
+claims the digests it is about to compute; another skips them and waits, unless the claim's
+owner has died or the claim is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+DB_NAME = "features.sqlite3"
+CLAIM_STALE_SECONDS = 120.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    digest TEXT NOT NULL, format TEXT
+);
+CREATE TABLE IF NOT EXISTS models (model_key TEXT PRIMARY KEY, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS features (
+    model_key TEXT NOT NULL, digest TEXT NOT NULL,
+    main BLOB NOT NULL, aux1 BLOB NOT NULL, aux2 BLOB NOT NULL,
+    PRIMARY KEY (model_key, digest)
+);
+CREATE TABLE IF NOT EXISTS bad (
+    digest TEXT NOT NULL, prep INTEGER NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (digest, prep)
+);
+CREATE TABLE IF NOT EXISTS claims (
+    model_key TEXT NOT NULL, digest TEXT NOT NULL, owner TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (model_key, digest)
+);
+"""
+
+TAPS = ("main", "aux1", "aux2")
+
+
+class StoreError(Exception):
+    """The cache file cannot be used (wrong version, not a cache, unwritable)."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    mtime_ns: int
+    digest: str
+    format: str | None
+
+
+@dataclass
+class FeatureBatch:
+    """Features of many images, each tap one float16 array with the images along axis 0."""
+
+    digests: list[str]
+    main: np.ndarray
+    aux1: np.ndarray
+    aux2: np.ndarray
+
+
+def _chunks(seq: Sequence, n: int = 500) -> Iterable[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class FeatureStore:
+    """One open cache file. Not shared between threads: open one per thread or process."""
+
+    def __init__(self, cache_dir: str | Path, timeout: float = 60.0) -> None:
+        self.dir = Path(cache_dir)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create cache folder {self.dir}: {exc}") from exc
+        self.path = self.dir / DB_NAME
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        try:
+            self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a usable feature cache: {exc}") from exc
+
+    def _check_version(self) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by another version of the app "
+                f"(schema {row[0]}, expected {SCHEMA_VERSION}); use another --cache-dir"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- file index: path + size + mtime -> digest, so a warm scan reads no image bytes --
+    def file_entries(self) -> dict[str, FileEntry]:
+        rows = self.db.execute("SELECT path, size, mtime_ns, digest, format FROM files")
+        return {r[0]: FileEntry(r[1], r[2], r[3], r[4]) for r in rows}
+
+    def remember_files(self, rows: Iterable[tuple[str, int, int, str, str | None]]) -> None:
+        rows = list(rows)
+        if rows:
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)", rows)
+
+    # -- images that failed to decode (by content, so a rename does not retry them) --
+    def bad_reasons(self, prep: int) -> dict[str, str]:
+        rows = self.db.execute("SELECT digest, reason FROM bad WHERE prep=?", (prep,))
+        return dict(rows.fetchall())
+
+    def mark_bad(self, prep: int, items: Iterable[tuple[str, str]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO bad VALUES (?,?,?)", [(d, prep, r) for d, r in items]
+            )
+
+    # -- models and their tap shapes --
+    def register_model(self, model_key: str, spec: dict) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO models VALUES (?, ?)", (model_key, json.dumps(spec))
+            )
+
+    def model_spec(self, model_key: str) -> dict | None:
+        row = self.db.execute("SELECT spec FROM models WHERE model_key=?", (model_key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    # -- features --
+    def cached_digests(self, model_key: str, digests: Iterable[str] | None = None) -> set[str]:
+        if digests is None:
+            rows = self.db.execute("SELECT digest FROM features WHERE model_key=?", (model_key,))
+            return {r[0] for r in rows}
+        found: set[str] = set()
+        for chunk in _chunks(list(digests)):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT digest FROM features WHERE model_key=? AND digest IN ({marks})",
+                (model_key, *chunk),
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def put_features(self, model_key: str, batch: FeatureBatch) -> None:
+        """Store a batch in one transaction and release this process's claims on it."""
+        rows = [
+            (
+                model_key,
+                d,
+                np.ascontiguousarray(batch.main[i], np.float16).tobytes(),
+                np.ascontiguousarray(batch.aux1[i], np.float16).tobytes(),
+                np.ascontiguousarray(batch.aux2[i], np.float16).tobytes(),
+            )
+            for i, d in enumerate(batch.digests)
+        ]
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO features VALUES (?,?,?,?,?)", rows)
+            self.db.executemany(
+                "DELETE FROM claims WHERE model_key=? AND digest=? AND owner=?",
+                [(model_key, d, self.owner) for d in batch.digests],
+            )
+
+    def load_features(self, model_key: str, digests: Sequence[str]) -> FeatureBatch:
+        """Features for ``digests`` in that order; raises KeyError naming a missing digest."""
+        spec = self.model_spec(model_key)
+        if spec is None:
+            raise KeyError(f"no features cached for model {model_key}")
+        shapes = {t: tuple(spec["shapes"][t]) for t in TAPS}
+        out = {t: np.empty((len(digests), *shapes[t]), np.float16) for t in TAPS}
+        unique = list(dict.fromkeys(digests))
+        seen: set[str] = set()
+        positions: dict[str, list[int]] = {}
+        for i, d in enumerate(digests):
+            positions.setdefault(d, []).append(i)
+        for chunk in _chunks(unique):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                "SELECT digest, main, aux1, aux2 FROM features "
+                f"WHERE model_key=? AND digest IN ({marks})",
+                (model_key, *chunk),
+            )
+            for d, *blobs in rows:
+                seen.add(d)
+                for tap, blob in zip(TAPS, blobs):
+                    arr = np.frombuffer(blob, np.float16).reshape(shapes[tap])
+                    for i in positions[d]:
+                        out[tap][i] = arr
+        missing = [d for d in unique if d not in seen]
+        if missing:
+            raise KeyError(f"{len(missing)} images have no cached features (first: {missing[0]})")
+        return FeatureBatch(list(digests), out["main"], out["aux1"], out["aux2"])
+
+    # -- claims between processes --
+    def claim(self, model_key: str, digests: Sequence[str]) -> list[str]:
+        """Claim the digests nobody has computed or is computing; returns the ones now ours."""
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            done = set()
+            taken: dict[str, tuple[str, float]] = {}
+            for chunk in _chunks(list(digests)):
+                marks = ",".join("?" * len(chunk))
+                done.update(
+                    r[0]
+                    for r in self.db.execute(
+                        f"SELECT digest FROM features WHERE model_key=? AND digest IN ({marks})",
+                        (model_key, *chunk),
+                    )
+                )
+                for d, owner, at in self.db.execute(
+                    f"SELECT digest, owner, at FROM claims WHERE model_key=? AND digest IN ({marks})",
+                    (model_key, *chunk),
+                ):
+                    taken[d] = (owner, at)
+            mine = [
+                d
+                for d in dict.fromkeys(digests)
+                if d not in done and (d not in taken or not self._claim_alive(*taken[d], now))
+            ]
+            self.db.executemany(
+                "INSERT OR REPLACE INTO claims VALUES (?,?,?,?)",
+                [(model_key, d, self.owner, now) for d in mine],
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return mine
+
+    def release_claims(self, model_key: str) -> None:
+        with self.db:
+            self.db.execute(
+                "DELETE FROM claims WHERE model_key=? AND owner=?", (model_key, self.owner)
+            )
+
+    def _claim_alive(self, owner: str, at: float, now: float) -> bool:
+        if owner == self.owner:
+            return False
+        if now - at > CLAIM_STALE_SECONDS:
+            return False
+        host, pid, _ = owner.split(":", 2)
+        if host == socket.gethostname():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return False
+            except (PermissionError, ValueError):
+                return True
+        return True
