@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from app import __version__
 from app.core.jobs import CancelToken, Progress
+from app.core.training import TrainSettings as TrainDefaults
 
 EXIT_OK, EXIT_CANCELLED, EXIT_USAGE = 0, 1, 2
 
@@ -96,6 +97,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
+    p = sub.add_parser("train", help="cache what is missing, train the head, evaluate, export")
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    p.add_argument("--out", required=True, help="model folder to write")
+    _add_model_options(p)
+    p.add_argument("--epochs", type=int, default=TrainDefaults.epochs)
+    p.add_argument("--train-batch-size", type=int, default=TrainDefaults.batch_size)
+    p.add_argument("--learning-rate", type=float, default=TrainDefaults.learning_rate)
+    p.add_argument("--optimizer", default=TrainDefaults.optimizer,
+                   choices=["adam", "sgd", "rmsprop"])
+    p.add_argument("--aux-weight", type=float, default=TrainDefaults.aux_weight,
+                   help="loss weight of each auxiliary output (0 turns them off)")
+    p.add_argument("--dropout", type=float, default=TrainDefaults.dropout)
+    p.add_argument("--hidden-units", type=int, default=TrainDefaults.hidden_units)
+    p.add_argument("--label-smoothing", type=float, default=TrainDefaults.label_smoothing)
+    p.add_argument("--class-weights", default=TrainDefaults.class_weights,
+                   choices=["auto", "none", "balanced"])
+    p.add_argument("--early-stopping", type=int, default=TrainDefaults.early_stopping,
+                   help="patience in epochs on validation main loss (0: off)")
+    p.add_argument("--seed", type=int, default=TrainDefaults.seed)
+    p.add_argument("--format", default="keras",
+                   help="comma-separated export formats: keras, savedmodel, tflite")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    p = sub.add_parser("evaluate", help="evaluate an exported model on a dataset folder")
+    p.add_argument("model_dir")
+    p.add_argument("data_dir")
+    p.add_argument("--split", default="test", choices=["test", "validation", "train", "all"],
+                   help="which images of DATA_DIR (default: its test split)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("predict", help="classify image files or folders with a model folder")
+    p.add_argument("model_dir")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--top", type=int, default=3, help="how many labels per image")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("gui", help="open the window (the default)")
     p.add_argument("data_dir", nargs="?", help="dataset folder to open")
     return parser
@@ -128,6 +165,101 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     return EXIT_CANCELLED if result.cancelled else EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
+    from app.core.retrain import Retraining
+    from app.core.training import TrainSettings
+
+    settings = TrainSettings(
+        epochs=args.epochs, batch_size=args.train_batch_size, learning_rate=args.learning_rate,
+        optimizer=args.optimizer, aux_weight=args.aux_weight, dropout=args.dropout,
+        hidden_units=args.hidden_units, label_smoothing=args.label_smoothing,
+        class_weights=args.class_weights, early_stopping=args.early_stopping, seed=args.seed)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    run = Retraining(args.data_dir, args.backbone, args.weights, args.cache_dir, settings)
+    from app.core.dataset import scan_dataset
+    from app.core.paths import user_cache_dir
+    from app.core.store import FeatureStore
+
+    with FeatureStore(args.cache_dir or user_cache_dir()) as store:
+        run.dataset = scan_dataset(args.data_dir, store, _split(args.split), bar, cancel)
+
+    def progress(p: Progress) -> None:
+        if p.stage == "train":
+            if p.data and not p.data.get("partial"):
+                bar.line(p.message)
+        else:
+            bar(p)
+
+    cache = run.run_cache(progress, cancel)
+    for s in cache.skipped:
+        bar.line(f"skipped {s.path}: {s.reason}")
+    if cache.cancelled:
+        bar.line("cancelled while caching; run again to resume")
+        return EXIT_CANCELLED
+    result = run.run_training(progress, cancel)
+    ev = run.evaluation
+    model_dir = run.export(args.out, formats)
+    doc = {
+        "classes": result.classes, "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch, "cancelled": result.cancelled,
+        "history": result.history,
+        "test": {k: getattr(ev, k) for k in ("count", "main_accuracy", "balanced_accuracy",
+                                             "aux1_accuracy", "aux2_accuracy")},
+        "evaluation": ev.as_dict(),
+        "cache": cache.as_dict(),
+        "train_seconds": round(result.seconds, 2),
+        "model_dir": str(model_dir),
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        t = doc["test"]
+        aux = "  ".join(f"{o} {t[f'{o}_accuracy']:.1%}" for o in ("aux1", "aux2")
+                        if t.get(f"{o}_accuracy") is not None)
+        acc = "n/a" if t["main_accuracy"] is None else f"{t['main_accuracy']:.1%}"
+        bal = "n/a" if t["balanced_accuracy"] is None else f"{t['balanced_accuracy']:.1%}"
+        print(f"test ({t['count']} images): main {acc}  balanced {bal}  {aux}")
+        print(f"best epoch {result.best_epoch} of {result.epochs_run}; model in {model_dir}")
+    return EXIT_CANCELLED if result.cancelled else EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
+    from app.core.retrain import evaluate_model_dir
+
+    ev = evaluate_model_dir(args.model_dir, args.data_dir, args.split, bar, cancel)
+    if args.json:
+        print(json.dumps(ev.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        acc = "n/a" if ev.main_accuracy is None else f"{ev.main_accuracy:.1%}"
+        bal = "n/a" if ev.balanced_accuracy is None else f"{ev.balanced_accuracy:.1%}"
+        print(f"{ev.count} images: accuracy {acc}, balanced accuracy {bal}")
+        for name, s in ev.per_class.items():
+            print(f"  {name:20s} precision {s['precision']:.2f} recall "
+                  f"{'n/a' if s['recall'] is None else format(s['recall'], '.2f')} "
+                  f"f1 {s['f1']:.2f} ({s['support']})")
+        for m in ev.misclassified:
+            print(f"  wrong: {m['path']} is {m['true']}, predicted {m['predicted']} "
+                  f"({m['confidence']:.0%})")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
+    from app.core.predict import Predictor
+
+    predictor = Predictor.from_dir(args.model_dir)
+    preds = predictor.predict(args.paths, top_k=args.top, progress=bar, cancel=cancel)
+    if args.json:
+        print(json.dumps([p.as_dict() for p in preds], indent=2, ensure_ascii=False))
+    else:
+        for p in preds:
+            if p.error:
+                print(f"{p.path}: error: {p.error}")
+            else:
+                best = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.top)
+                print(f"{p.path}: {best}")
+    return EXIT_OK
+
+
 def cmd_gui(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     try:
         from app.gui.main import run_gui
@@ -140,6 +272,9 @@ def cmd_gui(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, ProgressBar, CancelToken], int]] = {
     "cache": cmd_cache,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
     "gui": cmd_gui,
 }
 
@@ -149,7 +284,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from app.core.dataset import DatasetError
     from app.core.store import StoreError
 
-    return (DatasetError, BackboneError, StoreError, ValueError)
+    errors: list[type[BaseException]] = [DatasetError, BackboneError, StoreError, ValueError]
+    if "app.core.export" in sys.modules:
+        errors.append(sys.modules["app.core.export"].ExportError)
+    if "app.core.predict" in sys.modules:
+        errors.append(sys.modules["app.core.predict"].ModelDirError)
+    return tuple(errors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,60 @@
+"""The trainable head: GoogLeNet's main classifier plus its two auxiliary classifiers.
+
+Inputs are the cached taps only, so training never runs the backbone. ``main``: dropout ->
+(optional hidden layer) -> softmax. ``aux1``/``aux2``: 1x1 conv 128 -> dense 1024 ->
+dropout 0.7 -> softmax, on the 5x5/3-pooled intermediate taps. An aux output whose loss weight
+is 0 is not built at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
+
+OUTPUTS = ("main", "aux1", "aux2")
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    n_classes: int
+    tap_shapes: dict[str, tuple[int, ...]]
+    dropout: float = 0.4
+    hidden_units: int = 0
+    aux_dropout: float = 0.7
+    aux_outputs: tuple[str, ...] = ("aux1", "aux2")
+
+
+def build_head(shape: HeadShape) -> keras.Model:
+    """A functional model: dict of tap arrays -> dict of softmax outputs named after OUTPUTS."""
+    import keras
+    from keras import layers
+
+    n = shape.n_classes
+    main_in = keras.Input(shape.tap_shapes["main"], name="main")
+    x = layers.Dropout(shape.dropout, name="main_dropout")(main_in)
+    if shape.hidden_units:
+        x = layers.Dense(shape.hidden_units, activation="relu", name="main_hidden")(x)
+        x = layers.Dropout(shape.dropout, name="main_hidden_dropout")(x)
+    inputs = {"main": main_in}
+    outputs = {"main": layers.Dense(n, activation="softmax", name="main_probs", dtype="float32")(x)}
+    for aux in shape.aux_outputs:
+        a_in = keras.Input(shape.tap_shapes[aux], name=aux)
+        a = layers.Conv2D(128, 1, activation="relu", name=f"{aux}_conv1x1")(a_in)
+        a = layers.Flatten(name=f"{aux}_flatten")(a)
+        a = layers.Dense(1024, activation="relu", name=f"{aux}_fc")(a)
+        a = layers.Dropout(shape.aux_dropout, name=f"{aux}_dropout")(a)
+        inputs[aux] = a_in
+        outputs[aux] = layers.Dense(n, activation="softmax", name=f"{aux}_probs",
+                                    dtype="float32")(a)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def main_branch(head: keras.Model) -> keras.Model:
+    """The main classifier alone (shared layers): what inference and export use."""
+    import keras
+
+    return keras.Model(head.get_layer("main").output, head.get_layer("main_probs").output,
+                       name="main_head")

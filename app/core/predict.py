@@ -1,0 +1,135 @@
+"""Prediction on new images, from an exported model folder or a model just trained.
+
+Images go through the same decoding as the cache, in batches; a file that cannot be read
+gives an error entry of its own and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.core.imaging import IMAGE_SUFFIXES, ImageError, load_rgb, sniff_format
+from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
+
+if TYPE_CHECKING:
+    import keras
+
+SUPPORTED_MODEL_FORMATS = (1,)
+
+
+class ModelDirError(Exception):
+    """A model folder that cannot be used; the message is one line a person can act on."""
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[dict] = field(default_factory=list)  # [{"label", "probability"}], best first
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "top": self.top, "error": self.error}
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders walked for images (by content), hidden entries skipped."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if any(part.startswith(".") for part in f.relative_to(p).parts):
+                    continue
+                if f.is_file() and (f.suffix.lower() in IMAGE_SUFFIXES or _is_image(f)):
+                    out.append(f)
+        else:
+            out.append(p)
+    return out
+
+
+def _is_image(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return sniff_format(fh.read(64)) is not None
+    except OSError:
+        return False
+
+
+def read_metadata(model_dir: str | Path) -> dict:
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        raise ModelDirError(f"{folder} is not a model folder (it does not exist)")
+    meta_path = folder / "metadata.json"
+    if not meta_path.is_file() or not (folder / "model.keras").is_file():
+        raise ModelDirError(f"{folder} is not a model folder (metadata.json or model.keras "
+                            "missing)")
+    try:
+        meta = json.loads(meta_path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"{meta_path} is damaged: {exc}") from exc
+    version = meta.get("format_version")
+    if version not in SUPPORTED_MODEL_FORMATS:
+        raise ModelDirError(f"{folder} was written by another version of Bottleneck Studio "
+                            f"(model format {version!r}, this app reads "
+                            f"{SUPPORTED_MODEL_FORMATS}); export it again")
+    if not isinstance(meta.get("classes"), list) or "image_size" not in meta:
+        raise ModelDirError(f"{meta_path} is damaged: classes or image size missing")
+    return meta
+
+
+class Predictor:
+    """A pixels -> probabilities model with its class names and input size."""
+
+    def __init__(self, model: keras.Model, classes: list[str], image_size: tuple[int, int],
+                 metadata: dict | None = None) -> None:
+        self.model, self.classes, self.image_size = model, list(classes), tuple(image_size)
+        self.metadata = metadata or {}
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> Predictor:
+        meta = read_metadata(model_dir)
+        import keras
+
+        try:
+            model = keras.saving.load_model(Path(model_dir).expanduser() / "model.keras",
+                                            safe_mode=True)
+        except Exception as exc:
+            raise ModelDirError(f"{model_dir}/model.keras cannot be loaded "
+                                f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+        if model.output_shape[-1] != len(meta["classes"]):
+            raise ModelDirError(f"{model_dir}: labels and model disagree on the class count")
+        return cls(model, meta["classes"], tuple(meta["image_size"]), meta)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(pixels.astype(np.float32)))
+
+    def predict(self, paths: Iterable[str | Path], top_k: int = 3, batch_size: int = 32,
+                progress: ProgressCallback = no_progress,
+                cancel: CancelToken | None = None) -> list[Prediction]:
+        files = expand_paths(paths)
+        results = [Prediction(str(f)) for f in files]
+        meter = RateMeter(len(files))
+        k = max(1, min(top_k, len(self.classes)))
+        for start in range(0, len(files), batch_size):
+            if cancel is not None and cancel.cancelled:
+                break
+            idx, pixels = [], []
+            for i in range(start, min(start + batch_size, len(files))):
+                try:
+                    pixels.append(load_rgb(files[i], self.image_size))
+                    idx.append(i)
+                except ImageError as exc:
+                    results[i].error = str(exc)
+            if pixels:
+                probs = self.probabilities(np.stack(pixels))
+                for i, p in zip(idx, probs):
+                    order = np.argsort(-p)[:k]
+                    results[i].top = [{"label": self.classes[j], "probability": float(p[j])}
+                                      for j in order]
+            progress(meter.report("predict", min(start + batch_size, len(files))))
+        return results

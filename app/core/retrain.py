@@ -1,0 +1,148 @@
+"""The whole path from a folder of photos to an exported classifier, as steps the CLI and the
+window both drive: cache what is missing, load the cached taps per split, train, evaluate on
+the test split, export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.core.backbones import get_spec
+from app.core.caching import CacheJob, CacheResult
+from app.core.dataset import SPLITS, Dataset, scan_dataset
+from app.core.evaluation import Evaluation, score
+from app.core.jobs import CancelToken, ProgressCallback, no_progress
+from app.core.paths import user_cache_dir
+from app.core.store import TAPS, FeatureStore
+from app.core.training import SplitData, TrainResult, TrainSettings, train_head
+
+if TYPE_CHECKING:
+    from app.core.predict import Predictor
+
+
+def load_splits(dataset: Dataset, model_key: str, cache_dir: str | Path | None = None
+                ) -> dict[str, SplitData]:
+    """Cached taps, labels and paths of every split (training never runs the backbone)."""
+    index = {c: i for i, c in enumerate(dataset.classes)}
+    out = {}
+    with FeatureStore(cache_dir or user_cache_dir()) as store:
+        for split in SPLITS:
+            recs = dataset.subset(split)
+            feats = store.load_features(model_key, [r.digest for r in recs])
+            out[split] = SplitData(
+                {t: getattr(feats, t) for t in TAPS},
+                np.array([index[r.label] for r in recs], np.int64),
+                [r.path for r in recs],
+            )
+    return out
+
+
+def evaluate_head(result: TrainResult, data: SplitData) -> Evaluation:
+    """Scores of the trained head (main and aux outputs) on ``data``'s cached taps."""
+    outputs = ["main", *(("aux1", "aux2") if result.settings.aux_weight > 0 else ())]
+    if len(data) == 0:
+        return score(result.classes, data.labels, np.zeros((0, len(result.classes))), [])
+    probs = result.head.predict({o: data.features[o] for o in outputs}, verbose=0,
+                                batch_size=256)
+    aux = {o: np.asarray(probs[o]) for o in outputs if o != "main"}
+    return score(result.classes, data.labels, np.asarray(probs["main"]), data.paths, aux)
+
+
+@dataclass
+class Retraining:
+    """One run's inputs and everything it produced so far."""
+
+    data_dir: str | Path
+    backbone: str = "inception_v3"
+    weights: str = "imagenet"
+    cache_dir: str | Path | None = None
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    dataset: Dataset | None = None
+    cache: CacheResult | None = None
+    splits: dict[str, SplitData] | None = None
+    result: TrainResult | None = None
+    evaluation: Evaluation | None = None
+
+    def run_cache(self, progress: ProgressCallback = no_progress,
+                  cancel: CancelToken | None = None) -> CacheResult:
+        self.cache, self.dataset = CacheJob(self.dataset or self.data_dir, self.backbone,
+                                            self.weights, self.cache_dir).run(progress, cancel)
+        return self.cache
+
+    def run_training(self, progress: ProgressCallback = no_progress,
+                     cancel: CancelToken | None = None) -> TrainResult:
+        if self.cache is None or self.cache.cancelled:
+            self.run_cache(progress, cancel)
+            if self.cache.cancelled:
+                raise RuntimeError("caching was cancelled; nothing to train on yet")
+        self.splits = load_splits(self.dataset, self.cache.model_key, self.cache_dir)
+        self.result = train_head(self.splits["train"], self.splits["validation"],
+                                 self.dataset.classes, self.settings, progress, cancel)
+        self.evaluation = evaluate_head(self.result, self.splits["test"])
+        return self.result
+
+    def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",)) -> Path:
+        from app.core.export import export_model
+
+        if self.result is None or self.splits is None:
+            raise RuntimeError("train a model before exporting it")
+        return export_model(
+            out_dir, spec=get_spec(self.backbone), weights=self.weights, head=self.result.head,
+            classes=self.result.classes, validation=self.splits["validation"],
+            history=self.result.history,
+            extra_metadata={
+                "dataset": str(self.dataset.root),
+                "split": {s: len(self.splits[s]) for s in SPLITS},
+                "split_fractions": [self.dataset.split_spec.train,
+                                    self.dataset.split_spec.validation,
+                                    self.dataset.split_spec.test],
+                "test": None if self.evaluation is None else {
+                    k: getattr(self.evaluation, k) for k in
+                    ("count", "main_accuracy", "balanced_accuracy", "aux1_accuracy",
+                     "aux2_accuracy")},
+                "training": self.result.summary()["settings"],
+                "best_epoch": self.result.best_epoch,
+            },
+            formats=formats,
+        )
+
+    def predictor(self) -> Predictor:
+        """The in-app classifier (backbone + main head in memory), without exporting."""
+        from app.core.export import classifier_model
+        from app.core.predict import Predictor
+
+        if self.result is None:
+            raise RuntimeError("train a model first")
+        spec = get_spec(self.backbone)
+        model = classifier_model(spec, self.weights, self.result.head)
+        return Predictor(model, self.result.classes, spec.input_size)
+
+
+def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str = "test",
+                       progress: ProgressCallback = no_progress,
+                       cancel: CancelToken | None = None) -> Evaluation:
+    """Evaluate an exported model on the images of ``data_dir`` (its ``split``, or all)."""
+    from app.core.dataset import SplitSpec
+    from app.core.predict import ModelDirError, Predictor
+
+    predictor = Predictor.from_dir(model_dir)
+    fractions = predictor.metadata.get("split_fractions")
+    ds = scan_dataset(data_dir, split=SplitSpec(*fractions) if fractions else None)
+    unknown = sorted({r.label for r in ds.images} - set(predictor.classes))
+    if unknown:
+        raise ModelDirError(f"{data_dir} has classes the model does not know: "
+                            f"{', '.join(unknown)}")
+    recs = ds.images if split == "all" else ds.subset(split)
+    preds = predictor.predict([r.path for r in recs], top_k=len(predictor.classes),
+                              progress=progress, cancel=cancel)
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    ok = [(r, p) for r, p in zip(recs, preds) if p.error is None]
+    probs = np.zeros((len(ok), len(index)))
+    for row, (_, p) in enumerate(ok):
+        for t in p.top:
+            probs[row, index[t["label"]]] = t["probability"]
+    true = np.array([index[r.label] for r, _ in ok], np.int64)
+    return score(predictor.classes, true, probs, [r.path for r, _ in ok])

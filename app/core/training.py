@@ -1,0 +1,258 @@
+"""Training the head on cached features, with live per-epoch metrics of every output.
+
+Loss = main + w * aux1 + w * aux2 (w = ``aux_weight``, 0.3 by default, 0 turns the aux outputs
+off). After every epoch, and at most every ``stream_interval`` seconds within a long one, the
+progress callback receives the metrics of main, aux1 and aux2 on the training and validation
+splits. Cancelling stops after the current batch and keeps the best weights seen so far.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.core.head import OUTPUTS, HeadShape, build_head
+from app.core.jobs import CancelToken, Progress, ProgressCallback, no_progress
+
+if TYPE_CHECKING:
+    import keras
+
+METRIC_KEYS = tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy"))
+HISTORY_KEYS = METRIC_KEYS + tuple(f"val_{k}" for k in METRIC_KEYS)
+
+
+@dataclass
+class TrainSettings:
+    """Every knob of a training run, with defaults that work on typical photo folders."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    optimizer: str = "adam"  # "adam" | "sgd" | "rmsprop"
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"  # "cosine" | "constant"
+    label_smoothing: float = 0.1
+    dropout: float = 0.4
+    hidden_units: int = 0
+    aux_weight: float = 0.3
+    class_weights: str = "auto"  # "auto" | "none" | "balanced"
+    early_stopping: int = 10  # patience in epochs on validation main loss; 0 = off
+    seed: int = 1
+    stream_interval: float = 1.0  # seconds between within-epoch updates
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append("epochs must be at least 1")
+        if self.batch_size < 1:
+            problems.append("batch size must be at least 1")
+        if not 0 < self.learning_rate < 10:
+            problems.append("learning rate must be between 0 and 10")
+        if not 0 <= self.dropout < 1:
+            problems.append("dropout must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append("label smoothing must be in [0, 1)")
+        if self.aux_weight < 0:
+            problems.append("aux weight must be >= 0")
+        if self.optimizer not in ("adam", "sgd", "rmsprop"):
+            problems.append(f"unknown optimizer {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            problems.append(f"unknown schedule {self.schedule!r}")
+        if self.class_weights not in ("auto", "none", "balanced"):
+            problems.append(f"unknown class weights {self.class_weights!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainSettings:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SplitData:
+    """One split's cached taps, integer labels and the image paths they came from."""
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TrainResult:
+    head: keras.Model
+    classes: list[str]
+    settings: TrainSettings
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    epochs_run: int = 0
+    cancelled: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {"classes": self.classes, "epochs_run": self.epochs_run,
+                "best_epoch": self.best_epoch, "cancelled": self.cancelled,
+                "seconds": round(self.seconds, 2), "history": self.history,
+                "settings": self.settings.as_dict()}
+
+
+def sample_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray | None:
+    """Per-sample weights that give each class the same total weight (None when not needed)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    present = counts[counts > 0]
+    if mode == "none" or not len(present):
+        return None
+    if mode == "auto" and present.max() / present.min() < 1.5:
+        return None
+    per_class = np.where(counts > 0, len(labels) / (len(present) * np.maximum(counts, 1)), 0.0)
+    return per_class[labels].astype(np.float32)
+
+
+def _optimizer(settings: TrainSettings, steps: int):
+    import keras
+
+    lr = settings.learning_rate
+    if settings.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps), alpha=0.05)
+    if settings.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+    if settings.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(lr)
+    return keras.optimizers.Adam(lr)
+
+
+def train_head(train: SplitData, validation: SplitData | None, classes: list[str],
+               settings: TrainSettings | None = None, progress: ProgressCallback = no_progress,
+               cancel: CancelToken | None = None) -> TrainResult:
+    """Train a fresh head; returns it with the best weights (lowest validation main loss)."""
+    import keras
+
+    settings = settings or TrainSettings()
+    cancel = cancel or CancelToken()
+    if len(train) == 0:
+        raise ValueError("the training split is empty")
+    keras.utils.set_random_seed(settings.seed)
+    aux = ("aux1", "aux2") if settings.aux_weight > 0 else ()
+    n = len(classes)
+    shape = HeadShape(n, {k: tuple(v.shape[1:]) for k, v in train.features.items()},
+                      settings.dropout, settings.hidden_units, aux_outputs=aux)
+    head = build_head(shape)
+    outputs = ("main", *aux)
+    steps = math.ceil(len(train) / settings.batch_size) * settings.epochs
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing)
+    head.compile(
+        optimizer=_optimizer(settings, steps),
+        loss={o: loss for o in outputs},
+        loss_weights={o: (1.0 if o == "main" else settings.aux_weight) for o in outputs},
+        metrics={o: ["accuracy"] for o in outputs},
+    )
+
+    def xy(split: SplitData):
+        x = {o: split.features[o] for o in outputs}
+        onehot = np.eye(n, dtype=np.float32)[split.labels]
+        return x, {o: onehot for o in outputs}
+
+    x, y = xy(train)
+    sw = sample_weights(train.labels, n, settings.class_weights)
+    val = xy(validation) if validation is not None and len(validation) else None
+    stream = _make_stream(settings, cancel, progress, has_val=val is not None)
+    start = time.perf_counter()
+    head.fit(x, y, sample_weight=None if sw is None else {o: sw for o in outputs},
+             validation_data=val, epochs=settings.epochs, batch_size=settings.batch_size,
+             shuffle=True, verbose=0, callbacks=[stream])
+    if stream.best_weights is not None:
+        head.set_weights(stream.best_weights)
+    return TrainResult(head, list(classes), settings, stream.history, stream.best_epoch,
+                       len(stream.history), cancel.cancelled, time.perf_counter() - start)
+
+
+def _epoch_record(epoch: int, logs: dict) -> dict:
+    rec = {"epoch": epoch}
+    for k in HISTORY_KEYS:
+        v = logs.get(k)
+        rec[k] = None if v is None else float(v)
+    rec["loss"] = float(logs["loss"]) if "loss" in logs else None
+    rec["val_loss"] = float(logs["val_loss"]) if "val_loss" in logs else None
+    return rec
+
+
+def _make_stream(settings: TrainSettings, cancel: CancelToken, progress: ProgressCallback,
+                 has_val: bool):
+    """The Keras callback; built here so that importing this module never imports Keras."""
+    import keras
+
+    return type("_Stream", (_StreamMixin, keras.callbacks.Callback), {})(
+        settings, cancel, progress, has_val)
+
+
+class _StreamMixin:
+    """Streams metrics, honours cancel after every batch, remembers the best weights."""
+
+    def __init__(self, settings: TrainSettings, cancel: CancelToken, progress: ProgressCallback,
+                 has_val: bool) -> None:
+        super().__init__()
+        self.settings, self.cancel, self.progress = settings, cancel, progress
+        self.monitor = "val_main_loss" if has_val else "main_loss"
+        self.history: list[dict] = []
+        self.best = math.inf
+        self.best_epoch = 0
+        self.best_weights = None
+        self.wait = 0
+        self._last_stream = 0.0
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+        self._last_stream = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.cancel.cancelled:
+            self.model.stop_training = True
+            return
+        now = time.monotonic()
+        if logs and now - self._last_stream >= self.settings.stream_interval:
+            self._last_stream = now
+            partial = {k: float(v) for k, v in logs.items() if k in METRIC_KEYS}
+            self.progress(Progress("train", self._epoch - 1, self.settings.epochs,
+                                   message=f"epoch {self._epoch}, batch {batch + 1}",
+                                   data={"partial": True, "epoch": self._epoch, **partial}))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        rec = _epoch_record(epoch + 1, logs)
+        value = logs.get(self.monitor)
+        improved = value is not None and float(value) < self.best
+        if improved:
+            self.best, self.best_epoch, self.wait = float(value), epoch + 1, 0
+            self.best_weights = self.model.get_weights()
+        else:
+            self.wait += 1
+        rec["best_epoch"] = self.best_epoch
+        self.history.append(rec)
+        self.progress(Progress("train", epoch + 1, self.settings.epochs,
+                               message=format_epoch(rec), data={"partial": False, **rec}))
+        patience = self.settings.early_stopping
+        if self.cancel.cancelled or (patience and self.wait >= patience):
+            self.model.stop_training = True
+
+
+def format_epoch(rec: dict) -> str:
+    """One line a person can read: main and aux loss/accuracy, train and validation."""
+    parts = [f"epoch {rec['epoch']}"]
+    for o in OUTPUTS:
+        if rec.get(f"{o}_loss") is None:
+            continue
+        text = f"{o} {rec[f'{o}_loss']:.3f}/{rec[f'{o}_accuracy']:.1%}"
+        if rec.get(f"val_{o}_loss") is not None:
+            text += f" val {rec[f'val_{o}_loss']:.3f}/{rec[f'val_{o}_accuracy']:.1%}"
+        parts.append(text)
+    return "  ".join(parts)
