@@ -175,7 +175,20 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
                        len(stream.history), cancel.cancelled, time.perf_counter() - start)
 
 
+def _normalise(logs: dict) -> dict:
+    """Keras names a single output's metrics without its prefix: give them 'main_' back."""
+    if "main_loss" in logs or "loss" not in logs or "aux1_loss" in logs:
+        return logs
+    out = dict(logs)
+    for prefix in ("", "val_"):
+        for m in ("loss", "accuracy"):
+            if f"{prefix}{m}" in logs:
+                out[f"{prefix}main_{m}"] = logs[f"{prefix}{m}"]
+    return out
+
+
 def _epoch_record(epoch: int, logs: dict) -> dict:
+    logs = _normalise(logs)
     rec = {"epoch": epoch}
     for k in HISTORY_KEYS:
         v = logs.get(k)
@@ -221,13 +234,13 @@ class _StreamMixin:
         now = time.monotonic()
         if logs and now - self._last_stream >= self.settings.stream_interval:
             self._last_stream = now
-            partial = {k: float(v) for k, v in logs.items() if k in METRIC_KEYS}
+            partial = {k: float(v) for k, v in _normalise(logs).items() if k in METRIC_KEYS}
             self.progress(Progress("train", self._epoch - 1, self.settings.epochs,
                                    message=f"epoch {self._epoch}, batch {batch + 1}",
                                    data={"partial": True, "epoch": self._epoch, **partial}))
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        logs = _normalise(logs or {})
         rec = _epoch_record(epoch + 1, logs)
         value = logs.get(self.monitor)
         improved = value is not None and float(value) < self.best

@@ -1,0 +1,1 @@
+"""The desktop window: widgets over the headless core (app.core); no computation lives here."""

@@ -1,0 +1,51 @@
+"""Entry point of the window: ``run_gui`` shows it fast and loads TensorFlow afterwards.
+
+Nothing imported here imports TensorFlow or Keras (check: ``python -X importtime -c
+"import app.gui.main"``). With ``BOTTLENECK_STUDIO_FIRST_PAINT`` set, the time of the first
+paint of the window is printed (``first-paint <seconds since the epoch>``) for the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+from app.gui import theme
+from app.gui.errors import log, setup_logging
+from app.gui.preferences import APPLICATION, ORGANISATION
+from app.gui.window import MainWindow
+
+ICON = Path(__file__).resolve().parents[2] / "resources" / "icon.svg"
+
+
+def run_gui(data_dir: str | None = None) -> int:
+    """Open the window (on ``data_dir`` when given) and run until it closes; the exit code."""
+    setup_logging()
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName(ORGANISATION)
+    app.setApplicationName(APPLICATION)
+    if ICON.is_file():
+        app.setWindowIcon(QIcon(str(ICON)))
+    theme.apply(app)
+    window = MainWindow()
+
+    def excepthook(kind, value, tb):  # a bug in a slot: a message, not a dead terminal
+        log.error("unexpected error:\n%s", "".join(traceback.format_exception(kind, value, tb)))
+        window.banner.show_error(f"{kind.__name__}: {value}")
+
+    sys.excepthook = excepthook
+    if os.environ.get("BOTTLENECK_STUDIO_FIRST_PAINT"):
+        window.first_painted.connect(lambda: print(f"first-paint {time.time():.4f}", flush=True))
+    if os.environ.get("BOTTLENECK_STUDIO_QUIT_AFTER_PAINT"):
+        window.first_painted.connect(lambda: QTimer.singleShot(0, window.close))
+    window.show()
+    if data_dir:
+        QTimer.singleShot(0, lambda: window.load_folder(str(data_dir)))
+    return app.exec()

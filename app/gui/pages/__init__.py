@@ -1,0 +1,1 @@
+"""One page per step of the path: data, features, train, evaluate, predict."""

@@ -1,0 +1,132 @@
+"""Step 1: choose a folder; see its classes, thumbnails, validation report and split sizes."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.dataset import Dataset
+from app.gui.session import ScanResult
+from app.gui.widgets import folder_urls, heading, hint
+
+
+class DataPage(QWidget):
+    choose_requested = Signal()
+    folder_dropped = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self.choose = QPushButton("&Choose folder…")
+        self.choose.setToolTip("A folder with one sub-folder of photos per class "
+                               "(you can also drop a folder onto the window)")
+        self.choose.clicked.connect(self.choose_requested)
+        self.folder = QLabel("No folder yet — choose one, or drop a folder here.")
+        self.folder.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.busy = QProgressBar()
+        self.busy.setVisible(False)
+        top = QHBoxLayout()
+        top.addWidget(self.choose)
+        top.addWidget(self.folder, 1)
+        top.addWidget(self.busy)
+
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["Class", "Images", "Examples"])
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.splits = QLabel("")
+        self.report = QLabel("")
+        self.report.setWordWrap(True)
+        self.report.setTextFormat(Qt.TextFormat.RichText)
+        self.report.setAlignment(Qt.AlignmentFlag.AlignTop)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(heading("1  Data"))
+        layout.addWidget(hint("Point at a folder that holds one sub-folder of photos per class. "
+                              "Images are checked by content; broken files are skipped, never "
+                              "fatal."))
+        layout.addLayout(top)
+        layout.addWidget(self.table, 3)
+        layout.addWidget(self.splits)
+        layout.addWidget(QLabel("<b>Checks</b>"))
+        layout.addWidget(self.report, 1)
+
+    def set_busy(self, folder: str) -> None:
+        self.folder.setText(f"Reading {folder} …")
+        self.busy.setRange(0, 0)
+        self.busy.setVisible(True)
+        self.choose.setEnabled(False)
+
+    def set_idle(self) -> None:
+        self.busy.setVisible(False)
+        self.choose.setEnabled(True)
+
+    def show_scan(self, result: ScanResult) -> None:
+        ds = result.dataset
+        self.folder.setText(str(ds.root))
+        counts = ds.class_counts()
+        self.table.setRowCount(len(ds.classes))
+        for row, c in enumerate(ds.classes):
+            self.table.setItem(row, 0, QTableWidgetItem(c))
+            n = QTableWidgetItem(str(counts[c]))
+            n.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.table.setItem(row, 1, n)
+            strip = QLabel()
+            image = result.strips.get(c)
+            if image is not None:
+                strip.setPixmap(QPixmap.fromImage(image))
+            self.table.setCellWidget(row, 2, strip)
+            self.table.setRowHeight(row, 64)
+        s = ds.split_counts()
+        self.splits.setText(f"<b>Split</b>: {len(ds.images)} images — {s['train']} to train, "
+                            f"{s['validation']} to validate, {s['test']} to test")
+        self.report.setText(report_html(ds))
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802
+        if folder_urls(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802
+        folders = folder_urls(event.mimeData())
+        if folders:
+            event.acceptProposedAction()
+            self.folder_dropped.emit(folders[0])
+
+
+def report_html(ds: Dataset) -> str:
+    """The validation report in plain words; an all-clear line when there is nothing to say."""
+    if not ds.findings:
+        return "✔ No problems found: every class has enough readable images."
+    lines = []
+    for f in ds.findings:
+        mark = "✖ Must fix" if f.level == "error" else "⚠ Note"
+        extra = ""
+        if f.paths:
+            shown = ", ".join(p.rsplit("/", 1)[-1] for p in f.paths[:4])
+            more = f" and {len(f.paths) - 4} more" if len(f.paths) > 4 else ""
+            extra = f" <i>({shown}{more})</i>"
+        lines.append(f"<b>{mark}:</b> {_escape(f.message)}{extra}")
+    if not ds.errors:
+        lines.append("You can go on to <b>Features</b>.")
+    return "<br>".join(lines)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,166 @@
+"""Step 5: drop images (or a folder) anywhere on the page and see what the model says."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.session import Predicted, predictions_csv
+from app.gui.widgets import heading, hint, local_paths
+
+
+class PredictPage(QWidget):
+    predict_requested = Signal(list)  # paths (files or folders)
+    open_model_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self.model = QLabel("No model yet: train one, or open an exported model folder.")
+        self.model.setWordWrap(True)
+        self.open_model = QPushButton("&Open model folder…")
+        self.open_model.setToolTip("Use a model folder exported earlier (File ▸ Open model)")
+        self.open_model.clicked.connect(self.open_model_requested)
+        self.add = QPushButton("&Add images…")
+        self.add.setToolTip("Choose images to classify (or drop images or a folder here)")
+        self.add.clicked.connect(self._choose)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(1, 20)
+        self.top_k.setValue(3)
+        self.top_k.setPrefix("top ")
+        self.top_k.setToolTip("How many labels to show per image")
+        self.copy = QPushButton("&Copy")
+        self.copy.setToolTip("Copy the results as tab-separated text")
+        self.copy.clicked.connect(self._copy)
+        self.save = QPushButton("Save &CSV…")
+        self.save.setToolTip("Save the results as a CSV file")
+        self.save.clicked.connect(self._save)
+        self.bar = QProgressBar()
+        self.bar.setVisible(False)
+        row = QHBoxLayout()
+        for w in (self.add, self.top_k, self.open_model):
+            row.addWidget(w)
+        row.addWidget(self.bar, 1)
+        row.addStretch(0)
+        row.addWidget(self.copy)
+        row.addWidget(self.save)
+
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["Image", "File", "Labels"])
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.table.setColumnWidth(0, 84)
+        self.table.setColumnWidth(1, 260)
+        self.table.setToolTip("Drop images or a folder anywhere on this page")
+        layout = QVBoxLayout(self)
+        layout.addWidget(heading("5  Predict"))
+        layout.addWidget(hint("Drop one or many images, or a folder, anywhere on this page."))
+        layout.addWidget(self.model)
+        layout.addLayout(row)
+        layout.addWidget(self.table, 1)
+        self.results: list[Predicted] = []
+        self._update_buttons()
+
+    def set_model(self, source: str) -> None:
+        self.model.setText(f"Model: <b>{source}</b>")
+
+    def set_running(self, running: bool) -> None:
+        self.bar.setVisible(running)
+        self.bar.setRange(0, 0)
+        self.add.setEnabled(not running)
+
+    def show_progress(self, p) -> None:
+        self.bar.setRange(0, max(1, p.total))
+        self.bar.setValue(p.done)
+
+    def show_results(self, results: list[Predicted]) -> None:
+        self.results = results
+        self.table.setRowCount(len(results))
+        for row, r in enumerate(results):
+            pred = r.prediction
+            picture = QLabel()
+            picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            if r.image is not None:
+                picture.setPixmap(QPixmap.fromImage(r.image))
+            self.table.setCellWidget(row, 0, picture)
+            name = QTableWidgetItem(pred.path.rsplit("/", 1)[-1])
+            name.setToolTip(pred.path)
+            self.table.setItem(row, 1, name)
+            self.table.setCellWidget(row, 2, _labels(pred))
+            self.table.setRowHeight(row, max(80, 26 * max(1, len(pred.top)) + 8))
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        self.copy.setEnabled(bool(self.results))
+        self.save.setEnabled(bool(self.results))
+
+    def _choose(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, "Images to classify", "",
+            "Images (*.jpg *.jpeg *.png *.bmp *.gif *.webp *.tif *.tiff);;All files (*)")
+        if paths:
+            self.predict_requested.emit(paths)
+
+    def _copy(self) -> None:
+        QGuiApplication.clipboard().setText(predictions_csv(self.results, "\t"))
+
+    def _save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save predictions", "predictions.csv",
+                                              "CSV (*.csv)")
+        if path:
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.write(predictions_csv(self.results))
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802
+        if local_paths(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dragMoveEvent(self, event) -> None:  # noqa: N802
+        if local_paths(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802
+        paths = local_paths(event.mimeData())
+        if paths:
+            event.acceptProposedAction()
+            self.predict_requested.emit(paths)
+
+
+def _labels(pred) -> QWidget:
+    box = QWidget()
+    layout = QVBoxLayout(box)
+    layout.setContentsMargins(4, 4, 4, 4)
+    layout.setSpacing(2)
+    if pred.error:
+        error = QLabel(f"⚠ cannot read this file: {pred.error}")
+        error.setWordWrap(True)
+        error.setStyleSheet("color: #d62728;")
+        layout.addWidget(error)
+        return box
+    for t in pred.top:
+        bar = QProgressBar()
+        bar.setRange(0, 1000)
+        bar.setValue(int(round(t["probability"] * 1000)))
+        bar.setFormat(f"{t['label']}  {t['probability']:.1%}")
+        bar.setTextVisible(True)
+        bar.setMaximumHeight(22)
+        layout.addWidget(bar)
+    return box

@@ -1,0 +1,92 @@
+"""What the window remembers between runs, kept in a QSettings (injected, so tests use a
+temporary file and never the user's real settings)."""
+
+from __future__ import annotations
+
+import json
+
+from PySide6.QtCore import QByteArray, QSettings
+
+from app.core.training import TrainSettings
+
+ORGANISATION = "BottleneckStudio"
+APPLICATION = "Bottleneck Studio"
+
+
+def default_settings() -> QSettings:
+    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORGANISATION,
+                     APPLICATION)
+
+
+class Preferences:
+    """Typed access to the stored values, each with its default."""
+
+    def __init__(self, store: QSettings) -> None:
+        self.store = store
+
+    def _get(self, key: str, default: str = "") -> str:
+        value = self.store.value(key, default)
+        return str(value) if value is not None else default
+
+    @property
+    def last_folder(self) -> str:
+        return self._get("data/last_folder")
+
+    @last_folder.setter
+    def last_folder(self, value: str) -> None:
+        self.store.setValue("data/last_folder", value)
+
+    @property
+    def last_model_folder(self) -> str:
+        return self._get("predict/last_model_folder")
+
+    @last_model_folder.setter
+    def last_model_folder(self, value: str) -> None:
+        self.store.setValue("predict/last_model_folder", value)
+
+    @property
+    def backbone(self) -> str:
+        return self._get("features/backbone")
+
+    @backbone.setter
+    def backbone(self, value: str) -> None:
+        self.store.setValue("features/backbone", value)
+
+    @property
+    def weights(self) -> str:
+        return self._get("features/weights")
+
+    @weights.setter
+    def weights(self, value: str) -> None:
+        self.store.setValue("features/weights", value)
+
+    @property
+    def weights_file(self) -> str:
+        return self._get("features/weights_file")
+
+    @weights_file.setter
+    def weights_file(self, value: str) -> None:
+        self.store.setValue("features/weights_file", value)
+
+    @property
+    def training(self) -> TrainSettings:
+        try:
+            return TrainSettings.from_dict(json.loads(self._get("train/settings", "{}")))
+        except (ValueError, TypeError):
+            return TrainSettings()
+
+    @training.setter
+    def training(self, value: TrainSettings) -> None:
+        self.store.setValue("train/settings", json.dumps(value.as_dict()))
+
+    @property
+    def geometry(self) -> QByteArray | None:
+        value = self.store.value("window/geometry")
+        return value if isinstance(value, QByteArray) else None
+
+    @geometry.setter
+    def geometry(self, value: QByteArray) -> None:
+        self.store.setValue("window/geometry", value)
+
+    def sync(self) -> None:
+        self.store.sync()

@@ -1,0 +1,49 @@
+"""Small shared pieces of the pages: headings, hints, drop helpers, formatting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QMimeData
+from PySide6.QtWidgets import QLabel
+
+
+def heading(text: str) -> QLabel:
+    label = QLabel(text)
+    font = label.font()
+    font.setPointSizeF(font.pointSizeF() * 1.4)
+    font.setBold(True)
+    label.setFont(font)
+    return label
+
+
+def hint(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setEnabled(False)  # the palette's muted text colour, light or dark
+    return label
+
+
+def local_paths(mime: QMimeData) -> list[str]:
+    return [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
+
+
+def folder_urls(mime: QMimeData) -> list[str]:
+    return [p for p in local_paths(mime) if Path(p).is_dir()]
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"

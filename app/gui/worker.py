@@ -1,0 +1,122 @@
+"""The one generic worker: runs a core job ``fn(progress, cancel)`` off the GUI thread.
+
+Progress, the result and errors reach the GUI thread as queued signals; cancelling sets the
+core :class:`CancelToken`, which the job checks between units of work. :class:`Jobs` keeps every
+running worker so that closing the window can cancel and join them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal
+
+from app.core.jobs import Cancelled, CancelToken, Progress
+
+log = logging.getLogger("app.gui")
+
+JobFn = Callable[[Callable[[Progress], None], CancelToken], Any]
+
+
+class Worker(QThread):
+    """One job on its own thread. Signals are emitted from the job's thread and delivered to
+    receivers in the GUI thread through the event loop (queued connections)."""
+
+    progressed = Signal(object)  # Progress
+    succeeded = Signal(object)  # the job's return value
+    failed = Signal(str)  # a one-line message for the user
+    cancelled = Signal()
+    done = Signal()  # always last, whatever happened
+
+    def __init__(self, fn: JobFn, name: str = "job", parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.fn, self.name = fn, name
+        self.token = CancelToken()
+        self.setObjectName(name)
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.token.cancelled
+
+    def run(self) -> None:  # the job's thread
+        try:
+            result = self.fn(self.progressed.emit, self.token)
+        except Cancelled:
+            self.cancelled.emit()
+        except Exception as exc:  # every failure becomes a message and a log entry
+            log.error("%s failed:\n%s", self.name, traceback.format_exc())
+            self.failed.emit(describe_error(exc))
+        else:
+            if self.token.cancelled:
+                self.cancelled.emit()
+            self.succeeded.emit(result)
+        finally:
+            self.done.emit()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line a person can read; the traceback goes to the log file only."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    expected = ("DatasetError", "BackboneError", "ExportError", "ModelDirError", "ValueError",
+                "RuntimeError", "FileNotFoundError", "PermissionError", "OSError")
+    if type(exc).__name__ in expected and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Jobs(QObject):
+    """Starts workers and remembers the running ones."""
+
+    error = Signal(str, str)  # job name, message
+    busy_changed = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._running: list[Worker] = []
+
+    def start(self, name: str, fn: JobFn, *, on_result: Callable[[Any], None] | None = None,
+              on_progress: Callable[[Progress], None] | None = None,
+              on_error: Callable[[str], None] | None = None,
+              on_done: Callable[[], None] | None = None) -> Worker:
+        worker = Worker(fn, name, self)
+        if on_progress:
+            worker.progressed.connect(on_progress)
+        if on_result:
+            worker.succeeded.connect(on_result)
+        worker.failed.connect(lambda msg: self.error.emit(name, msg))
+        if on_error:
+            worker.failed.connect(on_error)
+        if on_done:
+            worker.done.connect(on_done)
+        worker.finished.connect(lambda: self._forget(worker))
+        self._running.append(worker)
+        worker.start()
+        self.busy_changed.emit(True)
+        return worker
+
+    def _forget(self, worker: Worker) -> None:
+        if worker in self._running:
+            self._running.remove(worker)
+            worker.deleteLater()
+        self.busy_changed.emit(bool(self._running))
+
+    @property
+    def running(self) -> list[Worker]:
+        return list(self._running)
+
+    def cancel_all(self) -> None:
+        for w in self._running:
+            w.cancel()
+
+    def wait_all(self, timeout_ms: int = -1) -> bool:
+        """Block until every worker ended; True when all did."""
+        ok = True
+        for w in list(self._running):
+            ok = (w.wait() if timeout_ms < 0 else w.wait(timeout_ms)) and ok
+        return ok

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# `make package`: the one-folder PyInstaller build, then (on Debian/Ubuntu) the .deb.
+#
+#   bash packaging/build.sh [--bundle-weights FILE] [--no-deb] [--skip-freeze]
+#
+#   --bundle-weights FILE  copy FILE (a Keras .weights.h5 / .h5 of the default backbone, e.g.
+#                          inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5) into the
+#                          bundle as _internal/resources/weights/<its name>, so an offline
+#                          workstation works from the first launch. Same as BUNDLE_WEIGHTS=FILE.
+#   --no-deb               stop after dist/bottleneck-studio/
+#   --skip-freeze          reuse dist/bottleneck-studio/ as it is and only (re)make the .deb
+#
+# Results: dist/bottleneck-studio/ and dist/bottleneck-studio_<version>_<arch>.deb
+# Python: .venv/bin/python (PYTHON=... to use another); PyInstaller is installed there if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+WEIGHTS=${BUNDLE_WEIGHTS:-}
+MAKE_DEB=1
+FREEZE=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bundle-weights) WEIGHTS=${2:?--bundle-weights needs a file}; shift 2 ;;
+        --bundle-weights=*) WEIGHTS=${1#*=}; shift ;;
+        --no-deb) MAKE_DEB=0; shift ;;
+        --skip-freeze) FREEZE=0; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+[ -x "$PYTHON" ] || { echo "build.sh: $PYTHON not found (run 'make run' or 'make test' once)" >&2; exit 1; }
+if [ -n "$WEIGHTS" ] && [ ! -f "$WEIGHTS" ]; then
+    echo "build.sh: weights file $WEIGHTS not found" >&2; exit 1
+fi
+
+NAME=bottleneck-studio
+VERSION=$("$PYTHON" packaging/project.py version)
+DIST=$ROOT/dist
+BUNDLE=$DIST/$NAME
+PYI_VERSION=6.22.3
+start=$(date +%s)
+
+if [ "$FREEZE" = 1 ]; then
+    if ! "$PYTHON" -c "import PyInstaller, sys; sys.exit(PyInstaller.__version__ != '$PYI_VERSION')" 2>/dev/null; then
+        echo "installing pyinstaller==$PYI_VERSION"
+        "$PYTHON" -m pip install -q "pyinstaller==$PYI_VERSION"
+    fi
+    echo "freezing $NAME $VERSION (PyInstaller, one folder) ..."
+    # --clean is left out on purpose: PyInstaller's cache of analysed binaries is what makes a
+    # rebuild fast; `make clean` (rm -rf build dist) starts from scratch.
+    "$PYTHON" -m PyInstaller --noconfirm --log-level WARN \
+        --distpath "$DIST" --workpath "$ROOT/build/pyinstaller" packaging/bottleneck_studio.spec
+
+    # The big native libraries ship with their full symbol tables (.symtab/.strtab: ~240 MB in
+    # TensorFlow alone). Nothing reads them at run time (the dynamic linker uses .dynsym), so
+    # strip them; --strip-unneeded keeps every exported symbol.
+    if command -v strip >/dev/null; then
+        before=$(du -sm "$BUNDLE" | cut -f1)
+        find "$BUNDLE/_internal" -type f \( -name '*.so' -o -name '*.so.*' \) -size +1M -print0 |
+            while IFS= read -r -d '' lib; do
+                if readelf -S "$lib" 2>/dev/null | grep -q ' \.symtab '; then
+                    strip --strip-unneeded "$lib" 2>/dev/null || echo "  (could not strip $lib)"
+                fi
+            done
+        echo "stripped symbol tables: $before MB -> $(du -sm "$BUNDLE" | cut -f1) MB"
+    else
+        echo "strip not found (binutils): the bundle keeps its symbol tables" >&2
+    fi
+fi
+[ -x "$BUNDLE/$NAME" ] || { echo "build.sh: $BUNDLE/$NAME missing" >&2; exit 1; }
+
+rm -rf "$BUNDLE/_internal/resources/weights"
+if [ -n "$WEIGHTS" ]; then
+    mkdir -p "$BUNDLE/_internal/resources/weights"
+    cp "$WEIGHTS" "$BUNDLE/_internal/resources/weights/"
+    echo "bundled weights: resources/weights/$(basename "$WEIGHTS")"
+fi
+echo "bundle: $BUNDLE ($(du -sh "$BUNDLE" | cut -f1))"
+
+if [ "$MAKE_DEB" = 1 ]; then
+    if command -v dpkg-deb >/dev/null; then
+        bash packaging/linux/make_deb.sh "$BUNDLE" "$VERSION" "$DIST"
+    else
+        echo "dpkg-deb not found: no .deb (the one-folder build is in $BUNDLE)"
+    fi
+fi
+echo "package done in $(( $(date +%s) - start )) s"
