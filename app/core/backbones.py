@@ -12,8 +12,10 @@ Keras is imported lazily: describing a backbone costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +53,8 @@ class BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     s.name: s
     for s in (
-        BackboneSpec("inception_v3", "Inception v3", 299, "InceptionV3", ("mixed5", "mixed7"), "tf"),
+        BackboneSpec("inception_v3", "Inception v3", 299, "InceptionV3",
+                     ("mixed5", "mixed7"), "tf"),
         BackboneSpec("xception", "Xception", 299, "Xception",
                      ("block9_sepconv1_act", "block11_sepconv1_act"), "tf"),
         BackboneSpec("mobilenet", "MobileNet v1", 224, "MobileNet",
@@ -124,9 +127,12 @@ def build_backbone(spec: BackboneSpec, weights: str) -> keras.Model:
         if source not in (None, "imagenet"):
             source = str(Path(source).expanduser())
         try:
-            model = ctor(include_top=False, weights=source, input_shape=size)
+            # Keras prints its download progress bar on stdout: keep stdout for --json output
+            with contextlib.redirect_stdout(sys.stderr):
+                model = ctor(include_top=False, weights=source, input_shape=size)
         except (ValueError, OSError) as exc:
-            raise BackboneError(f"cannot load weights {weights!r} into {spec.title}: {exc}") from exc
+            raise BackboneError(
+                f"cannot load weights {weights!r} into {spec.title}: {exc}") from exc
         except Exception as exc:  # download failures surface as URL/HTTP errors
             if weights == "imagenet":
                 raise BackboneError(

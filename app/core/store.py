@@ -236,7 +236,8 @@ class FeatureStore:
                     )
                 )
                 for d, owner, at in self.db.execute(
-                    f"SELECT digest, owner, at FROM claims WHERE model_key=? AND digest IN ({marks})",
+                    "SELECT digest, owner, at FROM claims "
+                    f"WHERE model_key=? AND digest IN ({marks})",
                     (model_key, *chunk),
                 ):
                     taken[d] = (owner, at)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from app.core.jobs import CancelToken
-from app.core.retrain import Retraining, evaluate_head
+from app.core.retrain import Retraining
 from app.core.training import HISTORY_KEYS, SplitData, TrainSettings, sample_weights, train_head
 
 
