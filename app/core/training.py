@@ -210,6 +210,10 @@ def _make_stream(settings: TrainSettings, cancel: CancelToken, progress: Progres
 class _StreamMixin:
     """Streams metrics, honours cancel after every batch, remembers the best weights."""
 
+    # Keras then calls the batch hook from its dispatch thread instead of syncing the device
+    # after every batch; the hook only reads a flag and, rarely, the logs.
+    async_safe = True
+
     def __init__(self, settings: TrainSettings, cancel: CancelToken, progress: ProgressCallback,
                  has_val: bool) -> None:
         super().__init__()

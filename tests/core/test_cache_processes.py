@@ -97,3 +97,20 @@ def test_help_lists_every_command():
     assert out.returncode == 0
     for command in ("cache", "gui"):
         assert command in out.stdout
+
+
+def test_warm_run_never_imports_tensorflow(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=3)
+    cmd = _cmd(data, tmp_path / "c")
+    cmd[cmd.index("mobilenet")] = "tiny"
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    script = (
+        "import sys, json\n"
+        "from app.core.caching import cache_features\n"
+        f"r = cache_features({str(data)!r}, 'tiny', 'none', {str(tmp_path / 'c')!r})\n"
+        "print(json.dumps([r.computed, r.reused, 'tensorflow' in sys.modules,"
+        " 'keras' in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert json.loads(out.stdout) == [0, 9, False, False]

@@ -103,3 +103,38 @@ def test_job_returns_dataset_with_bad_images_removed(dataset_dir, cache_dir):
     result, ds = CacheJob(dataset_dir, "tiny", "none", cache_dir).run()
     assert all(not r.path.endswith("bad.png") for r in ds.images)
     assert any(s.path.endswith("bad.png") for s in result.skipped)
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on():
+    from app.core.caching import _Runner
+
+    class FakeModel:
+        calls = []
+
+        def predict_on_batch(self, x):
+            self.calls.append(len(x))
+            if len(x) > 4:
+                raise RuntimeError("RESOURCE_EXHAUSTED: OOM when allocating tensor")
+            flat = x.reshape(len(x), -1)
+            return [flat[:, :2], flat[:, :4].reshape(-1, 1, 2, 2), flat[:, :4].reshape(-1, 2, 2, 1)]
+
+    runner = object.__new__(_Runner)
+    runner.model, runner.batch_size = FakeModel(), 16
+    pixels = np.arange(10 * 3 * 3 * 3, dtype=np.float32).reshape(10, 3, 3, 3)
+    main, aux1, aux2 = runner._predict(pixels)
+    assert runner.batch_size == 4
+    assert main.shape == (10, 2) and aux1.shape == (10, 1, 2, 2)
+    np.testing.assert_array_equal(main, pixels.reshape(10, -1)[:, :2].astype(np.float16))
+
+
+def test_other_errors_are_not_mistaken_for_out_of_memory():
+    from app.core.caching import _Runner
+
+    class Broken:
+        def predict_on_batch(self, x):
+            raise ValueError("shapes do not match")
+
+    runner = object.__new__(_Runner)
+    runner.model, runner.batch_size = Broken(), 8
+    with pytest.raises(ValueError):
+        runner._predict(np.zeros((3, 2, 2, 3), np.float32))
