@@ -12,15 +12,15 @@ Keras is imported lazily: describing a backbone costs nothing.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import importlib.metadata
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from app.core.imaging import PREPROCESS_VERSION
+from app.core.jobs import CancelToken, ProgressCallback, no_progress
 
 if TYPE_CHECKING:
     import keras
@@ -110,36 +110,45 @@ def model_key(spec: BackboneSpec, weights: str) -> str:
     return f"{spec.name}|{weights_fingerprint(spec, weights)}|prep{PREPROCESS_VERSION}"
 
 
-def build_backbone(spec: BackboneSpec, weights: str) -> keras.Model:
-    """The bare Keras backbone (no top), weights loaded, frozen."""
+def build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback = no_progress,
+                   cancel: CancelToken | None = None) -> keras.Model:
+    """The bare Keras backbone (no top), weights loaded, frozen.
+
+    ImageNet weights come from :mod:`app.core.weights` (bundled, cached, or downloaded with
+    progress reports of stage ``download``).
+    """
     import keras
 
     size = (spec.image_size, spec.image_size, 3)
     if weights == "none":
         keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
     if spec.name == "tiny":
+        if weights == "imagenet":
+            raise BackboneError("the tiny backbone has no ImageNet weights; use --weights none")
         model = _tiny_backbone(size)
-        if weights not in ("none", "imagenet"):
+        if weights != "none":
             model.load_weights(str(Path(weights).expanduser()))
-    else:
-        ctor = getattr(keras.applications, spec.constructor)
-        source: Any = None if weights == "none" else weights
-        if source not in (None, "imagenet"):
-            source = str(Path(source).expanduser())
+        model.trainable = False
+        return model
+    ctor = functools.partial(getattr(keras.applications, spec.constructor), include_top=False,
+                             input_shape=size)
+    if weights == "imagenet":
+        from app.core.weights import WeightsUnavailable, imagenet_weights
+
         try:
-            # Keras prints its download progress bar on stdout: keep stdout for --json output
-            with contextlib.redirect_stdout(sys.stderr):
-                model = ctor(include_top=False, weights=source, input_shape=size)
-        except (ValueError, OSError) as exc:
-            raise BackboneError(
-                f"cannot load weights {weights!r} into {spec.title}: {exc}") from exc
-        except Exception as exc:  # download failures surface as URL/HTTP errors
-            if weights == "imagenet":
-                raise BackboneError(
-                    f"could not download ImageNet weights for {spec.title} ({exc}); "
-                    "connect to the internet once or choose a local weights file"
-                ) from exc
-            raise
+            source: str | None = str(imagenet_weights(
+                spec.name, functools.partial(ctor, weights="imagenet"), progress, cancel))
+        except WeightsUnavailable as exc:
+            raise BackboneError(str(exc)) from exc
+    elif weights == "none":
+        source = None
+    else:
+        source = str(Path(weights).expanduser())
+    try:
+        model = ctor(weights=source)
+    except (ValueError, OSError) as exc:
+        raise BackboneError(
+            f"cannot load weights {weights!r} into {spec.title}: {exc}") from exc
     model.trainable = False
     return model
 
@@ -177,13 +186,14 @@ def scaling_layer(spec: BackboneSpec) -> keras.layers.Layer | None:
     return None
 
 
-def build_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None
-                    ) -> keras.Model:
+def build_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None,
+                    progress: ProgressCallback = no_progress,
+                    cancel: CancelToken | None = None) -> keras.Model:
     """Pixels (0..255) -> ``[main (N, C), aux1 (N, h, w, c), aux2 (N, h, w, c)]``."""
     import keras
     from keras import layers
 
-    base = backbone if backbone is not None else build_backbone(spec, weights)
+    base = backbone if backbone is not None else build_backbone(spec, weights, progress, cancel)
     taps = keras.Model(
         base.input,
         [base.output, base.get_layer(spec.aux_layers[0]).output,

@@ -86,7 +86,8 @@ class CacheJob:
             computed: set[str] = set()
             bad: dict[str, str] = {}
             if todo:
-                runner = _Runner(spec, self.weights, key, store, self.batch_size, self.workers)
+                runner = _Runner(spec, self.weights, key, store, self.batch_size, self.workers,
+                                 progress, cancel)
                 device = runner.device
                 computed, bad = runner.compute(todo, first_path, progress, cancel)
             if bad:
@@ -124,30 +125,32 @@ class _Runner:
     """The backbone and the decode pool for one run."""
 
     def __init__(self, spec: BackboneSpec, weights: str, key: str, store: FeatureStore,
-                 batch_size: int, workers: int) -> None:
+                 batch_size: int, workers: int, progress: ProgressCallback,
+                 cancel: CancelToken) -> None:
         from app.core import device as dev
 
         self.device = dev.configure()
         self.spec, self.key, self.store = spec, key, store
         self.batch_size = max(1, batch_size)
         self.workers = workers
-        self.model = self._build(spec, weights, dev.on_gpu())
+        self.model = self._build(spec, weights, dev.on_gpu(), progress, cancel)
         shapes = {t: list(o.shape[1:]) for t, o in zip(TAPS, self.model.outputs)}
         store.register_model(key, {"backbone": spec.name, "shapes": shapes,
                                    "image_size": spec.image_size, "prep": PREPROCESS_VERSION})
 
     @staticmethod
-    def _build(spec: BackboneSpec, weights: str, gpu: bool) -> keras.Model:
+    def _build(spec: BackboneSpec, weights: str, gpu: bool, progress: ProgressCallback,
+               cancel: CancelToken) -> keras.Model:
         import keras
 
         from app.core.backbones import build_extractor
 
         if not gpu:
-            return build_extractor(spec, weights)
+            return build_extractor(spec, weights, progress=progress, cancel=cancel)
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy("mixed_float16")
         try:
-            return build_extractor(spec, weights)
+            return build_extractor(spec, weights, progress=progress, cancel=cancel)
         finally:
             keras.config.set_dtype_policy(previous)
 
