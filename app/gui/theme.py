@@ -19,8 +19,11 @@ def is_dark() -> bool:
 
 def apply(app: QApplication) -> None:
     app.setStyle("Fusion")
-    if not is_dark():
-        return
+    if is_dark():
+        apply_dark(app)
+
+
+def apply_dark(app: QApplication) -> None:
     p = QPalette()
     colours = {
         QPalette.ColorRole.Window: "#2b2b2b", QPalette.ColorRole.WindowText: "#e6e6e6",

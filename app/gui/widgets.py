@@ -20,7 +20,9 @@ def heading(text: str) -> QLabel:
 def hint(text: str) -> QLabel:
     label = QLabel(text)
     label.setWordWrap(True)
-    label.setEnabled(False)  # the palette's muted text colour, light or dark
+    font = label.font()
+    font.setItalic(True)
+    label.setFont(font)
     return label
 
 

@@ -103,7 +103,7 @@ class Jobs(QObject):
     def _forget(self, worker: Worker) -> None:
         if worker in self._running:
             self._running.remove(worker)
-            worker.deleteLater()
+            worker.setParent(None)  # Python owns it now; freed with its last reference
         self.busy_changed.emit(bool(self._running))
 
     @property

@@ -63,7 +63,9 @@ class FeaturesPage(QWidget):
         form = QFormLayout()
         form.addRow("&Backbone:", self.backbone)
         form.addRow("&Weights:", self.weights)
-        form.addRow("Weights &file:", file_row)
+        file_label = QLabel("Weights &file:")
+        file_label.setBuddy(self.weights_file)
+        form.addRow(file_label, file_row)
 
         self.start = QPushButton("&Start")
         self.start.setToolTip("Compute the features of every image not cached yet (Ctrl+Return)")

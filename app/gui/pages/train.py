@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
@@ -91,6 +92,7 @@ class TrainPage(QWidget):
         self.plots = None  # built on first use: importing pyqtgraph costs ~0.4 s at launch
         self.curves: dict[tuple[str, str, str], pg.PlotDataItem] = {}
         self.best_lines: list[pg.InfiniteLine] = []
+        self.plot_items: list[pg.PlotItem] = []
         self.history: list[dict] = []
 
         left = QVBoxLayout()
@@ -128,7 +130,13 @@ class TrainPage(QWidget):
             plot.setLabel("left", metric.capitalize())
             plot.setLabel("bottom", "Epoch")
             plot.showGrid(x=True, y=True, alpha=0.2)
-            plot.addLegend(offset=(-10, 10), labelTextSize="9pt")
+            for axis in ("left", "bottom"):
+                plot.getAxis(axis).enableAutoSIPrefix(False)
+            if metric == "loss":  # one legend is enough: same colours and dashes below
+                plot.addLegend(offset=(-70, 10), labelTextSize="9pt")
+            else:
+                plot.setYRange(0, 1, padding=0.02)
+            self.plot_items.append(plot)
             for output, colour in OUTPUT_COLOURS.items():
                 for split in ("train", "val"):
                     pen = pg.mkPen(colour, width=2,
@@ -140,7 +148,7 @@ class TrainPage(QWidget):
                         symbolBrush=colour, symbolPen=None)
             line = pg.InfiniteLine(angle=90, movable=False,
                                    pen=pg.mkPen("#d62728", width=1, style=Qt.PenStyle.DotLine),
-                                   label="best", labelOpts={"position": 0.92})
+                                   label="best", labelOpts={"position": 0.5, "color": "#d62728"})
             line.setVisible(False)
             plot.addItem(line)
             self.best_lines.append(line)
@@ -211,6 +219,9 @@ class TrainPage(QWidget):
             key = f"{output}_{metric}" if split == "train" else f"val_{output}_{metric}"
             points = [(e, h[key]) for e, h in zip(epochs, self.history) if h.get(key) is not None]
             curve.setData([e for e, _ in points], [v for _, v in points])
+        step = max(1, math.ceil(len(epochs) / 10))
+        for plot in self.plot_items:
+            plot.getAxis("bottom").setTickSpacing(step, step)
         best = self.history[-1].get("best_epoch") if self.history else 0
         for line in self.best_lines:
             line.setVisible(bool(best))

@@ -1,0 +1,127 @@
+"""The whole path through the window on a small generated dataset with the tiny backbone:
+folder -> cache -> train 2 epochs -> plots -> drop an image -> its prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QLabel, QProgressBar
+
+from app.gui.pages.train import CURVES
+from tests.conftest import make_dataset
+from tests.gui.conftest import open_folder, use_tiny, wait_idle
+
+
+def drop(widget, paths: list[Path]) -> None:
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    pos = QPointF(widget.rect().center())
+    event = QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                       Qt.KeyboardModifier.NoModifier)
+    widget.dropEvent(event)  # what Qt calls when a drag ends over the widget
+    assert event.isAccepted()
+
+
+def test_whole_path(qtbot, window, tmp_path):
+    data = make_dataset(tmp_path / "photos", per_class=12)
+    open_folder(qtbot, window, data)
+    assert window.data.table.rowCount() == 3
+    assert window.data.table.item(0, 0).text() == "blue"
+    assert window.data.table.item(0, 1).text() == "12"
+    assert "to train" in window.data.splits.text()
+    assert "class 'blue' has only 12 images" in window.data.report.text()
+
+    use_tiny(window)
+    window.show_page("Features")
+    qtbot.mouseClick(window.features.start, Qt.MouseButton.LeftButton)
+    assert window.features.start.text() == "&Cancel"
+    wait_idle(qtbot, window)
+    cache = window.session.retraining.cache
+    assert cache.computed == 36 and not cache.cancelled
+    assert "36 computed" in window.features.counts.text()
+
+    window.show_page("Train")
+    window.train.fields["epochs"].setValue(2)
+    assert window.train.fields["aux_weight"].value() == 0.3
+    qtbot.mouseClick(window.train.start, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, window)
+    assert window.session.retraining.result.epochs_run == 2
+    assert len(CURVES) == 12
+    for key in CURVES:
+        xs, ys = window.train.curves[key].getData()
+        assert list(xs) == [1, 2], key
+        assert len(ys) == 2
+    assert window.train.best_lines[0].isVisible()
+    assert window.train.export.isEnabled()
+
+    ev = window.session.retraining.evaluation
+    assert window.evaluate.scores["main_accuracy"].text().endswith("%")
+    assert window.evaluate.confusion.rowCount() == 3
+    assert window.evaluate.per_class.rowCount() == 3
+    assert ev is not None
+
+    window.show_page("Predict")
+    image = data / "red" / "red_000.jpg"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    drop(window.predict, [image, broken])
+    qtbot.waitUntil(lambda: window.predict.table.rowCount() == 2 or window.banner.isVisible(),
+                    timeout=60000)
+    assert window.banner.isHidden(), window.banner.text.text()
+    qtbot.waitUntil(window.predict.bar.isHidden)
+    assert window.predict.table.item(0, 1).text() == "red_000.jpg"
+    bars = window.predict.table.cellWidget(0, 2).findChildren(QProgressBar)
+    assert len(bars) == 3 and bars[0].format().split()[0] in ("red", "green", "blue")
+    error = window.predict.table.cellWidget(1, 2).findChildren(QLabel)[0].text()
+    assert "cannot read" in error
+    assert window.predict.table.cellWidget(0, 0).pixmap() is not None
+    assert "red_000.jpg" in window.predict.results[0].prediction.path
+
+
+def test_cancel_during_caching_keeps_what_was_computed(qtbot, window, tmp_path):
+    data = make_dataset(tmp_path / "photos", per_class=24)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    window.features.start.click()
+    worker = window.heavy
+    first = []
+
+    def cancel_on_first_batch(p):
+        if p.stage == "cache" and not first:
+            first.append(p.done)
+            window.features.start.click()  # the button reads Cancel while running
+
+    worker.progressed.connect(cancel_on_first_batch)
+    wait_idle(qtbot, window)
+    cache = window.session.retraining.cache
+    assert cache.cancelled
+    assert 0 < cache.computed < 72
+    assert "cancelled" in window.features.rate.text()
+    assert window.features.start.text() == "&Start"
+
+    window.features.start.click()
+    wait_idle(qtbot, window)
+    again = window.session.retraining.cache
+    assert not again.cancelled and again.reused == cache.computed
+    assert again.computed + again.reused == 72
+
+
+def test_corrupt_file_shows_in_skipped_list(qtbot, window, tmp_path):
+    data = make_dataset(tmp_path / "photos", per_class=8)
+    good = (data / "red" / "red_000.jpg").read_bytes()
+    (data / "red" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (data / "green" / "notes.jpg").write_bytes(b"hello, not a picture")
+    open_folder(qtbot, window, data)
+    names = {window.features.skipped.item(r, 0).text()
+             for r in range(window.features.skipped.rowCount())}
+    assert "notes.jpg" in names
+    use_tiny(window)
+    window.features.start.click()
+    wait_idle(qtbot, window)
+    rows = {window.features.skipped.item(r, 0).text(): window.features.skipped.item(r, 1).text()
+            for r in range(window.features.skipped.rowCount())}
+    assert "notes.jpg" in rows and "truncated.jpg" in rows, rows
+    assert rows["truncated.jpg"]
+    assert "2 skipped" in window.features.counts.text()

@@ -1,0 +1,76 @@
+"""Window behaviour: errors as messages (and in the log), remembered settings, closing while
+a job runs, TensorFlow loaded in the background."""
+
+from __future__ import annotations
+
+from app.core.paths import user_data_dir
+from app.core.training import TrainSettings
+from app.gui.window import MainWindow
+from tests.conftest import make_dataset
+from tests.gui.conftest import open_folder, use_tiny
+
+
+def test_error_is_a_message_and_logged(qtbot, window, tmp_path):
+    window.load_folder(str(tmp_path / "does-not-exist"))
+    qtbot.waitUntil(window.banner.isVisible)
+    assert "is not a folder" in window.banner.text.text()
+    log = (user_data_dir() / "logs" / "bottleneck-studio.log").read_text()
+    assert "is not a folder" in log and "Traceback" in log
+
+
+def test_start_without_data_says_what_to_do(qtbot, window):
+    window.features.start.click()
+    assert window.banner.isVisible()
+    assert "choose a data folder first" in window.banner.text.text()
+    assert window.heavy is None
+
+
+def test_settings_persist(qtbot, gui_settings):
+    first = MainWindow(settings=gui_settings, preload=False)
+    qtbot.addWidget(first)
+    first.features.set_backbone("mobilenet")
+    first.features.set_weights("/tmp/some.weights.h5")
+    first.train.set_settings(TrainSettings(epochs=7, aux_weight=0.5))
+    first.prefs.last_folder = "/tmp/photos"
+    first.close()
+
+    second = MainWindow(settings=gui_settings, preload=False)
+    qtbot.addWidget(second)
+    assert second.features.backbone_name() == "mobilenet"
+    assert second.features.weights_value() == "/tmp/some.weights.h5"
+    assert second.train.settings().epochs == 7
+    assert second.train.settings().aux_weight == 0.5
+    assert second.prefs.last_folder == "/tmp/photos"
+    second.close()
+
+
+def test_every_setting_has_a_tooltip(window):
+    widgets = [window.features.backbone, window.features.weights, window.features.weights_file,
+               *window.train.fields.values(), window.predict.top_k]
+    assert all(w.toolTip() for w in widgets)
+
+
+def test_closing_during_caching_cancels_waits_and_keeps_the_cache(qtbot, window, tmp_path):
+    data = make_dataset(tmp_path / "photos", per_class=24)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    worker = window.start_caching()
+    qtbot.waitUntil(lambda: window.features.bar.maximum() > 1, timeout=60000)
+    window.close()
+    assert worker.isFinished()
+    from app.core.caching import CacheJob
+
+    result, _ = CacheJob(data, "tiny", "none", tmp_path / "cache").run()
+    assert result.reused > 0
+
+
+def test_tensorflow_loads_in_the_background(qtbot, gui_settings):
+    win = MainWindow(settings=gui_settings, preload=False)
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.tensorflow_ready, timeout=60000) as blocker:
+        win.preload_tensorflow()
+        assert win.statusBar().currentMessage() == "Loading TensorFlow…"
+    assert blocker.args[0] in ("CPU",) or blocker.args[0].startswith("GPU")
+    assert blocker.args[0] in win.device.text()
+    assert win.statusBar().currentMessage() == "Ready"
+    win.close()
