@@ -42,7 +42,8 @@ def make_dataset(root: Path, per_class: int = 12, classes=("red", "green", "blue
     for c in classes:
         for i in range(per_class):
             ext = fmt_cycle[i % len(fmt_cycle)]
-            make_image(root / c / f"{c}_{i:03d}.{ext}", COLOURS[c], seed=zlib.crc32(f"{c}{i}".encode()))
+            make_image(root / c / f"{c}_{i:03d}.{ext}", COLOURS[c],
+                       seed=zlib.crc32(f"{c}{i}".encode()))
     return root
 
 
