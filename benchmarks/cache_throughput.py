@@ -74,15 +74,21 @@ class Row:
     images: int
     seconds: float
     note: str = ""
+    cpu_seconds: float | None = None  # all threads; robust to other load on a shared CPU
 
     @property
     def rate(self) -> float:
         return self.images / max(self.seconds, 1e-9)
 
+    @property
+    def cpu_ms(self) -> float | None:
+        return None if self.cpu_seconds is None else 1000 * self.cpu_seconds / self.images
+
 
 @dataclass
 class CliRun:
     seconds: float
+    cpu_seconds: float
     peak_rss_mb: float
     result: dict[str, Any]
     imported: list[str] = field(default_factory=list)
@@ -147,13 +153,13 @@ def time_cold_cache(data: Path, backbone: str, weights: str, scratch: Path,
         if p.stage == "cache":
             marks.append((time.perf_counter(), p.done))
 
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     res = cache_features(data, backbone, weights, cache_dir=cache_dir, progress=progress)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if res.computed != res.images:
         raise RuntimeError(f"cold run computed {res.computed} of {res.images} images")
     total = Row(f"{label}app cache, cold, in-process", res.images, seconds,
-                "scan + model build + compute")
+                "scan + model build + compute", cpu)
     phase = None
     if len(marks) >= 2:
         (t0, n0), (t1, n1) = marks[0], marks[-1]
@@ -165,28 +171,29 @@ def time_cold_cache(data: Path, backbone: str, weights: str, scratch: Path,
 def time_pure_compute(model: keras.Model, pixels: np.ndarray, batch: int) -> Row:
     model.predict_on_batch(pixels[:batch])  # warm-up: traces the graph
     n = len(pixels) - len(pixels) % batch
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     for i in range(0, n, batch):
         model.predict_on_batch(pixels[i : i + batch])
     return Row("pure compute (preloaded float32, predict_on_batch)", n,
-               time.perf_counter() - start, f"batches of {batch}, after a warm-up batch")
+               time.perf_counter() - start, f"batches of {batch}, after a warm-up batch",
+               time.process_time() - cpu)
 
 
 def time_keras_pipeline(data: Path, model: keras.Model, spec: BackboneSpec, batch: int,
                         label: str = "") -> Row:
     import keras
 
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     ds = keras.utils.image_dataset_from_directory(
         data, labels=None, image_size=spec.input_size, batch_size=batch, shuffle=False,
         verbose=False)
     n = len(ds.file_paths)
     out = model.predict(ds, verbose=0)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if len(out[0]) != n:
         raise RuntimeError(f"Keras pipeline gave {len(out[0])} rows for {n} files")
     return Row(f"{label}Keras image_dataset_from_directory + predict", n, seconds,
-               "full decode, tf.data")
+               "full decode, tf.data", cpu)
 
 
 def full_decode(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -196,12 +203,12 @@ def full_decode(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 def time_naive(files: list[Path], model: keras.Model, spec: BackboneSpec) -> Row:
     model.predict_on_batch(np.zeros((1, *spec.input_size, 3), np.float32))  # trace batch 1
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     for p in files:
         x = full_decode(p, spec.input_size).astype(np.float32)[None]
         model.predict_on_batch(x)
     return Row("naive loop (full decode, predict_on_batch of 1)", len(files),
-               time.perf_counter() - start, "retrain.py's way")
+               time.perf_counter() - start, "retrain.py's way", time.process_time() - cpu)
 
 
 def time_decode(files: list[Path], size: tuple[int, int],
@@ -231,7 +238,7 @@ _, status, usage = os.wait4(proc.pid, 0)
 seconds = time.perf_counter() - start
 with open(sys.argv[1], "w") as f:
     json.dump({"rc": os.waitstatus_to_exitcode(status), "seconds": seconds,
-               "maxrss_kb": usage.ru_maxrss}, f)
+               "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss}, f)
 """
 
 
@@ -254,13 +261,14 @@ def run_cli(data: Path, backbone: str, weights: str, cache_dir: Path,
     if usage["rc"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {usage['rc']}:\n{stderr[-2000:]}")
     imported = sorted(set(re.findall(r"\|\s+(tensorflow|keras|jax|torch)\s*$", stderr, re.M)))
-    return CliRun(usage["seconds"], usage["maxrss_kb"] / 1024, json.loads(stdout), imported)
+    return CliRun(usage["seconds"], usage["cpu"], usage["maxrss_kb"] / 1024, json.loads(stdout),
+                  imported)
 
 
 def cli_row(label: str, run: CliRun, note: str) -> Row:
     res = run.result
     n = res["computed"] or res["images"]
-    return Row(label, n, run.seconds, note)
+    return Row(label, n, run.seconds, note, run.cpu_seconds)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -296,15 +304,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(time_naive(spread(files, args.naive_limit), model, spec))
 
         log("app cache, warm, in-process")
-        warm_times = []
+        warm_times, warm_cpu = [], []
         for _ in range(WARM_REPEATS):
-            start = time.perf_counter()
+            cpu, start = time.process_time(), time.perf_counter()
             res = cache_features(data, args.backbone, args.weights, cache_dir=warm_dir)
             warm_times.append(time.perf_counter() - start)
+            warm_cpu.append(time.process_time() - cpu)
             if res.computed:
                 raise RuntimeError(f"warm run computed {res.computed} images")
         warm = Row("app cache, warm, in-process", cold.images, statistics.median(warm_times),
-                   f"median of {WARM_REPEATS}, nothing computed")
+                   f"median of {WARM_REPEATS}, nothing computed", statistics.median(warm_cpu))
 
         log("app cache, cold, CLI subprocesses (full and half dataset)")
         cli_full = run_cli(data, args.backbone, args.weights,
@@ -324,9 +333,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         warm_cli = sorted(warm_cli_runs, key=lambda r: r.seconds)[WARM_REPEATS // 2]
         probe = run_cli(data, args.backbone, args.weights, warm_dir, importtime=True)
         rows.append(warm)
-        rows.append(Row("app cache, warm, CLI subprocess", warm_cli.result["images"],
-                        warm_cli.seconds, f"median of {WARM_REPEATS}, peak RSS "
-                        f"{warm_cli.peak_rss_mb:.0f} MB"))
+        rows.append(cli_row("app cache, warm, CLI subprocess", warm_cli,
+                            f"median of {WARM_REPEATS}, peak RSS {warm_cli.peak_rss_mb:.0f} MB"))
 
         log(f"draft vs full decode on {args.decode_sample} files")
         decode = {"dataset": decode_comparison(spread(files, args.decode_sample),
@@ -387,7 +395,9 @@ def as_json(result: dict[str, Any]) -> dict[str, Any]:
     doc = dict(result)
     doc["rows"] = [{"method": r.method, "images": r.images, "seconds": round(r.seconds, 3),
                     "images_per_second": round(r.rate, 2),
-                    "ratio_to_pure_compute": round(r.rate / rate, 3), "note": r.note}
+                    "ratio_to_pure_compute": round(r.rate / rate, 3),
+                    "cpu_ms_per_image": None if r.cpu_ms is None else round(r.cpu_ms, 2),
+                    "note": r.note}
                    for r in result["rows"]]
     doc["goals"] = [{"goal": g.name, "value": None if g.value is None else round(g.value, 3),
                      "target": g.target, "status": g.status} for g in result["goals"]]
@@ -404,12 +414,13 @@ def as_markdown(result: dict[str, Any]) -> str:
         f"{env['batch']}; load average {env['loadavg_before'][0]:.2f} before, "
         f"{env['loadavg_after'][0]:.2f} after.",
         "",
-        "| method | images | seconds | images/s | ratio to pure compute | note |",
-        "|---|---:|---:|---:|---:|---|",
+        "| method | images | seconds | images/s | ratio to pure compute | CPU ms/image | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
+        cpu = "-" if r.cpu_ms is None else f"{r.cpu_ms:.1f}"
         lines.append(f"| {r.method} | {r.images} | {r.seconds:.3f} | {r.rate:.1f} | "
-                     f"{r.rate / rate:.3f} | {r.note} |")
+                     f"{r.rate / rate:.3f} | {cpu} | {r.note} |")
     lines += ["", "| decode (single thread) | files | load_rgb (draft) ms | full decode ms "
               "| speedup |", "|---|---:|---:|---:|---:|"]
     for name, d in result["decode"].items():

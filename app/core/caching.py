@@ -88,8 +88,8 @@ class CacheJob:
             if todo:
                 runner = _Runner(spec, self.weights, key, store, self.batch_size, self.workers,
                                  progress, cancel)
-                device = runner.device
                 computed, bad = runner.compute(todo, first_path, progress, cancel)
+                device = runner.device
             if bad:
                 ds = ds.without(bad)
         seconds = time.perf_counter() - start
@@ -122,21 +122,39 @@ def cache_features(data: str | Path | Dataset, backbone: str = DEFAULT_BACKBONE,
 
 
 class _Runner:
-    """The backbone and the decode pool for one run."""
+    """The backbone and the decode pool for one run.
+
+    The backbone is built on first use, after the first batches were handed to the decode
+    pool, so TensorFlow's import and the model build overlap the first decodes.
+    """
 
     def __init__(self, spec: BackboneSpec, weights: str, key: str, store: FeatureStore,
                  batch_size: int, workers: int, progress: ProgressCallback,
                  cancel: CancelToken) -> None:
-        from app.core import device as dev
-
-        self.device = dev.configure()
-        self.spec, self.key, self.store = spec, key, store
+        self.spec, self.weights, self.key, self.store = spec, weights, key, store
         self.batch_size = max(1, batch_size)
         self.workers = workers
-        self.model = self._build(spec, weights, dev.on_gpu(), progress, cancel)
-        shapes = {t: list(o.shape[1:]) for t, o in zip(TAPS, self.model.outputs)}
-        store.register_model(key, {"backbone": spec.name, "shapes": shapes,
-                                   "image_size": spec.image_size, "prep": PREPROCESS_VERSION})
+        self.progress, self.cancel = progress, cancel
+        self.device = "none (nothing could be decoded)"
+        self._model: keras.Model | None = None
+
+    @property
+    def model(self) -> keras.Model:
+        if self._model is None:
+            from app.core import device as dev
+
+            self.device = dev.configure()
+            self._model = self._build(self.spec, self.weights, dev.on_gpu(), self.progress,
+                                      self.cancel)
+            shapes = {t: list(o.shape[1:]) for t, o in zip(TAPS, self._model.outputs)}
+            self.store.register_model(self.key, {
+                "backbone": self.spec.name, "shapes": shapes,
+                "image_size": self.spec.image_size, "prep": PREPROCESS_VERSION})
+        return self._model
+
+    @model.setter
+    def model(self, value: keras.Model) -> None:
+        self._model = value
 
     @staticmethod
     def _build(spec: BackboneSpec, weights: str, gpu: bool, progress: ProgressCallback,

@@ -12,13 +12,14 @@ owner has died or the claim is stale.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,17 @@ class FeatureStore:
     def close(self) -> None:
         self.db.close()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (the connection is in autocommit mode otherwise)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def __enter__(self) -> FeatureStore:
         return self
 
@@ -129,7 +141,7 @@ class FeatureStore:
     def remember_files(self, rows: Iterable[tuple[str, int, int, str, str | None]]) -> None:
         rows = list(rows)
         if rows:
-            with self.db:
+            with self._transaction():
                 self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)", rows)
 
     # -- images that failed to decode (by content, so a rename does not retry them) --
@@ -138,14 +150,14 @@ class FeatureStore:
         return dict(rows.fetchall())
 
     def mark_bad(self, prep: int, items: Iterable[tuple[str, str]]) -> None:
-        with self.db:
+        with self._transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO bad VALUES (?,?,?)", [(d, prep, r) for d, r in items]
             )
 
     # -- models and their tap shapes --
     def register_model(self, model_key: str, spec: dict) -> None:
-        with self.db:
+        with self._transaction():
             self.db.execute(
                 "INSERT OR REPLACE INTO models VALUES (?, ?)", (model_key, json.dumps(spec))
             )
@@ -181,7 +193,7 @@ class FeatureStore:
             )
             for i, d in enumerate(batch.digests)
         ]
-        with self.db:
+        with self._transaction():
             self.db.executemany("INSERT OR REPLACE INTO features VALUES (?,?,?,?,?)", rows)
             self.db.executemany(
                 "DELETE FROM claims WHERE model_key=? AND digest=? AND owner=?",
@@ -222,8 +234,7 @@ class FeatureStore:
     def claim(self, model_key: str, digests: Sequence[str]) -> list[str]:
         """Claim the digests nobody has computed or is computing; returns the ones now ours."""
         now = time.time()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             done = set()
             taken: dict[str, tuple[str, float]] = {}
             for chunk in _chunks(list(digests)):
@@ -250,14 +261,10 @@ class FeatureStore:
                 "INSERT OR REPLACE INTO claims VALUES (?,?,?,?)",
                 [(model_key, d, self.owner, now) for d in mine],
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return mine
 
     def release_claims(self, model_key: str) -> None:
-        with self.db:
+        with self._transaction():
             self.db.execute(
                 "DELETE FROM claims WHERE model_key=? AND owner=?", (model_key, self.owner)
             )

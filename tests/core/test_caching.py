@@ -138,3 +138,17 @@ def test_other_errors_are_not_mistaken_for_out_of_memory():
     runner.model, runner.batch_size = Broken(), 8
     with pytest.raises(ValueError):
         runner._predict(np.zeros((3, 2, 2, 3), np.float32))
+
+
+def test_a_batch_is_one_transaction(cache_dir):
+    from app.core.store import FeatureBatch
+
+    with FeatureStore(cache_dir) as store:
+        store.db.execute("CREATE TRIGGER boom BEFORE INSERT ON features WHEN NEW.digest='c' "
+                         "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        z = np.zeros((3, 2), np.float16)
+        with pytest.raises(Exception, match="disk full"):
+            store.put_features("k", FeatureBatch(["a", "b", "c"], z, z, z))
+        assert store.db.execute("SELECT count(*) FROM features").fetchone()[0] == 0
+        store.put_features("k", FeatureBatch(["a", "b"], z[:2], z[:2], z[:2]))
+        assert store.cached_digests("k") == {"a", "b"}
