@@ -57,23 +57,21 @@ def make_images(root: Path) -> list[Path]:
     return files
 
 
-def _check_window() -> str:
-    """Open and close the main window offscreen, if the GUI is part of this build."""
-    try:
-        from app.gui import main as gui_main
-    except ImportError as exc:
-        if getattr(exc, "name", "") in ("app.gui", "app.gui.main"):
-            return "window skipped (no app.gui.main in this build)"
-        raise
-    window_class = getattr(gui_main, "MainWindow", None)
-    if window_class is None:
-        return "window skipped (app.gui.main has no MainWindow)"
+def _check_window(work: Path) -> str:
+    """Open and close the main window offscreen (proves the Qt plugins are in a frozen build).
+
+    Its settings and cache live in ``work``: the user's own are never read or written.
+    """
+    from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
+
+    from app.gui.window import MainWindow
 
     app = QApplication.instance() or QApplication([sys.argv[0], "-platform",
                                                    os.environ["QT_QPA_PLATFORM"]])
     start = time.perf_counter()
-    window = window_class()
+    settings = QSettings(str(work / "settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings, preload=False, cache_dir=str(work / "cache"))
     window.show()
     for _ in range(5):
         app.processEvents()
@@ -143,7 +141,7 @@ def _run(work: Path) -> None:
     _say(f"predict ok ({len(exported)} images, same top-1, max difference {worst:.1e})")
 
     _step("window")
-    _say(_check_window())
+    _say(_check_window(work))
 
 
 def run_self_test() -> int:

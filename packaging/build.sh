@@ -9,6 +9,11 @@
 #                          workstation works from the first launch. Same as BUNDLE_WEIGHTS=FILE.
 #   --no-deb               stop after dist/bottleneck-studio/
 #   --skip-freeze          reuse dist/bottleneck-studio/ as it is and only (re)make the .deb
+#   TF_VARIANT=cpu|full    cpu (default): freeze the CPU-only wheel of the pinned TensorFlow
+#                          version (tensorflow-cpu, installed into build/tf-cpu and put first on
+#                          PYTHONPATH): ~300 MB less (no CUDA kernels). full: the .venv's own
+#                          tensorflow wheel (can use an NVIDIA GPU when the system has CUDA 12 +
+#                          cuDNN 9 libraries), a bundle of ~1.3 GB.
 #
 # Results: dist/bottleneck-studio/ and dist/bottleneck-studio_<version>_<arch>.deb
 # Python: .venv/bin/python (PYTHON=... to use another); PyInstaller is installed there if missing.
@@ -26,7 +31,7 @@ while [ $# -gt 0 ]; do
         --bundle-weights=*) WEIGHTS=${1#*=}; shift ;;
         --no-deb) MAKE_DEB=0; shift ;;
         --skip-freeze) FREEZE=0; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -48,18 +53,36 @@ if [ "$FREEZE" = 1 ]; then
         echo "installing pyinstaller==$PYI_VERSION"
         "$PYTHON" -m pip install -q "pyinstaller==$PYI_VERSION"
     fi
-    echo "freezing $NAME $VERSION (PyInstaller, one folder) ..."
+    TF_VERSION=$("$PYTHON" -c "import importlib.metadata as m; print(m.version('tensorflow'))")
+    case "${TF_VARIANT:-cpu}" in
+        cpu)
+            OVERLAY=$ROOT/build/tf-cpu
+            if [ ! -f "$OVERLAY/.tensorflow-cpu-$TF_VERSION" ]; then
+                echo "installing tensorflow-cpu==$TF_VERSION into build/tf-cpu (CPU-only build of the same TensorFlow)"
+                rm -rf "$OVERLAY"
+                "$PYTHON" -m pip install -q --no-deps --target "$OVERLAY" "tensorflow-cpu==$TF_VERSION"
+                touch "$OVERLAY/.tensorflow-cpu-$TF_VERSION"
+            fi
+            export PYTHONPATH=$OVERLAY${PYTHONPATH:+:$PYTHONPATH}
+            ;;
+        full) ;;
+        *) echo "build.sh: TF_VARIANT must be cpu or full" >&2; exit 2 ;;
+    esac
+    echo "freezing $NAME $VERSION (PyInstaller, one folder, TensorFlow $TF_VERSION ${TF_VARIANT:-cpu}) ..."
     # --clean is left out on purpose: PyInstaller's cache of analysed binaries is what makes a
     # rebuild fast; `make clean` (rm -rf build dist) starts from scratch.
     "$PYTHON" -m PyInstaller --noconfirm --log-level WARN \
         --distpath "$DIST" --workpath "$ROOT/build/pyinstaller" packaging/bottleneck_studio.spec
 
-    # The big native libraries ship with their full symbol tables (.symtab/.strtab: ~240 MB in
-    # TensorFlow alone). Nothing reads them at run time (the dynamic linker uses .dynsym), so
-    # strip them; --strip-unneeded keeps every exported symbol.
+    # TensorFlow's native libraries ship with their full symbol tables (.symtab/.strtab: ~200 MB).
+    # Nothing reads them at run time (the dynamic linker uses .dynsym), so strip them;
+    # --strip-unneeded keeps every exported symbol. Only TensorFlow's: libraries that auditwheel
+    # patched (numpy.libs, pillow.libs, ...) break when stripped ("ELF load command
+    # address/offset not page-aligned").
     if command -v strip >/dev/null; then
         before=$(du -sm "$BUNDLE" | cut -f1)
-        find "$BUNDLE/_internal" -type f \( -name '*.so' -o -name '*.so.*' \) -size +1M -print0 |
+        find "$BUNDLE/_internal" -type f \( -path '*/tensorflow/*' -o -name 'libtensorflow*' \) \
+            \( -name '*.so' -o -name '*.so.*' \) -size +1M -print0 |
             while IFS= read -r -d '' lib; do
                 if readelf -S "$lib" 2>/dev/null | grep -q ' \.symtab '; then
                     strip --strip-unneeded "$lib" 2>/dev/null || echo "  (could not strip $lib)"
