@@ -8,6 +8,9 @@ running worker so that closing the window can cancel and join them all.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +22,23 @@ from app.core.jobs import Cancelled, CancelToken, Progress
 log = logging.getLogger("app.gui")
 
 JobFn = Callable[[Callable[[Progress], None], CancelToken], Any]
+BACKGROUND_NICE = 10
+
+
+def lower_thread_priority(thread: QThread) -> None:
+    """Let the GUI thread win the CPU over background work.
+
+    On Linux the nice value is per thread and inherited by the threads it starts, so
+    TensorFlow's thread pools and the decode pool created by a job run at this priority too;
+    they still use every idle core. Elsewhere Qt's thread priority does the same.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        except OSError:
+            pass
+    else:
+        thread.setPriority(QThread.Priority.LowPriority)
 
 
 class Worker(QThread):
@@ -45,6 +65,7 @@ class Worker(QThread):
         return self.token.cancelled
 
     def run(self) -> None:  # the job's thread
+        lower_thread_priority(self)
         try:
             result = self.fn(self.progressed.emit, self.token)
         except Cancelled:
