@@ -290,12 +290,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         model = build_extractor(spec, args.weights)
         sample = spread(files, args.compute_images)
         pixels = np.stack([load_rgb(p, spec.input_size) for p in sample]).astype(np.float32)
-        compute = time_pure_compute(model, pixels, batch)
-        rows.append(compute)
+        first = time_pure_compute(model, pixels, batch)
 
         log("app cache, cold, in-process")
         cold, phase, warm_dir = time_cold_cache(data, args.backbone, args.weights, scratch, "")
-        rows += [cold, *filter(None, [phase])]
+
+        # The limit is the best the backbone can do: measured before and after the cold run,
+        # so a passing disturbance cannot lower it and flatter the ratio.
+        second = time_pure_compute(model, pixels, batch)
+        compute = max(first, second, key=lambda r: r.rate)
+        compute.note += f" (best of 2: {first.rate:.1f} and {second.rate:.1f} img/s)"
+        rows += [compute, cold, *filter(None, [phase])]
 
         log("Keras image_dataset_from_directory + predict")
         rows.append(time_keras_pipeline(data, model, spec, batch))
