@@ -104,14 +104,15 @@ def _run(work: Path) -> None:
     _say(f"cache ok ({cached.images} images, {cached.computed} computed on {cached.device})")
 
     _step("train")
-    result = run.run_training()
+    result = run.run_training_isolated()  # in a child process, as the window trains
     if result.epochs_run != 1 or not result.history:
         raise SelfTestError(f"training ran {result.epochs_run} epochs, expected 1")
     last = result.history[-1]
     missing = [k for k in ("main_loss", "aux1_loss", "aux2_loss") if k not in last]
     if missing:
         raise SelfTestError(f"training history lacks {', '.join(missing)}")
-    _say(f"train ok (1 epoch, main loss {last['main_loss']:.3f}, aux1 {last['aux1_loss']:.3f},"
+    _say(f"train ok (child process, 1 epoch, main loss {last['main_loss']:.3f}, "
+         f"aux1 {last['aux1_loss']:.3f},"
          f" aux2 {last['aux2_loss']:.3f})")
 
     _step("export")

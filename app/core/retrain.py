@@ -84,6 +84,37 @@ class Retraining:
         self.evaluation = evaluate_head(self.result, self.splits["test"])
         return self.result
 
+    def run_training_isolated(self, progress: ProgressCallback = no_progress,
+                              cancel: CancelToken | None = None) -> TrainResult:
+        """:meth:`run_training` with the training itself in a child process.
+
+        For a GUI: TensorFlow compiling the training step would hold this process's GIL for
+        ~150 ms at a time. The head comes back as a weights file; results are the same.
+        """
+        import tempfile
+
+        from app.core.head import build_head
+        from app.core.isolation import run_isolated
+
+        if self.cache is None or self.cache.cancelled:
+            self.run_cache(progress, cancel)
+            if self.cache.cancelled:
+                raise RuntimeError("caching was cancelled; nothing to train on yet")
+        with tempfile.TemporaryDirectory(prefix="bottleneck-train-") as tmp:
+            weights = str(Path(tmp) / "head.weights.h5")
+            out = run_isolated("app.core.retrain:train_in_child", {
+                "dataset": self.dataset, "model_key": self.cache.model_key,
+                "cache_dir": self.cache_dir, "settings": self.settings,
+                "weights_file": weights}, progress, cancel)
+            head = build_head(out["shape"])
+            head.load_weights(weights)
+        self.splits = load_splits(self.dataset, self.cache.model_key, self.cache_dir)
+        self.result = TrainResult(head, self.dataset.classes, self.settings, out["history"],
+                                  out["best_epoch"], out["epochs_run"], out["cancelled"],
+                                  out["seconds"])
+        self.evaluation = out["evaluation"]
+        return self.result
+
     def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",)) -> Path:
         from app.core.export import export_model
 
@@ -119,6 +150,29 @@ class Retraining:
         spec = get_spec(self.backbone)
         model = classifier_model(spec, self.weights, self.result.head)
         return Predictor(model, self.result.classes, spec.input_size)
+
+
+def train_in_child(dataset: Dataset, model_key: str, cache_dir: str | Path | None,
+                   settings: TrainSettings, weights_file: str,
+                   progress: ProgressCallback = no_progress,
+                   cancel: CancelToken | None = None) -> dict:
+    """The child-process half of :meth:`Retraining.run_training_isolated`: everything it
+    returns pickles; the trained head is saved to ``weights_file``."""
+    from app.core.head import HeadShape
+
+    splits = load_splits(dataset, model_key, cache_dir)
+    result = train_head(splits["train"], splits["validation"], dataset.classes, settings,
+                        progress, cancel)
+    evaluation = evaluate_head(result, splits["test"])
+    result.head.save_weights(weights_file)
+    train = splits["train"]
+    aux = ("aux1", "aux2") if settings.aux_weight > 0 else ()
+    shape = HeadShape(len(dataset.classes), {k: tuple(v.shape[1:]) for k, v in
+                                             train.features.items()},
+                      settings.dropout, settings.hidden_units, aux_outputs=aux)
+    return {"history": result.history, "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "cancelled": result.cancelled,
+            "seconds": result.seconds, "evaluation": evaluation, "shape": shape}
 
 
 def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str = "test",

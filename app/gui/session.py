@@ -91,8 +91,9 @@ class Session(QObject):
         r.settings = settings
 
         def job(progress, cancel):
-            result = r.run_training(progress, cancel)
-            return result
+            # In a child process: TensorFlow compiling the training step would otherwise
+            # hold this process's GIL, and with it the event loop, for ~150 ms at a time.
+            return r.run_training_isolated(progress, cancel)
 
         return job
 

@@ -1,0 +1,87 @@
+"""Run a core job in a child process, with progress and cancel as if it ran in a thread.
+
+TensorFlow holds Python's GIL for a long time while it builds and compiles a training step
+(about 150 ms here): every other thread of the process, a GUI's event loop included, waits.
+A child process has its own GIL. Progress reports come back over a queue, cancelling sets an
+event the child turns into its :class:`CancelToken`, and the job's return value must pickle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import queue as queue_module
+import threading
+import time
+import traceback
+from typing import Any
+
+from app.core.jobs import CancelToken, ProgressCallback, no_progress
+
+POLL_SECONDS = 0.05
+
+
+class ChildFailed(RuntimeError):
+    """The job raised in the child, or the child died; the message says which."""
+
+
+def run_isolated(target: str, kwargs: dict[str, Any], progress: ProgressCallback = no_progress,
+                 cancel: CancelToken | None = None) -> Any:
+    """Call ``target`` ('package.module:function') as ``fn(progress=, cancel=, **kwargs)``
+    in a spawned child process and return its result."""
+    ctx = multiprocessing.get_context("spawn")
+    messages = ctx.Queue()
+    stop = ctx.Event()
+    child = ctx.Process(target=_child_main, args=(target, kwargs, messages, stop),
+                        name="bottleneck-studio-job", daemon=True)
+    child.start()
+    try:
+        while True:
+            if cancel is not None and cancel.cancelled:
+                stop.set()
+            try:
+                kind, payload = messages.get(timeout=POLL_SECONDS)
+            except queue_module.Empty:
+                if not child.is_alive():
+                    raise ChildFailed(f"the job's process ended unexpectedly "
+                                      f"(exit code {child.exitcode})") from None
+                continue
+            if kind == "progress":
+                progress(payload)
+            elif kind == "result":
+                return payload
+            else:
+                name, text, trace = payload
+                raise ChildFailed(f"{text}" if text else name) from _RemoteTraceback(trace)
+    finally:
+        if child.is_alive():
+            stop.set()
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+class _RemoteTraceback(Exception):
+    def __init__(self, trace: str) -> None:
+        super().__init__(f"\n--- in the child process ---\n{trace}")
+
+
+def _child_main(target: str, kwargs: dict[str, Any], messages, stop) -> None:
+    token = CancelToken()
+
+    def watch() -> None:
+        # Polled, not stop.wait(): a multiprocessing Event's set() blocks forever on a waiter
+        # whose process has already exited.
+        while not stop.is_set():
+            time.sleep(POLL_SECONDS)
+        token.cancel()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        module, name = target.split(":")
+        fn = getattr(importlib.import_module(module), name)
+        result = fn(progress=lambda p: messages.put(("progress", p)), cancel=token, **kwargs)
+        messages.put(("result", result))
+    except BaseException as exc:  # reported to the parent, which raises it there
+        messages.put(("error", (type(exc).__name__, str(exc), traceback.format_exc())))
