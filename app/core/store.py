@@ -92,14 +92,24 @@ class FeatureStore:
             raise StoreError(f"cannot create cache folder {self.dir}: {exc}") from exc
         self.path = self.dir / DB_NAME
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        try:
-            self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
-            self._check_version()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a usable feature cache: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(_SCHEMA)
+                self._check_version()
+                break
+            except sqlite3.OperationalError as exc:
+                # Switching a new file to WAL or creating its tables while another process
+                # does the same answers "locked" at once, without waiting: retry.
+                self.db.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"{self.path} is not a usable feature cache: {exc}") from exc
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path} is not a usable feature cache: {exc}") from exc
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
