@@ -72,12 +72,15 @@ class Retraining:
                                             self.weights, self.cache_dir).run(progress, cancel)
         return self.cache
 
-    def run_training(self, progress: ProgressCallback = no_progress,
-                     cancel: CancelToken | None = None) -> TrainResult:
+    def _ensure_cached(self, progress: ProgressCallback, cancel: CancelToken | None) -> None:
         if self.cache is None or self.cache.cancelled:
             self.run_cache(progress, cancel)
             if self.cache.cancelled:
                 raise RuntimeError("caching was cancelled; nothing to train on yet")
+
+    def run_training(self, progress: ProgressCallback = no_progress,
+                     cancel: CancelToken | None = None) -> TrainResult:
+        self._ensure_cached(progress, cancel)
         self.splits = load_splits(self.dataset, self.cache.model_key, self.cache_dir)
         self.result = train_head(self.splits["train"], self.splits["validation"],
                                  self.dataset.classes, self.settings, progress, cancel)
@@ -96,10 +99,7 @@ class Retraining:
         from app.core.head import build_head
         from app.core.isolation import run_isolated
 
-        if self.cache is None or self.cache.cancelled:
-            self.run_cache(progress, cancel)
-            if self.cache.cancelled:
-                raise RuntimeError("caching was cancelled; nothing to train on yet")
+        self._ensure_cached(progress, cancel)
         with tempfile.TemporaryDirectory(prefix="bottleneck-train-") as tmp:
             weights = str(Path(tmp) / "head.weights.h5")
             out = run_isolated("app.core.retrain:train_in_child", {
@@ -111,7 +111,7 @@ class Retraining:
         self.splits = load_splits(self.dataset, self.cache.model_key, self.cache_dir)
         self.result = TrainResult(head, self.dataset.classes, self.settings, out["history"],
                                   out["best_epoch"], out["epochs_run"], out["cancelled"],
-                                  out["seconds"])
+                                  out["seconds"], out["shape"])
         self.evaluation = out["evaluation"]
         return self.result
 
@@ -158,21 +158,14 @@ def train_in_child(dataset: Dataset, model_key: str, cache_dir: str | Path | Non
                    cancel: CancelToken | None = None) -> dict:
     """The child-process half of :meth:`Retraining.run_training_isolated`: everything it
     returns pickles; the trained head is saved to ``weights_file``."""
-    from app.core.head import HeadShape
-
     splits = load_splits(dataset, model_key, cache_dir)
     result = train_head(splits["train"], splits["validation"], dataset.classes, settings,
                         progress, cancel)
     evaluation = evaluate_head(result, splits["test"])
     result.head.save_weights(weights_file)
-    train = splits["train"]
-    aux = ("aux1", "aux2") if settings.aux_weight > 0 else ()
-    shape = HeadShape(len(dataset.classes), {k: tuple(v.shape[1:]) for k, v in
-                                             train.features.items()},
-                      settings.dropout, settings.hidden_units, aux_outputs=aux)
     return {"history": result.history, "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run, "cancelled": result.cancelled,
-            "seconds": result.seconds, "evaluation": evaluation, "shape": shape}
+            "seconds": result.seconds, "evaluation": evaluation, "shape": result.shape}
 
 
 def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str = "test",

@@ -97,6 +97,7 @@ class TrainResult:
     epochs_run: int = 0
     cancelled: bool = False
     seconds: float = 0.0
+    shape: HeadShape | None = None  # what build_head needs to rebuild this head elsewhere
 
     def summary(self) -> dict:
         return {"classes": self.classes, "epochs_run": self.epochs_run,
@@ -172,7 +173,7 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     if stream.best_weights is not None:
         head.set_weights(stream.best_weights)
     return TrainResult(head, list(classes), settings, stream.history, stream.best_epoch,
-                       len(stream.history), cancel.cancelled, time.perf_counter() - start)
+                       len(stream.history), cancel.cancelled, time.perf_counter() - start, shape)
 
 
 def _normalise(logs: dict) -> dict:
