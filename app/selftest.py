@@ -116,7 +116,7 @@ def _run(work: Path) -> None:
          f" aux2 {last['aux2_loss']:.3f})")
 
     _step("export")
-    out = run.export(model_dir)
+    out = run.export(model_dir).folder
     if not (out / "model.keras").is_file():
         raise SelfTestError(f"export wrote no model.keras in {out}")
     _say(f"export ok ({out.name}/model.keras)")

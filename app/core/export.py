@@ -6,16 +6,23 @@ backbone's input size, with its input scaling inside. Beside it: ``labels.txt``,
 file. Before the folder is put in place, the saved model is loaded back (Keras safe mode) and
 its predictions on validation images are compared with the app's own predictions from cached
 features; any difference fails the export and leaves no folder behind.
+
+The folder is written beside its destination and swapped in by rename, so a crash leaves the
+old model or the new one, never neither. Only a folder this app wrote (recognised by its
+``metadata.json`` and holding nothing but the files an export writes) is ever replaced.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
 import datetime as dt
 import importlib.metadata
 import json
+import os
 import shutil
-import tempfile
+import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,9 +39,16 @@ if TYPE_CHECKING:
     import keras
 
 MODEL_FORMAT_VERSION = 1
+WRITTEN_BY = "Bottleneck Studio"
 FORMATS = ("keras", "savedmodel", "tflite")
+# What an export writes; a folder holding anything else is not replaced.
+MODEL_FILES = frozenset({"model.keras", "labels.txt", "metadata.json", "history.csv",
+                         "history.json", "saved_model", "model.tflite"})
 PARITY_IMAGES = 64
-PARITY_TOLERANCE = 1e-3
+# Largest probability difference accepted between the exported float32 model and the head on
+# cached features. Features computed in mixed float16 (GPU) carry float16 rounding of the
+# backbone's activations, measured up to ~1e-2 on the tiny backbone: the tolerance says so.
+PARITY_TOLERANCE = {"float32": 1e-3, "mixed_float16": 3e-2}
 
 
 class ExportError(Exception):
@@ -46,10 +60,49 @@ class ParityReport:
     images: int
     max_abs_diff: float
     top1_mismatches: int
+    tolerance: float = PARITY_TOLERANCE["float32"]
 
     @property
     def ok(self) -> bool:
-        return self.top1_mismatches == 0 and self.max_abs_diff <= PARITY_TOLERANCE
+        return self.top1_mismatches == 0 and self.max_abs_diff <= self.tolerance
+
+
+@dataclass
+class ExportReport:
+    """Where the model went and how far its parity with the app was checked."""
+
+    folder: Path
+    parity: ParityReport | None
+    parity_note: str = ""  # empty when checked and passed; else why it could not be checked
+
+    @property
+    def parity_checked(self) -> bool:
+        return self.parity is not None and self.parity.images > 0
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """True for a folder that an export of this app wrote and that holds nothing else."""
+    folder = Path(path)
+    try:
+        meta = json.loads((folder / "metadata.json").read_text("utf-8"))
+        names = {p.name for p in folder.iterdir()}
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or "format_version" not in meta:
+        return False
+    ours = meta.get("written_by") == WRITTEN_BY or {"app_version", "backbone", "classes"} <= set(
+        meta)
+    return ours and names <= MODEL_FILES
+
+
+def check_destination(out_dir: Path) -> None:
+    """Refuse, touching nothing, any destination that is not new, empty or one of our models."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ExportError(f"{out_dir} exists and is not a folder; choose a new folder name")
+    if not out_dir.exists() or not any(out_dir.iterdir()) or is_model_folder(out_dir):
+        return
+    raise ExportError(f"{out_dir} is not empty and is not a model folder written by this app; "
+                      "nothing was touched: choose a new or empty folder")
 
 
 def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
@@ -63,7 +116,8 @@ def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
 
 
 def check_parity(model: keras.Model, head: keras.Model, validation: SplitData,
-                 image_size: tuple[int, int], limit: int = PARITY_IMAGES) -> ParityReport:
+                 image_size: tuple[int, int], limit: int = PARITY_IMAGES,
+                 tolerance: float = PARITY_TOLERANCE["float32"]) -> ParityReport:
     """Exported model on decoded images vs. the head on cached features, same images."""
     pixels, index = [], []
     for i, path in enumerate(validation.paths[:limit]):
@@ -73,7 +127,7 @@ def check_parity(model: keras.Model, head: keras.Model, validation: SplitData,
         except ImageError:
             continue  # a file changed since caching: nothing to compare
     if not pixels:
-        return ParityReport(0, 0.0, 0)
+        return ParityReport(0, 0.0, 0, tolerance)
     exported = np.asarray(model.predict(np.stack(pixels).astype(np.float32), verbose=0))
     cached = {k: v[index] for k, v in validation.features.items()}
     in_app = np.asarray(main_branch(head).predict(cached["main"], verbose=0))
@@ -81,6 +135,7 @@ def check_parity(model: keras.Model, head: keras.Model, validation: SplitData,
         images=len(index),
         max_abs_diff=float(np.abs(exported - in_app).max()),
         top1_mismatches=int((exported.argmax(1) != in_app.argmax(1)).sum()),
+        tolerance=tolerance,
     )
 
 
@@ -96,65 +151,131 @@ def write_history(folder: Path, history: list[dict]) -> None:
 def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, head: keras.Model,
                  classes: list[str], validation: SplitData | None, history: list[dict],
                  extra_metadata: dict | None = None, formats: tuple[str, ...] = ("keras",),
-                 backbone: keras.Model | None = None) -> Path:
-    """Write the model folder to ``out_dir`` (replacing it) once its parity check passed."""
+                 backbone: keras.Model | None = None,
+                 precision: str = "float32") -> ExportReport:
+    """Write the model folder to ``out_dir`` once its parity check passed, replacing a model
+    folder of ours there; any other non-empty folder raises :class:`ExportError` untouched.
+    ``precision`` is the one the cached features were computed in (sets the tolerance)."""
+    from app.core.device import configure
+
+    configure()
     import keras
 
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ExportError(f"unknown export format(s) {sorted(unknown)}; choose from {FORMATS}")
-    out_dir = Path(out_dir).expanduser().resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    out_dir = Path(out_dir).expanduser().absolute()
+    check_destination(out_dir)
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {out_dir.parent}: {exc.strerror or exc}") from exc
+    staging = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(mode=0o777)  # the umask applies: a normal folder, not drwx------
         model = classifier_model(spec, weights, head, backbone)
         model.save(staging / "model.keras")
         reloaded = keras.saving.load_model(staging / "model.keras", safe_mode=True)
-        parity = None
-        if validation is not None and len(validation):
-            parity = check_parity(reloaded, head, validation, spec.input_size)
-            if not parity.ok:
+        parity, note = None, ""
+        if validation is None or not len(validation):
+            note = ("parity could not be checked: the validation split is empty (add images "
+                    "or give validation a larger share)")
+        else:
+            parity = check_parity(reloaded, head, validation, spec.input_size,
+                                  tolerance=PARITY_TOLERANCE.get(precision, 3e-2))
+            if parity.images == 0:
+                note = (f"parity could not be checked: none of the {len(validation)} validation "
+                        "images could be decoded again (moved, deleted or changed since "
+                        "caching)")
+            elif not parity.ok:
                 raise ExportError(
-                    f"exported model disagrees with the app on {parity.images} validation images "
-                    f"(max probability difference {parity.max_abs_diff:.2g}, "
-                    f"{parity.top1_mismatches} different top-1 labels); nothing was written"
+                    f"exported model disagrees with the app on {parity.images} validation "
+                    f"images (max probability difference {parity.max_abs_diff:.2g}, tolerance "
+                    f"{parity.tolerance:g}, {parity.top1_mismatches} different top-1 labels); "
+                    "nothing was written"
                 )
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes), "utf-8")
         write_history(staging, history)
         meta = {
             "format_version": MODEL_FORMAT_VERSION,
+            "written_by": WRITTEN_BY,
             "app_version": __version__,
             "keras_version": importlib.metadata.version("keras"),
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "backbone": spec.name,
             "weights": weights if weights in ("imagenet", "none") else Path(weights).name,
             "weights_fingerprint": weights_fingerprint(spec, weights),
+            "feature_precision": precision,
             "image_size": [spec.image_size, spec.image_size],
             "input": "RGB pixels 0..255, float32, shape (batch, height, width, 3); the model "
                      "scales them itself",
             "resize": RESIZE_METHOD,
             "preprocess_version": PREPROCESS_VERSION,
             "classes": list(classes),
-            "parity": None if parity is None else {
-                "images": parity.images, "max_abs_diff": parity.max_abs_diff,
-                "top1_mismatches": parity.top1_mismatches},
+            "parity": {"checked": parity is not None and parity.images > 0, "note": note,
+                       **({} if parity is None else {
+                           "images": parity.images, "max_abs_diff": parity.max_abs_diff,
+                           "top1_mismatches": parity.top1_mismatches,
+                           "tolerance": parity.tolerance})},
             **(extra_metadata or {}),
         }
         (staging / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False),
                                                "utf-8")
         if "savedmodel" in formats or "tflite" in formats:
             _export_tensorflow(model, staging, "tflite" in formats)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-        return out_dir
+        check_destination(out_dir)  # still ours, or still free, after the long work above
+        _swap_in(staging, out_dir)
+        return ExportReport(out_dir, parity, note)
     except ExportError:
         raise
     except Exception as exc:
         raise ExportError(f"export to {out_dir} failed: {type(exc).__name__}: {exc}") from exc
     finally:
-        if staging.exists():
+        if staging.exists():  # ours: the unfinished export, or the old model swapped out
             shutil.rmtree(staging, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Put ``staging`` at ``out_dir``; an old model folder there ends up at ``staging``.
+
+    With an atomic exchange no moment exists without a model at ``out_dir``; elsewhere the
+    old folder is renamed aside first, so a crash between the two renames leaves it beside
+    the destination (``.NAME.replaced-*``), never deleted.
+    """
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    if not any(out_dir.iterdir()):
+        out_dir.rmdir()
+        staging.rename(out_dir)
+        return
+    if _exchange(staging, out_dir):
+        return
+    aside = out_dir.parent / f".{out_dir.name}.replaced-{uuid.uuid4().hex[:8]}"
+    out_dir.rename(aside)
+    try:
+        staging.rename(out_dir)
+    except OSError:
+        aside.rename(out_dir)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _export_tensorflow(model: keras.Model, folder: Path, tflite: bool) -> None:

@@ -26,3 +26,9 @@ def user_data_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def last_model_dir() -> Path:
+    """Where the window keeps the last trained model (a normal model folder), so it survives
+    a restart of the app."""
+    return user_data_dir() / "last-model"

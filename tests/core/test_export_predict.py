@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ def trained(tmp_path_factory):
     run = Retraining(data, "tiny", "none", root / "cache",
                      TrainSettings(epochs=3, batch_size=8, learning_rate=3e-3))
     run.run_training()
-    model_dir = run.export(root / "model")
+    model_dir = run.export(root / "model").folder
     return run, model_dir, root
 
 
@@ -33,10 +34,20 @@ def test_export_writes_a_complete_model_folder(trained):
     assert meta["backbone"] == "tiny" and meta["image_size"] == [64, 64]
     assert meta["parity"]["images"] == len(run.splits["validation"]) > 0
     assert meta["parity"]["top1_mismatches"] == 0 and meta["parity"]["max_abs_diff"] <= 1e-3
+    assert meta["parity"]["checked"] and meta["written_by"] == "Bottleneck Studio"
+    assert oct(model_dir.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
     assert set(meta["split"]) == {"train", "validation", "test"}
     assert meta["test"]["main_accuracy"] == run.evaluation.main_accuracy
     assert len(json.loads((model_dir / "history.json").read_text())) == run.result.epochs_run
     assert (model_dir / "history.csv").read_text().startswith("epoch,main_loss")
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_exported_model_predicts_like_the_app(trained):
@@ -106,3 +117,109 @@ def test_damaged_model_folders_give_one_clear_error(trained, tmp_path, damage, m
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and message in last
+
+
+def test_export_replaces_only_a_model_folder_of_ours(trained, tmp_path):
+    run, _, _ = trained
+    target = tmp_path / "model"
+    first = run.export(target)
+    old_created = json.loads((target / "metadata.json").read_text())["created"]
+    second = run.export(target)  # ours: replaced
+    assert second.folder == first.folder and (target / "model.keras").is_file()
+    assert not list(tmp_path.glob(".model*")), "staging or old copy left behind"
+    assert json.loads((target / "metadata.json").read_text())["created"] >= old_created
+
+    (target / "my-notes.txt").write_text("mine")  # now it holds a file we did not write
+    with pytest.raises(ExportError, match="not a model folder"):
+        run.export(target)
+    assert (target / "my-notes.txt").read_text() == "mine"
+
+    user = tmp_path / "Documents"
+    user.mkdir()
+    (user / "letter.txt").write_text("dear user")
+    with pytest.raises(ExportError, match="nothing was touched"):
+        run.export(user)
+    assert [p.name for p in user.iterdir()] == ["letter.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="not a folder"):
+        run.export(tmp_path / "file")
+
+
+def test_a_failed_export_leaves_the_old_model(trained, monkeypatch, tmp_path):
+    import keras
+
+    import app.core.backbones as backbones
+
+    run, _, _ = trained
+    target = tmp_path / "model"
+    run.export(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    monkeypatch.setattr(backbones, "scaling_layer",
+                        lambda spec: keras.layers.Rescaling(1 / 255.0))
+    with pytest.raises(ExportError, match="disagrees"):
+        run.export(target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+
+def test_a_crash_between_renames_never_leaves_neither(trained, monkeypatch, tmp_path):
+    """Without an atomic exchange, the old model is renamed aside before the new one moves
+    in; if the second rename fails, the old one comes back."""
+    import app.core.export as export
+
+    run, _, _ = trained
+    target = tmp_path / "model"
+    run.export(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+    real_rename = Path.rename
+
+    def rename(self, dest):
+        if Path(dest) == target and self.name.startswith(".model.export-") and \
+                (self / "model.keras").exists() and not target.exists():
+            raise OSError(5, "Input/output error")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(ExportError, match="Input/output error"):
+        run.export(target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert run.export(target).folder == target  # the plain two-rename path works too
+    assert not list(tmp_path.glob(".model*"))
+
+
+def test_export_says_when_parity_could_not_be_checked(tmp_path):
+    from app.core.dataset import SplitSpec, scan_dataset
+
+    data = make_dataset(tmp_path / "photos", per_class=6)
+    run = Retraining(data, "tiny", "none", tmp_path / "cache", TrainSettings(epochs=1))
+    run.dataset = scan_dataset(data, split=SplitSpec(0.9, 0.0, 0.1))
+    run.run_training()
+    assert len(run.splits["validation"]) == 0
+    report = run.export(tmp_path / "m1")
+    assert report.parity is None and "validation split is empty" in report.parity_note
+    assert read_metadata(report.folder)["parity"] == {"checked": False,
+                                                      "note": report.parity_note}
+
+    run.dataset = scan_dataset(data)  # 80/10/10: some validation images
+    run.run_training()
+    (tmp_path / "moved").mkdir()
+    for path in map(Path, run.splits["validation"].paths):
+        path.rename(tmp_path / "moved" / path.name)
+    report = run.export(tmp_path / "m2")
+    assert report.parity.images == 0 and not report.parity_checked
+    assert "none of the" in report.parity_note and "could be decoded" in report.parity_note
+
+
+def test_mixed_precision_features_export_within_the_stated_tolerance(tmp_path, monkeypatch):
+    """GPU features are computed in mixed float16; forced here on the CPU. The exported model
+    computes in float32, so parity holds within the tolerance the metadata states."""
+    monkeypatch.setenv("BOTTLENECK_STUDIO_PRECISION", "mixed_float16")
+    data = make_dataset(tmp_path / "photos", per_class=12)
+    run = Retraining(data, "tiny", "none", tmp_path / "cache",
+                     TrainSettings(epochs=3, batch_size=8, learning_rate=3e-3))
+    run.run_training()
+    assert run.result.model_key.endswith("mixed_float16")
+    parity = read_metadata(run.export(tmp_path / "m").folder)["parity"]
+    assert parity["checked"] and parity["top1_mismatches"] == 0
+    assert parity["tolerance"] == 3e-2 and parity["max_abs_diff"] <= 3e-2
