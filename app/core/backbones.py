@@ -105,9 +105,19 @@ def weights_fingerprint(spec: BackboneSpec, weights: str) -> str:
     return f"file:{_file_digest(path)}"
 
 
-def model_key(spec: BackboneSpec, weights: str) -> str:
-    """The cache key of features from ``spec`` with ``weights`` after our decoding."""
-    return f"{spec.name}|{weights_fingerprint(spec, weights)}|prep{PREPROCESS_VERSION}"
+def model_key(spec: BackboneSpec, weights: str, signature: str | None = None) -> str:
+    """The cache key of features from ``spec`` with ``weights`` after our decoding, computed
+    with ``signature`` (Keras backend and precision, :func:`app.core.device.compute_signature`):
+    mixed-precision GPU rows are never mistaken for float32 CPU rows."""
+    from app.core.device import compute_signature
+
+    return (f"{spec.name}|{weights_fingerprint(spec, weights)}|prep{PREPROCESS_VERSION}"
+            f"|{signature or compute_signature()}")
+
+
+def key_precision(key: str) -> str:
+    """The compute precision a model key was made with ('float32' or 'mixed_float16')."""
+    return key.rsplit("|", 1)[-1].rsplit("-", 1)[-1]
 
 
 def build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback = no_progress,
@@ -117,6 +127,9 @@ def build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback 
     ImageNet weights come from :mod:`app.core.weights` (bundled, cached, or downloaded with
     progress reports of stage ``download``).
     """
+    from app.core.device import configure
+
+    configure()
     import keras
 
     size = (spec.image_size, spec.image_size, 3)

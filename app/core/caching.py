@@ -8,6 +8,7 @@ resumes where it stopped. With nothing to compute, Keras is never imported.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec, model_key
+from app.core.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec, key_precision, model_key
 from app.core.dataset import Dataset, Skipped, SplitSpec, scan_dataset
 from app.core.imaging import PREPROCESS_VERSION, ImageError, load_rgb
 from app.core.jobs import CancelToken, Progress, ProgressCallback, RateMeter, no_progress
@@ -47,6 +48,13 @@ class CacheResult:
     model_key: str
     cancelled: bool = False
     findings: list = field(default_factory=list)
+    to_compute: int = 0  # images still without features (after a cancel)
+    retried: int = 0  # images remembered as bad that were tried again
+
+    @property
+    def ready(self) -> int:
+        """Images whose features are in the store now."""
+        return self.images - self.to_compute
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -66,30 +74,44 @@ class CacheJob:
     batch_size: int = DEFAULT_BATCH
     split: SplitSpec | None = None
     workers: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
+    retry_skipped: bool = False  # try images remembered as undecodable again
 
     def run(self, progress: ProgressCallback = no_progress,
             cancel: CancelToken | None = None) -> tuple[CacheResult, Dataset]:
         cancel = cancel or CancelToken()
         start = time.perf_counter()
         spec = get_spec(self.backbone)
-        key = model_key(spec, self.weights)
+        retried = 0
         with FeatureStore(self.cache_dir or user_cache_dir()) as store:
-            ds = self.data if isinstance(self.data, Dataset) else scan_dataset(
-                self.data, store, self.split, progress, cancel)
-            ds.require_usable()
+            ds = self.data
+            if not isinstance(ds, Dataset) or self.retry_skipped:
+                root = ds.root if isinstance(ds, Dataset) else ds
+                split = ds.split_spec if isinstance(ds, Dataset) else self.split
+                ds = scan_dataset(root, store, split, progress, cancel,
+                                  retry_skipped=self.retry_skipped)
+            if self.retry_skipped:
+                retried = store.forget_bad(PREPROCESS_VERSION, [r.digest for r in ds.images])
+            ds.require_cacheable()
             first_path: dict[str, str] = {}
             for r in ds.images:
                 first_path.setdefault(r.digest, r.path)
-            cached = store.cached_digests(key, first_path)
-            todo = [d for d in first_path if d not in cached]
-            device = "none (nothing to compute)"
-            computed: set[str] = set()
-            bad: dict[str, str] = {}
-            if todo:
+            for _attempt in range(2):  # a second pass only when the precision guess was wrong
+                key = model_key(spec, self.weights)
+                cached = store.cached_digests(key, first_path)
+                todo = [d for d in first_path if d not in cached]
+                device = "none (nothing to compute)"
+                computed: set[str] = set()
+                bad: dict[str, str] = {}
+                if not todo:
+                    break
                 runner = _Runner(spec, self.weights, key, store, self.batch_size, self.workers,
                                  progress, cancel)
-                computed, bad = runner.compute(todo, first_path, progress, cancel)
+                try:
+                    computed, bad = runner.compute(todo, first_path, progress, cancel)
+                except _PrecisionChanged:
+                    continue
                 device = runner.device
+                break
             if bad:
                 ds = ds.without(bad)
         seconds = time.perf_counter() - start
@@ -108,6 +130,9 @@ class CacheJob:
             model_key=key,
             cancelled=cancel.cancelled,
             findings=ds.findings,
+            to_compute=sum(1 for r in ds.images
+                           if r.digest not in cached and r.digest not in computed),
+            retried=retried,
         )
         return result, ds
 
@@ -119,6 +144,35 @@ def cache_features(data: str | Path | Dataset, backbone: str = DEFAULT_BACKBONE,
     """Cache every image of ``data``; see :class:`CacheJob` for the options."""
     job = CacheJob(data, backbone, weights, cache_dir, **options)
     return job.run(progress, cancel)[0]
+
+
+class _PrecisionChanged(Exception):
+    """The device turned out to compute in another precision than the model key assumed."""
+
+
+class _ClaimHeartbeat:
+    """Keeps this process's claims fresh while it computes (its own connection, own thread),
+    so a slow weights download or a long batch is never taken over by another process."""
+
+    def __init__(self, store: FeatureStore, key: str) -> None:
+        self.dir, self.owner, self.key = store.dir, store.owner, key
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="claim-heartbeat", daemon=True)
+
+    def __enter__(self) -> _ClaimHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        from app.core import store as store_module
+
+        with FeatureStore(self.dir) as store:
+            while not self._stop.wait(store_module.CLAIM_REFRESH_SECONDS):
+                store.refresh_claims(self.key, self.owner)
 
 
 class _Runner:
@@ -144,7 +198,10 @@ class _Runner:
             from app.core import device as dev
 
             self.device = dev.configure()
-            self._model = self._build(self.spec, self.weights, dev.on_gpu(), self.progress,
+            precision = key_precision(self.key)
+            if dev.compute_precision() != precision:
+                raise _PrecisionChanged()
+            self._model = self._build(self.spec, self.weights, precision, self.progress,
                                       self.cancel)
             shapes = {t: list(o.shape[1:]) for t, o in zip(TAPS, self._model.outputs)}
             self.store.register_model(self.key, {
@@ -152,21 +209,17 @@ class _Runner:
                 "image_size": self.spec.image_size, "prep": PREPROCESS_VERSION})
         return self._model
 
-    @model.setter
-    def model(self, value: keras.Model) -> None:
-        self._model = value
-
     @staticmethod
-    def _build(spec: BackboneSpec, weights: str, gpu: bool, progress: ProgressCallback,
+    def _build(spec: BackboneSpec, weights: str, precision: str, progress: ProgressCallback,
                cancel: CancelToken) -> keras.Model:
         import keras
 
         from app.core.backbones import build_extractor
 
-        if not gpu:
+        if precision == "float32":
             return build_extractor(spec, weights, progress=progress, cancel=cancel)
         previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("mixed_float16")
+        keras.config.set_dtype_policy(precision)
         try:
             return build_extractor(spec, weights, progress=progress, cancel=cancel)
         finally:
@@ -179,7 +232,8 @@ class _Runner:
         computed: set[str] = set()
         bad: dict[str, str] = {}
         remaining = todo
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool, \
+                _ClaimHeartbeat(self.store, self.key):
             try:
                 while remaining and not cancel.cancelled:
                     deferred = self._pass(remaining, paths, pool, meter, computed, bad,
@@ -231,10 +285,11 @@ class _Runner:
                     arrays.append(fut.result())
                     digests.append(d)
                 except ImageError as exc:
-                    failures.append((d, str(exc)))
-            if failures:
-                self.store.mark_bad(PREPROCESS_VERSION, failures)
-                bad.update(failures)
+                    failures.append((d, str(exc), exc.transient))
+            permanent = [(d, reason) for d, reason, transient in failures if not transient]
+            if permanent:  # only content that is really bad is remembered
+                self.store.mark_bad(PREPROCESS_VERSION, permanent)
+            bad.update((d, reason) for d, reason, _ in failures)
             if arrays:
                 feats = self._predict(np.stack(arrays))
                 self.store.put_features(self.key, FeatureBatch(digests, *feats))
@@ -248,19 +303,20 @@ class _Runner:
         """Run the backbone on a batch, halving the batch on GPU out-of-memory."""
         from app.core.device import is_out_of_memory
 
-        n = len(pixels)
         outs: list[list[np.ndarray]] = [[], [], []]
-        for i in range(0, n, self.batch_size):
-            part = pixels[i : i + self.batch_size]
+        start = 0
+        while start < len(pixels):
+            part = pixels[start : start + self.batch_size]
             try:
                 res = self._predict_padded(part)
             except Exception as exc:
                 if not is_out_of_memory(exc) or self.batch_size == 1:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
-                res = self._predict(part)
+                continue  # the same images again, in smaller batches
             for o, r in zip(outs, res):
                 o.append(r)
+            start += len(part)
         return [np.concatenate(o).astype(np.float16) for o in outs]
 
     def _predict_padded(self, part: np.ndarray) -> list[np.ndarray]:

@@ -114,9 +114,29 @@ class Dataset:
     def subset(self, split: str) -> list[ImageRecord]:
         return [r for r in self.images if r.split == split]
 
-    def require_usable(self) -> None:
+    def require_cacheable(self) -> None:
+        """Caching needs images, nothing more: class counts never stop it."""
         if self.errors:
             raise DatasetError(self.errors[0].message)
+
+    def for_training(self) -> tuple[Dataset, list[str]]:
+        """This dataset less the classes with fewer than 2 usable images, and one warning per
+        class left out; :class:`DatasetError` when fewer than 2 classes remain."""
+        self.require_cacheable()
+        counts = self.class_counts()
+        keep = [c for c in self.classes if counts[c] >= MIN_IMAGES_ERROR]
+        warnings = [f"class {c!r} left out of training: {counts[c]} usable image(s), "
+                    f"at least {MIN_IMAGES_ERROR} needed" for c in self.classes if c not in keep]
+        if len(keep) < 2:
+            have = f"only {keep[0]!r}" if keep else "none"
+            raise DatasetError(f"a classifier needs at least two classes with {MIN_IMAGES_ERROR} "
+                               f"or more usable images each ({have} in {self.root})")
+        if len(keep) == len(self.classes):
+            return self, []
+        kept = set(keep)
+        ds = Dataset(self.root, keep, [r for r in self.images if r.label in kept], self.skipped,
+                     [], self.split_spec)
+        return _checked(ds), warnings
 
     def without(self, bad: dict[str, str]) -> Dataset:
         """This dataset less the images whose digest is in ``bad``, which become skipped."""
@@ -157,11 +177,13 @@ def scan_dataset(
     split: SplitSpec | None = None,
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
+    retry_skipped: bool = False,
 ) -> Dataset:
     """Scan ``root`` into a :class:`Dataset` with its validation report.
 
     With a ``store``, files unchanged since the last scan (same size and mtime) are not read
-    again, and images known not to decode are skipped with their recorded reason.
+    again, and images known not to decode are skipped with their recorded reason (unless
+    ``retry_skipped``).
     Raises :class:`DatasetError` only when ``root`` is not a folder; every other problem is a
     finding in the report.
     """
@@ -216,7 +238,7 @@ def scan_dataset(
         if store:
             store.remember_files(new_rows)
 
-    bad = store.bad_reasons(PREPROCESS_VERSION) if store else {}
+    bad = store.bad_reasons(PREPROCESS_VERSION) if store and not retry_skipped else {}
     images: list[ImageRecord] = []
     for (path, label, st), res in zip(candidates, results):
         if res is None:
@@ -246,12 +268,13 @@ def _checked(ds: Dataset) -> Dataset:
         findings.append(Finding("error", f"no usable images found in {ds.root} "
                                          "(expected one sub-folder of images per class)"))
     elif len(nonempty) < 2:
-        findings.append(Finding("error", f"only one class with images ({nonempty[0]!r}); "
-                                         "a classifier needs at least two class folders"))
+        findings.append(Finding("warning", f"only one class with images ({nonempty[0]!r}); "
+                                           "a classifier needs at least two class folders"))
     for c, n in counts.items():
         if n < MIN_IMAGES_ERROR and ds.images:
-            findings.append(Finding("error", f"class {c!r} has {n} usable image(s); "
-                                             f"each class needs at least {MIN_IMAGES_ERROR}"))
+            findings.append(Finding("warning", f"class {c!r} has {n} usable image(s); "
+                                               f"training leaves it out (it needs at least "
+                                               f"{MIN_IMAGES_ERROR})"))
         elif n < MIN_IMAGES_WARNING and ds.images:
             findings.append(Finding("warning", f"class {c!r} has only {n} images; "
                                                f"{MIN_IMAGES_WARNING} or more give a usable model"))

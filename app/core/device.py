@@ -5,18 +5,120 @@ Backend-specific calls stay here; the rest of the core speaks Keras 3 only.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+PRECISION_ENV = "BOTTLENECK_STUDIO_PRECISION"
+PRECISIONS = ("float32", "mixed_float16")
+
 _configured: str | None = None
+_lock = threading.Lock()
+
+
+def keras_backend_name() -> str:
+    """The backend Keras will use, read the way Keras reads it, without importing Keras."""
+    name = os.environ.get("KERAS_BACKEND")
+    if not name:
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        try:
+            name = json.loads((Path(home) / "keras.json").read_text()).get("backend")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    return name or "tensorflow"
+
+
+def compute_precision() -> str:
+    """The dtype policy the backbone computes in: mixed float16 on a GPU, float32 on a CPU.
+
+    ``BOTTLENECK_STUDIO_PRECISION`` forces one. Before the device is configured this is a
+    cheap guess (an NVIDIA device node present), so that a warm run never imports TensorFlow;
+    once :func:`configure` ran it is the truth, and caching re-keys itself if the guess was
+    wrong.
+    """
+    forced = os.environ.get(PRECISION_ENV, "").strip()
+    if forced:
+        if forced not in PRECISIONS:
+            raise ValueError(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}, "
+                             f"not {forced!r}")
+        return forced
+    if _configured is not None:
+        return "mixed_float16" if _configured.startswith("GPU") else "float32"
+    return "mixed_float16" if os.path.exists("/dev/nvidia0") else "float32"
+
+
+def compute_signature() -> str:
+    """What besides the weights changes the numbers a backbone gives: backend and precision."""
+    return f"{keras_backend_name()}-{compute_precision()}"
+
+
+# What TensorFlow's native code prints on stderr on a machine without CUDA, at import and at
+# device discovery; a CPU user reads it as a fault. Logged lines that match are dropped.
+_NATIVE_NOISE = (
+    "cudart_stub.cc", "cuda_platform.cc", "failed call to cuInit", "cuda_executor.cc",
+    "All log messages before absl::InitializeLog()", "Unable to register cu",
+    "computation_placer.cc", "oneDNN custom operations are on", "TF-TRT Warning",
+    "cpu_feature_guard.cc", "This TensorFlow binary is optimized",
+    "To enable the following instructions", "gpu_device.cc", "Skipping registering GPU",
+)
+dropped_native_lines: list[str] = []
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Run a block with file descriptor 2 captured; replay every line but the CUDA noise.
+
+    Native libraries write to the descriptor, not to ``sys.stderr``, so only a descriptor
+    swap can filter them. The app's own lines written meanwhile come out afterwards.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            keep = []
+            for line in tmp.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if any(n in line for n in _NATIVE_NOISE):
+                    dropped_native_lines.append(line.rstrip("\n"))
+                else:
+                    keep.append(line)
+            if keep:
+                sys.stderr.write("".join(keep))
+                sys.stderr.flush()
 
 
 def configure() -> str:
-    """Set up the accelerator once and return a description such as 'GPU: NVIDIA H100' or 'CPU'."""
+    """Import Keras and set up the accelerator once; a description such as 'GPU: NVIDIA H100'
+    or 'CPU'. Every core path that needs Keras calls this first, so TensorFlow's native CUDA
+    noise never reaches stderr, while a real GPU is still found and named."""
     global _configured
     if _configured is not None:
         return _configured
+    with _lock, quiet_native_stderr():
+        if _configured is None:
+            _configured = _discover()
+    return _configured
+
+
+def _discover() -> str:
     import keras
 
     backend = keras.backend.backend()
@@ -47,8 +149,7 @@ def configure() -> str:
                 name = torch.cuda.get_device_name(0)
     except Exception:  # a broken driver must not stop the app: fall back to the CPU
         name = None
-    _configured = f"GPU: {name}" if name else "CPU"
-    return _configured
+    return f"GPU: {name}" if name else "CPU"
 
 
 def on_gpu() -> bool:

@@ -36,7 +36,16 @@ IMAGE_SUFFIXES = {
 
 
 class ImageError(Exception):
-    """An image that cannot be used; ``str(err)`` is a reason a person can act on."""
+    """An image that cannot be used; ``str(err)`` is a reason a person can act on.
+
+    ``transient`` is True when the content may be fine and reading failed for another
+    reason (the file could not be opened, memory ran out): such a file is tried again next
+    time instead of being remembered as bad.
+    """
+
+    def __init__(self, reason: str, transient: bool = False) -> None:
+        super().__init__(reason)
+        self.transient = transient
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -70,7 +79,7 @@ def load_rgb(source: str | Path | bytes, size: tuple[int, int]) -> np.ndarray:
             if Path(source).stat().st_size == 0:
                 raise ImageError("empty file (0 bytes)")
         except OSError as exc:
-            raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+            raise ImageError(f"cannot read file: {exc.strerror or exc}", transient=True) from exc
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -91,12 +100,14 @@ def load_rgb(source: str | Path | bytes, size: tuple[int, int]) -> np.ndarray:
     except UnidentifiedImageError as exc:
         raise ImageError("not a readable image (unknown or damaged format)") from exc
     except OSError as exc:
+        if exc.errno is not None:  # the file system failed, not the image's content
+            raise ImageError(f"cannot read file: {exc.strerror or exc}", transient=True) from exc
         text = str(exc)
         if "truncated" in text:
             raise ImageError("truncated image: the file ends before the picture does") from exc
         raise ImageError(f"corrupt image data: {text}") from exc
     except MemoryError as exc:
-        raise ImageError("not enough memory to decode this image") from exc
+        raise ImageError("not enough memory to decode this image", transient=True) from exc
     except Exception as exc:  # Pillow raises SyntaxError, ValueError, struct.error ...
         raise ImageError(f"corrupt image: {type(exc).__name__}: {exc}") from exc
 

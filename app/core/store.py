@@ -28,6 +28,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite3"
 CLAIM_STALE_SECONDS = 120.0
+CLAIM_REFRESH_SECONDS = 20.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,6 +94,7 @@ class FeatureStore:
         self.path = self.dir / DB_NAME
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         deadline = time.monotonic() + timeout
+        self.db: sqlite3.Connection | None = None
         while True:
             try:
                 self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
@@ -104,11 +106,12 @@ class FeatureStore:
             except sqlite3.OperationalError as exc:
                 # Switching a new file to WAL or creating its tables while another process
                 # does the same answers "locked" at once, without waiting: retry.
-                self.db.close()
+                self.close()
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise StoreError(f"{self.path} is not a usable feature cache: {exc}") from exc
                 time.sleep(0.05)
             except sqlite3.DatabaseError as exc:
+                self.close()
                 raise StoreError(f"{self.path} is not a usable feature cache: {exc}") from exc
 
     def _check_version(self) -> None:
@@ -124,7 +127,9 @@ class FeatureStore:
             )
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -164,6 +169,17 @@ class FeatureStore:
             self.db.executemany(
                 "INSERT OR REPLACE INTO bad VALUES (?,?,?)", [(d, prep, r) for d, r in items]
             )
+
+    def forget_bad(self, prep: int, digests: Iterable[str]) -> int:
+        """Try these images again next time ("retry skipped files"); how many were known bad."""
+        forgotten = 0
+        with self._transaction():
+            for chunk in _chunks(list(digests)):
+                marks = ",".join("?" * len(chunk))
+                forgotten += self.db.execute(
+                    f"DELETE FROM bad WHERE prep=? AND digest IN ({marks})", (prep, *chunk)
+                ).rowcount
+        return forgotten
 
     # -- models and their tap shapes --
     def register_model(self, model_key: str, spec: dict) -> None:
@@ -272,6 +288,15 @@ class FeatureStore:
                 [(model_key, d, self.owner, now) for d in mine],
             )
         return mine
+
+    def refresh_claims(self, model_key: str, owner: str | None = None) -> int:
+        """Mark this owner's claims as fresh: a long batch or a slow weights download must not
+        look stale to another process. Returns how many claims were refreshed."""
+        with self._transaction():
+            return self.db.execute(
+                "UPDATE claims SET at=? WHERE model_key=? AND owner=?",
+                (time.time(), model_key, owner or self.owner),
+            ).rowcount
 
     def release_claims(self, model_key: str) -> None:
         with self._transaction():

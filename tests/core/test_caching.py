@@ -92,10 +92,22 @@ def test_cancel_keeps_finished_batches_and_resumes(dataset_dir, cache_dir):
     assert second.reused == first.computed and second.computed == 36 - first.computed
 
 
-def test_unusable_dataset_raises(tmp_path, cache_dir):
-    make_image(tmp_path / "d" / "only" / "a.png", (1, 1, 1))
-    with pytest.raises(DatasetError):
+def test_a_folder_without_images_raises(tmp_path, cache_dir):
+    (tmp_path / "d" / "empty").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no usable images"):
         _cache(tmp_path / "d", cache_dir)
+
+
+def test_class_counts_never_stop_caching(tmp_path, cache_dir):
+    make_image(tmp_path / "d" / "only" / "a.png", (1, 1, 1))
+    (tmp_path / "d" / "empty").mkdir()
+    (tmp_path / "d" / "unreadable").mkdir()
+    (tmp_path / "d" / "unreadable" / "x.jpg").write_text("not a picture")
+    result = _cache(tmp_path / "d", cache_dir)
+    assert (result.images, result.computed) == (1, 1)
+    messages = [f.message for f in result.findings]
+    assert any("class 'empty' has 0 usable" in m for m in messages), messages
+    assert any("class 'unreadable' has 0 usable" in m for m in messages), messages
 
 
 def test_job_returns_dataset_with_bad_images_removed(dataset_dir, cache_dir):
@@ -105,39 +117,55 @@ def test_job_returns_dataset_with_bad_images_removed(dataset_dir, cache_dir):
     assert any(s.path.endswith("bad.png") for s in result.skipped)
 
 
-def test_out_of_memory_halves_the_batch_and_goes_on():
-    from app.core.caching import _Runner
+def test_out_of_memory_halves_the_batch_until_every_image_is_computed(dataset_dir, cache_dir,
+                                                                      monkeypatch):
+    """A GPU that only fits 4 images: 16 -> 8 -> 4 halves twice; every image still gets its
+    features, equal to a direct forward pass."""
+    from app.core import caching
+    from app.core.backbones import build_extractor
+    from app.core.imaging import load_rgb
 
-    class FakeModel:
-        calls = []
+    batches = []
+
+    class SmallGpu:
+        def __init__(self, model):
+            self.model, self.outputs = model, model.outputs
 
         def predict_on_batch(self, x):
-            self.calls.append(len(x))
+            batches.append(len(x))
             if len(x) > 4:
                 raise RuntimeError("RESOURCE_EXHAUSTED: OOM when allocating tensor")
-            flat = x.reshape(len(x), -1)
-            return [flat[:, :2], flat[:, :4].reshape(-1, 1, 2, 2), flat[:, :4].reshape(-1, 2, 2, 1)]
+            return self.model.predict_on_batch(x)
 
-    runner = object.__new__(_Runner)
-    runner.model, runner.batch_size = FakeModel(), 16
-    pixels = np.arange(10 * 3 * 3 * 3, dtype=np.float32).reshape(10, 3, 3, 3)
-    main, aux1, aux2 = runner._predict(pixels)
-    assert runner.batch_size == 4
-    assert main.shape == (10, 2) and aux1.shape == (10, 1, 2, 2)
-    np.testing.assert_array_equal(main, pixels.reshape(10, -1)[:, :2].astype(np.float16))
+    real_build = caching._Runner._build
+    monkeypatch.setattr(caching._Runner, "_build",
+                        staticmethod(lambda *a: SmallGpu(real_build(*a))))
+    result = _cache(dataset_dir, cache_dir, batch_size=16)
+    assert (result.computed, result.to_compute, len(result.skipped)) == (36, 0, 0)
+    assert batches[:3] == [16, 8, 4] and set(batches[3:]) == {4}
+    ds = scan_dataset(dataset_dir)
+    spec = get_spec("tiny")
+    direct = build_extractor(spec, "none").predict_on_batch(
+        np.stack([load_rgb(r.path, spec.input_size) for r in ds.images]).astype("float32"))
+    with FeatureStore(cache_dir) as store:
+        feats = store.load_features(result.model_key, [r.digest for r in ds.images])
+    np.testing.assert_allclose(feats.main.astype(np.float32), direct[0], rtol=2e-3, atol=2e-3)
 
 
-def test_other_errors_are_not_mistaken_for_out_of_memory():
-    from app.core.caching import _Runner
+def test_other_errors_are_not_mistaken_for_out_of_memory(dataset_dir, cache_dir, monkeypatch):
+    from app.core import caching
 
     class Broken:
+        def __init__(self, model):
+            self.outputs = model.outputs
+
         def predict_on_batch(self, x):
             raise ValueError("shapes do not match")
 
-    runner = object.__new__(_Runner)
-    runner.model, runner.batch_size = Broken(), 8
-    with pytest.raises(ValueError):
-        runner._predict(np.zeros((3, 2, 2, 3), np.float32))
+    real_build = caching._Runner._build
+    monkeypatch.setattr(caching._Runner, "_build", staticmethod(lambda *a: Broken(real_build(*a))))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _cache(dataset_dir, cache_dir, batch_size=8)
 
 
 def test_a_batch_is_one_transaction(cache_dir):
@@ -152,3 +180,59 @@ def test_a_batch_is_one_transaction(cache_dir):
         assert store.db.execute("SELECT count(*) FROM features").fetchone()[0] == 0
         store.put_features("k", FeatureBatch(["a", "b"], z[:2], z[:2], z[:2]))
         assert store.cached_digests("k") == {"a", "b"}
+
+
+def test_a_transient_read_failure_is_retried_next_run(dataset_dir, cache_dir, tmp_path):
+    """A file that cannot be opened during one run (moved away, a network share hiccup) is
+    skipped with its reason, but not remembered as bad content."""
+    with FeatureStore(cache_dir) as store:
+        ds = scan_dataset(dataset_dir, store)
+    victim = dataset_dir / "red" / "red_002.jpg"
+    victim.rename(tmp_path / "away.jpg")
+    first, _ = CacheJob(ds, "tiny", "none", cache_dir).run()
+    assert [s.reason.split(":")[0] for s in first.skipped] == ["cannot read file"]
+    (tmp_path / "away.jpg").rename(victim)
+    second = _cache(dataset_dir, cache_dir)
+    assert (second.computed, second.images, second.skipped) == (1, 36, [])
+
+
+def test_retry_skipped_tries_remembered_bad_files_again(dataset_dir, cache_dir):
+    from app.core.imaging import PREPROCESS_VERSION
+
+    with FeatureStore(cache_dir) as store:
+        ds = scan_dataset(dataset_dir, store)
+        store.mark_bad(PREPROCESS_VERSION, [(ds.images[0].digest, "decoder missing")])
+    plain = _cache(dataset_dir, cache_dir)
+    assert [s.reason for s in plain.skipped] == ["decoder missing"] and plain.images == 35
+    again = _cache(dataset_dir, cache_dir, retry_skipped=True)
+    assert (again.retried, again.computed, again.images, again.skipped) == (1, 1, 36, [])
+    assert _cache(dataset_dir, cache_dir).skipped == []
+
+
+def test_model_key_names_backend_and_precision(dataset_dir, cache_dir, monkeypatch):
+    """Mixed-precision rows (a GPU's) are never reused as float32 rows (a CPU's)."""
+    spec = get_spec("tiny")
+    assert model_key(spec, "none").endswith("|tensorflow-float32")
+    cpu = _cache(dataset_dir, cache_dir)
+    monkeypatch.setenv("BOTTLENECK_STUDIO_PRECISION", "mixed_float16")
+    assert model_key(spec, "none").endswith("|tensorflow-mixed_float16")
+    mixed = _cache(dataset_dir, cache_dir)
+    assert (mixed.computed, mixed.reused) == (36, 0) and mixed.model_key != cpu.model_key
+    with FeatureStore(cache_dir) as store:
+        digests = [r.digest for r in scan_dataset(dataset_dir).images]
+        a = store.load_features(cpu.model_key, digests).main.astype(np.float32)
+        b = store.load_features(mixed.model_key, digests).main.astype(np.float32)
+    assert 0 < np.abs(a - b).max() < 0.05  # really computed in float16, and close
+
+
+def test_a_wrong_precision_guess_rekeys_before_storing(dataset_dir, cache_dir, monkeypatch):
+    """The key's precision is guessed without TensorFlow; the device's truth wins."""
+    from app.core import device
+
+    monkeypatch.setattr(device.os.path, "exists", lambda p: p == "/dev/nvidia0")
+    monkeypatch.setattr(device, "_configured", None)
+    result = _cache(dataset_dir, cache_dir)  # guessed mixed_float16, the device is a CPU
+    assert result.model_key.endswith("-float32") and result.computed == 36
+    with FeatureStore(cache_dir) as store:
+        keys = [r[0] for r in store.db.execute("SELECT DISTINCT model_key FROM features")]
+    assert keys == [result.model_key]

@@ -40,21 +40,41 @@ def test_broken_files_are_listed_with_reasons(tmp_path):
     assert ds.class_counts()["red"] == 3
 
 
-@pytest.mark.parametrize("layout,message", [
-    ({}, "no usable images"),
-    ({"only": 5}, "only one class"),
-    ({"a": 5, "b": 1}, "needs at least 2"),
-])
-def test_unusable_datasets_have_a_clear_error(tmp_path, layout, message):
-    root = tmp_path / "d"
+def _layout(root, layout):
     root.mkdir()
     for c, n in layout.items():
+        (root / c).mkdir()
         for i in range(n):
             make_image(root / c / f"{i}.png", (i * 20, 0, 0), seed=i)
-    ds = scan_dataset(root)
-    assert ds.errors and message in ds.errors[0].message
-    with pytest.raises(DatasetError, match=message):
-        ds.require_usable()
+    return root
+
+
+def test_an_empty_folder_cannot_be_cached(tmp_path):
+    ds = scan_dataset(_layout(tmp_path / "d", {}))
+    with pytest.raises(DatasetError, match="no usable images"):
+        ds.require_cacheable()
+
+
+@pytest.mark.parametrize("layout,message", [
+    ({"only": 5}, "only one class with images"),
+    ({"a": 5, "b": 1}, "class 'b' has 1 usable image(s); training leaves it out"),
+    ({"a": 5, "empty": 0}, "class 'empty' has 0 usable image(s)"),
+])
+def test_class_counts_warn_but_never_stop_caching(tmp_path, layout, message):
+    ds = scan_dataset(_layout(tmp_path / "d", layout))
+    assert not ds.errors
+    assert any(f.message.startswith(message) for f in ds.warnings), ds.warnings
+    ds.require_cacheable()
+
+
+def test_training_leaves_out_classes_with_fewer_than_two_images(tmp_path):
+    ds = scan_dataset(_layout(tmp_path / "d", {"a": 5, "b": 1, "c": 4, "empty": 0}))
+    kept, warnings = ds.for_training()
+    assert kept.classes == ["a", "c"] and {r.label for r in kept.images} == {"a", "c"}
+    assert [w.split(" left out")[0] for w in warnings] == ["class 'b'", "class 'empty'"]
+    alone = scan_dataset(_layout(tmp_path / "e", {"a": 5, "b": 1}))
+    with pytest.raises(DatasetError, match="at least two classes"):
+        alone.for_training()
 
 
 def test_not_a_folder(tmp_path):
