@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from app import __version__
-from app.core.jobs import CancelToken, Progress
+from app.core.jobs import Cancelled, CancelToken, Progress
 from app.core.training import TrainSettings as TrainDefaults
 
 EXIT_OK, EXIT_CANCELLED, EXIT_USAGE = 0, 1, 2
@@ -22,10 +22,10 @@ EXIT_OK, EXIT_CANCELLED, EXIT_USAGE = 0, 1, 2
 class ProgressBar:
     """A one-line progress bar on stderr (a plain line every few seconds when not a terminal)."""
 
-    def __init__(self, stream=sys.stderr, quiet: bool = False) -> None:
-        self.stream = stream
+    def __init__(self, stream=None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self._last = 0.0
         self._stage = ""
 
@@ -95,11 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="compute and store bottleneck features of a dataset")
     p.add_argument("data_dir", help="folder with one sub-folder of images per class")
     _add_model_options(p)
+    p.add_argument("--retry-skipped", action="store_true",
+                   help="try again the files remembered as undecodable (after fixing them)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     p = sub.add_parser("train", help="cache what is missing, train the head, evaluate, export")
     p.add_argument("data_dir", help="folder with one sub-folder of images per class")
-    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--out", required=True,
+                   help="model folder to write: a new or empty folder, or a model folder "
+                        "this app wrote (replaced); any other folder is refused untouched")
     _add_model_options(p)
     p.add_argument("--epochs", type=int, default=TrainDefaults.epochs)
     p.add_argument("--train-batch-size", type=int, default=TrainDefaults.batch_size)
@@ -148,7 +152,7 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     from app.core.caching import CacheJob
 
     job = CacheJob(args.data_dir, args.backbone, args.weights, args.cache_dir,
-                   args.batch_size, _split(args.split))
+                   args.batch_size, _split(args.split), retry_skipped=args.retry_skipped)
     result, _ = job.run(bar, cancel)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
@@ -158,16 +162,28 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         for f in result.findings:
             if f.level == "warning" and not f.message.endswith("skipped as unreadable"):
                 bar.line(f"warning: {f.message}")
+        if result.retried:
+            bar.line(f"tried {result.retried} previously skipped file(s) again")
         print(f"{result.images} images in {len(result.classes)} classes: "
               f"{result.computed} computed, {result.reused} reused, "
               f"{len(result.skipped)} skipped; {result.seconds:.1f} s "
               f"({result.images_per_second:.1f} img/s) on {result.device}")
-    return EXIT_CANCELLED if result.cancelled else EXIT_OK
+    if result.cancelled:
+        bar.line(f"cancelled: {result.ready} of {result.images} images ready, "
+                 f"{result.to_compute} still to compute; run again to resume")
+        return EXIT_CANCELLED
+    return EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
+    from pathlib import Path
+
+    from app.core.export import check_destination
     from app.core.retrain import Retraining
     from app.core.training import TrainSettings
+
+    out = Path(args.out).expanduser().absolute()
+    check_destination(out)  # refused before any work, and again right before the swap
 
     settings = TrainSettings(
         epochs=args.epochs, batch_size=args.train_batch_size, learning_rate=args.learning_rate,
@@ -194,11 +210,22 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     for s in cache.skipped:
         bar.line(f"skipped {s.path}: {s.reason}")
     if cache.cancelled:
-        bar.line("cancelled while caching; run again to resume")
+        bar.line(f"cancelled while caching ({cache.ready} of {cache.images} images ready); "
+                 "run again to resume; nothing was written")
         return EXIT_CANCELLED
     result = run.run_training(progress, cancel)
+    for w in run.training_warnings:
+        bar.line(f"warning: {w}")
+    if result.cancelled or cancel.cancelled:
+        kept = "the model already there was left as it was" if out.exists() else \
+            "nothing was written"
+        bar.line(f"cancelled after {result.epochs_run} epoch(s): not exported, {kept}")
+        return EXIT_CANCELLED
     ev = run.evaluation
-    model_dir = run.export(args.out, formats)
+    report = run.export(out, formats)
+    if report.parity_note:
+        bar.line(f"warning: {report.parity_note}")
+    model_dir = report.folder
     doc = {
         "classes": result.classes, "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch, "cancelled": result.cancelled,
@@ -209,6 +236,13 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         "cache": cache.as_dict(),
         "train_seconds": round(result.seconds, 2),
         "model_dir": str(model_dir),
+        "left_out_classes": sorted(set(run.dataset.classes) - set(result.classes)),
+        "warnings": run.training_warnings,
+        "parity": {"checked": report.parity_checked, "note": report.parity_note,
+                   **({} if report.parity is None else {
+                       "images": report.parity.images,
+                       "max_abs_diff": report.parity.max_abs_diff,
+                       "tolerance": report.parity.tolerance})},
     }
     if args.json:
         print(json.dumps(doc, indent=2, ensure_ascii=False))
@@ -220,7 +254,7 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         bal = "n/a" if t["balanced_accuracy"] is None else f"{t['balanced_accuracy']:.1%}"
         print(f"test ({t['count']} images): main {acc}  balanced {bal}  {aux}")
         print(f"best epoch {result.best_epoch} of {result.epochs_run}; model in {model_dir}")
-    return EXIT_CANCELLED if result.cancelled else EXIT_OK
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
@@ -282,11 +316,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ProgressBar, CancelToken], int
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from app.core.backbones import BackboneError
     from app.core.dataset import DatasetError
+    from app.core.export import ExportError
     from app.core.store import StoreError
 
-    errors: list[type[BaseException]] = [DatasetError, BackboneError, StoreError, ValueError]
-    if "app.core.export" in sys.modules:
-        errors.append(sys.modules["app.core.export"].ExportError)
+    errors: list[type[BaseException]] = [DatasetError, BackboneError, StoreError, ValueError,
+                                         ExportError]
     if "app.core.predict" in sys.modules:
         errors.append(sys.modules["app.core.predict"].ModelDirError)
     return tuple(errors)
@@ -316,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _expected_errors() as exc:
         bar.line(f"error: {exc}")
         return EXIT_USAGE
+    except Cancelled:
+        bar.line("cancelled: no results")
+        return EXIT_CANCELLED
     except KeyboardInterrupt:
         bar.line("aborted")
         return EXIT_CANCELLED

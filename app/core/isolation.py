@@ -4,21 +4,24 @@ TensorFlow holds Python's GIL for a long time while it builds and compiles a tra
 (about 150 ms here): every other thread of the process, a GUI's event loop included, waits.
 A child process has its own GIL. Progress reports come back over a queue, cancelling sets an
 event the child turns into its :class:`CancelToken`, and the job's return value must pickle.
+A child whose parent died exits at once: nothing would ever read what it computes.
 """
 
 from __future__ import annotations
 
 import importlib
 import multiprocessing
+import os
 import queue as queue_module
 import threading
 import time
 import traceback
 from typing import Any
 
-from app.core.jobs import CancelToken, ProgressCallback, no_progress
+from app.core.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
 
 POLL_SECONDS = 0.05
+EXIT_ORPHANED = 3
 
 
 class ChildFailed(RuntimeError):
@@ -50,6 +53,8 @@ def run_isolated(target: str, kwargs: dict[str, Any], progress: ProgressCallback
                 progress(payload)
             elif kind == "result":
                 return payload
+            elif kind == "cancelled":
+                raise Cancelled()
             else:
                 name, text, trace = payload
                 raise ChildFailed(f"{text}" if text else name) from _RemoteTraceback(trace)
@@ -69,11 +74,14 @@ class _RemoteTraceback(Exception):
 
 def _child_main(target: str, kwargs: dict[str, Any], messages, stop) -> None:
     token = CancelToken()
+    parent = multiprocessing.parent_process()
 
     def watch() -> None:
         # Polled, not stop.wait(): a multiprocessing Event's set() blocks forever on a waiter
         # whose process has already exited.
         while not stop.is_set():
+            if parent is not None and not parent.is_alive():
+                os._exit(EXIT_ORPHANED)  # nobody will read the result: no orphan trains on
             time.sleep(POLL_SECONDS)
         token.cancel()
 
@@ -83,5 +91,7 @@ def _child_main(target: str, kwargs: dict[str, Any], messages, stop) -> None:
         fn = getattr(importlib.import_module(module), name)
         result = fn(progress=lambda p: messages.put(("progress", p)), cancel=token, **kwargs)
         messages.put(("result", result))
+    except Cancelled:
+        messages.put(("cancelled", None))
     except BaseException as exc:  # reported to the parent, which raises it there
         messages.put(("error", (type(exc).__name__, str(exc), traceback.format_exc())))

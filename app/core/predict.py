@@ -93,6 +93,9 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Predictor:
         meta = read_metadata(model_dir)
+        from app.core.device import configure
+
+        configure()
         import keras
 
         try:
@@ -116,8 +119,8 @@ class Predictor:
         meter = RateMeter(len(files))
         k = max(1, min(top_k, len(self.classes)))
         for start in range(0, len(files), batch_size):
-            if cancel is not None and cancel.cancelled:
-                break
+            if cancel is not None:
+                cancel.raise_if_cancelled()  # never half-filled answers
             idx, pixels = [], []
             for i in range(start, min(start + batch_size, len(files))):
                 try:

@@ -10,16 +10,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.backbones import get_spec
+from app.core.backbones import get_spec, key_precision, model_key
 from app.core.caching import CacheJob, CacheResult
 from app.core.dataset import SPLITS, Dataset, scan_dataset
 from app.core.evaluation import Evaluation, score
-from app.core.jobs import CancelToken, ProgressCallback, no_progress
+from app.core.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
 from app.core.paths import user_cache_dir
 from app.core.store import TAPS, FeatureStore
 from app.core.training import SplitData, TrainResult, TrainSettings, train_head
 
 if TYPE_CHECKING:
+    from app.core.export import ExportReport
     from app.core.predict import Predictor
 
 
@@ -65,27 +66,40 @@ class Retraining:
     splits: dict[str, SplitData] | None = None
     result: TrainResult | None = None
     evaluation: Evaluation | None = None
+    training_warnings: list[str] = field(default_factory=list)  # classes left out
 
     def run_cache(self, progress: ProgressCallback = no_progress,
-                  cancel: CancelToken | None = None) -> CacheResult:
+                  cancel: CancelToken | None = None, retry_skipped: bool = False
+                  ) -> CacheResult:
         self.cache, self.dataset = CacheJob(self.dataset or self.data_dir, self.backbone,
-                                            self.weights, self.cache_dir).run(progress, cancel)
+                                            self.weights, self.cache_dir,
+                                            retry_skipped=retry_skipped).run(progress, cancel)
         return self.cache
 
-    def _ensure_cached(self, progress: ProgressCallback, cancel: CancelToken | None) -> None:
+    def _ensure_cached(self, progress: ProgressCallback, cancel: CancelToken | None) -> Dataset:
+        """Cache what is missing; the dataset training uses (classes with < 2 images left
+        out, listed in :attr:`training_warnings`)."""
         if self.cache is None or self.cache.cancelled:
             self.run_cache(progress, cancel)
             if self.cache.cancelled:
-                raise RuntimeError("caching was cancelled; nothing to train on yet")
+                raise Cancelled()
+        dataset, self.training_warnings = self.dataset.for_training()
+        return dataset
+
+    def _stamp(self, result: TrainResult) -> TrainResult:
+        result.model_key, result.backbone, result.weights = (self.cache.model_key, self.backbone,
+                                                             self.weights)
+        return result
 
     def run_training(self, progress: ProgressCallback = no_progress,
                      cancel: CancelToken | None = None) -> TrainResult:
-        self._ensure_cached(progress, cancel)
-        self.splits = load_splits(self.dataset, self.cache.model_key, self.cache_dir)
-        self.result = train_head(self.splits["train"], self.splits["validation"],
-                                 self.dataset.classes, self.settings, progress, cancel)
-        self.evaluation = evaluate_head(self.result, self.splits["test"])
-        return self.result
+        dataset = self._ensure_cached(progress, cancel)
+        splits = load_splits(dataset, self.cache.model_key, self.cache_dir)
+        result = self._stamp(train_head(splits["train"], splits["validation"], dataset.classes,
+                                        self.settings, progress, cancel))
+        self.splits, self.result = splits, result
+        self.evaluation = evaluate_head(result, splits["test"])
+        return result
 
     def run_training_isolated(self, progress: ProgressCallback = no_progress,
                               cancel: CancelToken | None = None) -> TrainResult:
@@ -99,31 +113,45 @@ class Retraining:
         from app.core.head import build_head
         from app.core.isolation import run_isolated
 
-        self._ensure_cached(progress, cancel)
+        dataset = self._ensure_cached(progress, cancel)
         with tempfile.TemporaryDirectory(prefix="bottleneck-train-") as tmp:
             weights = str(Path(tmp) / "head.weights.h5")
             out = run_isolated("app.core.retrain:train_in_child", {
-                "dataset": self.dataset, "model_key": self.cache.model_key,
+                "dataset": dataset, "model_key": self.cache.model_key,
                 "cache_dir": self.cache_dir, "settings": self.settings,
                 "weights_file": weights}, progress, cancel)
             head = build_head(out["shape"])
             head.load_weights(weights)
-        self.splits = load_splits(self.dataset, self.cache.model_key, self.cache_dir)
-        self.result = TrainResult(head, self.dataset.classes, self.settings, out["history"],
-                                  out["best_epoch"], out["epochs_run"], out["cancelled"],
-                                  out["seconds"], out["shape"])
+        self.splits = load_splits(dataset, self.cache.model_key, self.cache_dir)
+        self.result = self._stamp(TrainResult(
+            head, dataset.classes, self.settings, out["history"], out["best_epoch"],
+            out["epochs_run"], out["cancelled"], out["seconds"], out["shape"]))
         self.evaluation = out["evaluation"]
         return self.result
 
-    def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",)) -> Path:
+    def _trained(self) -> TrainResult:
+        """The trained head, refused when it no longer matches the features it was trained on
+        (another backbone cached since, or its weights file changed on disk)."""
+        result = self.result
+        if result is None or self.splits is None:
+            raise RuntimeError("train a model first")
+        current = model_key(get_spec(result.backbone), result.weights, result.model_key
+                            .rsplit("|", 1)[-1])
+        if current != result.model_key or (self.cache is not None
+                                           and self.cache.model_key != result.model_key):
+            raise RuntimeError(f"the trained model belongs to the {result.backbone} features "
+                               "it was trained on, which are no longer the current ones; "
+                               "train again")
+        return result
+
+    def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",)) -> ExportReport:
         from app.core.export import export_model
 
-        if self.result is None or self.splits is None:
-            raise RuntimeError("train a model before exporting it")
+        result = self._trained()
         return export_model(
-            out_dir, spec=get_spec(self.backbone), weights=self.weights, head=self.result.head,
-            classes=self.result.classes, validation=self.splits["validation"],
-            history=self.result.history,
+            out_dir, spec=get_spec(result.backbone), weights=result.weights, head=result.head,
+            classes=result.classes, validation=self.splits["validation"],
+            history=result.history, precision=key_precision(result.model_key),
             extra_metadata={
                 "dataset": str(self.dataset.root),
                 "split": {s: len(self.splits[s]) for s in SPLITS},
@@ -134,8 +162,10 @@ class Retraining:
                     k: getattr(self.evaluation, k) for k in
                     ("count", "main_accuracy", "balanced_accuracy", "aux1_accuracy",
                      "aux2_accuracy")},
-                "training": self.result.summary()["settings"],
-                "best_epoch": self.result.best_epoch,
+                "training": result.summary()["settings"],
+                "best_epoch": result.best_epoch,
+                "cancelled": result.cancelled,
+                "left_out_classes": sorted(set(self.dataset.classes) - set(result.classes)),
             },
             formats=formats,
         )
@@ -145,11 +175,10 @@ class Retraining:
         from app.core.export import classifier_model
         from app.core.predict import Predictor
 
-        if self.result is None:
-            raise RuntimeError("train a model first")
-        spec = get_spec(self.backbone)
-        model = classifier_model(spec, self.weights, self.result.head)
-        return Predictor(model, self.result.classes, spec.input_size)
+        result = self._trained()
+        spec = get_spec(result.backbone)
+        model = classifier_model(spec, result.weights, result.head)
+        return Predictor(model, result.classes, spec.input_size)
 
 
 def train_in_child(dataset: Dataset, model_key: str, cache_dir: str | Path | None,
@@ -178,11 +207,13 @@ def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str =
     predictor = Predictor.from_dir(model_dir)
     fractions = predictor.metadata.get("split_fractions")
     ds = scan_dataset(data_dir, split=SplitSpec(*fractions) if fractions else None)
-    unknown = sorted({r.label for r in ds.images} - set(predictor.classes))
+    left_out = set(predictor.metadata.get("left_out_classes") or ())
+    unknown = sorted({r.label for r in ds.images} - set(predictor.classes) - left_out)
     if unknown:
         raise ModelDirError(f"{data_dir} has classes the model does not know: "
                             f"{', '.join(unknown)}")
-    recs = ds.images if split == "all" else ds.subset(split)
+    recs = [r for r in (ds.images if split == "all" else ds.subset(split))
+            if r.label not in left_out]
     preds = predictor.predict([r.path for r in recs], top_k=len(predictor.classes),
                               progress=progress, cancel=cancel)
     index = {c: i for i, c in enumerate(predictor.classes)}

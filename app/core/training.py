@@ -3,7 +3,9 @@
 Loss = main + w * aux1 + w * aux2 (w = ``aux_weight``, 0.3 by default, 0 turns the aux outputs
 off). After every epoch, and at most every ``stream_interval`` seconds within a long one, the
 progress callback receives the metrics of main, aux1 and aux2 on the training and validation
-splits. Cancelling stops after the current batch and keeps the best weights seen so far.
+splits. Cancelling stops after the current batch and keeps the best weights of the epochs that
+finished (an epoch cut short does not count; with none finished there is no model:
+:class:`~app.core.jobs.Cancelled`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.core.head import OUTPUTS, HeadShape, build_head
-from app.core.jobs import CancelToken, Progress, ProgressCallback, no_progress
+from app.core.jobs import Cancelled, CancelToken, Progress, ProgressCallback, no_progress
 
 if TYPE_CHECKING:
     import keras
@@ -98,6 +100,9 @@ class TrainResult:
     cancelled: bool = False
     seconds: float = 0.0
     shape: HeadShape | None = None  # what build_head needs to rebuild this head elsewhere
+    model_key: str = ""  # the features this head was trained on; it answers only on those
+    backbone: str = ""
+    weights: str = ""
 
     def summary(self) -> dict:
         return {"classes": self.classes, "epochs_run": self.epochs_run,
@@ -135,6 +140,9 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
                settings: TrainSettings | None = None, progress: ProgressCallback = no_progress,
                cancel: CancelToken | None = None) -> TrainResult:
     """Train a fresh head; returns it with the best weights (lowest validation main loss)."""
+    from app.core.device import configure
+
+    configure()
     import keras
 
     settings = settings or TrainSettings()
@@ -170,6 +178,8 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     head.fit(x, y, sample_weight=None if sw is None else {o: sw for o in outputs},
              validation_data=val, epochs=settings.epochs, batch_size=settings.batch_size,
              shuffle=True, verbose=0, callbacks=[stream])
+    if stream.best_weights is None and cancel.cancelled:
+        raise Cancelled()  # not one epoch finished: there is no model to keep
     if stream.best_weights is not None:
         head.set_weights(stream.best_weights)
     return TrainResult(head, list(classes), settings, stream.history, stream.best_epoch,
@@ -227,6 +237,7 @@ class _StreamMixin:
         self.wait = 0
         self._last_stream = 0.0
         self._epoch = 0
+        self.interrupted = False  # cancelled within an epoch: that epoch does not count
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1
@@ -235,6 +246,7 @@ class _StreamMixin:
     def on_train_batch_end(self, batch, logs=None):
         if self.cancel.cancelled:
             self.model.stop_training = True
+            self.interrupted = True
             return
         now = time.monotonic()
         if logs and now - self._last_stream >= self.settings.stream_interval:
@@ -245,6 +257,8 @@ class _StreamMixin:
                                    data={"partial": True, "epoch": self._epoch, **partial}))
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.interrupted:  # Keras still validates a cut-short epoch; it is no epoch
+            return
         logs = _normalise(logs or {})
         rec = _epoch_record(epoch + 1, logs)
         value = logs.get(self.monitor)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.core.isolation import ChildFailed, run_isolated
-from app.core.jobs import CancelToken
+from app.core.jobs import Cancelled, CancelToken
 from app.core.retrain import Retraining
 from app.core.training import TrainSettings
 
@@ -38,11 +38,26 @@ def test_cancel_reaches_the_child(dataset_dir, cache_dir):
     run.run_cache()
 
     def progress(p):
-        if p.stage == "train":
+        if p.stage == "train" and not p.data["partial"]:
             token.cancel()
 
     run.run_training_isolated(progress, token)
-    assert run.result.cancelled and run.result.epochs_run < 200
+    assert run.result.cancelled and 1 <= run.result.epochs_run < 200
+
+
+def test_cancel_before_the_first_epoch_ends_leaves_no_model(dataset_dir, cache_dir):
+    token = CancelToken()
+    run = Retraining(dataset_dir, "tiny", "none", cache_dir,
+                     TrainSettings(epochs=200, batch_size=2, stream_interval=0.0))
+    run.run_cache()
+
+    def progress(p):
+        if p.stage == "train":
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        run.run_training_isolated(progress, token)
+    assert run.result is None
 
 
 def test_a_failure_in_the_child_is_raised_with_its_message():
@@ -50,3 +65,54 @@ def test_a_failure_in_the_child_is_raised_with_its_message():
         run_isolated("app.core.caching:cache_features",
                      {"data": "/nonexistent-folder-for-test", "backbone": "tiny",
                       "weights": "none"})
+
+
+def test_the_child_ends_when_its_parent_dies(tmp_path):
+    """kill -9 of the app must not leave a training process running on its own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "from app.core.isolation import run_isolated\n"
+        f"run_isolated('tests.core.test_isolation:_run_forever', {{'pid_file': {str(pid_file)!r}}})"
+    )], cwd=os.getcwd())
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None, "the child never started"
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child):
+        assert time.monotonic() < deadline, "the orphaned child kept running"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by init) counts as ended
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _run_forever(pid_file: str, progress=None, cancel=None):
+    """A job that never ends by itself and ignores its cancel token."""
+    import os
+    import time
+    from pathlib import Path
+
+    Path(pid_file).write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.05)

@@ -124,3 +124,48 @@ def test_class_weights_balance_unbalanced_data():
 def test_bad_settings_are_refused_with_a_message(bad):
     with pytest.raises(ValueError):
         TrainSettings(**bad)
+
+
+def test_a_head_answers_only_on_the_features_it_was_trained_on(cached_run, tmp_path):
+    """Another weights file gives features of the same width: pairing the old head with them
+    would answer wrong in silence, so it is refused."""
+    from app.core.backbones import build_backbone, get_spec
+
+    cached_run.settings = TrainSettings(epochs=1, batch_size=8)
+    cached_run.run_training()
+    assert cached_run.predictor() is not None
+    weights = tmp_path / "other.weights.h5"
+    model = build_backbone(get_spec("tiny"), "none")
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save_weights(weights)
+    cached_run.weights = str(weights)
+    cached_run.run_cache()  # what the window does when the user picks other weights
+    with pytest.raises(RuntimeError, match="train again"):
+        cached_run.predictor()
+    with pytest.raises(RuntimeError, match="train again"):
+        cached_run.export(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_cancel_keeps_exactly_the_best_epochs_weights(cached_run):
+    """The kept head equals a run of the same seed stopped at the best epoch."""
+    token = CancelToken()
+    common = dict(batch_size=4, schedule="constant", early_stopping=0, seed=11,
+                  stream_interval=0.0)
+    cached_run.settings = TrainSettings(epochs=50, **common)
+
+    def progress(p):
+        if p.data and p.data.get("partial") and p.data["epoch"] == 5:
+            token.cancel()
+
+    cached_run.run_training(progress, token)
+    cut = cached_run.result
+    assert cut.cancelled and cut.epochs_run == 4 and 1 <= cut.best_epoch <= 4
+    losses = [h["val_main_loss"] for h in cut.history]
+    assert cut.best_epoch == 1 + int(np.argmin(losses))
+    kept = cut.head.get_weights()
+    cached_run.settings = TrainSettings(epochs=cut.best_epoch, **common)
+    cached_run.run_training()
+    assert cached_run.result.best_epoch == cut.best_epoch
+    for a, b in zip(kept, cached_run.result.head.get_weights()):
+        np.testing.assert_array_equal(a, b)
