@@ -123,6 +123,9 @@ class Jobs(QObject):
 
     def _forget(self, worker: Worker) -> None:
         if worker in self._running:
+            # 'finished' comes from the thread just before it exits: let it exit before the
+            # last reference may go, or Qt aborts ("Destroyed while thread is still running").
+            worker.wait()
             self._running.remove(worker)
             worker.setParent(None)  # Python owns it now; freed with its last reference
         self.busy_changed.emit(bool(self._running))
