@@ -1,12 +1,23 @@
 """The state of one retraining session and the jobs that change it.
 
-The session owns the core's :class:`Retraining` and the current predictor; pages read it and
-ask it for job callables ``fn(progress, cancel)`` that the generic worker runs. Results are
-applied on the GUI thread (``apply_*``), which emits the signals pages listen to.
+Jobs never touch this state. Each job gets copies of its inputs, returns a result, and the
+window hands that result to an ``apply_*`` method here, on the GUI thread (Orange3's pattern).
+A result that belongs to inputs the user has since replaced is dropped, not applied:
+
+- caching and training work on a copy of the :class:`Retraining` they started from; their
+  result is applied only while that object is still the session's ``retraining``;
+- predictions carry the model ``generation`` they were made with; a new model (trained or
+  opened) bumps it, so answers of the old model are never shown as the new one's, and the
+  old predictor is never put back.
+
+The model used for predictions is a snapshot of its own (``model``): a trained head stays
+with the backbone, weights and splits it was trained on, whatever the Features page says now.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +26,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from app.core.dataset import Dataset, scan_dataset
-from app.core.jobs import CancelToken
+from app.core.jobs import CancelToken, ProgressCallback
 from app.core.paths import user_cache_dir
 from app.core.retrain import Retraining
 from app.core.store import FeatureStore
@@ -24,12 +35,14 @@ from app.gui import thumbnails
 
 CLASS_THUMBS = 4
 THUMB = 56
+Job = Any  # fn(progress, cancel) -> result, run by app.gui.worker
 
 
 @dataclass
 class ScanResult:
     dataset: Dataset
     strips: dict[str, QImage]
+    ticket: int = 0
 
 
 @dataclass
@@ -38,25 +51,52 @@ class Predicted:
     image: QImage | None
 
 
+@dataclass
+class PredictOutcome:
+    """What a predict job returns: the predictor it used (built if it had to) and its answers,
+    with the model generation they belong to."""
+
+    predictor: Any  # app.core.predict.Predictor
+    results: list[Predicted]
+    generation: int
+
+
+@dataclass
+class RunOutcome:
+    """What a caching or training job returns: the run it worked on (a copy) and the session
+    object it was copied from, so that a stale outcome can be recognised."""
+
+    run: Retraining
+    base: Retraining
+
+
 class Session(QObject):
     dataset_changed = Signal(object)  # Dataset
     cache_changed = Signal(object)  # CacheResult
-    trained = Signal(object)  # TrainResult (evaluation in self.retraining.evaluation)
+    trained = Signal(object)  # Retraining (result, evaluation, training_warnings)
     predictor_changed = Signal(str)  # where the model comes from
 
     def __init__(self, cache_dir: str | Path | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.cache_dir = cache_dir
-        self.retraining: Retraining | None = None
-        self.predictor = None  # app.core.predict.Predictor
+        self.retraining: Retraining | None = None  # the data side: dataset, cache
+        self.model: Retraining | str | None = None  # a trained snapshot, or a model folder
+        self.predictor = None  # app.core.predict.Predictor, once built or loaded
         self.predictor_source = ""
+        self.generation = 0  # bumped whenever the model behind predictions changes
         self.device = ""
+        self._scan_ticket = 0
+        # Keras models are built one at a time: a random-weights backbone reseeds the global
+        # generator, so two builds in two threads would not get the weights the cache used.
+        self._building = threading.Lock()
 
     # --- data ---------------------------------------------------------------------------
-    def scan_job(self, folder: str):
+    def scan_job(self, folder: str) -> Job:
         cache_dir = self.cache_dir
+        self._scan_ticket += 1
+        ticket = self._scan_ticket
 
-        def job(progress, cancel: CancelToken) -> ScanResult:
+        def job(progress: ProgressCallback, cancel: CancelToken) -> ScanResult:
             with FeatureStore(cache_dir or user_cache_dir()) as store:
                 ds = scan_dataset(folder, store, progress=progress, cancel=cancel)
             strips = {}
@@ -64,46 +104,77 @@ class Session(QObject):
                 cancel.raise_if_cancelled()
                 paths = [r.path for r in ds.images if r.label == c][:CLASS_THUMBS]
                 strips[c] = thumbnails.strip(paths, THUMB)
-            return ScanResult(ds, strips)
+            return ScanResult(ds, strips, ticket)
 
         return job
 
-    def apply_scan(self, result: ScanResult) -> None:
+    def apply_scan(self, result: ScanResult) -> bool:
+        """Use the scanned folder; False (nothing changed) when a later scan was asked for."""
+        if result.ticket != self._scan_ticket:
+            return False
         ds = result.dataset
         self.retraining = Retraining(str(ds.root), cache_dir=self.cache_dir, dataset=ds)
         self.dataset_changed.emit(ds)
+        return True
+
+    @property
+    def has_data(self) -> bool:
+        return self.retraining is not None
 
     # --- features -----------------------------------------------------------------------
-    def cache_job(self, backbone: str, weights: str):
-        r = self._need_data()
-        r.backbone, r.weights = backbone, weights
-        r.cache = r.splits = r.result = r.evaluation = None
-        return lambda progress, cancel: r.run_cache(progress, cancel)
+    def cache_job(self, backbone: str, weights: str, retry_skipped: bool = False) -> Job:
+        base = self._need_data()
+        run = copy.copy(base)
+        run.backbone, run.weights = backbone, weights
+        run.cache = run.splits = run.result = run.evaluation = None
 
-    def apply_cache(self, result) -> None:
-        self.cache_changed.emit(result)
-
-    # --- training -----------------------------------------------------------------------
-    def train_job(self, settings: TrainSettings, backbone: str, weights: str):
-        r = self._need_data()
-        if (r.backbone, r.weights) != (backbone, weights):
-            r.backbone, r.weights, r.cache = backbone, weights, None
-        r.settings = settings
-
-        def job(progress, cancel):
-            # In a child process: TensorFlow compiling the training step would otherwise
-            # hold this process's GIL, and with it the event loop, for ~150 ms at a time.
-            return r.run_training_isolated(progress, cancel)
+        def job(progress: ProgressCallback, cancel: CancelToken) -> RunOutcome:
+            run.run_cache(progress, cancel, retry_skipped=retry_skipped)
+            return RunOutcome(run, base)
 
         return job
 
-    def apply_training(self, result) -> None:
-        self.predictor, self.predictor_source = None, "the model just trained"
-        self.trained.emit(result)
-        self.predictor_changed.emit(self.predictor_source)
+    def apply_cache(self, outcome: RunOutcome) -> bool:
+        if outcome.base is not self.retraining:
+            return False
+        self.retraining = outcome.run
+        self.cache_changed.emit(outcome.run.cache)
+        return True
 
-    def misclassified_job(self, items: list[dict], size: int = 96):
-        def job(progress, cancel):
+    # --- training -----------------------------------------------------------------------
+    def train_job(self, settings: TrainSettings, backbone: str, weights: str) -> Job:
+        base = self._need_data()
+        run = copy.copy(base)
+        if (run.backbone, run.weights) != (backbone, weights):
+            run.backbone, run.weights, run.cache = backbone, weights, None
+        run.settings = settings
+        run.splits = run.result = run.evaluation = None
+
+        def job(progress: ProgressCallback, cancel: CancelToken) -> RunOutcome:
+            # In a child process: TensorFlow compiling the training step would otherwise
+            # hold this process's GIL, and with it the event loop, for ~150 ms at a time.
+            run.run_training_isolated(progress, cancel)
+            return RunOutcome(run, base)
+
+        return job
+
+    def apply_training(self, outcome: RunOutcome) -> bool:
+        """The trained run becomes the session's run and its model the current one."""
+        if outcome.base is not self.retraining:
+            return False
+        run = self.retraining = outcome.run
+        if run.result is not None and run.result.epochs_run > 0:
+            self._set_model(run, None, "the model just trained")
+        self.trained.emit(run)
+        return True
+
+    @property
+    def trained_run(self) -> Retraining | None:
+        """The run behind the current model when it was trained in this session."""
+        return self.model if isinstance(self.model, Retraining) else None
+
+    def misclassified_job(self, items: list[dict], size: int = 96) -> Job:
+        def job(progress: ProgressCallback, cancel: CancelToken) -> list:
             out = []
             for m in items:
                 cancel.raise_if_cancelled()
@@ -112,49 +183,77 @@ class Session(QObject):
 
         return job
 
+    # --- the model ----------------------------------------------------------------------
     @property
     def has_model(self) -> bool:
-        return self.predictor is not None or (self.retraining is not None
-                                              and self.retraining.result is not None)
+        return self.model is not None
 
-    def export_job(self, out_dir: str):
-        r = self.retraining
-        if r is None or r.result is None:
+    def export_job(self, out_dir: str | Path, run: Retraining | None = None) -> Job:
+        """Export ``run``'s model (default: the current trained one); returns the core's
+        ExportReport."""
+        run = run or self.trained_run
+        if run is None:
             raise RuntimeError("train a model before exporting it")
-        return lambda progress, cancel: r.export(out_dir)
 
-    # --- prediction ---------------------------------------------------------------------
-    def open_model_job(self, folder: str):
-        def job(progress, cancel):
+        def job(progress: ProgressCallback, cancel: CancelToken):
+            with self._building:
+                return run.export(out_dir)
+
+        return job
+
+    def open_model_job(self, folder: str) -> Job:
+        def job(progress: ProgressCallback, cancel: CancelToken):
             from app.core.predict import Predictor
 
-            return Predictor.from_dir(folder)
+            with self._building:
+                return Predictor.from_dir(folder)
 
         return job
 
-    def apply_model(self, predictor, folder: str) -> None:
-        self.predictor, self.predictor_source = predictor, folder
-        self.predictor_changed.emit(folder)
+    def apply_model(self, predictor: Any, folder: str, source: str | None = None) -> None:
+        self._set_model(str(folder), predictor, source or str(folder))
 
-    def predict_job(self, paths: list[str], top_k: int, size: int = 72):
-        r = self.retraining
+    def _set_model(self, model: Retraining | str, predictor: Any, source: str) -> None:
+        self.generation += 1
+        self.model, self.predictor, self.predictor_source = model, predictor, source
+        self.predictor_changed.emit(source)
 
-        def job(progress, cancel):
-            predictor = self.predictor
-            if predictor is None:
-                if r is None or r.result is None:
-                    raise RuntimeError("train a model or open an exported model folder first")
-                predictor = r.predictor()
-                self.predictor = predictor  # plain attribute: read by later jobs only
-            preds = predictor.predict(paths, top_k=top_k, progress=progress, cancel=cancel)
-            return [Predicted(p, None if p.error else thumbnails.thumbnail(p.path, size))
-                    for p in preds]
+    # --- prediction ---------------------------------------------------------------------
+    def predict_job(self, paths: list[str], top_k: int, size: int = 72) -> Job:
+        model, predictor, generation = self.model, self.predictor, self.generation
+        if model is None:
+            raise RuntimeError("train a model or open an exported model folder first")
+
+        def job(progress: ProgressCallback, cancel: CancelToken) -> PredictOutcome:
+            built = predictor
+            if built is None:
+                with self._building:
+                    if isinstance(model, Retraining):
+                        built = model.predictor()
+                    else:
+                        from app.core.predict import Predictor
+
+                        built = Predictor.from_dir(model)
+            preds = built.predict(paths, top_k=top_k, progress=progress, cancel=cancel)
+            cancel.raise_if_cancelled()
+            return PredictOutcome(built, [
+                Predicted(p, None if p.error else thumbnails.thumbnail(p.path, size))
+                for p in preds], generation)
 
         return job
+
+    def apply_predictions(self, outcome: PredictOutcome) -> bool:
+        """Keep the predictor the job built; False (nothing kept) when the model has changed
+        since the job started: its answers are the old model's."""
+        if outcome.generation != self.generation:
+            return False
+        if self.predictor is None:
+            self.predictor = outcome.predictor
+        return True
 
     def _need_data(self) -> Retraining:
         if self.retraining is None:
-            raise RuntimeError("choose a data folder first")
+            raise RuntimeError("open a data folder first (page 1)")
         return self.retraining
 
 

@@ -80,7 +80,9 @@ class PredictPage(QWidget):
         self._update_buttons()
 
     def set_model(self, source: str) -> None:
+        """A new model: the answers shown so far were another model's, so they go."""
         self.model.setText(f"Model: <b>{source}</b>")
+        self.show_results([])
 
     def set_running(self, running: bool) -> None:
         self.bar.setVisible(running)
