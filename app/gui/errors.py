@@ -35,16 +35,25 @@ def setup_logging() -> Path:
     return path
 
 
+STYLES = {
+    "error": "#errorBanner { background: #f8d7da; border: 1px solid #d62728; border-radius: 4px; }"
+             " #errorBanner QLabel { color: #58151c; }",
+    "warning": "#errorBanner { background: #fff3cd; border: 1px solid #e0a800; "
+               "border-radius: 4px; } #errorBanner QLabel { color: #664d03; }",
+}
+
+
 class ErrorBanner(QFrame):
-    """A dismissable message at the top of the window (never a modal dialog)."""
+    """A dismissable message at the top of the window (never a modal dialog): a failure
+    (``show_error``, logged, with the log file's path) or a warning the user should read."""
 
     shown = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("errorBanner")
-        self.setStyleSheet("#errorBanner { background: #f8d7da; border: 1px solid #d62728; "
-                           "border-radius: 4px; } #errorBanner QLabel { color: #58151c; }")
+        self.level = "error"
+        self.setStyleSheet(STYLES["error"])
         self.text = QLabel()
         self.text.setWordWrap(True)
         self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -56,9 +65,22 @@ class ErrorBanner(QFrame):
         layout.addWidget(close)
         self.hide()
 
-    def show_error(self, message: str) -> None:
+    def show_error(self, message: str, title: str = "Something went wrong") -> None:
         log.error("%s", message)
-        self.text.setText(f"<b>Something went wrong:</b> {message}<br><small>Details: "
-                          f"{log_file()}</small>")
+        self._show("error", f"<b>{_escape(title)}:</b> {_escape(message)}<br><small>Details: "
+                            f"{_escape(str(log_file()))}</small>", message)
+
+    def show_warning(self, message: str) -> None:
+        log.warning("%s", message)
+        self._show("warning", f"<b>Note:</b> {_escape(message)}", message)
+
+    def _show(self, level: str, html: str, message: str) -> None:
+        self.level = level
+        self.setStyleSheet(STYLES[level])
+        self.text.setText(html)
         self.show()
         self.shown.emit(message)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

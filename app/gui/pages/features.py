@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -28,9 +28,13 @@ WEIGHTS = (("imagenet", "ImageNet (downloaded once)"), ("file", "Local weights f
            ("none", "None — random, for trying things out"))
 
 
+NO_DATA = "Open a data folder first (page 1)."
+
+
 class FeaturesPage(QWidget):
     start_requested = Signal()
     cancel_requested = Signal()
+    retry_requested = Signal()  # start again, retrying the files remembered as unreadable
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -68,15 +72,25 @@ class FeaturesPage(QWidget):
         form.addRow(file_label, file_row)
 
         self.start = QPushButton("&Start")
-        self.start.setToolTip("Compute the features of every image not cached yet (Ctrl+Return)")
+        self.start_tip = "Compute the features of every image not cached yet (Ctrl+Return)"
         self.start.setShortcut("Ctrl+Return")
-        self.start.clicked.connect(self._start_or_cancel)
+        self.start.clicked.connect(self.start_requested)
+        self.cancel = QPushButton("&Cancel")
+        self.cancel.setToolTip("Stop after the current batch; what was computed is kept")
+        self.cancel.clicked.connect(self.cancel_requested)
+        self.retry = QPushButton("&Retry skipped files")
+        self.retry.setToolTip("Read the skipped files again (after fixing them, or when they "
+                              "could not be read for a passing reason) and cache them")
+        self.retry.clicked.connect(self.retry_requested)
         self.bar = QProgressBar()
         self.rate = QLabel("")
         self.counts = QLabel("")
         self.counts.setWordWrap(True)
+        self.need = QLabel("")
+        self.need.setStyleSheet("color: #a05a00;")
         row = QHBoxLayout()
         row.addWidget(self.start)
+        row.addWidget(self.cancel)
         row.addWidget(self.bar, 1)
         row.addWidget(self.rate)
 
@@ -95,10 +109,14 @@ class FeaturesPage(QWidget):
                               "cached, so training (and training again) never waits for it. "
                               "Cancel at any time: what was computed is kept."))
         layout.addLayout(form)
+        layout.addWidget(self.need)
         layout.addLayout(row)
         layout.addWidget(self.counts)
         layout.addWidget(self.skipped, 1)
+        layout.addWidget(self.retry, 0, Qt.AlignmentFlag.AlignLeft)
         self.running = False
+        self.missing = NO_DATA  # what must happen before a run can start; "" when nothing
+        self._update_buttons()
 
     # --- settings -----------------------------------------------------------------------
     def set_backbone(self, name: str) -> None:
@@ -141,12 +159,22 @@ class FeaturesPage(QWidget):
             self.weights_file.setText(path)
 
     # --- running ------------------------------------------------------------------------
-    def _start_or_cancel(self) -> None:
-        (self.cancel_requested if self.running else self.start_requested).emit()
+    def set_missing(self, what: str) -> None:
+        """What to do before caching can start (e.g. :data:`NO_DATA`); "" when ready."""
+        self.missing = what
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        idle = not self.running
+        self.start.setEnabled(idle and not self.missing)
+        self.start.setToolTip(self.missing or self.start_tip)
+        self.need.setText(self.missing)
+        self.need.setVisible(bool(self.missing))
+        self.cancel.setEnabled(self.running)
+        self.retry.setEnabled(idle and not self.missing and self.skipped.rowCount() > 0)
 
     def set_running(self, running: bool) -> None:
         self.running = running
-        self.start.setText("&Cancel" if running else "&Start")
         for w in (self.backbone, self.weights):
             w.setEnabled(not running)
         if running:
@@ -155,6 +183,10 @@ class FeaturesPage(QWidget):
             self.counts.setText("")
         else:
             self._weights_changed()
+            if self.bar.maximum() == 0:  # still the busy bar: the run ended without a result
+                self.bar.setRange(0, 1)
+                self.bar.setValue(0)
+        self._update_buttons()
 
     def show_progress(self, p: Progress) -> None:
         if p.stage == "scan":
@@ -166,17 +198,26 @@ class FeaturesPage(QWidget):
         self.counts.setText(f"Computed {p.done} of {p.total} images still to do…")
 
     def show_result(self, result) -> None:
+        """The run's outcome; after a cancel, how many images are ready and how many not."""
+        left = result.to_compute
+        ready = result.images - left
         if result.cancelled:
+            self.bar.setRange(0, max(1, result.images))
+            self.bar.setValue(ready)
             self.rate.setText("cancelled — what was computed is kept")
         else:
             self.bar.setRange(0, 1)
             self.bar.setValue(1)
             self.rate.setText(f"{result.images_per_second:.1f} images/s · "
                               f"{duration(result.seconds)}")
-        self.counts.setText(
-            f"<b>{result.images}</b> images ready: {result.computed} computed, "
-            f"{result.reused} reused from the cache, {len(result.skipped)} skipped. "
-            f"Backbone ran on: {result.device}.")
+        done = (f"{result.computed} computed, {result.reused} reused from the cache, "
+                f"{len(result.skipped)} skipped. Backbone ran on: {result.device}.")
+        if left:
+            self.counts.setText(f"<b>{ready} of {result.images}</b> images ready, "
+                                f"<b>{left} still to compute</b> ({done}) Start again to "
+                                "compute the rest.")
+        else:
+            self.counts.setText(f"<b>{result.images}</b> images ready: {done}")
         self.show_skipped(result.skipped)
 
     def show_skipped(self, skipped) -> None:
@@ -186,8 +227,10 @@ class FeaturesPage(QWidget):
             item.setToolTip(s.path)
             self.skipped.setItem(row, 0, item)
             self.skipped.setItem(row, 1, QTableWidgetItem(s.reason))
+        self._update_buttons()
 
-    def show_error(self) -> None:
+    def show_error(self, message: str = "") -> None:
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
         self.rate.setText("failed — see the message above")
+        self.counts.setText(f"Caching failed: {message}" if message else "Caching failed.")

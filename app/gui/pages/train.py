@@ -78,8 +78,11 @@ class TrainPage(QWidget):
         form.addRow(self.defaults)
 
         self.start = QPushButton("&Start training")
-        self.start.setToolTip("Train a new head on the cached features (caches first if needed)")
-        self.start.clicked.connect(self._start_or_stop)
+        self.start_tip = "Train a new head on the cached features (caches first if needed)"
+        self.start.clicked.connect(self.start_requested)
+        self.stop = QPushButton("S&top")
+        self.stop.setToolTip("Stop after the current batch; the model keeps its best epoch")
+        self.stop.clicked.connect(self.stop_requested)
         self.export = QPushButton("E&xport model…")
         self.export.setToolTip("Write the model folder (model.keras, labels, metadata)")
         self.export.setEnabled(False)
@@ -87,6 +90,12 @@ class TrainPage(QWidget):
         self.bar = QProgressBar()
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.need = QLabel("")
+        self.need.setStyleSheet("color: #a05a00;")
+        self.warnings = QLabel("")
+        self.warnings.setWordWrap(True)
+        self.warnings.setStyleSheet("color: #a05a00;")
+        self.warnings.hide()
 
         self.plot_area = QVBoxLayout()
         self.plots = None  # built on first use: importing pyqtgraph costs ~0.4 s at launch
@@ -100,11 +109,14 @@ class TrainPage(QWidget):
         left.addStretch(1)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start)
+        buttons.addWidget(self.stop)
         buttons.addWidget(self.bar, 1)
         buttons.addWidget(self.export)
         right = QVBoxLayout()
+        right.addWidget(self.need)
         right.addLayout(buttons)
         right.addWidget(self.status)
+        right.addWidget(self.warnings)
         right.addLayout(self.plot_area, 1)
         body = QHBoxLayout()
         body.addLayout(left)
@@ -115,6 +127,8 @@ class TrainPage(QWidget):
                               "Main output in blue, auxiliary outputs in orange and green."))
         layout.addLayout(body, 1)
         self.running = False
+        self.missing = "Open a data folder first (page 1)."
+        self._update_buttons()
 
     def ensure_plots(self) -> None:
         """Create the two plots and their twelve curves once; later updates only setData."""
@@ -174,20 +188,41 @@ class TrainPage(QWidget):
                 w.setValue(v)
 
     # --- running ------------------------------------------------------------------------
-    def _start_or_stop(self) -> None:
-        (self.stop_requested if self.running else self.start_requested).emit()
+    def set_missing(self, what: str) -> None:
+        """What to do before training can start; "" when it can."""
+        self.missing = what
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        self.start.setEnabled(not self.running and not self.missing)
+        self.start.setToolTip(self.missing or self.start_tip)
+        self.need.setText(self.missing)
+        self.need.setVisible(bool(self.missing))
+        self.stop.setEnabled(self.running)
 
     def set_running(self, running: bool) -> None:
         self.running = running
-        self.start.setText("S&top" if running else "&Start training")
         for w in self.fields.values():
             w.setEnabled(not running)
         self.defaults.setEnabled(not running)
         if running:
             self.export.setEnabled(False)
             self.clear()
+            self.warnings.hide()
             self.bar.setRange(0, 0)
             self.status.setText("Preparing…")
+        elif self.bar.maximum() == 0:  # still the busy bar: the run ended without a result
+            self.bar.setRange(0, 1)
+            self.bar.setValue(0)
+        self._update_buttons()
+
+    def show_error(self, message: str) -> None:
+        self.status.setText(f"Training failed: {message}")
+
+    def show_warnings(self, warnings: list[str]) -> None:
+        """What training left out (e.g. classes with fewer than 2 usable images)."""
+        self.warnings.setText("<br>".join(f"⚠ {_escape(w)}" for w in warnings))
+        self.warnings.setVisible(bool(warnings))
 
     def clear(self) -> None:
         self.ensure_plots()
@@ -231,12 +266,20 @@ class TrainPage(QWidget):
     def show_result(self, result) -> None:
         self.bar.setRange(0, 1)
         self.bar.setValue(1)
+        if not result.epochs_run:
+            self.status.setText("Training stopped before its first epoch ended: no model was "
+                                "kept.")
+            return
         how = "stopped" if result.cancelled else "finished"
         self.status.setText(f"Training {how} after {result.epochs_run} epoch(s) in "
                             f"{result.seconds:.1f} s; the model keeps the weights of the best "
                             f"epoch ({result.best_epoch}). Try it on the Evaluate and Predict "
                             "pages.")
         self.export.setEnabled(True)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _spin(lo: int, hi: int, value: int) -> QSpinBox:
