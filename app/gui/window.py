@@ -14,19 +14,24 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QMainWindow,
+    QMessageBox,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
 
+from app.core.export import is_model_folder
+from app.core.paths import last_model_dir
+from app.gui.activity import ActivityLabel, progress_text, say_while
+from app.gui.closing import SAVING, quit_question, stops_on_quit
 from app.gui.errors import ErrorBanner, log, setup_logging
 from app.gui.pages.data import DataPage
 from app.gui.pages.evaluate import EvaluatePage
-from app.gui.pages.features import FeaturesPage
+from app.gui.pages.features import NO_DATA, FeaturesPage
 from app.gui.pages.predict import PredictPage
 from app.gui.pages.train import TrainPage
 from app.gui.preferences import Preferences, default_settings
-from app.gui.session import Session
+from app.gui.session import RunOutcome, Session
 from app.gui.widgets import local_paths
 from app.gui.worker import Jobs, Worker
 
@@ -38,7 +43,10 @@ class MainWindow(QMainWindow):
     tensorflow_ready = Signal(str)  # device description
 
     def __init__(self, settings: QSettings | None = None, preload: bool = True,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, reopen: bool = True,
+                 folder: str | None = None) -> None:
+        """``reopen``: open the last data folder (or ``folder``) and the last trained model
+        at launch, as the user left them."""
         super().__init__()
         setup_logging()
         self.setWindowTitle("Bottleneck Studio")
@@ -47,9 +55,13 @@ class MainWindow(QMainWindow):
         self.jobs = Jobs(self)
         self.session = Session(cache_dir, self)
         self.banner = ErrorBanner()
-        self.jobs.error.connect(lambda name, msg: self.banner.show_error(f"{name}: {msg}"))
+        self.jobs.error.connect(
+            lambda name, msg: self.banner.show_error(msg, f"{name.capitalize()} failed"))
         self.heavy: Worker | None = None  # the caching or training run
         self._painted = False
+        self._quitting = ""  # "" open, "waiting" for jobs to end, "ready" to close
+        self._saving: Worker | None = None
+        self._save_next = None  # a trained run waiting for the current save to end
 
         self.data, self.features = DataPage(), FeaturesPage()
         self.train, self.evaluate, self.predict = TrainPage(), EvaluatePage(), PredictPage()
@@ -70,15 +82,20 @@ class MainWindow(QMainWindow):
         outer.addLayout(body, 1)
         self.setCentralWidget(central)
 
+        self.activity = ActivityLabel()
+        self.statusBar().addPermanentWidget(self.activity)
         self.device = QLabel("Backbone runs on: (loading TensorFlow…)")
         self.device.setToolTip("Where the backbone computes features")
         self.statusBar().addPermanentWidget(self.device)
         self._menus()
         self._connect()
         self._restore()
+        self._data_changed()
         self.nav.setCurrentRow(0)
         if preload:
             QTimer.singleShot(0, self.preload_tensorflow)
+        if reopen:
+            QTimer.singleShot(0, lambda: self.reopen_last(folder))
 
     @property
     def pages(self) -> tuple[QWidget, ...]:
@@ -115,15 +132,17 @@ class MainWindow(QMainWindow):
         self.data.choose_requested.connect(self.choose_folder)
         self.data.folder_dropped.connect(self.load_folder)
         self.features.start_requested.connect(self.start_caching)
-        self.features.cancel_requested.connect(self.cancel_heavy)
+        self.features.retry_requested.connect(lambda: self.start_caching(retry_skipped=True))
+        self.features.cancel_requested.connect(lambda: self.cancel_heavy("caching"))
         self.train.start_requested.connect(self.start_training)
-        self.train.stop_requested.connect(self.cancel_heavy)
+        self.train.stop_requested.connect(lambda: self.cancel_heavy("training"))
         self.train.export_requested.connect(self.choose_export)
         self.evaluate.export_requested.connect(self.choose_export)
         self.evaluate.thumbnails_wanted.connect(self._load_misclassified)
         self.predict.predict_requested.connect(self.predict_paths)
         self.predict.open_model_requested.connect(self.choose_model)
         self.session.predictor_changed.connect(self.predict.set_model)
+        self.session.dataset_changed.connect(self._data_changed)
 
     def _restore(self) -> None:
         p = self.prefs
@@ -153,8 +172,6 @@ class MainWindow(QMainWindow):
 
     # --- TensorFlow in the background ---------------------------------------------------
     def preload_tensorflow(self) -> None:
-        self.statusBar().showMessage("Loading TensorFlow…")
-
         def load(progress, cancel):
             import pyqtgraph  # noqa: F401  (the Train page's plots, off the launch path)
 
@@ -162,7 +179,8 @@ class MainWindow(QMainWindow):
 
             return device.configure()
 
-        self.jobs.start("loading TensorFlow", load, on_result=self._tensorflow_loaded)
+        worker = self.jobs.start("loading TensorFlow", load, on_result=self._tensorflow_loaded)
+        say_while(self.statusBar(), worker, "Loading TensorFlow…")
 
     def _tensorflow_loaded(self, device: str) -> None:
         self.session.device = device
@@ -176,32 +194,50 @@ class MainWindow(QMainWindow):
         if folder:
             self.load_folder(folder)
 
+    def reopen_last(self, folder: str | None = None) -> None:
+        """Open ``folder`` (else the last data folder) and the last trained model, if any."""
+        folder = folder or self.prefs.last_folder
+        if folder and Path(folder).is_dir():
+            self.load_folder(folder)
+        model = last_model_dir()
+        if is_model_folder(model):
+            self.open_model(str(model), show=False,
+                            source=f"the last model trained, reopened from {model}")
+
     def load_folder(self, folder: str) -> None:
         if self.heavy is not None:
-            self.banner.show_error("cancel the running job before opening another folder")
+            self.banner.show_warning(f"Stop {self.heavy.name} before opening another folder.")
             return
         self.prefs.last_folder = folder
         self.show_page("Data")
         self.data.set_busy(folder)
-        self.jobs.start("reading the folder", self.session.scan_job(folder),
-                        on_result=self._scanned, on_done=self.data.set_idle)
+        worker = self.jobs.start("reading the folder", self.session.scan_job(folder),
+                                 on_result=self._scanned, on_done=self.data.set_idle)
+        self.activity.track(worker, "Reading the folder…")
 
     def _scanned(self, result) -> None:
-        self.session.apply_scan(result)
+        if not self.session.apply_scan(result):
+            return  # another folder was asked for since
         self.data.show_scan(result)
         self.features.show_skipped(result.dataset.skipped)
         self.statusBar().showMessage(f"{len(result.dataset.images)} images in "
                                      f"{len(result.dataset.classes)} classes", 5000)
 
+    def _data_changed(self, _dataset=None) -> None:
+        missing = "" if self.session.has_data else NO_DATA
+        self.features.set_missing(missing)
+        self.train.set_missing(missing)
+
     # --- features and training ----------------------------------------------------------
     def _start_heavy(self, name: str, make_job, page, on_result) -> Worker | None:
         if self.heavy is not None:
-            self.banner.show_error(f"{self.heavy.name} is still running; cancel it first")
+            self.banner.show_warning(f"{self.heavy.name.capitalize()} is still running; "
+                                     "stop it first.")
             return None
         try:
             job = make_job()
         except (ValueError, RuntimeError) as exc:
-            self.banner.show_error(str(exc))
+            self.banner.show_warning(str(exc))
             return None
         self.banner.hide()
         page.set_running(True)
@@ -210,19 +246,29 @@ class MainWindow(QMainWindow):
             self.heavy = None
             page.set_running(False)
 
-        self.heavy = self.jobs.start(name, job, on_result=on_result,
-                                     on_progress=page.show_progress, on_done=done)
-        return self.heavy
+        def progressed(p):
+            page.show_progress(p)
+            self.activity.update_text(worker, progress_text(name, p))
 
-    def start_caching(self) -> Worker | None:
+        worker = self.jobs.start(name, job, on_result=on_result, on_progress=progressed,
+                                 on_error=page.show_error, on_done=done)
+        self.activity.track(worker, f"{name.capitalize()}…")
+        self.heavy = worker
+        return worker
+
+    def start_caching(self, retry_skipped: bool = False) -> Worker | None:
         return self._start_heavy(
             "caching", lambda: self.session.cache_job(self.features.backbone_name(),
-                                                      self.features.weights_value()),
+                                                      self.features.weights_value(),
+                                                      retry_skipped=retry_skipped),
             self.features, self._cached)
 
-    def _cached(self, result) -> None:
-        self.features.show_result(result)
-        self.session.apply_cache(result)
+    def _cached(self, outcome: RunOutcome) -> None:
+        if self.session.apply_cache(outcome):
+            self.features.show_result(outcome.run.cache)
+            if outcome.run.cache.cancelled:
+                self.statusBar().showMessage("Caching cancelled: what was computed is kept",
+                                             5000)
 
     def start_training(self) -> Worker | None:
         return self._start_heavy(
@@ -231,19 +277,45 @@ class MainWindow(QMainWindow):
                                                        self.features.weights_value()),
             self.train, self._trained)
 
-    def _trained(self, result) -> None:
-        self.session.apply_training(result)
-        self.train.show_result(result)
-        r = self.session.retraining
-        if r.cache is not None:
-            self.features.show_result(r.cache)
-        if r.evaluation is not None:
-            self.evaluate.show_evaluation(r.evaluation)
+    def _trained(self, outcome: RunOutcome) -> None:
+        if not self.session.apply_training(outcome):
+            return
+        run = outcome.run
+        self.train.show_result(run.result)
+        self.train.show_warnings(list(getattr(run, "training_warnings", [])))
+        if run.cache is not None:
+            self.features.show_result(run.cache)
+        if self.session.trained_run is run:
+            self.save_last_model(run)
+            if not self._quitting and run.evaluation is not None:
+                self.evaluate.show_evaluation(run.evaluation)
 
-    def cancel_heavy(self) -> None:
-        if self.heavy is not None:
-            self.heavy.cancel()
-            self.statusBar().showMessage(f"Cancelling {self.heavy.name}…")
+    def cancel_heavy(self, name: str | None = None) -> None:
+        """Cancel the running caching or training run (only the one named, when named)."""
+        worker = self.heavy
+        if worker is None or (name is not None and worker.name != name):
+            return  # a late click: that run has ended
+        worker.cancel()
+        say_while(self.statusBar(), worker, f"Cancelling {worker.name}…")
+
+    def save_last_model(self, run) -> Worker | None:
+        """Keep ``run``'s model in last_model_dir() for the next start (in the background;
+        one save at a time, the newest run waiting for the one in progress)."""
+        if self._saving is not None:
+            self._save_next = run
+            return None
+        folder = last_model_dir()
+
+        def done() -> None:
+            self._saving = None
+            following, self._save_next = self._save_next, None
+            if following is not None:
+                self.save_last_model(following)
+
+        self._saving = self.jobs.start(SAVING, self.session.export_job(folder, run),
+                                       on_done=done)
+        self.activity.track(self._saving, "Saving the model for the next start…")
+        return self._saving
 
     def _load_misclassified(self, items: list) -> None:
         self.jobs.start("loading thumbnails", self.session.misclassified_job(items),
@@ -251,23 +323,33 @@ class MainWindow(QMainWindow):
 
     # --- export and models --------------------------------------------------------------
     def choose_export(self) -> None:
-        if not self.session.has_model or self.session.retraining is None \
-                or self.session.retraining.result is None:
-            self.banner.show_error("train a model before exporting it")
+        if self.session.trained_run is None:
+            self.banner.show_warning("Train a model first: only a model trained in this "
+                                     "window can be exported.")
             return
         start = str(Path(self.prefs.last_model_folder or Path.home()) / "flower-model")
         folder, _ = QFileDialog.getSaveFileName(self, "Export model folder", start)
         if folder:
             self.export_to(folder)
 
-    def export_to(self, folder: str) -> Worker:
-        self.statusBar().showMessage(f"Exporting to {folder}…")
-        return self.jobs.start("export", self.session.export_job(folder),
-                               on_result=self._exported)
+    def export_to(self, folder: str) -> Worker | None:
+        try:
+            job = self.session.export_job(folder)
+        except RuntimeError as exc:
+            self.banner.show_warning(str(exc))
+            return None
+        worker = self.jobs.start("export", job, on_result=self._exported)
+        say_while(self.statusBar(), worker, f"Exporting to {folder}…")
+        self.activity.track(worker, "Exporting…")
+        return worker
 
-    def _exported(self, folder) -> None:
+    def _exported(self, report) -> None:
+        """The status bar says where; a warning says when parity could not be checked."""
+        folder = report.folder
         self.prefs.last_model_folder = str(Path(folder).parent)
         self.statusBar().showMessage(f"Model exported to {folder}", 10000)
+        if report.parity_note:
+            self.banner.show_warning(f"Model exported to {folder}, but: {report.parity_note}")
 
     def choose_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder",
@@ -275,19 +357,42 @@ class MainWindow(QMainWindow):
         if folder:
             self.open_model(folder)
 
-    def open_model(self, folder: str) -> Worker:
-        self.show_page("Predict")
-        self.statusBar().showMessage(f"Loading the model in {folder}…")
-        return self.jobs.start("opening the model", self.session.open_model_job(folder),
-                               on_result=lambda p: self.session.apply_model(p, folder))
+    def open_model(self, folder: str, show: bool = True, source: str | None = None) -> Worker:
+        if show:
+            self.show_page("Predict")
+        generation = self.session.generation
 
-    def predict_paths(self, paths: list[str]) -> Worker:
+        def opened(predictor) -> None:
+            if self.session.generation == generation:  # no newer model meanwhile
+                self.session.apply_model(predictor, folder, source)
+
+        worker = self.jobs.start("opening the model", self.session.open_model_job(folder),
+                                 on_result=opened)
+        say_while(self.statusBar(), worker, f"Loading the model in {folder}…")
+        self.activity.track(worker, "Loading the model…")
+        return worker
+
+    def predict_paths(self, paths: list[str]) -> Worker | None:
         self.show_page("Predict")
+        try:
+            job = self.session.predict_job(paths, self.predict.top_k.value())
+        except RuntimeError as exc:
+            self.banner.show_warning(str(exc))
+            return None
         self.predict.set_running(True)
-        return self.jobs.start("prediction", self.session.predict_job(
-            paths, self.predict.top_k.value()), on_result=self.predict.show_results,
-            on_progress=self.predict.show_progress,
-            on_done=lambda: self.predict.set_running(False))
+        worker = self.jobs.start("prediction", job, on_result=self._predicted,
+                                 on_progress=self.predict.show_progress,
+                                 on_done=lambda: self.predict.set_running(False))
+        self.activity.track(worker, "Predicting…")
+        return worker
+
+    def _predicted(self, outcome) -> None:
+        if self.session.apply_predictions(outcome):
+            self.predict.show_results(outcome.results)
+        else:
+            self.statusBar().showMessage("The model changed while those images were being "
+                                         "classified: add them again for the new model's "
+                                         "answers.", 10000)
 
     # --- window events ------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:  # noqa: N802
@@ -310,12 +415,40 @@ class MainWindow(QMainWindow):
             self._painted = True
             self.first_painted.emit()
 
+    def confirm_quit(self, text: str) -> bool:
+        """Ask before closing while work runs (tests replace this method)."""
+        answer = QMessageBox.question(
+            self, "Quit Bottleneck Studio?", text,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.Yes)
+        return answer == QMessageBox.StandardButton.Yes
+
     def closeEvent(self, event) -> None:  # noqa: N802
-        """Cancel every job and wait for it: the cache keeps every finished batch."""
+        """Ask when training, caching or an export runs; then stop what can stop, wait for
+        the rest (a stopped training run's best model is saved for the next start) and close
+        once every job ended. The window stays responsive meanwhile."""
+        if self._quitting == "ready" or (not self._quitting and not self.jobs.running):
+            self._save()
+            event.accept()
+            return
+        event.ignore()
+        if self._quitting:
+            return  # already waiting for the jobs to end
+        question = quit_question(w.name for w in self.jobs.running)
+        if question and not self.confirm_quit(question):
+            return
+        self._quitting = "waiting"
         self._save()
-        if self.jobs.running:
-            log.info("closing: cancelling %s", [w.name for w in self.jobs.running])
-            self.statusBar().showMessage("Finishing the current batch before closing…")
-            self.jobs.cancel_all()
-            self.jobs.wait_all()
-        event.accept()
+        log.info("closing: waiting for %s", [w.name for w in self.jobs.running])
+        self.centralWidget().setEnabled(False)
+        self.statusBar().showMessage("Finishing before closing…")
+        for worker in self.jobs.running:
+            if stops_on_quit(worker.name):
+                worker.cancel()
+        self.jobs.busy_changed.connect(self._close_when_idle)
+        self._close_when_idle(bool(self.jobs.running))
+
+    def _close_when_idle(self, busy: bool) -> None:
+        if not busy and self._quitting == "waiting":
+            self._quitting = "ready"
+            QTimer.singleShot(0, self.close)

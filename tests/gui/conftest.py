@@ -22,17 +22,42 @@ def gui_settings(tmp_path) -> QSettings:
     return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
 
 
-@pytest.fixture
-def window(qtbot, gui_settings, tmp_path):
-    from app.gui.window import MainWindow
-
-    win = MainWindow(settings=gui_settings, preload=False, cache_dir=str(tmp_path / "cache"))
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
+def close_window(qtbot, win, timeout=60000) -> None:
+    """Close and wait until it really closed: closing waits for the jobs to end."""
     win.close()
-    assert not win.jobs.running or all(w.isFinished() for w in win.jobs.running)
+    qtbot.waitUntil(lambda: not win.isVisible(), timeout=timeout)
+    assert not win.jobs.running
+
+
+@pytest.fixture
+def new_window(qtbot, gui_settings, tmp_path):
+    """Makes shown main windows that answer 'yes' to the quit question (a test may replace
+    ``confirm_quit``); each is closed, its jobs ended, after the test. Not registered with
+    qtbot: its teardown would delete a window whose jobs still run."""
+    made = []
+
+    def make(settings=None, **kwargs):
+        from app.gui.window import MainWindow
+
+        win = MainWindow(settings=settings or gui_settings, preload=False,
+                         cache_dir=str(tmp_path / "cache"), **kwargs)
+        win.confirm_quit = lambda text: True
+        made.append(win)
+        win.show()
+        qtbot.waitExposed(win)
+        return win
+
+    yield make
+    for win in made:
+        win.confirm_quit = lambda text: True
+        if win.isVisible():
+            close_window(qtbot, win)
+        win.deleteLater()
+
+
+@pytest.fixture
+def window(new_window):
+    return new_window()
 
 
 def use_tiny(win) -> None:
@@ -48,3 +73,12 @@ def open_folder(qtbot, win, folder) -> None:
 
 def wait_idle(qtbot, win, timeout=60000) -> None:
     qtbot.waitUntil(lambda: win.heavy is None, timeout=timeout)
+
+
+def train(qtbot, win, epochs=2, timeout=90000) -> None:
+    """Train through the Train page's Start button and wait until the run is applied."""
+    win.show_page("Train")
+    win.train.fields["epochs"].setValue(epochs)
+    win.train.start.click()
+    assert win.heavy is not None and win.heavy.name == "training"
+    wait_idle(qtbot, win, timeout)

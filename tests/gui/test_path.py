@@ -36,7 +36,7 @@ def test_whole_path(qtbot, window, tmp_path):
     use_tiny(window)
     window.show_page("Features")
     qtbot.mouseClick(window.features.start, Qt.MouseButton.LeftButton)
-    assert window.features.start.text() == "&Cancel"
+    assert window.features.cancel.isEnabled() and not window.features.start.isEnabled()
     wait_idle(qtbot, window)
     cache = window.session.retraining.cache
     assert cache.computed == 36 and not cache.cancelled
@@ -91,7 +91,7 @@ def test_cancel_during_caching_keeps_what_was_computed(qtbot, window, tmp_path):
     def cancel_on_first_batch(p):
         if p.stage == "cache" and not first:
             first.append(p.done)
-            window.features.start.click()  # the button reads Cancel while running
+            window.features.cancel.click()
 
     worker.progressed.connect(cancel_on_first_batch)
     wait_idle(qtbot, window)
@@ -99,7 +99,11 @@ def test_cancel_during_caching_keeps_what_was_computed(qtbot, window, tmp_path):
     assert cache.cancelled
     assert 0 < cache.computed < 72
     assert "cancelled" in window.features.rate.text()
-    assert window.features.start.text() == "&Start"
+    ready = cache.computed
+    assert cache.to_compute == 72 - ready
+    assert (f"{ready} of 72</b> images ready, <b>{72 - ready} still to compute"
+            in window.features.counts.text())
+    assert window.features.start.isEnabled() and not window.features.cancel.isEnabled()
 
     window.features.start.click()
     wait_idle(qtbot, window)

@@ -3,11 +3,13 @@ a job runs, TensorFlow loaded in the background."""
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
+
 from app.core.paths import user_data_dir
 from app.core.training import TrainSettings
 from app.gui.window import MainWindow
 from tests.conftest import make_dataset
-from tests.gui.conftest import open_folder, use_tiny
+from tests.gui.conftest import close_window, open_folder, use_tiny
 
 
 def test_error_is_a_message_and_logged(qtbot, window, tmp_path):
@@ -18,15 +20,22 @@ def test_error_is_a_message_and_logged(qtbot, window, tmp_path):
     assert "is not a folder" in log and "Traceback" in log
 
 
-def test_start_without_data_says_what_to_do(qtbot, window):
-    window.features.start.click()
-    assert window.banner.isVisible()
-    assert "choose a data folder first" in window.banner.text.text()
-    assert window.heavy is None
+def test_start_without_data_says_what_to_do(qtbot, window, tmp_path):
+    for page in (window.features, window.train):
+        assert not page.start.isEnabled()
+        assert "Open a data folder first (page 1)" in page.start.toolTip()
+        assert page.need.isVisibleTo(page) and "page 1" in page.need.text()
+        qtbot.mouseClick(page.start, Qt.MouseButton.LeftButton)
+    assert window.heavy is None and window.banner.isHidden()
+
+    open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=4))
+    for page in (window.features, window.train):
+        assert page.start.isEnabled() and not page.need.isVisibleTo(page)
+        assert "Open a data folder" not in page.start.toolTip()
 
 
 def test_settings_persist(qtbot, gui_settings):
-    first = MainWindow(settings=gui_settings, preload=False)
+    first = MainWindow(settings=gui_settings, preload=False, reopen=False)
     qtbot.addWidget(first)
     first.features.set_backbone("mobilenet")
     first.features.set_weights("/tmp/some.weights.h5")
@@ -34,7 +43,7 @@ def test_settings_persist(qtbot, gui_settings):
     first.prefs.last_folder = "/tmp/photos"
     first.close()
 
-    second = MainWindow(settings=gui_settings, preload=False)
+    second = MainWindow(settings=gui_settings, preload=False, reopen=False)
     qtbot.addWidget(second)
     assert second.features.backbone_name() == "mobilenet"
     assert second.features.weights_value() == "/tmp/some.weights.h5"
@@ -56,8 +65,12 @@ def test_closing_during_caching_cancels_waits_and_keeps_the_cache(qtbot, window,
     use_tiny(window)
     worker = window.start_caching()
     qtbot.waitUntil(lambda: window.features.bar.maximum() > 1, timeout=60000)
-    window.close()
-    assert worker.isFinished()
+    asked = []
+    window.confirm_quit = lambda text: asked.append(text) or True
+    close_window(qtbot, window)
+    assert asked and asked[0].startswith("Caching is running — stop and quit?")
+    assert "already saved" in asked[0]
+    assert worker.isFinished() and worker.is_cancelled
     from app.core.caching import CacheJob
 
     result, _ = CacheJob(data, "tiny", "none", tmp_path / "cache").run()
@@ -65,7 +78,7 @@ def test_closing_during_caching_cancels_waits_and_keeps_the_cache(qtbot, window,
 
 
 def test_tensorflow_loads_in_the_background(qtbot, gui_settings):
-    win = MainWindow(settings=gui_settings, preload=False)
+    win = MainWindow(settings=gui_settings, preload=False, reopen=False)
     qtbot.addWidget(win)
     with qtbot.waitSignal(win.tensorflow_ready, timeout=60000) as blocker:
         win.preload_tensorflow()

@@ -1,0 +1,66 @@
+"""Export from the window: where it went, a warning when parity could not be checked, and a
+folder that is not ours is refused with one line and left as it was. Training's left-out
+classes show on the Train page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.core.export import is_model_folder
+from tests.conftest import make_dataset, make_image
+from tests.gui.conftest import open_folder, train, use_tiny
+
+
+def export(qtbot, win, folder):
+    worker = win.export_to(str(folder))
+    assert worker is not None
+    assert win.statusBar().currentMessage().startswith("Exporting to")
+    assert "Exporting…" in win.activity.text()
+    qtbot.waitUntil(worker.isFinished, timeout=60000)
+    qtbot.waitUntil(lambda: "Exporting" not in win.activity.text())
+    assert not win.statusBar().currentMessage().startswith("Exporting to")
+
+
+def test_export_refuses_a_folder_that_is_not_ours_then_warns_when_parity_unchecked(
+        qtbot, window, tmp_path):
+    data = make_dataset(tmp_path / "photos", per_class=12)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    train(qtbot, window, epochs=1)
+
+    documents = tmp_path / "Documents"
+    documents.mkdir()
+    (documents / "thesis.txt").write_text("four years of work")
+    export(qtbot, window, documents)
+    assert window.banner.isVisible() and window.banner.level == "error"
+    message = window.banner.text.text()
+    assert "Export failed" in message and str(documents) in message
+    assert sorted(p.name for p in documents.iterdir()) == ["thesis.txt"]
+    assert (documents / "thesis.txt").read_text() == "four years of work"
+
+    window.banner.hide()
+    good = tmp_path / "model"
+    export(qtbot, window, good)
+    assert is_model_folder(good)
+    assert window.statusBar().currentMessage() == f"Model exported to {good}"
+    assert window.banner.isHidden()
+
+    for record in window.session.trained_run.dataset.subset("validation"):
+        Path(record.path).unlink()  # parity has nothing left to compare
+    export(qtbot, window, good)
+    assert window.banner.isVisible() and window.banner.level == "warning"
+    note = window.banner.text.text()
+    assert f"Model exported to {good}" in note and "parity" in note.lower()
+
+
+def test_left_out_classes_show_on_the_train_page(qtbot, window, tmp_path):
+    data = make_dataset(tmp_path / "photos", per_class=8)
+    lonely = data / "purple"
+    make_image(lonely / "only.png", (120, 40, 160))
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    assert window.train.warnings.isHidden()
+    train(qtbot, window, epochs=1)
+    assert window.train.warnings.isVisibleTo(window.train)
+    assert "purple" in window.train.warnings.text()
+    assert "left out" in window.train.warnings.text()
