@@ -71,7 +71,8 @@ def _check_window(work: Path) -> str:
                                                    os.environ["QT_QPA_PLATFORM"]])
     start = time.perf_counter()
     settings = QSettings(str(work / "settings.ini"), QSettings.Format.IniFormat)
-    window = MainWindow(settings=settings, preload=False, cache_dir=str(work / "cache"))
+    window = MainWindow(settings=settings, preload=False, cache_dir=str(work / "cache"),
+                        reopen=False)  # never the user's last folder or model
     window.show()
     for _ in range(5):
         app.processEvents()
