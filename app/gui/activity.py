@@ -15,6 +15,7 @@ class ActivityLabel(QLabel):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setToolTip("Jobs running in the background")
+        self.setStyleSheet("padding: 0 10px; border-right: 1px solid palette(mid);")
         self._texts: dict[Worker, str] = {}
         self.hide()
 

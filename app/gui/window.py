@@ -219,6 +219,7 @@ class MainWindow(QMainWindow):
         if not self.session.apply_scan(result):
             return  # another folder was asked for since
         self.data.show_scan(result)
+        self.predict.start_dir = str(result.dataset.root)
         self.features.show_skipped(result.dataset.skipped)
         self.statusBar().showMessage(f"{len(result.dataset.images)} images in "
                                      f"{len(result.dataset.classes)} classes", 5000)
@@ -441,7 +442,10 @@ class MainWindow(QMainWindow):
         self._save()
         log.info("closing: waiting for %s", [w.name for w in self.jobs.running])
         self.centralWidget().setEnabled(False)
-        self.statusBar().showMessage("Finishing before closing…")
+        names = {w.name for w in self.jobs.running}
+        self.statusBar().showMessage(
+            "Stopping training; its best model is saved for the next start…"
+            if "training" in names else "Finishing before closing…")
         for worker in self.jobs.running:
             if stops_on_quit(worker.name):
                 worker.cancel()

@@ -77,6 +77,7 @@ class PredictPage(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.table, 1)
         self.results: list[Predicted] = []
+        self.start_dir = ""  # where "Add images…" opens (the data folder, once there is one)
         self._update_buttons()
 
     def set_model(self, source: str) -> None:
@@ -116,7 +117,7 @@ class PredictPage(QWidget):
 
     def _choose(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(
-            self, "Images to classify", "",
+            self, "Images to classify", self.start_dir,
             "Images (*.jpg *.jpeg *.png *.bmp *.gif *.webp *.tif *.tiff);;All files (*)")
         if paths:
             self.predict_requested.emit(paths)
