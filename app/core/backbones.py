@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     import keras
 
 RANDOM_WEIGHTS_SEED = 1234
+_BUILD_LOCK = threading.RLock()
 AUX_POOL = (5, 3)  # GoogLeNet: 5x5 average pool, stride 3
 
 _IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -115,9 +117,14 @@ def model_key(spec: BackboneSpec, weights: str, signature: str | None = None) ->
             f"|{signature or compute_signature()}")
 
 
+def key_signature(key: str) -> str:
+    """The backend-precision part of a model key (or of a cut key, which extends one)."""
+    return key.split("|")[3]
+
+
 def key_precision(key: str) -> str:
     """The compute precision a model key was made with ('float32' or 'mixed_float16')."""
-    return key.rsplit("|", 1)[-1].rsplit("-", 1)[-1]
+    return key_signature(key).rsplit("-", 1)[-1]
 
 
 def build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback = no_progress,
@@ -130,6 +137,12 @@ def build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback 
     from app.core.device import configure
 
     configure()
+    with _BUILD_LOCK:  # random weights come from the global seed: one build at a time
+        return _build_backbone(spec, weights, progress, cancel)
+
+
+def _build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback,
+                    cancel: CancelToken | None) -> keras.Model:
     import keras
 
     size = (spec.image_size, spec.image_size, 3)
@@ -172,10 +185,10 @@ def _tiny_backbone(size: tuple[int, int, int]) -> keras.Model:
 
     inp = keras.Input(size)
     x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="tiny_block1")(inp)
-    x = layers.MaxPooling2D(2)(x)
+    x = layers.MaxPooling2D(2, name="tiny_pool1")(x)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="tiny_block2")(x)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="tiny_block3")(x)
-    x = layers.MaxPooling2D(2)(x)
+    x = layers.MaxPooling2D(2, name="tiny_pool2")(x)
     x = layers.Conv2D(32, 3, padding="same", activation="relu", name="tiny_block4")(x)
     return keras.Model(inp, x, name="tiny")
 

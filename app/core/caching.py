@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec, key_precision, model_key
+from app.core.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec, key_precision
 from app.core.dataset import Dataset, Skipped, SplitSpec, scan_dataset
+from app.core.finetune import features_key
 from app.core.imaging import PREPROCESS_VERSION, ImageError, load_rgb
 from app.core.jobs import CancelToken, Progress, ProgressCallback, RateMeter, no_progress
 from app.core.paths import user_cache_dir
-from app.core.store import TAPS, FeatureBatch, FeatureStore
+from app.core.store import CUT, TAPS, FeatureBatch, FeatureStore
 
 if TYPE_CHECKING:
     import keras
@@ -50,6 +51,8 @@ class CacheResult:
     findings: list = field(default_factory=list)
     to_compute: int = 0  # images still without features (after a cancel)
     retried: int = 0  # images remembered as bad that were tried again
+    mode: str = "head"  # what was cached: pooled taps ("head") or the cut ("finetune")
+    disk_bytes: int = 0  # what this model key's features take on disk
 
     @property
     def ready(self) -> int:
@@ -75,6 +78,7 @@ class CacheJob:
     split: SplitSpec | None = None
     workers: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
     retry_skipped: bool = False  # try images remembered as undecodable again
+    mode: str = "head"  # "head": pooled taps | "finetune": the cut tensor
 
     def run(self, progress: ProgressCallback = no_progress,
             cancel: CancelToken | None = None) -> tuple[CacheResult, Dataset]:
@@ -96,7 +100,7 @@ class CacheJob:
             for r in ds.images:
                 first_path.setdefault(r.digest, r.path)
             for _attempt in range(2):  # a second pass only when the precision guess was wrong
-                key = model_key(spec, self.weights)
+                key = features_key(spec, self.weights, self.mode)
                 cached = store.cached_digests(key, first_path)
                 todo = [d for d in first_path if d not in cached]
                 device = "none (nothing to compute)"
@@ -105,7 +109,7 @@ class CacheJob:
                 if not todo:
                     break
                 runner = _Runner(spec, self.weights, key, store, self.batch_size, self.workers,
-                                 progress, cancel)
+                                 progress, cancel, cut=self.mode == "finetune")
                 try:
                     computed, bad = runner.compute(todo, first_path, progress, cancel)
                 except _PrecisionChanged:
@@ -114,6 +118,7 @@ class CacheJob:
                 break
             if bad:
                 ds = ds.without(bad)
+            disk = _disk_bytes(store, key, len(first_path))
         seconds = time.perf_counter() - start
         n_computed = sum(1 for r in ds.images if r.digest in computed)
         result = CacheResult(
@@ -133,6 +138,8 @@ class CacheJob:
             to_compute=sum(1 for r in ds.images
                            if r.digest not in cached and r.digest not in computed),
             retried=retried,
+            mode=self.mode,
+            disk_bytes=disk,
         )
         return result, ds
 
@@ -144,6 +151,17 @@ def cache_features(data: str | Path | Dataset, backbone: str = DEFAULT_BACKBONE,
     """Cache every image of ``data``; see :class:`CacheJob` for the options."""
     job = CacheJob(data, backbone, weights, cache_dir, **options)
     return job.run(progress, cancel)[0]
+
+
+def _disk_bytes(store: FeatureStore, key: str, images: int) -> int:
+    """Shards on disk for a cut key; for pooled taps, their rows' share of the SQLite file."""
+    spec = store.model_spec(key)
+    if spec is None:
+        return 0
+    if CUT in spec["shapes"]:
+        return store.disk_bytes(key)
+    per_image = sum(2 * int(np.prod(s)) for s in spec["shapes"].values())
+    return per_image * images
 
 
 class _PrecisionChanged(Exception):
@@ -184,8 +202,9 @@ class _Runner:
 
     def __init__(self, spec: BackboneSpec, weights: str, key: str, store: FeatureStore,
                  batch_size: int, workers: int, progress: ProgressCallback,
-                 cancel: CancelToken) -> None:
+                 cancel: CancelToken, cut: bool = False) -> None:
         self.spec, self.weights, self.key, self.store = spec, weights, key, store
+        self.cut = cut  # the fine-tune cut (one tensor, into shards) instead of the taps
         self.batch_size = max(1, batch_size)
         self.workers = workers
         self.progress, self.cancel = progress, cancel
@@ -202,8 +221,9 @@ class _Runner:
             if dev.compute_precision() != precision:
                 raise _PrecisionChanged()
             self._model = self._build(self.spec, self.weights, precision, self.progress,
-                                      self.cancel)
-            shapes = {t: list(o.shape[1:]) for t, o in zip(TAPS, self._model.outputs)}
+                                      self.cancel, self.cut)
+            names = (CUT,) if self.cut else TAPS
+            shapes = {t: list(o.shape[1:]) for t, o in zip(names, self._model.outputs)}
             self.store.register_model(self.key, {
                 "backbone": self.spec.name, "shapes": shapes,
                 "image_size": self.spec.image_size, "prep": PREPROCESS_VERSION})
@@ -211,17 +231,19 @@ class _Runner:
 
     @staticmethod
     def _build(spec: BackboneSpec, weights: str, precision: str, progress: ProgressCallback,
-               cancel: CancelToken) -> keras.Model:
+               cancel: CancelToken, cut: bool = False) -> keras.Model:
         import keras
 
         from app.core.backbones import build_extractor
+        from app.core.finetune import build_cut_extractor
 
+        build = build_cut_extractor if cut else build_extractor
         if precision == "float32":
-            return build_extractor(spec, weights, progress=progress, cancel=cancel)
+            return build(spec, weights, progress=progress, cancel=cancel)
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(precision)
         try:
-            return build_extractor(spec, weights, progress=progress, cancel=cancel)
+            return build(spec, weights, progress=progress, cancel=cancel)
         finally:
             keras.config.set_dtype_policy(previous)
 
@@ -292,7 +314,10 @@ class _Runner:
             bad.update((d, reason) for d, reason, _ in failures)
             if arrays:
                 feats = self._predict(np.stack(arrays))
-                self.store.put_features(self.key, FeatureBatch(digests, *feats))
+                if self.cut:
+                    self.store.put_arrays(self.key, digests, feats[0])
+                else:
+                    self.store.put_features(self.key, FeatureBatch(digests, *feats))
                 computed.update(digests)
             report: Progress = meter.report("cache", len(computed) + len(bad),
                                             f"{Path(paths[chunk[-1][0]]).name}")
@@ -303,7 +328,7 @@ class _Runner:
         """Run the backbone on a batch, halving the batch on GPU out-of-memory."""
         from app.core.device import is_out_of_memory
 
-        outs: list[list[np.ndarray]] = [[], [], []]
+        outs: list[list[np.ndarray]] = []
         start = 0
         while start < len(pixels):
             part = pixels[start : start + self.batch_size]
@@ -314,6 +339,8 @@ class _Runner:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
                 continue  # the same images again, in smaller batches
+            if not outs:
+                outs = [[] for _ in res]
             for o, r in zip(outs, res):
                 o.append(r)
             start += len(part)
@@ -325,4 +352,6 @@ class _Runner:
         x = np.zeros((self.batch_size, *part.shape[1:]), np.float32)
         x[:n] = part
         res = self.model.predict_on_batch(x)
+        if not isinstance(res, (list, tuple)):
+            res = [res]  # a one-output model (the cut extractor)
         return [np.asarray(r)[:n] for r in res]

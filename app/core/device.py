@@ -127,6 +127,7 @@ def _discover() -> str:
         if backend == "tensorflow":
             import tensorflow as tf
 
+            tf.get_logger().setLevel("ERROR")  # retracing notes are for developers, not users
             gpus = tf.config.list_physical_devices("GPU")
             for gpu in gpus:
                 try:

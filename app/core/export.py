@@ -33,7 +33,7 @@ from app import __version__
 from app.core.backbones import BackboneSpec, build_image_model, weights_fingerprint
 from app.core.head import main_branch
 from app.core.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
-from app.core.training import HISTORY_KEYS, SplitData
+from app.core.training import HISTORY_KEYS, SplitData, TrainResult
 
 if TYPE_CHECKING:
     import keras
@@ -115,10 +115,11 @@ def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
     return keras.Model(features.input, probs, name="bottleneck_studio_classifier")
 
 
-def check_parity(model: keras.Model, head: keras.Model, validation: SplitData,
+def check_parity(model: keras.Model, result: TrainResult, validation: SplitData,
                  image_size: tuple[int, int], limit: int = PARITY_IMAGES,
                  tolerance: float = PARITY_TOLERANCE["float32"]) -> ParityReport:
-    """Exported model on decoded images vs. the head on cached features, same images."""
+    """Exported model on decoded images vs. the trained model on cached features (taps or
+    cut tensors), same images."""
     pixels, index = [], []
     for i, path in enumerate(validation.paths[:limit]):
         try:
@@ -129,8 +130,9 @@ def check_parity(model: keras.Model, head: keras.Model, validation: SplitData,
     if not pixels:
         return ParityReport(0, 0.0, 0, tolerance)
     exported = np.asarray(model.predict(np.stack(pixels).astype(np.float32), verbose=0))
-    cached = {k: v[index] for k, v in validation.features.items()}
-    in_app = np.asarray(main_branch(head).predict(cached["main"], verbose=0))
+    trained = result.model if result.model is not None else result.head
+    probs = trained.predict_on_batch(validation.rows(index, result.inputs))
+    in_app = np.asarray(probs["main"] if isinstance(probs, dict) else probs)
     return ParityReport(
         images=len(index),
         max_abs_diff=float(np.abs(exported - in_app).max()),
@@ -148,14 +150,15 @@ def write_history(folder: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
-def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, head: keras.Model,
-                 classes: list[str], validation: SplitData | None, history: list[dict],
-                 extra_metadata: dict | None = None, formats: tuple[str, ...] = ("keras",),
-                 backbone: keras.Model | None = None,
+def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, result: TrainResult,
+                 validation: SplitData | None, extra_metadata: dict | None = None,
+                 formats: tuple[str, ...] = ("keras",),
                  precision: str = "float32") -> ExportReport:
     """Write the model folder to ``out_dir`` once its parity check passed, replacing a model
     folder of ours there; any other non-empty folder raises :class:`ExportError` untouched.
-    ``precision`` is the one the cached features were computed in (sets the tolerance)."""
+    The model is the backbone (its top blocks as fine-tuned, in the fine-tune mode) with the
+    main head. ``precision`` is the one the cached features were computed in (sets the
+    tolerance)."""
     from app.core.device import configure
 
     configure()
@@ -173,7 +176,8 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, head:
     staging = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir(mode=0o777)  # the umask applies: a normal folder, not drwx------
-        model = classifier_model(spec, weights, head, backbone)
+        classes, history = result.classes, result.history
+        model = classifier_model(spec, weights, result.head, result.base)
         model.save(staging / "model.keras")
         reloaded = keras.saving.load_model(staging / "model.keras", safe_mode=True)
         parity, note = None, ""
@@ -181,7 +185,7 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, head:
             note = ("parity could not be checked: the validation split is empty (add images "
                     "or give validation a larger share)")
         else:
-            parity = check_parity(reloaded, head, validation, spec.input_size,
+            parity = check_parity(reloaded, result, validation, spec.input_size,
                                   tolerance=PARITY_TOLERANCE.get(precision, 3e-2))
             if parity.images == 0:
                 note = (f"parity could not be checked: none of the {len(validation)} validation "

@@ -10,14 +10,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.backbones import get_spec, key_precision, model_key
+from app.core.backbones import get_spec, key_precision, key_signature
 from app.core.caching import CacheJob, CacheResult
 from app.core.dataset import SPLITS, Dataset, scan_dataset
 from app.core.evaluation import Evaluation, score
+from app.core.feeds import FeatureSource, SplitData
+from app.core.finetune import features_key
 from app.core.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
 from app.core.paths import user_cache_dir
-from app.core.store import TAPS, FeatureStore
-from app.core.training import SplitData, TrainResult, TrainSettings, train_head
+from app.core.store import FeatureStore
+from app.core.training import TrainResult, TrainSettings, build_model, predict_split, train_head
 
 if TYPE_CHECKING:
     from app.core.export import ExportReport
@@ -26,30 +28,28 @@ if TYPE_CHECKING:
 
 def load_splits(dataset: Dataset, model_key: str, cache_dir: str | Path | None = None
                 ) -> dict[str, SplitData]:
-    """Cached taps, labels and paths of every split (training never runs the backbone)."""
+    """Labels, paths and digests of every split, their features streamed from the store on
+    demand (training never runs the frozen backbone, nor holds a whole split in memory)."""
     index = {c: i for i, c in enumerate(dataset.classes)}
-    out = {}
-    with FeatureStore(cache_dir or user_cache_dir()) as store:
-        for split in SPLITS:
-            recs = dataset.subset(split)
-            feats = store.load_features(model_key, [r.digest for r in recs])
-            out[split] = SplitData(
-                {t: getattr(feats, t) for t in TAPS},
-                np.array([index[r.label] for r in recs], np.int64),
-                [r.path for r in recs],
-            )
-    return out
+    folder = Path(cache_dir or user_cache_dir())
+    with FeatureStore(folder) as store:
+        digests = {r.digest for r in dataset.images}
+        missing = digests - store.cached_digests(model_key, digests)
+    if missing:
+        raise KeyError(f"{len(missing)} images have no cached features for {model_key}")
+    source = FeatureSource(folder, model_key)
+    return {split: SplitData(None, np.array([index[r.label] for r in recs], np.int64),
+                             [r.path for r in recs], [r.digest for r in recs], source)
+            for split in SPLITS for recs in [dataset.subset(split)]}
 
 
 def evaluate_head(result: TrainResult, data: SplitData) -> Evaluation:
-    """Scores of the trained head (main and aux outputs) on ``data``'s cached taps."""
-    outputs = ["main", *(("aux1", "aux2") if result.settings.aux_weight > 0 else ())]
+    """Scores of the trained model (main and aux outputs) on ``data``'s cached features."""
     if len(data) == 0:
         return score(result.classes, data.labels, np.zeros((0, len(result.classes))), [])
-    probs = result.head.predict({o: data.features[o] for o in outputs}, verbose=0,
-                                batch_size=256)
-    aux = {o: np.asarray(probs[o]) for o in outputs if o != "main"}
-    return score(result.classes, data.labels, np.asarray(probs["main"]), data.paths, aux)
+    probs = predict_split(result, data)
+    aux = {o: p for o, p in probs.items() if o != "main"}
+    return score(result.classes, data.labels, probs["main"], data.paths, aux)
 
 
 @dataclass
@@ -73,13 +73,14 @@ class Retraining:
                   ) -> CacheResult:
         self.cache, self.dataset = CacheJob(self.dataset or self.data_dir, self.backbone,
                                             self.weights, self.cache_dir,
-                                            retry_skipped=retry_skipped).run(progress, cancel)
+                                            retry_skipped=retry_skipped,
+                                            mode=self.settings.mode).run(progress, cancel)
         return self.cache
 
     def _ensure_cached(self, progress: ProgressCallback, cancel: CancelToken | None) -> Dataset:
         """Cache what is missing; the dataset training uses (classes with < 2 images left
         out, listed in :attr:`training_warnings`)."""
-        if self.cache is None or self.cache.cancelled:
+        if self.cache is None or self.cache.cancelled or self.cache.mode != self.settings.mode:
             self.run_cache(progress, cancel)
             if self.cache.cancelled:
                 raise Cancelled()
@@ -96,7 +97,7 @@ class Retraining:
         dataset = self._ensure_cached(progress, cancel)
         splits = load_splits(dataset, self.cache.model_key, self.cache_dir)
         result = self._stamp(train_head(splits["train"], splits["validation"], dataset.classes,
-                                        self.settings, progress, cancel))
+                                        self.settings, progress, cancel, self._backbone()))
         self.splits, self.result = splits, result
         self.evaluation = evaluate_head(result, splits["test"])
         return result
@@ -106,28 +107,34 @@ class Retraining:
         """:meth:`run_training` with the training itself in a child process.
 
         For a GUI: TensorFlow compiling the training step would hold this process's GIL for
-        ~150 ms at a time. The head comes back as a weights file; results are the same.
+        ~150 ms at a time. The trained model comes back as a weights file; results are the
+        same.
         """
         import tempfile
 
-        from app.core.head import build_head
         from app.core.isolation import run_isolated
 
         dataset = self._ensure_cached(progress, cancel)
         with tempfile.TemporaryDirectory(prefix="bottleneck-train-") as tmp:
-            weights = str(Path(tmp) / "head.weights.h5")
+            weights = str(Path(tmp) / "trained.weights.h5")
             out = run_isolated("app.core.retrain:train_in_child", {
                 "dataset": dataset, "model_key": self.cache.model_key,
                 "cache_dir": self.cache_dir, "settings": self.settings,
-                "weights_file": weights}, progress, cancel)
-            head = build_head(out["shape"])
-            head.load_weights(weights)
+                "backbone": self._backbone(), "weights_file": weights}, progress, cancel)
+            model, head, base, _, shape = build_model(self.settings, lambda _: out["shape"],
+                                                      self._backbone())
+            model.load_weights(weights)
         self.splits = load_splits(dataset, self.cache.model_key, self.cache_dir)
         self.result = self._stamp(TrainResult(
             head, dataset.classes, self.settings, out["history"], out["best_epoch"],
-            out["epochs_run"], out["cancelled"], out["seconds"], out["shape"]))
+            out["epochs_run"], out["cancelled"], out["seconds"], shape, model=model, base=base,
+            trainable_backbone_layers=out["trainable_backbone_layers"],
+            stopped_early=out["stopped_early"]))
         self.evaluation = out["evaluation"]
         return self.result
+
+    def _backbone(self) -> tuple:
+        return (get_spec(self.backbone), self.weights)
 
     def _trained(self) -> TrainResult:
         """The trained head, refused when it no longer matches the features it was trained on
@@ -135,8 +142,8 @@ class Retraining:
         result = self.result
         if result is None or self.splits is None:
             raise RuntimeError("train a model first")
-        current = model_key(get_spec(result.backbone), result.weights, result.model_key
-                            .rsplit("|", 1)[-1])
+        current = features_key(get_spec(result.backbone), result.weights,
+                               result.settings.mode, key_signature(result.model_key))
         if current != result.model_key or (self.cache is not None
                                            and self.cache.model_key != result.model_key):
             raise RuntimeError(f"the trained model belongs to the {result.backbone} features "
@@ -149,9 +156,8 @@ class Retraining:
 
         result = self._trained()
         return export_model(
-            out_dir, spec=get_spec(result.backbone), weights=result.weights, head=result.head,
-            classes=result.classes, validation=self.splits["validation"],
-            history=result.history, precision=key_precision(result.model_key),
+            out_dir, spec=get_spec(result.backbone), weights=result.weights, result=result,
+            validation=self.splits["validation"], precision=key_precision(result.model_key),
             extra_metadata={
                 "dataset": str(self.dataset.root),
                 "split": {s: len(self.splits[s]) for s in SPLITS},
@@ -163,6 +169,8 @@ class Retraining:
                     ("count", "main_accuracy", "balanced_accuracy", "aux1_accuracy",
                      "aux2_accuracy")},
                 "training": result.summary()["settings"],
+                "mode": result.settings.mode,
+                "trainable_backbone_layers": result.trainable_backbone_layers,
                 "best_epoch": result.best_epoch,
                 "cancelled": result.cancelled,
                 "left_out_classes": sorted(set(self.dataset.classes) - set(result.classes)),
@@ -177,24 +185,27 @@ class Retraining:
 
         result = self._trained()
         spec = get_spec(result.backbone)
-        model = classifier_model(spec, result.weights, result.head)
+        model = classifier_model(spec, result.weights, result.head, result.base)
         return Predictor(model, result.classes, spec.input_size)
 
 
 def train_in_child(dataset: Dataset, model_key: str, cache_dir: str | Path | None,
-                   settings: TrainSettings, weights_file: str,
+                   settings: TrainSettings, backbone: tuple, weights_file: str,
                    progress: ProgressCallback = no_progress,
                    cancel: CancelToken | None = None) -> dict:
     """The child-process half of :meth:`Retraining.run_training_isolated`: everything it
-    returns pickles; the trained head is saved to ``weights_file``."""
+    returns pickles; the trained model (head, and top blocks when fine-tuning) is saved to
+    ``weights_file``."""
     splits = load_splits(dataset, model_key, cache_dir)
     result = train_head(splits["train"], splits["validation"], dataset.classes, settings,
-                        progress, cancel)
+                        progress, cancel, backbone)
     evaluation = evaluate_head(result, splits["test"])
-    result.head.save_weights(weights_file)
+    result.model.save_weights(weights_file)
     return {"history": result.history, "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run, "cancelled": result.cancelled,
-            "seconds": result.seconds, "evaluation": evaluation, "shape": result.shape}
+            "seconds": result.seconds, "evaluation": evaluation, "shape": result.shape,
+            "trainable_backbone_layers": result.trainable_backbone_layers,
+            "stopped_early": result.stopped_early}
 
 
 def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str = "test",

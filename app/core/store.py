@@ -5,6 +5,12 @@ preprocessing version), so a changed backbone or weights file never reuses old r
 renamed or moved file reuses its own. Features are stored as float16. Every batch is one
 transaction: a killed run loses at most the batch in flight.
 
+Large spatial tensors (the fine-tune *cut*, 100-450 KB an image) live outside SQLite in
+float16 ``.npy`` shard files, one per computed batch, indexed by the ``arrays`` table: a shard
+is complete on disk (written, then renamed) before its index rows commit, so a killed run
+leaves at worst an unreferenced shard, and reading memory-maps only the rows asked for.
+Pooled taps and cut tensors share one index, one model-key scheme and one claim protocol.
+
 Two processes caching the same images coordinate through short-lived *claims*: a process
 claims the digests it is about to compute; another skips them and waits, unless the claim's
 owner has died or the claim is stale.
@@ -13,6 +19,7 @@ owner has died or the claim is stale.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -42,6 +49,10 @@ CREATE TABLE IF NOT EXISTS features (
     main BLOB NOT NULL, aux1 BLOB NOT NULL, aux2 BLOB NOT NULL,
     PRIMARY KEY (model_key, digest)
 );
+CREATE TABLE IF NOT EXISTS arrays (
+    model_key TEXT NOT NULL, digest TEXT NOT NULL, shard TEXT NOT NULL, row INTEGER NOT NULL,
+    PRIMARY KEY (model_key, digest)
+);
 CREATE TABLE IF NOT EXISTS bad (
     digest TEXT NOT NULL, prep INTEGER NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY (digest, prep)
@@ -53,6 +64,8 @@ CREATE TABLE IF NOT EXISTS claims (
 """
 
 TAPS = ("main", "aux1", "aux2")
+CUT = "cut"  # the tensor kind stored in shards rather than in the features table
+SHARDS = "shards"
 
 
 class StoreError(Exception):
@@ -194,16 +207,16 @@ class FeatureStore:
 
     # -- features --
     def cached_digests(self, model_key: str, digests: Iterable[str] | None = None) -> set[str]:
+        """Digests with stored features (pooled taps or cut tensors) for ``model_key``."""
+        both = ("SELECT digest FROM features WHERE model_key=?{cond} "
+                "UNION ALL SELECT digest FROM arrays WHERE model_key=?{cond}")
         if digests is None:
-            rows = self.db.execute("SELECT digest FROM features WHERE model_key=?", (model_key,))
+            rows = self.db.execute(both.format(cond=""), (model_key, model_key))
             return {r[0] for r in rows}
         found: set[str] = set()
         for chunk in _chunks(list(digests)):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT digest FROM features WHERE model_key=? AND digest IN ({marks})",
-                (model_key, *chunk),
-            )
+            cond = f" AND digest IN ({','.join('?' * len(chunk))})"
+            rows = self.db.execute(both.format(cond=cond), (model_key, *chunk, model_key, *chunk))
             found.update(r[0] for r in rows)
         return found
 
@@ -226,13 +239,17 @@ class FeatureStore:
                 [(model_key, d, self.owner) for d in batch.digests],
             )
 
-    def load_features(self, model_key: str, digests: Sequence[str]) -> FeatureBatch:
-        """Features for ``digests`` in that order; raises KeyError naming a missing digest."""
+    def load_features(self, model_key: str, digests: Sequence[str],
+                      taps: Sequence[str] = TAPS) -> FeatureBatch:
+        """Features for ``digests`` in that order (taps not asked for are empty arrays);
+        raises KeyError naming a missing digest."""
         spec = self.model_spec(model_key)
         if spec is None:
             raise KeyError(f"no features cached for model {model_key}")
         shapes = {t: tuple(spec["shapes"][t]) for t in TAPS}
-        out = {t: np.empty((len(digests), *shapes[t]), np.float16) for t in TAPS}
+        out = {t: np.empty((len(digests) if t in taps else 0, *shapes[t]), np.float16)
+               for t in TAPS}
+        columns = ", ".join(taps)
         unique = list(dict.fromkeys(digests))
         seen: set[str] = set()
         positions: dict[str, list[int]] = {}
@@ -241,13 +258,13 @@ class FeatureStore:
         for chunk in _chunks(unique):
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(
-                "SELECT digest, main, aux1, aux2 FROM features "
+                f"SELECT digest, {columns} FROM features "
                 f"WHERE model_key=? AND digest IN ({marks})",
                 (model_key, *chunk),
             )
             for d, *blobs in rows:
                 seen.add(d)
-                for tap, blob in zip(TAPS, blobs):
+                for tap, blob in zip(taps, blobs):
                     arr = np.frombuffer(blob, np.float16).reshape(shapes[tap])
                     for i in positions[d]:
                         out[tap][i] = arr
@@ -256,22 +273,83 @@ class FeatureStore:
             raise KeyError(f"{len(missing)} images have no cached features (first: {missing[0]})")
         return FeatureBatch(list(digests), out["main"], out["aux1"], out["aux2"])
 
+    # -- large tensors (the fine-tune cut) in shard files --
+    def shard_dir(self, model_key: str) -> Path:
+        return self.dir / SHARDS / hashlib.sha1(model_key.encode()).hexdigest()[:16]
+
+    def put_arrays(self, model_key: str, digests: Sequence[str], array: np.ndarray) -> None:
+        """Store one batch of tensors (images along axis 0) as a new shard, then index it in
+        one transaction and release this process's claims on it."""
+        folder = self.shard_dir(model_key)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{uuid.uuid4().hex}.npy"
+        tmp = folder / f".{name}.partial"
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array, np.float16))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / name)
+        with self._transaction():
+            self.db.executemany("INSERT OR REPLACE INTO arrays VALUES (?,?,?,?)",
+                                [(model_key, d, name, i) for i, d in enumerate(digests)])
+            self.db.executemany(
+                "DELETE FROM claims WHERE model_key=? AND digest=? AND owner=?",
+                [(model_key, d, self.owner) for d in digests],
+            )
+
+    def load_arrays(self, model_key: str, digests: Sequence[str]) -> np.ndarray:
+        """The tensors of ``digests`` in that order (float16), read from memory-mapped shards;
+        raises KeyError naming a missing digest."""
+        spec = self.model_spec(model_key)
+        if spec is None:
+            raise KeyError(f"no tensors cached for model {model_key}")
+        out = np.empty((len(digests), *spec["shapes"][CUT]), np.float16)
+        where: dict[str, tuple[str, int]] = {}
+        for chunk in _chunks(list(dict.fromkeys(digests))):
+            marks = ",".join("?" * len(chunk))
+            where.update((d, (shard, row)) for d, shard, row in self.db.execute(
+                f"SELECT digest, shard, row FROM arrays WHERE model_key=? AND digest IN ({marks})",
+                (model_key, *chunk)))
+        missing = [d for d in digests if d not in where]
+        if missing:
+            raise KeyError(f"{len(missing)} images have no cached tensors (first: {missing[0]})")
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        for i, d in enumerate(digests):
+            shard, row = where[d]
+            by_shard.setdefault(shard, []).append((i, row))
+        folder = self.shard_dir(model_key)
+        for shard, pairs in by_shard.items():
+            data = self._shard(folder / shard)
+            positions, rows = zip(*pairs)
+            out[list(positions)] = data[list(rows)]
+        return out
+
+    def _shard(self, path: Path) -> np.ndarray:
+        cache = self.__dict__.setdefault("_shards", {})
+        if path not in cache:
+            if len(cache) > 256:
+                cache.clear()
+            cache[path] = np.load(path, mmap_mode="r")
+        return cache[path]
+
+    def disk_bytes(self, model_key: str | None = None) -> int:
+        """Bytes the cache takes on disk: all of it, or one model key's shards."""
+        if model_key is not None:
+            folder = self.shard_dir(model_key)
+            return sum(p.stat().st_size for p in folder.glob("*.npy")) if folder.is_dir() else 0
+        files = [p for p in self.dir.glob(f"{DB_NAME}*")]
+        files += list((self.dir / SHARDS).rglob("*.npy"))
+        return sum(p.stat().st_size for p in files if p.is_file())
+
     # -- claims between processes --
     def claim(self, model_key: str, digests: Sequence[str]) -> list[str]:
         """Claim the digests nobody has computed or is computing; returns the ones now ours."""
         now = time.time()
         with self._transaction():
-            done = set()
             taken: dict[str, tuple[str, float]] = {}
+            done = self.cached_digests(model_key, digests)
             for chunk in _chunks(list(digests)):
                 marks = ",".join("?" * len(chunk))
-                done.update(
-                    r[0]
-                    for r in self.db.execute(
-                        f"SELECT digest FROM features WHERE model_key=? AND digest IN ({marks})",
-                        (model_key, *chunk),
-                    )
-                )
                 for d, owner, at in self.db.execute(
                     "SELECT digest, owner, at FROM claims "
                     f"WHERE model_key=? AND digest IN ({marks})",

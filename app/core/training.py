@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.core.feeds import SplitData, make_feed
 from app.core.head import OUTPUTS, HeadShape, build_head
 from app.core.jobs import Cancelled, CancelToken, Progress, ProgressCallback, no_progress
+from app.core.store import CUT
 
 if TYPE_CHECKING:
     import keras
 
+MODES = ("head", "finetune")
 METRIC_KEYS = tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy"))
 HISTORY_KEYS = METRIC_KEYS + tuple(f"val_{k}" for k in METRIC_KEYS)
 
@@ -44,6 +47,9 @@ class TrainSettings:
     early_stopping: int = 10  # patience in epochs on validation main loss; 0 = off
     seed: int = 1
     stream_interval: float = 1.0  # seconds between within-epoch updates
+    mode: str = "head"  # "head": heads on cached taps | "finetune": top blocks train too
+    backbone_lr_scale: float = 0.1  # fine-tune: backbone blocks learn this much slower
+    augment: str = "none"  # fine-tune: "flip" mirrors cached cut tensors left-right
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +71,12 @@ class TrainSettings:
             problems.append(f"unknown schedule {self.schedule!r}")
         if self.class_weights not in ("auto", "none", "balanced"):
             problems.append(f"unknown class weights {self.class_weights!r}")
+        if self.mode not in MODES:
+            problems.append(f"unknown mode {self.mode!r}; choose {' or '.join(MODES)}")
+        if not 0 <= self.backbone_lr_scale <= 10:
+            problems.append("backbone learning-rate scale must be in [0, 10]")
+        if self.augment not in ("none", "flip"):
+            problems.append(f"unknown augmentation {self.augment!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -75,18 +87,6 @@ class TrainSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class SplitData:
-    """One split's cached taps, integer labels and the image paths they came from."""
-
-    features: dict[str, np.ndarray]
-    labels: np.ndarray
-    paths: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 @dataclass
@@ -103,10 +103,22 @@ class TrainResult:
     model_key: str = ""  # the features this head was trained on; it answers only on those
     backbone: str = ""
     weights: str = ""
+    model: keras.Model | None = None  # what trained: the head, or cut -> top blocks -> head
+    base: keras.Model | None = None  # fine-tune: the backbone, its top blocks trained
+    trainable_backbone_layers: list[str] = field(default_factory=list)
+    stopped_early: bool = False  # early stopping ended the run before its last epoch
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What the trained model reads from the store."""
+        if self.settings.mode == "finetune":
+            return (CUT,)
+        return ("main", *(self.shape.aux_outputs if self.shape else ()))
 
     def summary(self) -> dict:
         return {"classes": self.classes, "epochs_run": self.epochs_run,
                 "best_epoch": self.best_epoch, "cancelled": self.cancelled,
+                "stopped_early": self.stopped_early,
                 "seconds": round(self.seconds, 2), "history": self.history,
                 "settings": self.settings.as_dict()}
 
@@ -136,10 +148,40 @@ def _optimizer(settings: TrainSettings, steps: int):
     return keras.optimizers.Adam(lr)
 
 
+def build_model(settings: TrainSettings, shape_of, backbone: tuple | None = None):
+    """The model that trains: ``(model, head, base, top, shape)``.
+
+    Head mode: the head alone on cached taps (``base`` is None). Fine-tune mode, with
+    ``backbone`` = (spec, weights): cut tensor -> trainable top blocks -> head.
+    ``shape_of(tap_shapes)`` gives the HeadShape for the taps the head reads.
+    """
+    if settings.mode == "head":
+        shape = shape_of(None)
+        head = build_head(shape)
+        return head, head, None, None, shape
+    from app.core.backbones import build_backbone
+    from app.core.finetune import build_finetune_model
+
+    if backbone is None:
+        raise ValueError("the fine-tune mode needs the backbone")
+    spec, weights = backbone
+    base = build_backbone(spec, weights)
+    shapes: list[HeadShape] = []
+
+    def remember(taps):
+        shapes.append(shape_of(taps))
+        return shapes[-1]
+
+    model, head, top = build_finetune_model(spec, base, remember, build_head)
+    return model, head, base, top, shapes[-1]
+
+
 def train_head(train: SplitData, validation: SplitData | None, classes: list[str],
                settings: TrainSettings | None = None, progress: ProgressCallback = no_progress,
-               cancel: CancelToken | None = None) -> TrainResult:
-    """Train a fresh head; returns it with the best weights (lowest validation main loss)."""
+               cancel: CancelToken | None = None, backbone: tuple | None = None) -> TrainResult:
+    """Train a fresh head (and, in the fine-tune mode, the backbone's top blocks with
+    ``backbone`` = (spec, weights)); returns it with the best weights (lowest validation main
+    loss). Features stream from the splits in shuffled batches."""
     from app.core.device import configure
 
     configure()
@@ -152,38 +194,62 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     keras.utils.set_random_seed(settings.seed)
     aux = ("aux1", "aux2") if settings.aux_weight > 0 else ()
     n = len(classes)
-    shape = HeadShape(n, {k: tuple(v.shape[1:]) for k, v in train.features.items()},
-                      settings.dropout, settings.hidden_units, aux_outputs=aux)
-    head = build_head(shape)
     outputs = ("main", *aux)
+    finetune = settings.mode == "finetune"
+    inputs = (CUT,) if finetune else outputs
+
+    def shape_of(taps):
+        return HeadShape(n, taps or train.shapes(outputs), settings.dropout,
+                         settings.hidden_units, aux_outputs=aux)
+
+    model, head, base, top, shape = build_model(settings, shape_of, backbone)
     steps = math.ceil(len(train) / settings.batch_size) * settings.epochs
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing)
-    head.compile(
-        optimizer=_optimizer(settings, steps),
+    optimizer = _optimizer(settings, steps)
+    layer_names: list[str] = []
+    if finetune:
+        from app.core.finetune import scaled_optimizer, trainable_layer_names
+
+        layer_names = trainable_layer_names(top)
+        optimizer = scaled_optimizer(optimizer, top, settings.backbone_lr_scale)
+    model.compile(
+        optimizer=optimizer,
         loss={o: loss for o in outputs},
         loss_weights={o: (1.0 if o == "main" else settings.aux_weight) for o in outputs},
         metrics={o: ["accuracy"] for o in outputs},
     )
-
-    def xy(split: SplitData):
-        x = {o: split.features[o] for o in outputs}
-        onehot = np.eye(n, dtype=np.float32)[split.labels]
-        return x, {o: onehot for o in outputs}
-
-    x, y = xy(train)
     sw = sample_weights(train.labels, n, settings.class_weights)
-    val = xy(validation) if validation is not None and len(validation) else None
+    feed = make_feed(train, inputs, outputs, n, settings.batch_size, shuffle=True,
+                     seed=settings.seed, sample_weights=sw,
+                     flip=finetune and settings.augment == "flip")
+    val = None
+    if validation is not None and len(validation):
+        val = make_feed(validation, inputs, outputs, n, max(settings.batch_size, 128),
+                        shuffle=False, seed=0)
     stream = _make_stream(settings, cancel, progress, has_val=val is not None)
     start = time.perf_counter()
-    head.fit(x, y, sample_weight=None if sw is None else {o: sw for o in outputs},
-             validation_data=val, epochs=settings.epochs, batch_size=settings.batch_size,
-             shuffle=True, verbose=0, callbacks=[stream])
+    model.fit(feed, validation_data=val, epochs=settings.epochs, verbose=0, callbacks=[stream])
     if stream.best_weights is None and cancel.cancelled:
         raise Cancelled()  # not one epoch finished: there is no model to keep
     if stream.best_weights is not None:
-        head.set_weights(stream.best_weights)
+        model.set_weights(stream.best_weights)
     return TrainResult(head, list(classes), settings, stream.history, stream.best_epoch,
-                       len(stream.history), cancel.cancelled, time.perf_counter() - start, shape)
+                       len(stream.history), cancel.cancelled, time.perf_counter() - start, shape,
+                       model=model, base=base, trainable_backbone_layers=layer_names,
+                       stopped_early=stream.stopped_early)
+
+
+def predict_split(result: TrainResult, data: SplitData, batch_size: int = 256
+                  ) -> dict[str, np.ndarray]:
+    """Probabilities of every output of the trained model on ``data``, streamed in batches."""
+    model = result.model if result.model is not None else result.head
+    outs: dict[str, list[np.ndarray]] = {}
+    for _, x in data.batches(result.inputs, batch_size):
+        probs = model.predict_on_batch(x)
+        for name, p in (probs.items() if isinstance(probs, dict) else [("main", probs)]):
+            outs.setdefault(name, []).append(np.asarray(p))
+    n = len(result.classes)
+    return {k: np.concatenate(v) if v else np.zeros((0, n), np.float32) for k, v in outs.items()}
 
 
 def _normalise(logs: dict) -> dict:
@@ -238,6 +304,7 @@ class _StreamMixin:
         self._last_stream = 0.0
         self._epoch = 0
         self.interrupted = False  # cancelled within an epoch: that epoch does not count
+        self.stopped_early = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1
@@ -273,6 +340,8 @@ class _StreamMixin:
         self.progress(Progress("train", epoch + 1, self.settings.epochs,
                                message=format_epoch(rec), data={"partial": False, **rec}))
         patience = self.settings.early_stopping
+        if patience and self.wait >= patience and not self.cancel.cancelled:
+            self.stopped_early = epoch + 1 < self.settings.epochs
         if self.cancel.cancelled or (patience and self.wait >= patience):
             self.model.stop_training = True
 
