@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="compute and store bottleneck features of a dataset")
     p.add_argument("data_dir", help="folder with one sub-folder of images per class")
     _add_model_options(p)
+    p.add_argument("--mode", default="head", choices=["head", "finetune"],
+                   help="what to cache: pooled taps for the head-only mode, or the cut tensor "
+                        "for the fine-tune mode (default head)")
     p.add_argument("--retry-skipped", action="store_true",
                    help="try again the files remembered as undecodable (after fixing them)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -105,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folder to write: a new or empty folder, or a model folder "
                         "this app wrote (replaced); any other folder is refused untouched")
     _add_model_options(p)
+    p.add_argument("--mode", default=TrainDefaults.mode, choices=["head", "finetune"],
+                   help="head: train new heads on cached pooled taps (fast; the aux outputs "
+                        "are probes of intermediate layers). finetune: the backbone's top "
+                        "blocks train too, from a cached cut, and the aux losses shape the "
+                        "layers the main output uses")
+    p.add_argument("--backbone-lr-scale", type=float, default=TrainDefaults.backbone_lr_scale,
+                   help="fine-tune: learning rate of the backbone blocks relative to the heads")
+    p.add_argument("--augment", default=TrainDefaults.augment, choices=["none", "flip"],
+                   help="fine-tune: mirror cached cut tensors left-right at random")
     p.add_argument("--epochs", type=int, default=TrainDefaults.epochs)
     p.add_argument("--train-batch-size", type=int, default=TrainDefaults.batch_size)
     p.add_argument("--learning-rate", type=float, default=TrainDefaults.learning_rate)
@@ -152,7 +164,8 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     from app.core.caching import CacheJob
 
     job = CacheJob(args.data_dir, args.backbone, args.weights, args.cache_dir,
-                   args.batch_size, _split(args.split), retry_skipped=args.retry_skipped)
+                   args.batch_size, _split(args.split), retry_skipped=args.retry_skipped,
+                   mode=args.mode)
     result, _ = job.run(bar, cancel)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
@@ -189,7 +202,8 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         epochs=args.epochs, batch_size=args.train_batch_size, learning_rate=args.learning_rate,
         optimizer=args.optimizer, aux_weight=args.aux_weight, dropout=args.dropout,
         hidden_units=args.hidden_units, label_smoothing=args.label_smoothing,
-        class_weights=args.class_weights, early_stopping=args.early_stopping, seed=args.seed)
+        class_weights=args.class_weights, early_stopping=args.early_stopping, seed=args.seed,
+        mode=args.mode, backbone_lr_scale=args.backbone_lr_scale, augment=args.augment)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     run = Retraining(args.data_dir, args.backbone, args.weights, args.cache_dir, settings)
     from app.core.dataset import scan_dataset
@@ -227,8 +241,11 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         bar.line(f"warning: {report.parity_note}")
     model_dir = report.folder
     doc = {
+        "mode": result.settings.mode,
+        "trainable_backbone_layers": result.trainable_backbone_layers,
         "classes": result.classes, "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch, "cancelled": result.cancelled,
+        "stopped_early": result.stopped_early,
         "history": result.history,
         "test": {k: getattr(ev, k) for k in ("count", "main_accuracy", "balanced_accuracy",
                                              "aux1_accuracy", "aux2_accuracy")},
@@ -253,7 +270,10 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         acc = "n/a" if t["main_accuracy"] is None else f"{t['main_accuracy']:.1%}"
         bal = "n/a" if t["balanced_accuracy"] is None else f"{t['balanced_accuracy']:.1%}"
         print(f"test ({t['count']} images): main {acc}  balanced {bal}  {aux}")
-        print(f"best epoch {result.best_epoch} of {result.epochs_run}; model in {model_dir}")
+        stop = (f"; early stopping ended the run (no better validation loss for "
+                f"{result.settings.early_stopping} epochs)" if result.stopped_early else "")
+        print(f"best epoch {result.best_epoch} of {result.epochs_run}{stop}; model in "
+              f"{model_dir}")
     return EXIT_OK
 
 
