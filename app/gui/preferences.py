@@ -79,6 +79,31 @@ class Preferences:
     def training(self, value: TrainSettings) -> None:
         self.store.setValue("train/settings", json.dumps(value.as_dict()))
 
+    def epoch_seconds_per_image(self, backbone: str, mode: str) -> float | None:
+        """Seconds per epoch per training image measured on the last run of ``backbone`` in
+        ``mode`` (None before any run)."""
+        try:
+            value = float(self._get(f"timing/{backbone}/{mode}", ""))
+        except ValueError:
+            return None
+        return value if value > 0 else None
+
+    def remember_epoch_seconds(self, backbone: str, mode: str, seconds: float,
+                               train_images: int) -> None:
+        if seconds > 0 and train_images > 0:
+            self.store.setValue(f"timing/{backbone}/{mode}", repr(seconds / train_images))
+
+    def trainable_layers(self, backbone: str) -> list[str]:
+        """The backbone layers the last fine-tune run of ``backbone`` trained."""
+        try:
+            names = json.loads(self._get(f"finetune/{backbone}/layers", "[]"))
+        except ValueError:
+            return []
+        return [str(n) for n in names] if isinstance(names, list) else []
+
+    def remember_trainable_layers(self, backbone: str, names: list[str]) -> None:
+        self.store.setValue(f"finetune/{backbone}/layers", json.dumps(list(names)))
+
     @property
     def geometry(self) -> QByteArray | None:
         value = self.store.value("window/geometry")

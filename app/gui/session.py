@@ -17,6 +17,7 @@ with the backbone, weights and splits it was trained on, whatever the Features p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,10 +123,13 @@ class Session(QObject):
         return self.retraining is not None
 
     # --- features -----------------------------------------------------------------------
-    def cache_job(self, backbone: str, weights: str, retry_skipped: bool = False) -> Job:
+    def cache_job(self, backbone: str, weights: str, retry_skipped: bool = False,
+                  mode: str = "head") -> Job:
+        """Cache what ``mode`` trains from: pooled taps ("head") or the cut ("finetune")."""
         base = self._need_data()
         run = copy.copy(base)
         run.backbone, run.weights = backbone, weights
+        run.settings = dataclasses.replace(run.settings, mode=mode)
         run.cache = run.splits = run.result = run.evaluation = None
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> RunOutcome:

@@ -30,6 +30,7 @@ from app.gui.pages.evaluate import EvaluatePage
 from app.gui.pages.features import NO_DATA, FeaturesPage
 from app.gui.pages.predict import PredictPage
 from app.gui.pages.train import TrainPage
+from app.gui.pages.train_mode import TrainContext
 from app.gui.preferences import Preferences, default_settings
 from app.gui.session import RunOutcome, Session
 from app.gui.widgets import local_paths
@@ -143,6 +144,11 @@ class MainWindow(QMainWindow):
         self.predict.open_model_requested.connect(self.choose_model)
         self.session.predictor_changed.connect(self.predict.set_model)
         self.session.dataset_changed.connect(self._data_changed)
+        for signal in (self.session.dataset_changed, self.session.cache_changed,
+                       self.session.trained, self.features.backbone.currentIndexChanged,
+                       self.features.weights.currentIndexChanged, self.train.mode.changed):
+            signal.connect(self._describe_training)
+        self.train.mode.changed.connect(self.features.set_mode)
 
     def _restore(self) -> None:
         p = self.prefs
@@ -157,6 +163,8 @@ class MainWindow(QMainWindow):
         if p.weights:
             self.features.set_weights(p.weights if p.weights != "file" else p.weights_file)
         self.train.set_settings(p.training)
+        self.features.set_mode(self.train.mode.mode())
+        self._describe_training()
 
     def _save(self) -> None:
         p = self.prefs
@@ -261,7 +269,8 @@ class MainWindow(QMainWindow):
         return self._start_heavy(
             "caching", lambda: self.session.cache_job(self.features.backbone_name(),
                                                       self.features.weights_value(),
-                                                      retry_skipped=retry_skipped),
+                                                      retry_skipped=retry_skipped,
+                                                      mode=self.train.mode.mode()),
             self.features, self._cached)
 
     def _cached(self, outcome: RunOutcome) -> None:
@@ -282,6 +291,7 @@ class MainWindow(QMainWindow):
         if not self.session.apply_training(outcome):
             return
         run = outcome.run
+        self._remember_run(run)
         self.train.show_result(run.result)
         self.train.show_warnings(list(getattr(run, "training_warnings", [])))
         if run.cache is not None:
@@ -290,6 +300,42 @@ class MainWindow(QMainWindow):
             self.save_last_model(run)
             if not self._quitting and run.evaluation is not None:
                 self.evaluate.show_evaluation(run.evaluation)
+
+    def _remember_run(self, run) -> None:
+        """Measured time per epoch (per training image) and the layers a fine-tune run
+        trained, for the expectations shown before the next Start."""
+        result = run.result
+        if result is None or not result.epochs_run:
+            return
+        per_epoch = self.train.clock.per_epoch()
+        train_images = len(run.splits["train"]) if run.splits else 0
+        if per_epoch is not None:
+            self.prefs.remember_epoch_seconds(run.backbone, result.settings.mode, per_epoch,
+                                              train_images)
+        if result.trainable_backbone_layers:
+            self.prefs.remember_trainable_layers(run.backbone, result.trainable_backbone_layers)
+        self._describe_training()
+
+    def _describe_training(self, *_args) -> None:
+        """Tell the Train page what the chosen backbone and mode cost on this folder."""
+        backbone = self.features.backbone_name()
+        run = self.session.retraining
+        dataset = run.dataset if run is not None else None
+        cache = None
+        if run is not None and run.cache is not None and run.backbone == backbone:
+            try:
+                same_weights = run.weights == self.features.weights_value()
+            except ValueError:
+                same_weights = False
+            cache = run.cache if same_weights and not run.cache.cancelled else None
+        self.train.describe(TrainContext(
+            backbone=backbone,
+            images=len({r.digest for r in dataset.images}) if dataset else 0,
+            train_images=dataset.split_counts()["train"] if dataset else 0,
+            cache=cache,
+            seconds_per_image={m: self.prefs.epoch_seconds_per_image(backbone, m)
+                               for m in ("head", "finetune")},
+            layers=self.prefs.trainable_layers(backbone)))
 
     def cancel_heavy(self, name: str | None = None) -> None:
         """Cancel the running caching or training run (only the one named, when named)."""

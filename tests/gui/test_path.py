@@ -9,7 +9,6 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QLabel, QProgressBar
 
-from app.gui.pages.train import CURVES
 from tests.conftest import make_dataset
 from tests.gui.conftest import open_folder, use_tiny, wait_idle
 
@@ -22,6 +21,11 @@ def drop(widget, paths: list[Path]) -> None:
                        Qt.KeyboardModifier.NoModifier)
     widget.dropEvent(event)  # what Qt calls when a drag ends over the widget
     assert event.isAccepted()
+
+
+def xs_of(curve) -> list:
+    xs = curve.getData()[0]
+    return [] if xs is None else list(xs)
 
 
 def test_whole_path(qtbot, window, tmp_path):
@@ -48,13 +52,26 @@ def test_whole_path(qtbot, window, tmp_path):
     qtbot.mouseClick(window.train.start, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, window)
     assert window.session.retraining.result.epochs_run == 2
-    assert len(CURVES) == 12
-    for key in CURVES:
-        xs, ys = window.train.curves[key].getData()
-        assert list(xs) == [1, 2], key
-        assert len(ys) == 2
+    drawn = {key: xs_of(curve) for key, curve in window.train.curves.items()}
+    assert {o for o, _, _ in drawn} == {"main", "aux1", "aux2"}
+    assert {(m, s) for _, m, s in drawn} == {(m, s) for m in ("loss", "accuracy")
+                                            for s in ("train", "val")}
+    assert all(xs == [1, 2] for xs in drawn.values()), drawn  # one point per epoch, from 1
+    history = window.session.retraining.result.history
+    xs, ys = window.train.curves[("aux2", "accuracy", "val")].getData()
+    assert list(ys) == [h["val_aux2_accuracy"] for h in history]
     assert window.train.best_lines[0].isVisible()
     assert window.train.export.isEnabled()
+    labels = [label.text for _, label in window.train.plots.legend.items]
+    assert labels == ["main", "aux1", "aux2", "train", "validation"]
+
+    window.train.fields["aux_weight"].setValue(0.0)  # no aux outputs: no aux curves
+    window.train.fields["epochs"].setValue(1)
+    window.train.start.click()
+    wait_idle(qtbot, window)
+    assert window.session.retraining.result.epochs_run == 1
+    for (output, _, _), curve in window.train.curves.items():
+        assert xs_of(curve) == ([1] if output == "main" else []), output
 
     ev = window.session.retraining.evaluation
     assert window.evaluate.scores["main_accuracy"].text().endswith("%")

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 
 from app.core.backbones import BACKBONES, DEFAULT_BACKBONE
 from app.core.jobs import Progress
+from app.gui.pages.train_mode import size_text
 from app.gui.widgets import duration, heading, hint
 
 WEIGHTS = (("imagenet", "ImageNet (downloaded once)"), ("file", "Local weights file…"),
@@ -88,6 +89,9 @@ class FeaturesPage(QWidget):
         self.counts.setWordWrap(True)
         self.need = QLabel("")
         self.need.setStyleSheet("color: #a05a00;")
+        self.caches = QLabel("")
+        self.caches.setWordWrap(True)
+        self.set_mode("head")
         row = QHBoxLayout()
         row.addWidget(self.start)
         row.addWidget(self.cancel)
@@ -109,6 +113,7 @@ class FeaturesPage(QWidget):
                               "cached, so training (and training again) never waits for it. "
                               "Cancel at any time: what was computed is kept."))
         layout.addLayout(form)
+        layout.addWidget(self.caches)
         layout.addWidget(self.need)
         layout.addLayout(row)
         layout.addWidget(self.counts)
@@ -157,6 +162,14 @@ class FeaturesPage(QWidget):
                                               "Keras weights (*.h5 *.keras);;All files (*)")
         if path:
             self.weights_file.setText(path)
+
+    def set_mode(self, mode: str) -> None:
+        """What Start caches: what the Train page's mode trains from."""
+        self.mode = mode
+        self.caches.setText(
+            "Caches the backbone's cut tensor: what the <b>fine-tune</b> mode (Train page) "
+            "trains from; larger on disk than pooled features." if mode == "finetune" else
+            "Caches pooled features: what the <b>head-only</b> mode (Train page) trains from.")
 
     # --- running ------------------------------------------------------------------------
     def set_missing(self, what: str) -> None:
@@ -212,6 +225,9 @@ class FeaturesPage(QWidget):
                               f"{duration(result.seconds)}")
         done = (f"{result.computed} computed, {result.reused} reused from the cache, "
                 f"{len(result.skipped)} skipped. Backbone ran on: {result.device}.")
+        if result.disk_bytes:
+            what = "cut tensors" if result.mode == "finetune" else "features"
+            done += f" The cached {what} take {size_text(result.disk_bytes)} on disk."
         if left:
             self.counts.setText(f"<b>{ready} of {result.images}</b> images ready, "
                                 f"<b>{left} still to compute</b> ({done}) Start again to "

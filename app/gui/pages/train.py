@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -21,14 +20,14 @@ from PySide6.QtWidgets import (
 
 from app.core.jobs import Progress
 from app.core.training import TrainSettings
+from app.gui.epoch_clock import EpochClock
+from app.gui.pages.train_mode import ModeBox, TrainContext, seconds_text
 from app.gui.widgets import heading, hint
 
 if TYPE_CHECKING:
     import pyqtgraph as pg
 
-OUTPUT_COLOURS = {"main": "#1f77b4", "aux1": "#ff7f0e", "aux2": "#2ca02c"}
-METRICS = ("loss", "accuracy")
-CURVES = tuple((o, m, v) for m in METRICS for o in OUTPUT_COLOURS for v in ("train", "val"))
+    from app.gui.pages.train_plots import TrainPlots
 
 TIPS = {
     "epochs": "How many passes over the training images (early stopping may end sooner)",
@@ -39,11 +38,25 @@ TIPS = {
     "label_smoothing": "Softens the targets a little; helps against over-confidence",
     "dropout": "Fraction of features dropped while training; fights over-fitting",
     "hidden_units": "0 = a linear head on the features; more adds a hidden layer",
-    "aux_weight": "Weight of the two auxiliary outputs (GoogLeNet style) in the loss; 0 = off",
+    "aux_weight": "",  # depends on the mode: AUX_TIPS
     "class_weights": "Auto balances classes when their sizes differ a lot",
     "early_stopping": "Stop after this many epochs without a better validation loss; 0 = off",
     "seed": "Same seed, same data: same model",
+    "backbone_lr_scale": "Fine-tune only: the backbone's trainable blocks learn this many times "
+                         "the learning rate (0.1 = ten times slower than the new classifiers)",
+    "augment": "Fine-tune only: 'flip' mirrors the cached cut tensors left-right at random; "
+               "the backbone never runs again",
 }
+AUX_TIPS = {
+    "head": "Weight of the two auxiliary outputs in the loss; 0 = off. In head-only mode they "
+            "are probes of intermediate layers: each trains alone on frozen features and the "
+            "weight does not change the main output.",
+    "finetune": "Weight of the two auxiliary losses (GoogLeNet: 0.3); 0 = off. In fine-tune "
+                "mode they hang on trainable backbone blocks, so their loss shapes the layers "
+                "the main output uses.",
+}
+FINETUNE_ONLY = ("backbone_lr_scale", "augment")
+LABELS = {"backbone_lr_scale": "Backbone &LR scale:", "augment": "A&ugmentation:"}
 
 
 class TrainPage(QWidget):
@@ -67,11 +80,16 @@ class TrainPage(QWidget):
             "class_weights": _combo(("auto", "none", "balanced"), d.class_weights),
             "early_stopping": _spin(0, 1000, d.early_stopping),
             "seed": _spin(0, 2**31 - 1, d.seed),
+            "backbone_lr_scale": _dspin(0.0, 10.0, d.backbone_lr_scale, 3, 0.05),
+            "augment": _combo(("none", "flip"), d.augment),
         }
+        self.mode = ModeBox()
+        self.mode.changed.connect(self._mode_changed)
+        self.clock = EpochClock()
         form = QFormLayout()
         for name, widget in self.fields.items():
             widget.setToolTip(TIPS[name])
-            form.addRow(f"&{name.replace('_', ' ').capitalize()}:", widget)
+            form.addRow(LABELS.get(name, f"&{name.replace('_', ' ').capitalize()}:"), widget)
         self.defaults = QPushButton("Reset to &defaults")
         self.defaults.setToolTip("Put every setting back to its default")
         self.defaults.clicked.connect(lambda: self.set_settings(TrainSettings()))
@@ -90,6 +108,8 @@ class TrainPage(QWidget):
         self.bar = QProgressBar()
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.timing = QLabel("")
+        self.timing.setWordWrap(True)
         self.need = QLabel("")
         self.need.setStyleSheet("color: #a05a00;")
         self.warnings = QLabel("")
@@ -98,13 +118,14 @@ class TrainPage(QWidget):
         self.warnings.hide()
 
         self.plot_area = QVBoxLayout()
-        self.plots = None  # built on first use: importing pyqtgraph costs ~0.4 s at launch
+        self.plots: TrainPlots | None = None  # built on first use: pyqtgraph costs ~0.4 s
         self.curves: dict[tuple[str, str, str], pg.PlotDataItem] = {}
         self.best_lines: list[pg.InfiniteLine] = []
-        self.plot_items: list[pg.PlotItem] = []
         self.history: list[dict] = []
+        self.epochs = TrainSettings().epochs
 
         left = QVBoxLayout()
+        left.addWidget(self.mode)
         left.addLayout(form)
         left.addStretch(1)
         buttons = QHBoxLayout()
@@ -116,6 +137,7 @@ class TrainPage(QWidget):
         right.addWidget(self.need)
         right.addLayout(buttons)
         right.addWidget(self.status)
+        right.addWidget(self.timing)
         right.addWidget(self.warnings)
         right.addLayout(self.plot_area, 1)
         body = QHBoxLayout()
@@ -124,48 +146,24 @@ class TrainPage(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(heading("3  Train"))
         layout.addWidget(hint("Solid lines: training images; dashed: validation images. "
-                              "Main output in blue, auxiliary outputs in orange and green."))
+                              "Main output in blue, auxiliary outputs in orange and green. "
+                              "The dotted red line marks the best epoch, the one the model "
+                              "keeps."))
         layout.addLayout(body, 1)
         self.running = False
         self.missing = "Open a data folder first (page 1)."
+        self._mode_changed(self.mode.mode())
         self._update_buttons()
 
     def ensure_plots(self) -> None:
-        """Create the two plots and their twelve curves once; later updates only setData."""
+        """Create the plots and their twelve curves once; later updates only setData."""
         if self.plots is not None:
             return
-        import pyqtgraph as pg
+        from app.gui.pages.train_plots import TrainPlots
 
-        pg.setConfigOptions(antialias=True)
-        self.plots = pg.GraphicsLayoutWidget()
-        self.plots.setBackground(None)
-        for row, metric in enumerate(METRICS):
-            plot = self.plots.addPlot(row=row, col=0)
-            plot.setLabel("left", metric.capitalize())
-            plot.setLabel("bottom", "Epoch")
-            plot.showGrid(x=True, y=True, alpha=0.2)
-            for axis in ("left", "bottom"):
-                plot.getAxis(axis).enableAutoSIPrefix(False)
-            if metric == "loss":  # one legend is enough: same colours and dashes below
-                plot.addLegend(offset=(-70, 10), labelTextSize="9pt")
-            else:
-                plot.setYRange(0, 1, padding=0.02)
-            self.plot_items.append(plot)
-            for output, colour in OUTPUT_COLOURS.items():
-                for split in ("train", "val"):
-                    pen = pg.mkPen(colour, width=2,
-                                   style=Qt.PenStyle.SolidLine if split == "train"
-                                   else Qt.PenStyle.DashLine)
-                    name = f"{output} {'train' if split == 'train' else 'validation'}"
-                    self.curves[(output, metric, split)] = plot.plot(
-                        [], [], pen=pen, name=name, symbol="o", symbolSize=4,
-                        symbolBrush=colour, symbolPen=None)
-            line = pg.InfiniteLine(angle=90, movable=False,
-                                   pen=pg.mkPen("#d62728", width=1, style=Qt.PenStyle.DotLine),
-                                   label="best", labelOpts={"position": 0.5, "color": "#d62728"})
-            line.setVisible(False)
-            plot.addItem(line)
-            self.best_lines.append(line)
+        self.plots = TrainPlots()
+        self.plots.set_mode(self.mode.mode())
+        self.curves, self.best_lines = self.plots.curves, self.plots.best_lines
         self.plot_area.addWidget(self.plots)
 
     def showEvent(self, event) -> None:  # noqa: N802
@@ -174,18 +172,31 @@ class TrainPage(QWidget):
 
     # --- settings -----------------------------------------------------------------------
     def settings(self) -> TrainSettings:
-        values = {}
+        values: dict = {"mode": self.mode.mode()}
         for name, w in self.fields.items():
             values[name] = w.currentText() if isinstance(w, QComboBox) else w.value()
         return TrainSettings(**values)
 
     def set_settings(self, s: TrainSettings) -> None:
+        self.mode.set_mode(s.mode)
         for name, w in self.fields.items():
             v = getattr(s, name)
             if isinstance(w, QComboBox):
                 w.setCurrentText(str(v))
             else:
                 w.setValue(v)
+
+    def _mode_changed(self, mode: str) -> None:
+        """Fine-tune-only fields follow the mode; the aux tooltips say what aux outputs are."""
+        for name in FINETUNE_ONLY:
+            self.fields[name].setEnabled(mode == "finetune" and not self.running)
+        self.fields["aux_weight"].setToolTip(AUX_TIPS[mode])
+        if self.plots is not None:
+            self.plots.set_mode(mode)
+
+    def describe(self, context: TrainContext) -> None:
+        """What the chosen mode trains, caches and costs (see :class:`ModeBox`)."""
+        self.mode.describe(context)
 
     # --- running ------------------------------------------------------------------------
     def set_missing(self, what: str) -> None:
@@ -204,13 +215,18 @@ class TrainPage(QWidget):
         self.running = running
         for w in self.fields.values():
             w.setEnabled(not running)
+        self.mode.setEnabled(not running)
+        self._mode_changed(self.mode.mode())
         self.defaults.setEnabled(not running)
         if running:
             self.export.setEnabled(False)
+            self.epochs = self.fields["epochs"].value()
             self.clear()
             self.warnings.hide()
             self.bar.setRange(0, 0)
             self.status.setText("Preparing…")
+            self.timing.setText("Time per epoch: unknown until the first epoch ends.")
+            self.clock.start()
         elif self.bar.maximum() == 0:  # still the busy bar: the run ended without a result
             self.bar.setRange(0, 1)
             self.bar.setValue(0)
@@ -227,13 +243,11 @@ class TrainPage(QWidget):
     def clear(self) -> None:
         self.ensure_plots()
         self.history = []
-        for c in self.curves.values():
-            c.setData([], [])
-        for line in self.best_lines:
-            line.setVisible(False)
+        self.plots.show_history([], self.epochs)
 
     def show_progress(self, p: Progress) -> None:
         if p.stage != "train":
+            self.clock.start()  # the epochs' clock starts after caching
             self.status.setText(f"Caching features first: {p.done}/{p.total} "
                                 f"({p.rate:.1f} images/s)")
             return
@@ -241,27 +255,23 @@ class TrainPage(QWidget):
         self.bar.setValue(p.done)
         data = p.data or {}
         if data.get("partial"):
-            self.status.setText(f"Epoch {data.get('epoch')} of {p.total}: {p.message}")
+            self.status.setText(f"Epoch {data.get('epoch')} of {p.total} running… "
+                                f"({p.message})")
             return
+        self.clock.epoch_ended()
         self.history.append(data)
-        self.status.setText(p.message)
-        self._redraw()
-
-    def _redraw(self) -> None:
+        self.status.setText(epoch_text(data, p.total))
+        self.timing.setText(self._timing_text(p.total))
         self.ensure_plots()
-        epochs = [h["epoch"] for h in self.history]
-        for (output, metric, split), curve in self.curves.items():
-            key = f"{output}_{metric}" if split == "train" else f"val_{output}_{metric}"
-            points = [(e, h[key]) for e, h in zip(epochs, self.history) if h.get(key) is not None]
-            curve.setData([e for e, _ in points], [v for _, v in points])
-        step = max(1, math.ceil(len(epochs) / 10))
-        for plot in self.plot_items:
-            plot.getAxis("bottom").setTickSpacing(step, step)
-        best = self.history[-1].get("best_epoch") if self.history else 0
-        for line in self.best_lines:
-            line.setVisible(bool(best))
-            if best:
-                line.setValue(best)
+        self.plots.show_history(self.history, p.total)
+
+    def _timing_text(self, epochs: int) -> str:
+        per, eta = self.clock.per_epoch(), self.clock.eta(epochs)
+        if per is None:
+            return "Time per epoch: unknown until the first epoch ends."
+        first = " (the first epoch, with starting up)" if len(self.clock.ends) == 1 else ""
+        left = f"about {seconds_text(eta)} left" if eta else "done"
+        return f"Measured: {seconds_text(per)} per epoch{first} · {left}."
 
     def show_result(self, result) -> None:
         self.bar.setRange(0, 1)
@@ -270,12 +280,38 @@ class TrainPage(QWidget):
             self.status.setText("Training stopped before its first epoch ended: no model was "
                                 "kept.")
             return
-        how = "stopped" if result.cancelled else "finished"
-        self.status.setText(f"Training {how} after {result.epochs_run} epoch(s) in "
-                            f"{result.seconds:.1f} s; the model keeps the weights of the best "
-                            f"epoch ({result.best_epoch}). Try it on the Evaluate and Predict "
-                            "pages.")
+        if result.stopped_early:
+            watched = ("validation loss" if any(h.get("val_main_loss") is not None
+                                                for h in result.history) else "training loss")
+            how = (f"stopped early at epoch {result.epochs_run}: no better {watched} for "
+                   f"{result.settings.early_stopping} epochs")
+        elif result.cancelled:
+            how = f"stopped after {result.epochs_run} epoch(s)"
+        else:
+            how = f"finished after {result.epochs_run} epoch(s)"
+        text = (f"Training {how}, in {result.seconds:.1f} s; the model keeps the weights of "
+                f"the best epoch ({result.best_epoch}). Try it on the Evaluate and Predict "
+                "pages.")
+        if result.trainable_backbone_layers:
+            text += ("<br>Backbone layers trained: "
+                     f"{_escape(', '.join(result.trainable_backbone_layers))}.")
+        self.status.setText(text)
         self.export.setEnabled(True)
+
+
+def epoch_text(rec: dict, epochs: int) -> str:
+    """One epoch's numbers, each named: loss and accuracy, train and validation."""
+    parts = []
+    for output in ("main", "aux1", "aux2"):
+        loss, acc = rec.get(f"{output}_loss"), rec.get(f"{output}_accuracy")
+        if loss is None:
+            continue
+        text = f"{output}: loss {loss:.3f}, accuracy {acc:.1%}"
+        vloss, vacc = rec.get(f"val_{output}_loss"), rec.get(f"val_{output}_accuracy")
+        if vloss is not None:
+            text += f" (validation: loss {vloss:.3f}, accuracy {vacc:.1%})"
+        parts.append(text)
+    return f"Epoch {rec['epoch']} of {epochs} — " + "; ".join(parts)
 
 
 def _escape(text: str) -> str:
