@@ -75,7 +75,8 @@ class ModeBox(QGroupBox):
 
     def __init__(self) -> None:
         super().__init__("Mode")
-        self.buttons = {"head": QRadioButton("&Head only"), "finetune": QRadioButton("&Fine-tune")}
+        self.buttons = {"head": QRadioButton("Head onl&y"),
+                        "finetune": QRadioButton("Fi&ne-tune")}
         self.group = QButtonGroup(self)
         layout = QVBoxLayout(self)
         for mode, text in (("head", HEAD_TEXT), ("finetune", FINETUNE_TEXT)):
