@@ -1,0 +1,116 @@
+"""Peak memory of training against the number of images: streaming keeps it flat.
+
+A store is filled with N rows of MobileNet's tap shapes (random float16, 50 classes; the
+values do not matter for memory), then a child process trains 2 epochs in head mode, the
+app's own path (``load_splits`` -> ``train_head``), and reports its peak RSS. The same for
+each N, side by side in one run, plus the old in-memory path's figure for comparison (every
+split's features as float32 arrays: what ``train`` did before streaming).
+
+usage: python benchmarks/train_memory.py [--sizes 10000 50000] [--work DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {"main": (1024,), "aux1": (4, 4, 512), "aux2": (4, 4, 512)}  # MobileNet v1 taps
+KEY = "mobilenet|synthetic|prep1|tensorflow-float32"
+CLASSES = 50
+
+
+def fill(cache: Path, n: int) -> None:
+    """N synthetic rows (skipped when the store already has them)."""
+    import numpy as np
+
+    from app.core.store import FeatureBatch, FeatureStore
+
+    with FeatureStore(cache) as store:
+        if len(store.cached_digests(KEY)) >= n:
+            return
+        store.register_model(KEY, {"backbone": "mobilenet", "shapes": SHAPES})
+        rng = np.random.default_rng(0)
+        have = len(store.cached_digests(KEY))
+        for start in range(have, n, 1000):
+            m = min(1000, n - start)
+            digests = [f"{i:032x}" for i in range(start, start + m)]
+            labels = np.arange(start, start + m) % CLASSES
+            main = rng.normal(0, 1, (m, *SHAPES["main"])).astype(np.float16)
+            main[np.arange(m), labels] += 4  # learnable, so training is a real one
+            aux = rng.normal(0, 1, (m, *SHAPES["aux1"])).astype(np.float16)
+            store.put_features(KEY, FeatureBatch(digests, main, aux, aux))
+
+
+def child(cache: str, n: int, in_memory: bool) -> None:
+    """Train 2 epochs on the first n rows; print peak RSS (MB) and seconds."""
+    import numpy as np
+
+    from app.core.feeds import FeatureSource, SplitData
+    from app.core.training import TrainSettings, train_head
+
+    digests = [f"{i:032x}" for i in range(n)]
+    labels = np.arange(n) % CLASSES
+    cut = int(n * 0.9)
+    source = FeatureSource(cache, KEY)
+    split = {"train": slice(0, cut), "validation": slice(cut, n)}
+    data = {}
+    for name, sl in split.items():
+        d = SplitData(None, labels[sl], [f"img{i}" for i in range(n)][sl], digests[sl], source)
+        if in_memory:  # the old path: every feature of the split as float32, up front
+            d = SplitData(d.rows(np.arange(len(d)), ("main", "aux1", "aux2")), d.labels,
+                          d.paths)
+        data[name] = d
+    t0 = time.perf_counter()
+    result = train_head(data["train"], data["validation"], [f"c{i}" for i in range(CLASSES)],
+                        TrainSettings(epochs=2, early_stopping=0))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": round(peak), "seconds": round(time.perf_counter() - t0, 1),
+                      "val_accuracy": result.history[-1]["val_main_accuracy"]}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000])
+    ap.add_argument("--work", default="/tmp/bottleneck-train-memory")
+    ap.add_argument("--in-memory-up-to", type=int, default=50000,
+                    help="also measure the old in-memory path for sizes up to this")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child[0], int(args.child[1]), args.child[2] == "memory")
+        return 0
+    cache = Path(args.work) / "cache"
+    fill(cache, max(args.sizes))
+    rows = []
+    for n in args.sizes:
+        for how in ("stream", "memory"):
+            if how == "memory" and n > args.in_memory_up_to:
+                continue
+            out = subprocess.run([sys.executable, __file__, "--child", str(cache), str(n), how],
+                                 capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                print(out.stderr[-2000:], file=sys.stderr)
+                return 1
+            rows.append({"images": n, "path": how, **json.loads(out.stdout.splitlines()[-1])})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print("| images | path | peak RSS (MB) | 2 epochs (s) | val accuracy |")
+        print("|---:|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['images']} | {r['path']} | {r['peak_mb']} | {r['seconds']} | "
+                  f"{r['val_accuracy']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
