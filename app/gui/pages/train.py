@@ -135,6 +135,7 @@ class TrainPage(QWidget):
         buttons.addWidget(self.export)
         right = QVBoxLayout()
         right.addWidget(self.need)
+        right.addWidget(self.mode.details)
         right.addLayout(buttons)
         right.addWidget(self.status)
         right.addWidget(self.timing)

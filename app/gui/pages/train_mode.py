@@ -12,7 +12,14 @@ import re
 from dataclasses import dataclass, field
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QButtonGroup, QGroupBox, QLabel, QRadioButton, QVBoxLayout
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QGroupBox,
+    QLabel,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.core.finetune import CUTS
 from app.gui.widgets import duration
@@ -91,9 +98,12 @@ class ModeBox(QGroupBox):
         self.layers = QLabel("")
         self.cache = QLabel("")
         self.time = QLabel("")
+        self.details = QWidget()  # the page places it where there is room for long lines
+        details = QVBoxLayout(self.details)
+        details.setContentsMargins(0, 0, 0, 0)
         for label in (self.layers, self.cache, self.time):
             label.setWordWrap(True)
-            layout.addWidget(label)
+            details.addWidget(label)
         self.context = TrainContext()
         self.buttons["head"].setChecked(True)
         self.group.buttonToggled.connect(self._toggled)

@@ -87,7 +87,7 @@ class TrainPlots(pg.GraphicsLayoutWidget):
             plot.hideButtons()
             plot.getAxis("left").enableAutoSIPrefix(False)
             if metric == "accuracy":
-                plot.setYRange(0, 1, padding=0)
+                plot.setYRange(0, 1, padding=0.03)  # room for the 0 and 1.0 labels
                 plot.getAxis("left").setTickSpacing(0.2, 0.1)
             self.plot_items[metric] = plot
             for output, colour in OUTPUT_COLOURS.items():
@@ -173,7 +173,7 @@ class TrainPlots(pg.GraphicsLayoutWidget):
         loss = self.plot_items["loss"]
         values = [v for (_, m, _), c in self.curves.items() if m == "loss"
                   for v in (c.getData()[1] if c.getData()[1] is not None else [])]
-        loss.setYRange(0, max(1.0, max(values, default=1.0)) * 1.05, padding=0)
+        loss.setYRange(0, max(1.0, max(values, default=1.0)), padding=0.03)
         best = history[-1].get("best_epoch") if history else 0
         for line in self.best_lines:
             line.setVisible(bool(best))
