@@ -72,6 +72,11 @@ def _tensor(base: keras.Model, name: str):
     return base.get_layer(name).output
 
 
+def cut_tensor(spec: BackboneSpec, base: keras.Model):
+    """The symbolic tensor of ``base`` at ``spec``'s cut."""
+    return _tensor(base, CUTS[spec.name].cut)
+
+
 def build_cut_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None,
                         progress=None, cancel=None) -> keras.Model:
     """Pixels (0..255) -> ``[cut tensor (N, h, w, c)]``: the frozen part, scaling inside."""
@@ -81,7 +86,7 @@ def build_cut_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model 
 
     base = backbone if backbone is not None else build_backbone(
         spec, weights, progress or no_progress, cancel)
-    lower = keras.Model(base.input, _tensor(base, CUTS[spec.name].cut), name=f"{spec.name}_cut")
+    lower = keras.Model(base.input, cut_tensor(spec, base), name=f"{spec.name}_cut")
     inp = keras.Input((spec.image_size, spec.image_size, 3), name="pixels")
     scale = scaling_layer(spec)
     out = lower(scale(inp) if scale is not None else inp)
