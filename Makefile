@@ -15,8 +15,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e ".[test]"
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e ".[test,cluster]"
 	touch $@
 
 run: $(STAMP)

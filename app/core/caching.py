@@ -79,6 +79,27 @@ class CacheJob:
     workers: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
     retry_skipped: bool = False  # try images remembered as undecodable again
     mode: str = "head"  # "head": pooled taps | "finetune": the cut tensor
+    engine: str = "local"  # "local": this process | "ray": a Ray cluster (ray_engine.py)
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray on this machine
+
+    def _on_ray(self, spec: BackboneSpec, store: FeatureStore, first_path: dict[str, str],
+                progress: ProgressCallback, cancel: CancelToken):
+        """The same job with the backbone on Ray: what the store has is filtered out first."""
+        from app.core import ray_engine
+
+        with ray_engine.RaySession(self.ray_address) as session:
+            gpus = session.gpus()
+            signature = ray_engine.signature_on_worker(gpus)
+            key = features_key(spec, self.weights, self.mode, signature)
+            cached = store.cached_digests(key, first_path)
+            todo = [d for d in first_path if d not in cached]
+            computed, bad = set(), {}
+            if todo:
+                computed, bad = ray_engine.compute(
+                    todo, first_path, spec.name, self.weights, key, store, self.batch_size,
+                    progress, cancel, gpus, cut=self.mode == "finetune")
+        where = f"{gpus} GPU(s)" if gpus else "CPU"
+        return key, cached, computed, bad, f"Ray ({where}, {signature})"
 
     def run(self, progress: ProgressCallback = no_progress,
             cancel: CancelToken | None = None) -> tuple[CacheResult, Dataset]:
@@ -99,7 +120,11 @@ class CacheJob:
             first_path: dict[str, str] = {}
             for r in ds.images:
                 first_path.setdefault(r.digest, r.path)
-            for _attempt in range(2):  # a second pass only when the precision guess was wrong
+            if self.engine == "ray":
+                key, cached, computed, bad, device = self._on_ray(spec, store, first_path,
+                                                                  progress, cancel)
+            for _attempt in range(2 if self.engine == "local" else 0):
+                # a second pass only when the precision guess was wrong
                 key = features_key(spec, self.weights, self.mode)
                 cached = store.cached_digests(key, first_path)
                 todo = [d for d in first_path if d not in cached]

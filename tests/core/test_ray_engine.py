@@ -1,0 +1,64 @@
+"""The Ray engine fills the same store as the local engine, with the same numbers."""
+
+import numpy as np
+import pytest
+
+from app.core.caching import CacheJob
+from app.core.dataset import scan_dataset
+from app.core.store import FeatureStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module: starting one takes seconds."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_fills_the_store_the_local_engine_then_reuses(dataset_dir, cache_dir, tmp_path,
+                                                          local_ray):
+    (dataset_dir / "red" / "broken.jpg").write_text("not a picture")
+    on_ray, _ = CacheJob(dataset_dir, "tiny", "none", cache_dir, batch_size=8,
+                         engine="ray").run()
+    assert (on_ray.computed, on_ray.images) == (36, 36)
+    assert on_ray.device.startswith("Ray (CPU")
+    assert [s.path.rsplit("/", 1)[1] for s in on_ray.skipped] == ["broken.jpg"]
+    local, _ = CacheJob(dataset_dir, "tiny", "none", cache_dir).run()
+    assert (local.computed, local.reused) == (0, 36) and local.model_key == on_ray.model_key
+
+    reference, _ = CacheJob(dataset_dir, "tiny", "none", tmp_path / "local-cache").run()
+    digests = [r.digest for r in scan_dataset(dataset_dir).images]
+    with FeatureStore(cache_dir) as a, FeatureStore(tmp_path / "local-cache") as b:
+        for tap in ("main", "aux1", "aux2"):
+            x = getattr(a.load_features(on_ray.model_key, digests), tap).astype(np.float32)
+            y = getattr(b.load_features(reference.model_key, digests), tap).astype(np.float32)
+            np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-3)  # float16 rounding
+
+
+def test_a_cancelled_ray_run_resumes_with_what_was_merged(dataset_dir, cache_dir, local_ray):
+    from app.core.jobs import CancelToken
+
+    token = CancelToken()
+
+    def progress(p):
+        if p.stage == "cache" and p.done:
+            token.cancel()
+
+    first, _ = CacheJob(dataset_dir, "tiny", "none", cache_dir, batch_size=8,
+                        engine="ray").run(progress, token)
+    assert first.cancelled and 0 < first.computed < 36
+    again, _ = CacheJob(dataset_dir, "tiny", "none", cache_dir, batch_size=8,
+                        engine="ray").run()
+    assert again.reused == first.computed and again.computed == 36 - first.computed
+
+
+def test_the_fine_tune_cut_through_ray(dataset_dir, cache_dir, local_ray):
+    on_ray, _ = CacheJob(dataset_dir, "tiny", "none", cache_dir, batch_size=8,
+                         engine="ray", mode="finetune").run()
+    assert on_ray.computed == 36 and on_ray.disk_bytes > 0
+    local, _ = CacheJob(dataset_dir, "tiny", "none", cache_dir, mode="finetune").run()
+    assert local.computed == 0
