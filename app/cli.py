@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="head", choices=["head", "finetune"],
                    help="what to cache: pooled taps for the head-only mode, or the cut tensor "
                         "for the fine-tune mode (default head)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="where the backbone runs: this computer, or Ray (a local Ray using "
+                        "every GPU here, or the cluster at --ray-address / RAY_ADDRESS; its "
+                        "workers must see the same paths)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (ray://... or "
+                   "host:port); default RAY_ADDRESS, else a local Ray")
     p.add_argument("--retry-skipped", action="store_true",
                    help="try again the files remembered as undecodable (after fixing them)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -165,7 +171,7 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 
     job = CacheJob(args.data_dir, args.backbone, args.weights, args.cache_dir,
                    args.batch_size, _split(args.split), retry_skipped=args.retry_skipped,
-                   mode=args.mode)
+                   mode=args.mode, engine=args.engine, ray_address=args.ray_address)
     result, _ = job.run(bar, cancel)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
@@ -341,6 +347,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [DatasetError, BackboneError, StoreError, ValueError,
                                          ExportError]
+    if "app.core.ray_engine" in sys.modules:
+        errors.append(sys.modules["app.core.ray_engine"].RayUnavailable)
     if "app.core.predict" in sys.modules:
         errors.append(sys.modules["app.core.predict"].ModelDirError)
     return tuple(errors)
