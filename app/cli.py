@@ -292,7 +292,18 @@ def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken
     else:
         acc = "n/a" if ev.main_accuracy is None else f"{ev.main_accuracy:.1%}"
         bal = "n/a" if ev.balanced_accuracy is None else f"{ev.balanced_accuracy:.1%}"
+        if ev.accuracy_interval:
+            lo, hi = ev.accuracy_interval
+            acc += f" (95% interval {lo:.1%}-{hi:.1%})"
         print(f"{ev.count} images: accuracy {acc}, balanced accuracy {bal}")
+        if ev.few_images:
+            print(f"too few images to judge (< 5): {', '.join(ev.few_images)}")
+        cal = ev.calibration
+        if cal and cal.get("ece_before") is not None:
+            print(f"calibration: temperature {cal['temperature']:.3f}, expected calibration "
+                  f"error {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after")
+        if ev.unknown_rate is not None:
+            print(f"called unknown: {ev.unknown_rate:.1%} of these images")
         for name, s in ev.per_class.items():
             print(f"  {name:20s} precision {s['precision']:.2f} recall "
                   f"{'n/a' if s['recall'] is None else format(s['recall'], '.2f')} "
@@ -314,6 +325,10 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
         for p in preds:
             if p.error:
                 print(f"{p.path}: error: {p.error}")
+            elif p.unknown:
+                best = p.top[0]
+                print(f"{p.path}: unknown (not like the training classes, score "
+                      f"{p.score:.3g}) - closest: {best['label']} {best['probability']:.1%}")
             else:
                 best = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.top)
                 print(f"{p.path}: {best}")

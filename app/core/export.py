@@ -1,11 +1,27 @@
 """Export: a model folder that gives the same answers outside the app.
 
 ``model.keras`` is backbone + main head as one Keras model taking raw RGB pixels (0..255) at the
-backbone's input size, with its input scaling inside. Beside it: ``labels.txt``,
+backbone's input size, with its input scaling inside and its logits divided by the temperature
+fitted on the validation split, so it outputs calibrated probabilities. ``predict.py`` beside
+it reproduces the app's decoding with Pillow alone (``metadata.json`` states it exactly), and
+``unknown.npz`` holds what the unknown test needs. Beside it: ``labels.txt``,
 ``metadata.json``, the training history (CSV and JSON), and optionally a SavedModel and a TFLite
 file. Before the folder is put in place, the saved model is loaded back (Keras safe mode) and
-its predictions on validation images are compared with the app's own predictions from cached
-features; any difference fails the export and leaves no folder behind.
+its calibrated predictions on validation images are compared with the app's own calibrated
+predictions from cached features; any difference fails the export and leaves no folder behind.
+
+``metadata.json`` fields for what a model's answers mean (beside classes, image_size, versions):
+
+- ``calibration``: ``temperature`` (the model divides its logits by it before the softmax, in
+  the layer ``main_temperature``; fitted on the validation split), ``method``, ``note`` (why
+  not fitted, when empty validation left it at 1.0).
+- ``unknown``: ``method`` (``knn``, ``mahalanobis``, ``max_probability`` or null: no test),
+  ``threshold`` (unknown when score < threshold), ``k``, ``keep_known`` (share of validation
+  images the threshold keeps known), ``file`` (``unknown.npz``, float16 arrays) and
+  ``arrays`` (what each array is), ``score`` and ``rule`` in words.
+- ``preprocessing``: the decoding exactly (JPEG draft, EXIF transpose, alpha on white, 16-bit,
+  bilinear squash); ``plain_decode``: images, max_abs_diff and top1_mismatches of the model's
+  answers when the draft step is skipped, measured at export.
 
 The folder is written beside its destination and swapped in by rename, so a crash leaves the
 old model or the new one, never neither. Only a folder this app wrote (recognised by its
@@ -31,9 +47,11 @@ import numpy as np
 
 from app import __version__
 from app.core.backbones import BackboneSpec, build_image_model, weights_fingerprint
+from app.core.calibration import softmax
 from app.core.head import main_branch
 from app.core.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
 from app.core.training import HISTORY_KEYS, SplitData, TrainResult
+from app.core.trust import Trust, main_outputs
 
 if TYPE_CHECKING:
     import keras
@@ -43,7 +61,9 @@ WRITTEN_BY = "Bottleneck Studio"
 FORMATS = ("keras", "savedmodel", "tflite")
 # What an export writes; a folder holding anything else is not replaced.
 MODEL_FILES = frozenset({"model.keras", "labels.txt", "metadata.json", "history.csv",
-                         "history.json", "saved_model", "model.tflite"})
+                         "history.json", "saved_model", "model.tflite", "unknown.npz",
+                         "predict.py"})
+STANDALONE_SCRIPT = Path(__file__).with_name("standalone_predict.py")
 PARITY_IMAGES = 64
 # Largest probability difference accepted between the exported float32 model and the head on
 # cached features. Features computed in mixed float16 (GPU) carry float16 rounding of the
@@ -106,20 +126,23 @@ def check_destination(out_dir: Path) -> None:
 
 
 def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
-                     backbone: keras.Model | None = None) -> keras.Model:
-    """Pixels -> class probabilities: backbone, main tap and main head as one model."""
+                     backbone: keras.Model | None = None, temperature: float = 1.0
+                     ) -> keras.Model:
+    """Pixels -> class probabilities: backbone, main tap (layer ``main_tap``) and main head
+    (its logits divided by ``temperature``) as one model."""
     import keras
 
     features = build_image_model(spec, weights, backbone)
-    probs = main_branch(head)(features.output)
+    probs = main_branch(head, temperature)(features.output)
     return keras.Model(features.input, probs, name="bottleneck_studio_classifier")
 
 
 def check_parity(model: keras.Model, result: TrainResult, validation: SplitData,
                  image_size: tuple[int, int], limit: int = PARITY_IMAGES,
-                 tolerance: float = PARITY_TOLERANCE["float32"]) -> ParityReport:
+                 tolerance: float = PARITY_TOLERANCE["float32"], temperature: float = 1.0
+                 ) -> ParityReport:
     """Exported model on decoded images vs. the trained model on cached features (taps or
-    cut tensors), same images."""
+    cut tensors), same images, both calibrated with ``temperature``."""
     pixels, index = [], []
     for i, path in enumerate(validation.paths[:limit]):
         try:
@@ -130,15 +153,67 @@ def check_parity(model: keras.Model, result: TrainResult, validation: SplitData,
     if not pixels:
         return ParityReport(0, 0.0, 0, tolerance)
     exported = np.asarray(model.predict(np.stack(pixels).astype(np.float32), verbose=0))
-    trained = result.model if result.model is not None else result.head
-    probs = trained.predict_on_batch(validation.rows(index, result.inputs))
-    in_app = np.asarray(probs["main"] if isinstance(probs, dict) else probs)
+    subset = SplitData(validation.rows(index, result.inputs), validation.labels[index],
+                       [validation.paths[i] for i in index])
+    _, logits = main_outputs(result, subset)
+    in_app = softmax(logits, temperature)
     return ParityReport(
         images=len(index),
         max_abs_diff=float(np.abs(exported - in_app).max()),
         top1_mismatches=int((exported.argmax(1) != in_app.argmax(1)).sum()),
         tolerance=tolerance,
     )
+
+
+def plain_decode_deviation(model: keras.Model, paths: list[str], image_size: tuple[int, int],
+                           limit: int = PARITY_IMAGES) -> dict:
+    """How far the exported model's answers move when images are decoded the plain way (no
+    JPEG ``draft``), as a script that only read the old metadata would: the largest
+    probability difference and the top-1 changes against the app's decoding."""
+    from app.core.standalone_predict import decode
+
+    ours, plain = [], []
+    for path in paths[:limit]:
+        try:
+            a = load_rgb(path, image_size)
+            b = decode(path, image_size, draft=False)
+        except (ImageError, OSError, ValueError):
+            continue
+        ours.append(a)
+        plain.append(b)
+    if not ours:
+        return {"images": 0, "max_abs_diff": None, "top1_mismatches": None}
+    pa = np.asarray(model.predict(np.stack(ours).astype(np.float32), verbose=0))
+    pb = np.asarray(model.predict(np.stack(plain).astype(np.float32), verbose=0))
+    return {"images": len(ours), "max_abs_diff": float(np.abs(pa - pb).max()),
+            "top1_mismatches": int((pa.argmax(1) != pb.argmax(1)).sum())}
+
+
+def preprocessing_metadata(size: tuple[int, int], plain: dict | None) -> dict:
+    """The app's decoding, exactly (what ``predict.py`` does)."""
+    w, h = size
+    return {
+        "library": f"Pillow {importlib.metadata.version('pillow')}",
+        "jpeg_draft": f"JPEG files are decoded with Image.draft('RGB', ({w}, {h})) first: "
+                      "DCT scaling by 1/2, 1/4 or 1/8 to the smallest size still at least "
+                      "the input size in both dimensions",
+        "exif_transpose": "PIL.ImageOps.exif_transpose after decoding",
+        "to_rgb": "transparency (RGBA, LA, PA, palette with transparency) composited on white; "
+                  "16-bit and float grayscale scaled to 8 bits (divided by 257 when above "
+                  "255; float in [0, 1] times 255); anything else Image.convert('RGB'); "
+                  "first frame of an animation",
+        "resize": f"whole image squashed to {w}x{h} (no crop, no padding) with "
+                  "Image.resize(size, Image.Resampling.BILINEAR), which antialiases when "
+                  "downscaling",
+        "input": "float32 RGB 0..255, shape (batch, height, width, 3); the model scales them "
+                 "itself",
+        "script": "predict.py in this folder does exactly this (Pillow, numpy, Keras; no app)",
+        "plain_decode": {
+            "what": "the exported model on validation images decoded without the JPEG draft "
+                    "step, against the decoding above: how far a script that skips it is off",
+            **(plain or {"images": 0, "max_abs_diff": None, "top1_mismatches": None}),
+        },
+    }
 
 
 def write_history(folder: Path, history: list[dict]) -> None:
@@ -151,14 +226,15 @@ def write_history(folder: Path, history: list[dict]) -> None:
 
 
 def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, result: TrainResult,
-                 validation: SplitData | None, extra_metadata: dict | None = None,
+                 validation: SplitData | None, trust: Trust | None = None,
+                 extra_metadata: dict | None = None,
                  formats: tuple[str, ...] = ("keras",),
                  precision: str = "float32") -> ExportReport:
     """Write the model folder to ``out_dir`` once its parity check passed, replacing a model
     folder of ours there; any other non-empty folder raises :class:`ExportError` untouched.
     The model is the backbone (its top blocks as fine-tuned, in the fine-tune mode) with the
-    main head. ``precision`` is the one the cached features were computed in (sets the
-    tolerance)."""
+    main head, calibrated with ``trust``'s temperature. ``precision`` is the one the cached
+    features were computed in (sets the tolerance)."""
     from app.core.device import configure
 
     configure()
@@ -177,7 +253,8 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
     try:
         staging.mkdir(mode=0o777)  # the umask applies: a normal folder, not drwx------
         classes, history = result.classes, result.history
-        model = classifier_model(spec, weights, result.head, result.base)
+        trust = trust or Trust(note="no calibration was fitted")
+        model = classifier_model(spec, weights, result.head, result.base, trust.temperature)
         model.save(staging / "model.keras")
         reloaded = keras.saving.load_model(staging / "model.keras", safe_mode=True)
         parity, note = None, ""
@@ -186,7 +263,8 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                     "or give validation a larger share)")
         else:
             parity = check_parity(reloaded, result, validation, spec.input_size,
-                                  tolerance=PARITY_TOLERANCE.get(precision, 3e-2))
+                                  tolerance=PARITY_TOLERANCE.get(precision, 3e-2),
+                                  temperature=trust.temperature)
             if parity.images == 0:
                 note = (f"parity could not be checked: none of the {len(validation)} validation "
                         "images could be decoded again (moved, deleted or changed since "
@@ -198,6 +276,12 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                     f"{parity.tolerance:g}, {parity.top1_mismatches} different top-1 labels); "
                     "nothing was written"
                 )
+        if trust.detector is not None:
+            trust.detector.save(staging)
+        shutil.copyfile(STANDALONE_SCRIPT, staging / "predict.py")
+        plain = None
+        if validation is not None and len(validation):
+            plain = plain_decode_deviation(reloaded, validation.paths, spec.input_size)
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes), "utf-8")
         write_history(staging, history)
         meta = {
@@ -215,7 +299,17 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                      "scales them itself",
             "resize": RESIZE_METHOD,
             "preprocess_version": PREPROCESS_VERSION,
+            "preprocessing": preprocessing_metadata(spec.input_size, plain),
             "classes": list(classes),
+            "calibration": {
+                "temperature": trust.temperature,
+                "method": "temperature scaling of the main logits, fitted on the validation "
+                          "split (minimum negative log-likelihood); inside model.keras as the "
+                          "layer 'main_temperature' (Rescaling by 1/temperature) before the "
+                          "softmax, so the model's outputs are the calibrated probabilities",
+                "note": trust.note},
+            "unknown": (trust.detector.metadata() if trust.detector is not None else
+                        {"method": None, "note": trust.note or "no unknown detector was fitted"}),
             "parity": {"checked": parity is not None and parity.images > 0, "note": note,
                        **({} if parity is None else {
                            "images": parity.images, "max_abs_diff": parity.max_abs_diff,

@@ -1,9 +1,10 @@
 """The trainable head: GoogLeNet's main classifier plus its two auxiliary classifiers.
 
 Inputs are the cached taps only, so training never runs the backbone. ``main``: dropout ->
-(optional hidden layer) -> softmax. ``aux1``/``aux2``: 1x1 conv 128 -> dense 1024 ->
-dropout 0.7 -> softmax, on the 5x5/3-pooled intermediate taps. An aux output whose loss weight
-is 0 is not built at all.
+(optional hidden layer) -> dense logits (``main_logits``) -> softmax (``main_probs``), so that
+temperature scaling can divide the logits before the softmax. ``aux1``/``aux2``: 1x1 conv
+128 -> dense 1024 -> dropout 0.7 -> softmax, on the 5x5/3-pooled intermediate taps. An aux
+output whose loss weight is 0 is not built at all.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def build_head(shape: HeadShape) -> keras.Model:
         x = layers.Dense(shape.hidden_units, activation="relu", name="main_hidden")(x)
         x = layers.Dropout(shape.dropout, name="main_hidden_dropout")(x)
     inputs = {"main": main_in}
-    outputs = {"main": layers.Dense(n, activation="softmax", name="main_probs", dtype="float32")(x)}
+    logits = layers.Dense(n, name="main_logits", dtype="float32")(x)
+    outputs = {"main": layers.Softmax(name="main_probs", dtype="float32")(logits)}
     for aux in shape.aux_outputs:
         a_in = keras.Input(shape.tap_shapes[aux], name=aux)
         a = layers.Conv2D(128, 1, activation="relu", name=f"{aux}_conv1x1")(a_in)
@@ -55,9 +57,23 @@ def build_head(shape: HeadShape) -> keras.Model:
     return keras.Model(inputs, outputs, name="head")
 
 
-def main_branch(head: keras.Model) -> keras.Model:
-    """The main classifier alone (shared layers): what inference and export use."""
+def main_branch(head: keras.Model, temperature: float = 1.0) -> keras.Model:
+    """The main classifier alone (shared layers), its logits divided by ``temperature``
+    before the softmax (a built-in ``Rescaling`` layer, so Keras' safe mode loads it): what
+    inference and export use. The probabilities are calibrated when ``temperature`` is the one
+    fitted on the validation split."""
+    import keras
+    from keras import layers
+
+    scaled = layers.Rescaling(1.0 / float(temperature), name="main_temperature",
+                              dtype="float32")(head.get_layer("main_logits").output)
+    probs = layers.Softmax(name="main_probs", dtype="float32")(scaled)
+    return keras.Model(head.get_layer("main").output, probs, name="main_head")
+
+
+def logits_branch(head: keras.Model) -> keras.Model:
+    """Main-tap features -> main logits (shared layers), for fitting the temperature."""
     import keras
 
-    return keras.Model(head.get_layer("main").output, head.get_layer("main_probs").output,
-                       name="main_head")
+    return keras.Model(head.get_layer("main").output, head.get_layer("main_logits").output,
+                       name="main_logits_head")

@@ -16,6 +16,7 @@ import numpy as np
 
 from app.core.imaging import IMAGE_SUFFIXES, ImageError, load_rgb, sniff_format
 from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
+from app.core.unknown import UnknownDetector
 
 if TYPE_CHECKING:
     import keras
@@ -32,9 +33,12 @@ class Prediction:
     path: str
     top: list[dict] = field(default_factory=list)  # [{"label", "probability"}], best first
     error: str | None = None
+    unknown: bool | None = None  # None: the model has no unknown detector (or an error)
+    score: float | None = None  # how much it looks like the training classes (higher: more)
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "top": self.top, "error": self.error}
+        return {"path": self.path, "top": self.top, "unknown": self.unknown,
+                "score": self.score, "error": self.error}
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -83,12 +87,15 @@ def read_metadata(model_dir: str | Path) -> dict:
 
 
 class Predictor:
-    """A pixels -> probabilities model with its class names and input size."""
+    """A pixels -> probabilities model with its class names and input size, and the test
+    that calls an image unknown (when the model has one)."""
 
     def __init__(self, model: keras.Model, classes: list[str], image_size: tuple[int, int],
-                 metadata: dict | None = None) -> None:
+                 metadata: dict | None = None, unknown: UnknownDetector | None = None) -> None:
         self.model, self.classes, self.image_size = model, list(classes), tuple(image_size)
         self.metadata = metadata or {}
+        self.unknown = unknown
+        self._with_features = None
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Predictor:
@@ -106,10 +113,30 @@ class Predictor:
                                 f"({type(exc).__name__}: {str(exc)[:200]})") from exc
         if model.output_shape[-1] != len(meta["classes"]):
             raise ModelDirError(f"{model_dir}: labels and model disagree on the class count")
-        return cls(model, meta["classes"], tuple(meta["image_size"]), meta)
+        unknown = None
+        if (meta.get("unknown") or {}).get("method"):
+            try:
+                unknown = UnknownDetector.load(Path(model_dir).expanduser(), meta["unknown"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ModelDirError(f"{model_dir}: the unknown-image data is damaged "
+                                    f"({type(exc).__name__}: {str(exc)[:200]}); export it "
+                                    "again") from exc
+        return cls(model, meta["classes"], tuple(meta["image_size"]), meta, unknown)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(pixels.astype(np.float32)))
+
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, when the unknown test needs them, main-tap features."""
+        if self.unknown is None or not self.unknown.needs_features:
+            return self.probabilities(pixels), None
+        if self._with_features is None:
+            import keras
+
+            self._with_features = keras.Model(
+                self.model.input, [self.model.output, self.model.get_layer("main_tap").output])
+        probs, feats = self._with_features.predict_on_batch(pixels.astype(np.float32))
+        return np.asarray(probs), np.asarray(feats)
 
     def predict(self, paths: Iterable[str | Path], top_k: int = 3, batch_size: int = 32,
                 progress: ProgressCallback = no_progress,
@@ -129,10 +156,17 @@ class Predictor:
                 except ImageError as exc:
                     results[i].error = str(exc)
             if pixels:
-                probs = self.probabilities(np.stack(pixels))
-                for i, p in zip(idx, probs):
+                probs, feats = self.outputs(np.stack(pixels))
+                scores = flags = None
+                if self.unknown is not None:
+                    scores = self.unknown.score(feats, probs)
+                    flags = self.unknown.flags(scores)
+                for n, (i, p) in enumerate(zip(idx, probs)):
                     order = np.argsort(-p)[:k]
                     results[i].top = [{"label": self.classes[j], "probability": float(p[j])}
                                       for j in order]
+                    if scores is not None:
+                        results[i].score = float(scores[n])
+                        results[i].unknown = bool(flags[n])
             progress(meter.report("predict", min(start + batch_size, len(files))))
         return results

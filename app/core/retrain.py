@@ -12,6 +12,7 @@ import numpy as np
 
 from app.core.backbones import get_spec, key_precision, key_signature
 from app.core.caching import CacheJob, CacheResult
+from app.core.calibration import log_probs_as_logits, softmax
 from app.core.dataset import SPLITS, Dataset, scan_dataset
 from app.core.evaluation import Evaluation, score
 from app.core.feeds import FeatureSource, SplitData
@@ -20,6 +21,8 @@ from app.core.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
 from app.core.paths import user_cache_dir
 from app.core.store import FeatureStore
 from app.core.training import TrainResult, TrainSettings, build_model, predict_split, train_head
+from app.core.trust import Trust, fit_trust, main_outputs
+from app.core.unknown import DEFAULT_METHOD
 
 if TYPE_CHECKING:
     from app.core.export import ExportReport
@@ -43,13 +46,24 @@ def load_splits(dataset: Dataset, model_key: str, cache_dir: str | Path | None =
             for split in SPLITS for recs in [dataset.subset(split)]}
 
 
-def evaluate_head(result: TrainResult, data: SplitData) -> Evaluation:
-    """Scores of the trained model (main and aux outputs) on ``data``'s cached features."""
+def evaluate_head(result: TrainResult, data: SplitData, trust: Trust | None = None
+                  ) -> Evaluation:
+    """Scores of the trained model (main and aux outputs) on ``data``'s cached features; the
+    main probabilities calibrated with ``trust``'s temperature, scored before and after."""
+    trust = trust or Trust()
     if len(data) == 0:
-        return score(result.classes, data.labels, np.zeros((0, len(result.classes))), [])
+        empty = np.zeros((0, len(result.classes)))
+        return score(result.classes, data.labels, empty, [], uncalibrated=empty,
+                     temperature=trust.temperature)
     probs = predict_split(result, data)
     aux = {o: p for o, p in probs.items() if o != "main"}
-    return score(result.classes, data.labels, probs["main"], data.paths, aux)
+    features, logits = main_outputs(result, data)
+    calibrated = softmax(logits, trust.temperature)
+    unknown = None
+    if trust.detector is not None:
+        unknown = trust.detector.flags(trust.detector.score(features, calibrated))
+    return score(result.classes, data.labels, calibrated, data.paths, aux,
+                 uncalibrated=softmax(logits), temperature=trust.temperature, unknown=unknown)
 
 
 @dataclass
@@ -66,6 +80,8 @@ class Retraining:
     splits: dict[str, SplitData] | None = None
     result: TrainResult | None = None
     evaluation: Evaluation | None = None
+    trust: Trust | None = None  # temperature fitted on the validation split after training
+    unknown_method: str = DEFAULT_METHOD  # the "unknown" score (app.core.unknown.METHODS)
     training_warnings: list[str] = field(default_factory=list)  # classes left out
 
     def run_cache(self, progress: ProgressCallback = no_progress,
@@ -99,7 +115,8 @@ class Retraining:
         result = self._stamp(train_head(splits["train"], splits["validation"], dataset.classes,
                                         self.settings, progress, cancel, self._backbone()))
         self.splits, self.result = splits, result
-        self.evaluation = evaluate_head(result, splits["test"])
+        self.trust = fit_trust(result, splits, self.unknown_method)
+        self.evaluation = evaluate_head(result, splits["test"], self.trust)
         return result
 
     def run_training_isolated(self, progress: ProgressCallback = no_progress,
@@ -120,7 +137,8 @@ class Retraining:
             out = run_isolated("app.core.retrain:train_in_child", {
                 "dataset": dataset, "model_key": self.cache.model_key,
                 "cache_dir": self.cache_dir, "settings": self.settings,
-                "backbone": self._backbone(), "weights_file": weights}, progress, cancel)
+                "backbone": self._backbone(), "weights_file": weights,
+                "unknown_method": self.unknown_method}, progress, cancel)
             model, head, base, _, shape = build_model(self.settings, lambda _: out["shape"],
                                                       self._backbone())
             model.load_weights(weights)
@@ -130,7 +148,7 @@ class Retraining:
             out["epochs_run"], out["cancelled"], out["seconds"], shape, model=model, base=base,
             trainable_backbone_layers=out["trainable_backbone_layers"],
             stopped_early=out["stopped_early"]))
-        self.evaluation = out["evaluation"]
+        self.evaluation, self.trust = out["evaluation"], out["trust"]
         return self.result
 
     def _backbone(self) -> tuple:
@@ -155,8 +173,10 @@ class Retraining:
         from app.core.export import export_model
 
         result = self._trained()
+        trust = self.trust or Trust(note="no calibration was fitted")
         return export_model(
             out_dir, spec=get_spec(result.backbone), weights=result.weights, result=result,
+            trust=trust,
             validation=self.splits["validation"], precision=key_precision(result.model_key),
             extra_metadata={
                 "dataset": str(self.dataset.root),
@@ -166,8 +186,9 @@ class Retraining:
                                     self.dataset.split_spec.test],
                 "test": None if self.evaluation is None else {
                     k: getattr(self.evaluation, k) for k in
-                    ("count", "main_accuracy", "balanced_accuracy", "aux1_accuracy",
-                     "aux2_accuracy")},
+                    ("count", "main_accuracy", "accuracy_interval", "balanced_accuracy",
+                     "aux1_accuracy", "aux2_accuracy", "few_images", "calibration",
+                     "unknown_rate")},
                 "training": result.summary()["settings"],
                 "mode": result.settings.mode,
                 "trainable_backbone_layers": result.trainable_backbone_layers,
@@ -185,25 +206,30 @@ class Retraining:
 
         result = self._trained()
         spec = get_spec(result.backbone)
-        model = classifier_model(spec, result.weights, result.head, result.base)
-        return Predictor(model, result.classes, spec.input_size)
+        trust = self.trust or Trust()
+        model = classifier_model(spec, result.weights, result.head, result.base,
+                                 trust.temperature)
+        return Predictor(model, result.classes, spec.input_size, unknown=trust.detector)
 
 
 def train_in_child(dataset: Dataset, model_key: str, cache_dir: str | Path | None,
                    settings: TrainSettings, backbone: tuple, weights_file: str,
                    progress: ProgressCallback = no_progress,
-                   cancel: CancelToken | None = None) -> dict:
+                   cancel: CancelToken | None = None,
+                   unknown_method: str = DEFAULT_METHOD) -> dict:
     """The child-process half of :meth:`Retraining.run_training_isolated`: everything it
     returns pickles; the trained model (head, and top blocks when fine-tuning) is saved to
     ``weights_file``."""
     splits = load_splits(dataset, model_key, cache_dir)
     result = train_head(splits["train"], splits["validation"], dataset.classes, settings,
                         progress, cancel, backbone)
-    evaluation = evaluate_head(result, splits["test"])
+    trust = fit_trust(result, splits, unknown_method)
+    evaluation = evaluate_head(result, splits["test"], trust)
     result.model.save_weights(weights_file)
     return {"history": result.history, "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run, "cancelled": result.cancelled,
             "seconds": result.seconds, "evaluation": evaluation, "shape": result.shape,
+            "trust": trust,
             "trainable_backbone_layers": result.trainable_backbone_layers,
             "stopped_early": result.stopped_early}
 
@@ -234,4 +260,10 @@ def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str =
         for t in p.top:
             probs[row, index[t["label"]]] = t["probability"]
     true = np.array([index[r.label] for r, _ in ok], np.int64)
-    return score(predictor.classes, true, probs, [r.path for r, _ in ok])
+    temperature = float((predictor.metadata.get("calibration") or {}).get("temperature", 1.0))
+    # the model outputs calibrated probabilities; log p is its logits / T up to a constant
+    before = softmax(log_probs_as_logits(probs) * temperature)
+    unknown = (np.array([p.unknown for _, p in ok], bool)
+               if predictor.unknown is not None else None)
+    return score(predictor.classes, true, probs, [r.path for r, _ in ok],
+                 uncalibrated=before, temperature=temperature, unknown=unknown)

@@ -20,7 +20,7 @@ def _run(data, cache, **settings):
 
 
 def _main_weights(run):
-    return run.result.head.get_layer("main_probs").get_weights()[0]
+    return run.result.head.get_layer("main_logits").get_weights()[0]
 
 
 @pytest.mark.parametrize("mode", ["head", "finetune"])

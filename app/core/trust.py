@@ -1,0 +1,69 @@
+"""How far a trained model's answers can be trusted, fitted after training: the temperature
+that calibrates its main probabilities, and the "unknown" score with its threshold, both on
+the validation split.
+
+Both come from the main-tap features and main logits of the trained model on cached data
+(:func:`main_outputs`): in the head mode the features are the cached main tap itself; in the
+fine-tune mode they come out of the trained top blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.core.calibration import fit_temperature, softmax
+from app.core.feeds import SplitData
+from app.core.head import logits_branch
+from app.core.training import TrainResult
+from app.core.unknown import DEFAULT_METHOD, UnknownDetector, fit_detector
+
+
+@dataclass
+class Trust:
+    """What was fitted on the validation split (pickles: crosses the training child)."""
+
+    temperature: float = 1.0
+    detector: UnknownDetector | None = None  # None: no "unknown" answers (see note)
+    note: str = ""  # empty when fitted; else why not (the defaults then apply)
+
+
+def main_outputs(result: TrainResult, data: SplitData, batch_size: int = 256
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Main-tap features (N, D) and main logits (N, C) of the trained model on ``data``'s
+    cached rows, streamed in batches (dropout off)."""
+    import keras
+
+    branch = logits_branch(result.head)
+    finetune = result.settings.mode == "finetune"
+    taps = None
+    if finetune:
+        taps = keras.Model(result.model.input, result.model.get_layer("main_tap").output)
+    feats, logits = [], []
+    for _, x in data.batches(result.inputs if finetune else ("main",), batch_size):
+        f = np.asarray(taps.predict_on_batch(x)) if finetune else x["main"]
+        feats.append(np.asarray(f, np.float32))
+        logits.append(np.asarray(branch.predict_on_batch(f), np.float32))
+    if not feats:
+        dim = int(branch.input.shape[-1])
+        return np.zeros((0, dim), np.float32), np.zeros((0, len(result.classes)), np.float32)
+    return np.concatenate(feats), np.concatenate(logits)
+
+
+def fit_trust(result: TrainResult, splits: dict[str, SplitData],
+              method: str = DEFAULT_METHOD) -> Trust:
+    """The temperature and the unknown detector (``method``, built from the training split),
+    both fitted on the validation split; with that split empty, temperature 1.0, no detector
+    and a note saying why."""
+    val = splits.get("validation")
+    if val is None or not len(val):
+        return Trust(note="the validation split is empty: probabilities are not calibrated "
+                          "and no image can be called unknown")
+    features, logits = main_outputs(result, val)
+    temperature = fit_temperature(logits, val.labels)
+    train = splits["train"]
+    train_features = main_outputs(result, train)[0] if method != "max_probability" else None
+    detector = fit_detector(method, train_features, train.labels, len(result.classes),
+                            features, softmax(logits, temperature))
+    return Trust(temperature=temperature, detector=detector)

@@ -1,0 +1,83 @@
+"""The exported folder's own predict.py (Pillow + numpy + Keras, no app import) gives the
+app's probabilities and unknown answers, JPEG draft decoding, EXIF and alpha included; the
+export records how far the plain decoding (no draft) is off."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.core.imaging import load_rgb
+from app.core.predict import Predictor, read_metadata
+from app.core.retrain import Retraining
+from app.core.standalone_predict import decode
+from app.core.training import TrainSettings
+from tests.conftest import COLOURS, make_image
+
+pytestmark = pytest.mark.slow
+
+NO_APP = ("import runpy, sys; sys.modules['app'] = None; sys.argv = sys.argv[1:]; "
+          "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def _big_dataset(root):
+    """Photos larger than 2x the tiny backbone's 64 px, so JPEG draft decoding kicks in."""
+    for c in COLOURS:
+        for i in range(10):
+            make_image(root / c / f"{c}_{i}.jpg", COLOURS[c], size=(320, 240),
+                       seed=hash((c, i)) % 1000, noise=60.0)
+    return root
+
+
+def _odd_files(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    rotated = folder / "rotated.jpg"
+    im = Image.fromarray(np.tile(np.linspace(0, 255, 300, dtype=np.uint8)[None, :, None],
+                                 (200, 1, 3)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    im.save(rotated, exif=exif)
+    alpha = folder / "alpha.png"
+    rgba = np.zeros((90, 120, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, np.linspace(0, 255, 120, dtype=np.uint8)[None]
+    Image.fromarray(rgba, "RGBA").save(alpha)
+    big = make_image(folder / "big.jpg", COLOURS["red"], size=(640, 480), seed=5, noise=60.0)
+    return [rotated, alpha, big]
+
+
+def test_decode_is_the_apps_decoding_and_draft_matters(tmp_path):
+    for path in _odd_files(tmp_path):
+        np.testing.assert_array_equal(decode(path, (64, 64)), load_rgb(path, (64, 64)))
+    big = tmp_path / "big.jpg"
+    assert not np.array_equal(decode(big, (64, 64), draft=False), load_rgb(big, (64, 64)))
+
+
+def test_predict_py_in_the_folder_answers_like_the_app(tmp_path):
+    data = _big_dataset(tmp_path / "photos")
+    run = Retraining(data, "tiny", "none", tmp_path / "cache",
+                     TrainSettings(epochs=2, batch_size=8, learning_rate=3e-3))
+    run.run_training()
+    folder = run.export(tmp_path / "model").folder
+    assert (folder / "predict.py").is_file()
+    meta = read_metadata(folder)
+    prep = meta["preprocessing"]
+    assert "draft" in prep["jpeg_draft"] and "BILINEAR" in prep["resize"]
+    assert prep["plain_decode"]["images"] == len(run.splits["validation"]) > 0
+    assert prep["plain_decode"]["max_abs_diff"] > 0  # these JPEGs decode differently
+
+    files = [str(p) for p in _odd_files(tmp_path / "new")]
+    out = subprocess.run([sys.executable, "-c", NO_APP, str(folder / "predict.py"), *files,
+                          "--top", "3", "--json"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    standalone = json.loads(out.stdout)
+    app = Predictor.from_dir(folder).predict(files, top_k=3)
+    for s, a in zip(standalone, app):
+        assert s["error"] is None and a.error is None
+        assert [t["label"] for t in s["top"]] == [t["label"] for t in a.top]
+        np.testing.assert_allclose([t["probability"] for t in s["top"]],
+                                   [t["probability"] for t in a.top], atol=1e-5)
+        assert s["unknown"] == a.unknown and s["score"] == pytest.approx(a.score, abs=1e-5)

@@ -1,0 +1,105 @@
+""""Unknown": images of a class the model never saw score low and are called unknown, the
+threshold keeps 95% of validation images known, and the exported folder answers the same."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from app.core.predict import Predictor, read_metadata
+from app.core.retrain import Retraining, evaluate_model_dir
+from app.core.training import TrainSettings
+from app.core.unknown import METHODS, auroc, fit_detector
+from tests.conftest import COLOURS, make_dataset, make_image
+
+
+def test_auroc_by_hand():
+    assert auroc([3, 4], [1, 2]) == 1.0
+    assert auroc([1, 2], [3, 4]) == 0.0
+    assert auroc([1, 3], [2, 2]) == 0.5
+    assert auroc([2, 2], [2]) == 0.5
+
+
+def _clusters(rng, centres, n):
+    labels = np.repeat(np.arange(len(centres)), n)
+    return np.abs(centres[labels] + rng.normal(0, 0.3, (len(labels), centres.shape[1]))), labels
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "max_probability"])
+def test_feature_scores_flag_a_class_never_seen(method):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (4, 32))
+    known, new = centres[:3], centres[3:]
+    train, train_y = _clusters(rng, known, 60)
+    val, _ = _clusters(rng, known, 40)
+    test, _ = _clusters(rng, known, 40)
+    other, _ = _clusters(rng, new, 40)
+    probs = np.full((len(val), 3), 1 / 3)  # unused by these scores
+    det = fit_detector(method, train, train_y, 3, val, probs)
+    assert det.flags(det.score(val, probs)).mean() == pytest.approx(0.05, abs=0.01)
+    s_known, s_other = det.score(test, probs[:len(test)]), det.score(other, probs[:len(other)])
+    assert auroc(s_known, s_other) > 0.99
+    assert det.flags(s_other).mean() > 0.9 and det.flags(s_known).mean() < 0.15
+
+
+@pytest.fixture(scope="module")
+def two_colours(tmp_path_factory):
+    """Trained on red and green only; blue is the class it never saw."""
+    root = tmp_path_factory.mktemp("unk")
+    data = make_dataset(root / "photos", per_class=20, classes=("red", "green"))
+    run = Retraining(data, "tiny", "none", root / "cache",
+                     TrainSettings(epochs=4, batch_size=8, learning_rate=3e-3),
+                     unknown_method="knn")  # the feature-space score, with unknown.npz
+    run.run_training()
+    blue = [make_image(root / "blue" / f"{i}.jpg", COLOURS["blue"], seed=900 + i)
+            for i in range(12)]
+    known = [make_image(root / "known" / f"{i}.jpg", COLOURS[("red", "green")[i % 2]],
+                        seed=700 + i) for i in range(12)]
+    return run, root, blue, known
+
+
+def test_the_app_calls_a_class_it_never_saw_unknown(two_colours):
+    run, _, blue, known = two_colours
+    det = run.trust.detector
+    assert det is not None and det.method == "knn"
+    val = run.splits["validation"]
+    assert len(val) >= 4
+    preds = run.predictor().predict(blue + known, top_k=1)
+    s_blue = [p.score for p in preds[:12]]
+    s_known = [p.score for p in preds[12:]]
+    assert auroc(s_known, s_blue) > 0.9
+    assert sum(p.unknown for p in preds[:12]) >= 10
+    assert sum(p.unknown for p in preds[12:]) <= 3
+    assert run.evaluation.unknown_rate is not None
+
+
+@pytest.mark.slow
+def test_the_exported_folder_carries_the_unknown_test(two_colours, tmp_path):
+    run, root, blue, known = two_colours
+    folder = run.export(tmp_path / "model").folder
+    meta = read_metadata(folder)["unknown"]
+    assert meta["method"] == "knn" and meta["file"] == "unknown.npz"
+    assert meta["threshold"] == pytest.approx(run.trust.detector.threshold)
+    with np.load(folder / "unknown.npz") as arrays:
+        assert arrays["reference"].dtype == np.float16
+        assert len(arrays["reference"]) == len(run.splits["train"])
+    files = blue[:4] + known[:4]
+    here = run.predictor().predict(files)
+    there = Predictor.from_dir(folder).predict(files)
+    assert [p.unknown for p in here] == [p.unknown for p in there]
+    np.testing.assert_allclose([p.score for p in here], [p.score for p in there], atol=2e-3)
+    ev = evaluate_model_dir(folder, run.dataset.root, split="all")
+    assert ev.unknown_rate is not None and ev.unknown_rate <= 0.2
+    out = subprocess.run([sys.executable, "-m", "app", "predict", str(folder), str(blue[0]),
+                          "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    entry = json.loads(out.stdout)[0]
+    assert entry["unknown"] is True and entry["score"] == pytest.approx(there[0].score, abs=1e-5)
+    ev_json = subprocess.run([sys.executable, "-m", "app", "evaluate", str(folder),
+                              str(run.dataset.root), "--json"],
+                             capture_output=True, text=True, timeout=300)
+    doc = json.loads(ev_json.stdout)
+    assert set(doc["calibration"]) == {"temperature", "ece_before", "ece_after"}
+    assert 0 <= doc["unknown_rate"] <= 1
