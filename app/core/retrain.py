@@ -94,13 +94,19 @@ class Retraining:
         return self.cache
 
     def _ensure_cached(self, progress: ProgressCallback, cancel: CancelToken | None) -> Dataset:
-        """Cache what is missing; the dataset training uses (classes with < 2 images left
-        out, listed in :attr:`training_warnings`)."""
+        """Cache what is missing; the dataset training uses (images excluded by the user and
+        classes with < 2 images left out, the latter listed in :attr:`training_warnings`)."""
         if self.cache is None or self.cache.cancelled or self.cache.mode != self.settings.mode:
             self.run_cache(progress, cancel)
             if self.cache.cancelled:
                 raise Cancelled()
-        dataset, self.training_warnings = self.dataset.for_training()
+        from app.core.labels import excluded
+
+        dataset = self.dataset
+        left_out = excluded(self.cache_dir or user_cache_dir(), dataset.root)
+        if left_out:
+            dataset = dataset.without({d: "excluded from training" for d in left_out})
+        dataset, self.training_warnings = dataset.for_training()
         return dataset
 
     def _stamp(self, result: TrainResult) -> TrainResult:
@@ -198,6 +204,17 @@ class Retraining:
             },
             formats=formats,
         )
+
+    def hardest_training_images(self, n: int = 20) -> list[dict]:
+        """The training images with the highest loss under the trained model (calibrated),
+        hardest first: where mislabelled photos usually are."""
+        from app.core.labels import hardest
+
+        result = self._trained()
+        train = self.splits["train"]
+        _, logits = main_outputs(result, train)
+        temperature = self.trust.temperature if self.trust else 1.0
+        return hardest(result.classes, train, softmax(logits, temperature), n)
 
     def predictor(self) -> Predictor:
         """The in-app classifier (backbone + main head in memory), without exporting."""
