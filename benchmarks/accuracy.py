@@ -46,8 +46,8 @@ def main() -> int:
 
     table = configs(args.finetune_epochs)
     rows = []
-    for name in args.configs:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seeds outside: a cut-short run still compares every configuration
+        for name in args.configs:
             run = Retraining(args.data_dir, args.backbone, args.weights, args.cache_dir,
                              TrainSettings(seed=seed, **table[name]))
             t0 = time.perf_counter()

@@ -216,6 +216,9 @@ def build_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | No
                     progress: ProgressCallback = no_progress,
                     cancel: CancelToken | None = None) -> keras.Model:
     """Pixels (0..255) -> ``[main (N, C), aux1 (N, h, w, c), aux2 (N, h, w, c)]``."""
+    from app.core.device import configure
+
+    configure()
     import keras
     from keras import layers
 
@@ -244,6 +247,9 @@ def build_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | No
 def build_image_model(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None
                       ) -> keras.Model:
     """Pixels (0..255) -> the main tap only: the front half of an exported classifier."""
+    from app.core.device import configure
+
+    configure()
     import keras
     from keras import layers
 

@@ -16,6 +16,7 @@ holds the most class-specific features.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,34 @@ CUTS: dict[str, CutSpec] = {
 }
 
 
+# What the store keeps per image, by backbone: the pooled taps (head mode) and the cut
+# (fine-tune mode), without building a model (tests/core/test_finetune.py checks them against
+# the real extractors).
+TAP_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
+    "inception_v3": {"main": (2048,), "aux1": (5, 5, 768), "aux2": (5, 5, 768)},
+    "xception": {"main": (2048,), "aux1": (5, 5, 728), "aux2": (5, 5, 728)},
+    "mobilenet": {"main": (1024,), "aux1": (4, 4, 512), "aux2": (4, 4, 512)},
+    "mobilenet_v2": {"main": (1280,), "aux1": (4, 4, 96), "aux2": (1, 1, 160)},
+    "efficientnet_b0": {"main": (1280,), "aux1": (4, 4, 112), "aux2": (1, 1, 192)},
+    "resnet50": {"main": (2048,), "aux1": (4, 4, 1024), "aux2": (4, 4, 1024)},
+    "tiny": {"main": (32,), "aux1": (4, 4, 16), "aux2": (4, 4, 16)},
+}
+CUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "inception_v3": (17, 17, 768), "xception": (19, 19, 728), "mobilenet": (14, 14, 512),
+    "mobilenet_v2": (14, 14, 96), "efficientnet_b0": (14, 14, 112),
+    "resnet50": (14, 14, 1024), "tiny": (16, 16, 16),
+}
+
+
+def feature_bytes_per_image(backbone: str, mode: str) -> int:
+    """Bytes the store keeps per image for ``mode`` (float16), without Keras."""
+    if mode == "finetune":
+        shapes = [CUT_SHAPES[backbone]]
+    else:
+        shapes = list(TAP_SHAPES[backbone].values())
+    return sum(2 * math.prod(s) for s in shapes)
+
+
 def cut_key(spec: BackboneSpec, weights: str, signature: str | None = None) -> str:
     """The store key of ``spec``'s cut tensors: the model key plus the cut."""
     return f"{model_key(spec, weights, signature)}|cut:{CUTS[spec.name].cut}"
@@ -80,6 +109,9 @@ def cut_tensor(spec: BackboneSpec, base: keras.Model):
 def build_cut_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None,
                         progress=None, cancel=None) -> keras.Model:
     """Pixels (0..255) -> ``[cut tensor (N, h, w, c)]``: the frozen part, scaling inside."""
+    from app.core.device import configure
+
+    configure()
     import keras
 
     from app.core.jobs import no_progress

@@ -119,3 +119,16 @@ def test_cancel_mid_epoch_keeps_the_best_finetuned_weights(dataset_dir, cache_di
     again.run_training()
     for a, b in zip(kept, again.result.model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_stated_feature_shapes_are_the_extractors():
+    """The window estimates cache sizes from these tables without building a model."""
+    from app.core.backbones import BACKBONES, build_extractor
+    from app.core.finetune import CUT_SHAPES, TAP_SHAPES, build_cut_extractor
+
+    for name, spec in BACKBONES.items():
+        taps = build_extractor(spec, "none").outputs
+        assert {t: tuple(o.shape[1:]) for t, o in zip(("main", "aux1", "aux2"), taps)} == \
+            TAP_SHAPES[name], name
+        assert tuple(build_cut_extractor(spec, "none").outputs[0].shape[1:]) == \
+            CUT_SHAPES[name], name

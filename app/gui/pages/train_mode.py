@@ -8,7 +8,6 @@ an estimate from the tensor shapes), times from measured runs only.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from PySide6.QtCore import Signal
@@ -21,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.finetune import CUTS
+from app.core.finetune import CUTS, feature_bytes_per_image
 from app.gui.widgets import duration
 
 HEAD_TEXT = ("New classifiers on cached features: fast; the two auxiliary outputs are probes "
@@ -30,27 +29,12 @@ FINETUNE_TEXT = ("The backbone's top blocks train too, from a cached cut; the au
                  "(weight 0.3) shape the layers the main output uses.")
 TITLES = {"head": "head-only", "finetune": "fine-tune"}
 
-# Float16 numbers an image for the head-only mode: the pooled main tap plus the two aux taps
-# after GoogLeNet's 5x5/3 average pool (shapes of app.core.backbones' taps).
-HEAD_NUMBERS = {
-    "inception_v3": 2048 + 2 * 5 * 5 * 768,
-    "xception": 2048 + 2 * 5 * 5 * 728,
-    "mobilenet": 1024 + 2 * 4 * 4 * 512,
-    "mobilenet_v2": 1280 + 4 * 4 * 96 + 160,
-    "efficientnet_b0": 1280 + 4 * 4 * 112 + 192,
-    "resnet50": 2048 + 2 * 4 * 4 * 1024,
-    "tiny": 32 + 2 * 4 * 4 * 16,
-}
-
-
 def bytes_per_image(backbone: str, mode: str) -> int | None:
     """Estimated disk bytes an image of the features ``mode`` needs (None: unknown)."""
-    if mode == "finetune":
-        cut = CUTS.get(backbone)
-        found = re.search(r"(\d+)x(\d+)x(\d+)", cut.why) if cut else None
-        return 2 * int(found[1]) * int(found[2]) * int(found[3]) if found else None
-    numbers = HEAD_NUMBERS.get(backbone)
-    return None if numbers is None else 2 * numbers
+    try:
+        return feature_bytes_per_image(backbone, mode)
+    except KeyError:
+        return None
 
 
 def seconds_text(seconds: float) -> str:
