@@ -91,6 +91,8 @@ class CacheJob:
             gpus = session.gpus()
             signature = ray_engine.signature_on_worker(gpus)
             key = features_key(spec, self.weights, self.mode, signature)
+            # shards a killed job wrote but did not merge count as computed already
+            ray_engine.merge_leftovers(store, key, self.mode == "finetune", spec.name)
             cached = store.cached_digests(key, first_path)
             todo = [d for d in first_path if d not in cached]
             computed, bad = set(), {}

@@ -3,27 +3,41 @@
 Ray Data reads the list of images still missing from the store, decodes them with
 :func:`app.core.imaging.load_rgb` in CPU tasks, and runs them through the same extractor
 (:func:`app.core.backbones.build_extractor` or the fine-tune cut) in an actor pool, one actor
-per GPU (or one on the CPU): the model loads once per actor. Results stream back to this
-process batch by batch, keyed by content digest, and are merged into the same store in one
-transaction each, so the window, ``train`` and the local engine reuse them, and a killed job
-resumes with what was merged. The model key's backend and precision are asked of a worker
-with the actor's resources, not guessed here.
+per GPU (or one on the CPU): the model loads once per actor. Each actor writes its results as
+a Parquet shard keyed by content digest into ``ray-results/`` beside the store (written to a
+temporary name, then renamed, so a shard is whole or absent) and returns only a small manifest;
+this process merges each shard into the same store in one transaction, then deletes it, so the
+window, ``train`` and the local engine reuse the rows. A job killed after a shard was written
+but before it was merged finds it at the next start and merges it without computing those
+images again. The model key's backend and precision are asked of a worker with the actor's
+resources, not guessed here.
 
-Workers read the images and weights files by the paths this process sees: on a cluster they
-need a shared filesystem mounted at the same place. Ray is an optional extra
+Workers read the images and weights files by the paths this process sees and write their
+shards into the cache folder: on a cluster both need a shared filesystem mounted at the same
+place. Ray is an optional extra
 (``pip install "bottleneck-studio[cluster]"``); nothing here imports it at module load.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
+import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from app.core.backbones import get_spec
 from app.core.jobs import CancelToken, ProgressCallback, RateMeter
 from app.core.store import CUT, TAPS, FeatureBatch, FeatureStore
+
+RESULTS = "ray-results"
+WRITTEN_BY = b"Bottleneck Studio ray shard"
+STALE_PARTIAL_SECONDS = 3600.0  # a shard still being written is younger than this
 
 
 class RayUnavailable(Exception):
@@ -98,11 +112,107 @@ def decode_batch(batch: dict, size: tuple[int, int]) -> dict:
     return {"digest": batch["digest"], "pixels": pixels, "error": error, "transient": transient}
 
 
+def results_dir(store: FeatureStore, key: str) -> Path:
+    """Where the actors write their Parquet shards for one model key."""
+    return store.dir / RESULTS / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def write_shard(folder: Path, key: str, names: tuple[str, ...], batch: dict) -> str:
+    """One batch of results as a Parquet shard: digest, error, transient, and each output as
+    raw float16 bytes per row (shapes in the schema's metadata). Returns the file name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {"digest": pa.array([str(d) for d in batch["digest"]], pa.string()),
+            "error": pa.array([str(e) for e in batch["error"]], pa.string()),
+            "transient": pa.array(np.asarray(batch["transient"], bool))}
+    for name in names:
+        arr = np.ascontiguousarray(batch[name], np.float16)
+        cols[name] = pa.array([row.tobytes() for row in arr], pa.binary())
+    meta = {b"written_by": WRITTEN_BY, b"model_key": key.encode(),
+            b"shapes": json.dumps({n: list(batch[n].shape[1:]) for n in names}).encode()}
+    table = pa.table(cols).replace_schema_metadata(meta)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{uuid.uuid4().hex}.parquet"
+    tmp = folder / f".{name}.partial"
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / name)
+    return name
+
+
+def merge_shard(store: FeatureStore, key: str, path: Path, cut: bool, spec_name: str
+                ) -> tuple[list[str], list[tuple[str, str, bool]]]:
+    """Merge one shard this app wrote for ``key`` into the store (one transaction per kind),
+    then delete it. Returns the digests stored and the failures (digest, reason, transient).
+    A file that is not such a shard is left alone."""
+    import pyarrow.parquet as pq
+
+    from app.core.imaging import PREPROCESS_VERSION
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError):  # not a Parquet file (pyarrow's errors derive from these)
+        return [], []
+    meta = table.schema.metadata or {}
+    if meta.get(b"written_by") != WRITTEN_BY or meta.get(b"model_key") != key.encode():
+        return [], []
+    shapes = json.loads(meta[b"shapes"])
+    names = (CUT,) if cut else TAPS
+    cols = table.to_pydict()
+    ok = [not e for e in cols["error"]]
+    good = [d for d, o in zip(cols["digest"], ok) if o]
+    if good:
+        arrays = {n: np.stack([np.frombuffer(b, np.float16).reshape(shapes[n])
+                               for b, o in zip(cols[n], ok) if o]) for n in names}
+        if store.model_spec(key) is None:
+            from app.core.backbones import get_spec
+
+            spec = get_spec(spec_name)
+            store.register_model(key, {"backbone": spec.name, "shapes": shapes,
+                                       "image_size": spec.image_size,
+                                       "prep": PREPROCESS_VERSION})
+        if cut:
+            store.put_arrays(key, good, arrays[CUT])
+        else:
+            store.put_features(key, FeatureBatch(good, *(arrays[t] for t in TAPS)))
+    failures = [(d, e, t) for d, e, t, o in
+                zip(cols["digest"], cols["error"], cols["transient"], ok) if not o]
+    permanent = [(d, e) for d, e, t in failures if not t]
+    if permanent:
+        store.mark_bad(PREPROCESS_VERSION, permanent)
+    path.unlink()
+    return good, failures
+
+
+def merge_leftovers(store: FeatureStore, key: str, cut: bool, spec_name: str
+                    ) -> tuple[list[str], list[tuple[str, str, bool]]]:
+    """Merge the shards in the results folder that nobody merged yet (a killed job's, or those
+    actors finished after a cancel); drop partial shards a killed writer left long ago."""
+    folder = results_dir(store, key)
+    good: list[str] = []
+    failures: list[tuple[str, str, bool]] = []
+    if not folder.is_dir():
+        return good, failures
+    for path in sorted(folder.glob("*.parquet")):
+        g, f = merge_shard(store, key, path, cut, spec_name)
+        good += g
+        failures += f
+    for partial in folder.glob(".*.parquet.partial"):  # ours by name and place
+        with contextlib.suppress(OSError):
+            if time.time() - partial.stat().st_mtime > STALE_PARTIAL_SECONDS:
+                partial.unlink()
+    return good, failures
+
+
 class Extractor:
     """Ray actor: builds the extractor once (in the precision the key names), then maps
-    batches of pixels to features."""
+    batches of pixels to features, written as one Parquet shard per batch; returns the
+    manifest (digest, shard, error, transient)."""
 
-    def __init__(self, backbone: str, weights: str, precision: str, cut: bool) -> None:
+    def __init__(self, backbone: str, weights: str, precision: str, cut: bool, key: str,
+                 out_dir: str) -> None:
         from app.core import device
         from app.core.caching import _Runner
 
@@ -110,8 +220,9 @@ class Extractor:
         self.model = _Runner._build(get_spec(backbone), weights, precision,
                                     lambda _: None, CancelToken(), cut)
         self.names = (CUT,) if cut else TAPS
+        self.key, self.out_dir = key, Path(out_dir)
 
-    def __call__(self, batch: dict) -> dict:
+    def features(self, batch: dict) -> dict:
         ok = np.array([not e for e in batch["error"]], bool)
         out = {"digest": batch["digest"], "error": batch["error"],
                "transient": batch["transient"]}
@@ -126,6 +237,12 @@ class Extractor:
             out[name] = arr
         return out
 
+    def __call__(self, batch: dict) -> dict:
+        out = self.features(batch)
+        shard = write_shard(self.out_dir, self.key, self.names, out)
+        return {"digest": out["digest"], "shard": np.array([shard] * len(out["digest"])),
+                "error": out["error"], "transient": out["transient"]}
+
 
 def compute(todo: list[str], paths: dict[str, str], backbone: str, weights: str, key: str,
             store: FeatureStore, batch_size: int, progress: ProgressCallback,
@@ -137,43 +254,30 @@ def compute(todo: list[str], paths: dict[str, str], backbone: str, weights: str,
     are remembered as bad, transient ones are not, as the local engine does."""
     ray = _import_ray()
     from app.core.backbones import key_precision
-    from app.core.imaging import PREPROCESS_VERSION
 
     spec = get_spec(backbone)
+    folder = results_dir(store, key)
     ds = ray.data.from_items([{"digest": d, "path": paths[d]} for d in todo])
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": spec.input_size},
                         batch_size=batch_size, batch_format="numpy")
     ds = ds.map_batches(Extractor, fn_constructor_kwargs={
-        "backbone": backbone, "weights": weights, "precision": key_precision(key), "cut": cut},
+        "backbone": backbone, "weights": weights, "precision": key_precision(key), "cut": cut,
+        "key": key, "out_dir": str(folder)},
         batch_size=batch_size, batch_format="numpy", concurrency=max(1, gpus),
         num_gpus=1 if gpus else 0)
     meter = RateMeter(len(todo))
     computed: set[str] = set()
     bad: dict[str, str] = {}
-    registered = False
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         if cancel.cancelled:
             break
-        ok = np.array([not e for e in batch["error"]], bool)
-        digests = [str(d) for d in batch["digest"]]
-        good = [d for d, o in zip(digests, ok) if o]
-        if not registered and good:
-            shapes = {n: list(batch[n].shape[1:]) for n in ((CUT,) if cut else TAPS)}
-            store.register_model(key, {"backbone": spec.name, "shapes": shapes,
-                                       "image_size": spec.image_size,
-                                       "prep": PREPROCESS_VERSION})
-            registered = True
-        if good:
-            if cut:
-                store.put_arrays(key, good, batch[CUT][ok])
-            else:
-                store.put_features(key, FeatureBatch(good, *(batch[t][ok] for t in TAPS)))
+        for shard in dict.fromkeys(str(s) for s in batch["shard"]):
+            good, failures = merge_shard(store, key, folder / shard, cut, spec.name)
             computed.update(good)
-        failures = [(d, str(e), bool(t)) for d, e, t, o in
-                    zip(digests, batch["error"], batch["transient"], ok) if not o]
-        permanent = [(d, e) for d, e, t in failures if not t]
-        if permanent:
-            store.mark_bad(PREPROCESS_VERSION, permanent)
-        bad.update((d, e) for d, e, _ in failures)
+            bad.update((d, e) for d, e, _ in failures)
         progress(meter.report("cache", len(computed) + len(bad), f"{len(computed)} on Ray"))
+    # after a cancel: what actors finished meanwhile is computed work, kept, not redone
+    good, failures = merge_leftovers(store, key, cut, spec.name)
+    computed.update(good)
+    bad.update((d, e) for d, e, _ in failures)
     return computed, bad
