@@ -6,7 +6,12 @@ app's own path (``load_splits`` -> ``train_head``), and reports its peak RSS. Th
 each N, side by side in one run, plus the old in-memory path's figure for comparison (every
 split's features as float32 arrays: what ``train`` did before streaming).
 
-usage: python benchmarks/train_memory.py [--sizes 10000 50000] [--work DIR] [--json]
+With ``--mode finetune`` the store holds N synthetic cut tensors (MobileNet's 14x14x512, float16
+shards, 200 KB an image) and the child trains MobileNet's blocks above the cut (random weights)
+with the aux heads, streaming the cut from disk.
+
+usage: python benchmarks/train_memory.py [--sizes 10000 50000] [--mode head|finetune]
+       [--epochs 2] [--work DIR] [--json]
 """
 
 from __future__ import annotations
@@ -24,7 +29,30 @@ sys.path.insert(0, str(ROOT))
 
 SHAPES = {"main": (1024,), "aux1": (4, 4, 512), "aux2": (4, 4, 512)}  # MobileNet v1 taps
 KEY = "mobilenet|synthetic|prep1|tensorflow-float32"
+CUT_KEY = KEY + "|cut:conv_pw_10_relu"
+CUT_SHAPE = (14, 14, 512)
 CLASSES = 50
+
+
+def fill_cut(cache: Path, n: int) -> None:
+    """N synthetic cut tensors in the store's float16 shards (skipped when already there)."""
+    import numpy as np
+
+    from app.core.store import CUT, FeatureStore
+
+    with FeatureStore(cache) as store:
+        have = len(store.cached_digests(CUT_KEY))
+        if have >= n:
+            return
+        store.register_model(CUT_KEY, {"backbone": "mobilenet", "shapes": {CUT: CUT_SHAPE}})
+        rng = np.random.default_rng(0)
+        for start in range(have, n, 500):
+            m = min(500, n - start)
+            digests = [f"{i:032x}" for i in range(start, start + m)]
+            labels = np.arange(start, start + m) % CLASSES
+            x = rng.random((m, *CUT_SHAPE), np.float32).astype(np.float16)
+            x[np.arange(m), :, :, labels] += 2  # learnable
+            store.put_arrays(CUT_KEY, digests, x)
 
 
 def fill(cache: Path, n: int) -> None:
@@ -49,28 +77,35 @@ def fill(cache: Path, n: int) -> None:
             store.put_features(KEY, FeatureBatch(digests, main, aux, aux))
 
 
-def child(cache: str, n: int, in_memory: bool) -> None:
-    """Train 2 epochs on the first n rows; print peak RSS (MB) and seconds."""
+def child(cache: str, n: int, in_memory: bool, mode: str = "head", epochs: int = 2) -> None:
+    """Train ``epochs`` on the first n rows; print peak RSS (MB) and seconds."""
     import numpy as np
 
     from app.core.feeds import FeatureSource, SplitData
+    from app.core.store import CUT
     from app.core.training import TrainSettings, train_head
 
     digests = [f"{i:032x}" for i in range(n)]
     labels = np.arange(n) % CLASSES
     cut = int(n * 0.9)
-    source = FeatureSource(cache, KEY)
+    source = FeatureSource(cache, CUT_KEY if mode == "finetune" else KEY)
+    taps = (CUT,) if mode == "finetune" else ("main", "aux1", "aux2")
     split = {"train": slice(0, cut), "validation": slice(cut, n)}
     data = {}
     for name, sl in split.items():
         d = SplitData(None, labels[sl], [f"img{i}" for i in range(n)][sl], digests[sl], source)
         if in_memory:  # the old path: every feature of the split as float32, up front
-            d = SplitData(d.rows(np.arange(len(d)), ("main", "aux1", "aux2")), d.labels,
-                          d.paths)
+            d = SplitData(d.rows(np.arange(len(d)), taps), d.labels, d.paths)
         data[name] = d
+    backbone = None
+    if mode == "finetune":
+        from app.core.backbones import get_spec
+
+        backbone = (get_spec("mobilenet"), "none")
     t0 = time.perf_counter()
     result = train_head(data["train"], data["validation"], [f"c{i}" for i in range(CLASSES)],
-                        TrainSettings(epochs=2, early_stopping=0))
+                        TrainSettings(epochs=epochs, early_stopping=0, mode=mode),
+                        backbone=backbone)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_mb": round(peak), "seconds": round(time.perf_counter() - t0, 1),
                       "val_accuracy": result.history[-1]["val_main_accuracy"]}))
@@ -82,20 +117,24 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/bottleneck-train-memory")
     ap.add_argument("--in-memory-up-to", type=int, default=50000,
                     help="also measure the old in-memory path for sizes up to this")
+    ap.add_argument("--mode", default="head", choices=["head", "finetune"])
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), args.child[2] == "memory")
+        child(args.child[0], int(args.child[1]), args.child[2] == "memory", args.mode,
+              args.epochs)
         return 0
     cache = Path(args.work) / "cache"
-    fill(cache, max(args.sizes))
+    (fill_cut if args.mode == "finetune" else fill)(cache, max(args.sizes))
     rows = []
     for n in args.sizes:
         for how in ("stream", "memory"):
             if how == "memory" and n > args.in_memory_up_to:
                 continue
-            out = subprocess.run([sys.executable, __file__, "--child", str(cache), str(n), how],
+            out = subprocess.run([sys.executable, __file__, "--child", str(cache), str(n), how,
+                                  "--mode", args.mode, "--epochs", str(args.epochs)],
                                  capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
                 print(out.stderr[-2000:], file=sys.stderr)
@@ -104,10 +143,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print("| images | path | peak RSS (MB) | 2 epochs (s) | val accuracy |")
-        print("|---:|---|---:|---:|---:|")
+        print(f"| images | mode | path | peak RSS (MB) | {args.epochs} epochs (s) | val accuracy |")
+        print("|---:|---|---|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['images']} | {r['path']} | {r['peak_mb']} | {r['seconds']} | "
+            print(f"| {r['images']} | {args.mode} | {r['path']} | {r['peak_mb']} | "
+                  f"{r['seconds']} | "
                   f"{r['val_accuracy']:.3f} |")
     return 0
 
