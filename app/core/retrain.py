@@ -85,12 +85,15 @@ class Retraining:
     training_warnings: list[str] = field(default_factory=list)  # classes left out
 
     def run_cache(self, progress: ProgressCallback = no_progress,
-                  cancel: CancelToken | None = None, retry_skipped: bool = False
-                  ) -> CacheResult:
+                  cancel: CancelToken | None = None, retry_skipped: bool = False,
+                  engine: str = "local", ray_address: str | None = None) -> CacheResult:
+        """Cache what the mode trains from; ``engine`` "ray" computes on a Ray cluster
+        (``ray_address``, else RAY_ADDRESS, else a local Ray) into the same store."""
         self.cache, self.dataset = CacheJob(self.dataset or self.data_dir, self.backbone,
                                             self.weights, self.cache_dir,
                                             retry_skipped=retry_skipped,
-                                            mode=self.settings.mode).run(progress, cancel)
+                                            mode=self.settings.mode, engine=engine,
+                                            ray_address=ray_address).run(progress, cancel)
         return self.cache
 
     def _ensure_cached(self, progress: ProgressCallback, cancel: CancelToken | None) -> Dataset:

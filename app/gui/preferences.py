@@ -69,6 +69,24 @@ class Preferences:
         self.store.setValue("features/weights_file", value)
 
     @property
+    def compute_engine(self) -> str:
+        """Where features are computed: "local" (this computer) or "ray"."""
+        return self._get("features/engine", "local")
+
+    @compute_engine.setter
+    def compute_engine(self, value: str) -> None:
+        self.store.setValue("features/engine", value)
+
+    @property
+    def ray_address(self) -> str:
+        """The Ray cluster's address ("" for RAY_ADDRESS or a local Ray)."""
+        return self._get("features/ray_address")
+
+    @ray_address.setter
+    def ray_address(self, value: str) -> None:
+        self.store.setValue("features/ray_address", value)
+
+    @property
     def training(self) -> TrainSettings:
         try:
             return TrainSettings.from_dict(json.loads(self._get("train/settings", "{}")))

@@ -124,8 +124,10 @@ class Session(QObject):
 
     # --- features -----------------------------------------------------------------------
     def cache_job(self, backbone: str, weights: str, retry_skipped: bool = False,
-                  mode: str = "head") -> Job:
-        """Cache what ``mode`` trains from: pooled taps ("head") or the cut ("finetune")."""
+                  mode: str = "head", engine: str = "local",
+                  ray_address: str | None = None) -> Job:
+        """Cache what ``mode`` trains from: pooled taps ("head") or the cut ("finetune"),
+        on this computer (``engine`` "local") or on a Ray cluster ("ray", ``ray_address``)."""
         base = self._need_data()
         run = copy.copy(base)
         run.backbone, run.weights = backbone, weights
@@ -133,7 +135,8 @@ class Session(QObject):
         run.cache = run.splits = run.result = run.evaluation = None
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> RunOutcome:
-            run.run_cache(progress, cancel, retry_skipped=retry_skipped)
+            run.run_cache(progress, cancel, retry_skipped=retry_skipped, engine=engine,
+                          ray_address=ray_address)
             return RunOutcome(run, base)
 
         return job

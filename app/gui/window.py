@@ -162,6 +162,7 @@ class MainWindow(QMainWindow):
             self.features.weights_file.setText(p.weights_file)
         if p.weights:
             self.features.set_weights(p.weights if p.weights != "file" else p.weights_file)
+        self.features.compute_on.set_engine(p.compute_engine, p.ray_address)
         self.train.set_settings(p.training)
         self.features.set_mode(self.train.mode.mode())
         self._describe_training()
@@ -172,6 +173,8 @@ class MainWindow(QMainWindow):
         p.backbone = self.features.backbone_name()
         p.weights = self.features.weights.currentData()
         p.weights_file = self.features.weights_file.text()
+        p.compute_engine = self.features.compute_on.chosen()
+        p.ray_address = self.features.compute_on.address.text().strip()
         try:
             p.training = self.train.settings()
         except ValueError:
@@ -270,7 +273,8 @@ class MainWindow(QMainWindow):
             "caching", lambda: self.session.cache_job(self.features.backbone_name(),
                                                       self.features.weights_value(),
                                                       retry_skipped=retry_skipped,
-                                                      mode=self.train.mode.mode()),
+                                                      mode=self.train.mode.mode(),
+                                                      **self.features.compute_on.job_args()),
             self.features, self._cached)
 
     def _cached(self, outcome: RunOutcome) -> None:

@@ -85,7 +85,8 @@ def describe_error(exc: BaseException) -> str:
     """One line a person can read; the traceback goes to the log file only."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     expected = ("DatasetError", "BackboneError", "ExportError", "ModelDirError", "ValueError",
-                "RuntimeError", "FileNotFoundError", "PermissionError", "OSError")
+                "RuntimeError", "FileNotFoundError", "PermissionError", "OSError",
+                "RayUnavailable")
     if type(exc).__name__ in expected and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

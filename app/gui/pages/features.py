@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 
 from app.core.backbones import BACKBONES, DEFAULT_BACKBONE
 from app.core.jobs import Progress
+from app.gui.pages.compute_on import ComputeOn
 from app.gui.pages.train_mode import size_text
 from app.gui.widgets import duration, heading, hint
 
@@ -71,6 +72,8 @@ class FeaturesPage(QWidget):
         file_label = QLabel("Weights &file:")
         file_label.setBuddy(self.weights_file)
         form.addRow(file_label, file_row)
+        self.compute_on = ComputeOn()
+        form.addRow("Compute on:", self.compute_on)
 
         self.start = QPushButton("&Start")
         self.start_tip = "Compute the features of every image not cached yet (Ctrl+Return)"
@@ -190,9 +193,11 @@ class FeaturesPage(QWidget):
         self.running = running
         for w in (self.backbone, self.weights):
             w.setEnabled(not running)
+        self.compute_on.set_running(running)
         if running:
             self.bar.setRange(0, 0)
-            self.rate.setText("starting the backbone…")
+            self.rate.setText("starting Ray…" if self.compute_on.engine() == "ray"
+                              else "starting the backbone…")
             self.counts.setText("")
         else:
             self._weights_changed()
