@@ -7,12 +7,14 @@ digest, so an image keeps its split when the folder grows or files are renamed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from app.core.imaging import IMAGE_SUFFIXES, PREPROCESS_VERSION, sniff_format
 from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
@@ -21,14 +23,17 @@ from app.core.store import FeatureStore
 SPLITS = ("train", "validation", "test")
 MIN_IMAGES_ERROR = 2
 MIN_IMAGES_WARNING = 20
+IN_FLIGHT = 256  # files being hashed at once
 
 
 class DatasetError(Exception):
     """The folder cannot be used as a dataset; the message says why in one line."""
 
 
-@dataclass(frozen=True)
-class ImageRecord:
+class ImageRecord(NamedTuple):
+    """One usable image. A tuple of strings: Python's cyclic garbage collector stops tracking
+    it, so 100k of them add nothing to its full passes (which stop every thread)."""
+
     path: str  # absolute
     label: str
     digest: str
@@ -195,21 +200,25 @@ def scan_dataset(
         (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
         key=lambda p: p.name,
     )
-    known = store.file_entries() if store else {}
-    candidates: list[tuple[Path, str, os.stat_result]] = []
+    known = store.file_index() if store else {}
+    # (path, class, size, mtime_ns): tuples of plain values, which the cyclic garbage collector
+    # stops tracking; Path and stat objects for 100k files made its full passes (which hold
+    # every thread, the window's included) take hundreds of milliseconds
+    candidates: list[tuple[str, str, int, int]] = []
     for class_dir in class_dirs:
         for path in _walk(class_dir):
             try:
-                candidates.append((path, class_dir.name, path.stat()))
+                st = path.stat()
             except OSError:
                 continue
+            candidates.append((str(path), class_dir.name, st.st_size, st.st_mtime_ns))
 
     to_hash: list[int] = []
     results: list[tuple[str, str | None] | None] = []
-    for i, (path, _, st) in enumerate(candidates):
-        entry = known.get(str(path))
-        if entry and entry.size == st.st_size and entry.mtime_ns == st.st_mtime_ns:
-            results.append((entry.digest, entry.format))
+    for i, (path, _, size, mtime_ns) in enumerate(candidates):
+        entry = known.get(path)
+        if entry and entry[0] == size and entry[1] == mtime_ns:
+            results.append(entry[2:])
         else:
             results.append(None)
             to_hash.append(i)
@@ -219,42 +228,46 @@ def scan_dataset(
         meter = RateMeter(len(to_hash))
         new_rows = []
         with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = {i: pool.submit(_digest_file, candidates[i][0]) for i in to_hash}
+            futures: dict[int, Future] = {}
+            ahead = iter(to_hash)
             for n, i in enumerate(to_hash, 1):
                 if cancel is not None and cancel.cancelled:
                     for f in futures.values():
                         f.cancel()
                     cancel.raise_if_cancelled()
-                path, _, st = candidates[i]
+                # a bounded window of files in flight, not one future per file
+                for j in itertools.islice(ahead, IN_FLIGHT - len(futures)):
+                    futures[j] = pool.submit(_digest_file, Path(candidates[j][0]))
+                path, _, size, mtime_ns = candidates[i]
                 try:
-                    digest, fmt = futures[i].result()
+                    digest, fmt = futures.pop(i).result()
                 except OSError as exc:
-                    skipped.append(Skipped(str(path), f"cannot read file: {exc.strerror or exc}"))
+                    skipped.append(Skipped(path, f"cannot read file: {exc.strerror or exc}"))
                     continue
                 results[i] = (digest, fmt)
-                new_rows.append((str(path), st.st_size, st.st_mtime_ns, digest, fmt))
+                new_rows.append((path, size, mtime_ns, digest, fmt))
                 if n % 64 == 0 or n == len(to_hash):
-                    progress(meter.report("scan", n, f"reading {path.name}"))
+                    progress(meter.report("scan", n, f"reading {os.path.basename(path)}"))
         if store:
             store.remember_files(new_rows)
 
     bad = store.bad_reasons(PREPROCESS_VERSION) if store and not retry_skipped else {}
     images: list[ImageRecord] = []
-    for (path, label, st), res in zip(candidates, results):
+    for (path, label, size, _), res in zip(candidates, results):
         if res is None:
             continue
         digest, fmt = res
-        if st.st_size == 0:
-            skipped.append(Skipped(str(path), "empty file (0 bytes)"))
+        if size == 0:
+            skipped.append(Skipped(path, "empty file (0 bytes)"))
         elif fmt is None:
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                skipped.append(Skipped(str(path), "not an image: its content is no JPEG, PNG, "
-                                                  "BMP, GIF, WebP or TIFF"))
+            if os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES:
+                skipped.append(Skipped(path, "not an image: its content is no JPEG, PNG, "
+                                             "BMP, GIF, WebP or TIFF"))
             # other non-images (notes, thumbnails databases) are silently ignored
         elif digest in bad:
-            skipped.append(Skipped(str(path), bad[digest]))
+            skipped.append(Skipped(path, bad[digest]))
         else:
-            images.append(ImageRecord(str(path), label, digest, split.assign(digest), fmt))
+            images.append(ImageRecord(path, label, digest, split.assign(digest), fmt))
 
     return _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split))
 
@@ -283,10 +296,14 @@ def _checked(ds: Dataset) -> Dataset:
         if least and most / least >= 3:
             findings.append(Finding("warning", f"classes are unbalanced ({least} to {most} "
                                                "images); class weights will compensate"))
+    first: dict[str, ImageRecord] = {}  # a list only for the rare digest seen twice
     by_digest: dict[str, list[ImageRecord]] = defaultdict(list)
     for r in ds.images:
-        by_digest[r.digest].append(r)
-    for recs in by_digest.values():
+        seen = first.setdefault(r.digest, r)
+        if seen is not r:
+            by_digest[r.digest].append(r)
+    for digest, later in by_digest.items():
+        recs = [first[digest], *later]
         labels = sorted({r.label for r in recs})
         if len(labels) > 1:
             findings.append(Finding(

@@ -166,6 +166,13 @@ class FeatureStore:
         rows = self.db.execute("SELECT path, size, mtime_ns, digest, format FROM files")
         return {r[0]: FileEntry(r[1], r[2], r[3], r[4]) for r in rows}
 
+    def file_index(self) -> dict[str, tuple[int, int, str, str | None]]:
+        """path -> (size, mtime_ns, digest, format) as plain tuples, which Python's cyclic
+        garbage collector stops tracking: 100k of them add nothing to its full passes (which
+        hold every thread, a window's event loop included)."""
+        rows = self.db.execute("SELECT path, size, mtime_ns, digest, format FROM files")
+        return {r[0]: r[1:] for r in rows}
+
     def remember_files(self, rows: Iterable[tuple[str, int, int, str, str | None]]) -> None:
         rows = list(rows)
         if rows:

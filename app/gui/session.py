@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,25 @@ Job = Any  # fn(progress, cancel) -> result, run by app.gui.worker
 
 
 @dataclass
+class DataSummary:
+    """What the Data and Train pages show of a dataset, counted once in the worker (a
+    100k-image dataset takes tens of milliseconds to count: too long for the GUI thread)."""
+
+    class_counts: dict[str, int]
+    split_counts: dict[str, int]
+    unique_images: int
+
+
+def summarize(ds: Dataset) -> DataSummary:
+    return DataSummary(ds.class_counts(), ds.split_counts(), len({r.digest for r in ds.images}))
+
+
+@dataclass
 class ScanResult:
     dataset: Dataset
     strips: dict[str, QImage]
     ticket: int = 0
+    summary: DataSummary | None = None
 
 
 @dataclass
@@ -87,6 +103,7 @@ class Session(QObject):
         self.generation = 0  # bumped whenever the model behind predictions changes
         self.device = ""
         self._scan_ticket = 0
+        self._summary: tuple[Dataset, DataSummary] | None = None
         # Keras models are built one at a time: a random-weights backbone reseeds the global
         # generator, so two builds in two threads would not get the weights the cache used.
         self._building = threading.Lock()
@@ -100,12 +117,15 @@ class Session(QObject):
         def job(progress: ProgressCallback, cancel: CancelToken) -> ScanResult:
             with FeatureStore(cache_dir or user_cache_dir()) as store:
                 ds = scan_dataset(folder, store, progress=progress, cancel=cancel)
+            first: dict[str, list[str]] = {c: [] for c in ds.classes}
+            for r in ds.images:
+                if len(first[r.label]) < CLASS_THUMBS:
+                    first[r.label].append(r.path)
             strips = {}
             for c in ds.classes:
                 cancel.raise_if_cancelled()
-                paths = [r.path for r in ds.images if r.label == c][:CLASS_THUMBS]
-                strips[c] = thumbnails.strip(paths, THUMB)
-            return ScanResult(ds, strips, ticket)
+                strips[c] = thumbnails.strip(first[c], THUMB)
+            return ScanResult(ds, strips, ticket, summarize(ds))
 
         return job
 
@@ -114,9 +134,20 @@ class Session(QObject):
         if result.ticket != self._scan_ticket:
             return False
         ds = result.dataset
+        self._summary = (ds, result.summary or summarize(ds))
+        # The dataset lives as long as the session: out of the cyclic collector's full passes,
+        # which hold the GIL (and with it the event loop) for as long as they walk every
+        # tracked object; the records are freed as usual when another folder replaces them.
+        gc.freeze()
         self.retraining = Retraining(str(ds.root), cache_dir=self.cache_dir, dataset=ds)
         self.dataset_changed.emit(ds)
         return True
+
+    def summary(self, ds: Dataset) -> DataSummary:
+        """``ds``'s counts: those the scan made when it is the scanned dataset."""
+        if self._summary is None or self._summary[0] is not ds:
+            self._summary = (ds, summarize(ds))
+        return self._summary[1]
 
     @property
     def has_data(self) -> bool:

@@ -332,10 +332,11 @@ class MainWindow(QMainWindow):
             except ValueError:
                 same_weights = False
             cache = run.cache if same_weights and not run.cache.cancelled else None
+        summary = self.session.summary(dataset) if dataset else None
         self.train.describe(TrainContext(
             backbone=backbone,
-            images=len({r.digest for r in dataset.images}) if dataset else 0,
-            train_images=dataset.split_counts()["train"] if dataset else 0,
+            images=summary.unique_images if summary else 0,
+            train_images=summary.split_counts["train"] if summary else 0,
             cache=cache,
             seconds_per_image={m: self.prefs.epoch_seconds_per_image(backbone, m)
                                for m in ("head", "finetune")},

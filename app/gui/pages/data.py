@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.dataset import Dataset
-from app.gui.session import ScanResult
+from app.gui.session import ScanResult, summarize
 from app.gui.widgets import folder_urls, heading, hint
 
 
@@ -80,8 +80,9 @@ class DataPage(QWidget):
 
     def show_scan(self, result: ScanResult) -> None:
         ds = result.dataset
+        summary = result.summary or summarize(ds)
         self.folder.setText(str(ds.root))
-        counts = ds.class_counts()
+        counts = summary.class_counts
         self.table.setRowCount(len(ds.classes))
         for row, c in enumerate(ds.classes):
             self.table.setItem(row, 0, QTableWidgetItem(c))
@@ -94,7 +95,7 @@ class DataPage(QWidget):
                 strip.setPixmap(QPixmap.fromImage(image))
             self.table.setCellWidget(row, 2, strip)
             self.table.setRowHeight(row, 64)
-        s = ds.split_counts()
+        s = summary.split_counts
         self.splits.setText(f"<b>Split</b>: {len(ds.images)} images — {s['train']} to train, "
                             f"{s['validation']} to validate, {s['test']} to test")
         self.report.setText(report_html(ds))
