@@ -45,6 +45,24 @@ class Preferences:
         self.store.setValue("predict/last_model_folder", value)
 
     @property
+    def images_folder(self) -> str:
+        """Where images to classify were last added from."""
+        return self._get("predict/images_folder")
+
+    @images_folder.setter
+    def images_folder(self, value: str) -> None:
+        self.store.setValue("predict/images_folder", value)
+
+    @property
+    def save_folder(self) -> str:
+        """Where predictions were last saved."""
+        return self._get("predict/save_folder")
+
+    @save_folder.setter
+    def save_folder(self, value: str) -> None:
+        self.store.setValue("predict/save_folder", value)
+
+    @property
     def backbone(self) -> str:
         return self._get("features/backbone")
 

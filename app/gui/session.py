@@ -79,6 +79,12 @@ class PredictOutcome:
 
 
 @dataclass
+class ReviewOutcome:
+    run: Retraining
+    review: Any  # app.core.review.Review
+
+
+@dataclass
 class RunOutcome:
     """What a caching or training job returns: the run it worked on (a copy) and the session
     object it was copied from, so that a stale outcome can be recognised."""
@@ -101,6 +107,7 @@ class Session(QObject):
         self.predictor = None  # app.core.predict.Predictor, once built or loaded
         self.predictor_source = ""
         self.generation = 0  # bumped whenever the model behind predictions changes
+        self.review = None  # app.core.review.Review of the current trained model
         self.device = ""
         self._scan_ticket = 0
         self._summary: tuple[Dataset, DataSummary] | None = None
@@ -211,7 +218,8 @@ class Session(QObject):
         """The run behind the current model when it was trained in this session."""
         return self.model if isinstance(self.model, Retraining) else None
 
-    def misclassified_job(self, items: list[dict], size: int = 96) -> Job:
+    def thumbnails_job(self, items: list[dict], size: int = 96) -> Job:
+        """Thumbnails of ``items`` (entries with a "path"): ``[(entry, QImage | None)]``."""
         def job(progress: ProgressCallback, cancel: CancelToken) -> list:
             out = []
             for m in items:
@@ -220,6 +228,96 @@ class Session(QObject):
             return out
 
         return job
+
+    # --- reviewing the trained model ----------------------------------------------------
+    def review_job(self) -> Job:
+        """Every test image's answer, the hardest training images and the validation
+        images' unknown scores of the current trained model (cached features only)."""
+        run = self.trained_run
+        if run is None:
+            raise RuntimeError("train a model first")
+
+        def job(progress: ProgressCallback, cancel: CancelToken) -> ReviewOutcome:
+            from app.core.review import review
+
+            return ReviewOutcome(run, review(run))
+
+        return job
+
+    def apply_review(self, outcome: ReviewOutcome) -> bool:
+        """Keep the review; False (dropped) when another model came since."""
+        if outcome.run is not self.trained_run:
+            return False
+        self.review = outcome.review
+        return True
+
+    def set_unknown_threshold(self, threshold: float) -> dict | None:
+        """Use ``threshold`` for "unknown" answers from now on (and in the next export);
+        returns what it does on the validation images, None without a detector."""
+        from app.core.review import threshold_effect
+
+        run, detector = self.trained_run, None
+        if run is not None and run.trust is not None:
+            detector = run.trust.detector
+        targets = [detector, getattr(self.predictor, "unknown", None)]
+        if not any(t is not None for t in targets):
+            return None
+        for target in targets:
+            if target is not None:
+                target.threshold = float(threshold)
+        scores = self.review.validation_scores if self.review is not None else None
+        return threshold_effect(scores, threshold)
+
+    # --- fixing labels ------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path | None:
+        run = self.retraining
+        return None if run is None or run.dataset is None else Path(run.dataset.root)
+
+    def move_image(self, path: str, new_class: str):
+        """Move ``path`` into the class folder ``new_class`` of the data folder (a real file
+        move, journaled); returns the core Move. Raises LabelError (nothing changed)."""
+        from app.core.labels import LabelError, move_image
+
+        if self.data_dir is None:
+            raise LabelError("open the data folder first")
+        return move_image(self.data_dir, path, new_class)
+
+    def undo_move(self):
+        from app.core.labels import LabelError, undo_move
+
+        if self.data_dir is None:
+            raise LabelError("open the data folder first")
+        return undo_move(self.data_dir)
+
+    def moves(self) -> list:
+        from app.core.labels import moves
+
+        return [] if self.data_dir is None else moves(self.data_dir)
+
+    def exclude(self, entry: dict, exclude: bool = True) -> None:
+        """Leave ``entry``'s image (by content) out of the next training runs."""
+        from app.core.labels import LabelError, set_excluded
+
+        digest = entry.get("digest") or self._digest_of(entry["path"])
+        if self.data_dir is None or not digest:
+            raise LabelError(f"{entry['path']} is not an image of the open data folder")
+        set_excluded(self.cache_dir or user_cache_dir(), self.data_dir, digest,
+                     entry["path"], exclude)
+
+    def excluded(self) -> dict[str, str]:
+        from app.core.labels import excluded
+
+        if self.data_dir is None:
+            return {}
+        return excluded(self.cache_dir or user_cache_dir(), self.data_dir)
+
+    def _digest_of(self, path: str) -> str:
+        run = self.retraining
+        for r in (run.dataset.images if run is not None and run.dataset else ()):
+            if r.path == path:
+                return r.digest
+        return ""
 
     # --- the model ----------------------------------------------------------------------
     @property
@@ -254,6 +352,7 @@ class Session(QObject):
     def _set_model(self, model: Retraining | str, predictor: Any, source: str) -> None:
         self.generation += 1
         self.model, self.predictor, self.predictor_source = model, predictor, source
+        self.review = None
         self.predictor_changed.emit(source)
 
     # --- prediction ---------------------------------------------------------------------
@@ -296,7 +395,8 @@ class Session(QObject):
 
 
 def predictions_csv(results: list[Predicted], sep: str = ",") -> str:
-    """path, label_1, probability_1, …, error — one row per file."""
+    """path, label_1, probability_1, …, unknown, score, error — one row per file (unknown
+    and score empty when the model has no unknown test)."""
     import csv
     import io
 
@@ -306,7 +406,7 @@ def predictions_csv(results: list[Predicted], sep: str = ",") -> str:
     header = ["path"]
     for i in range(1, k + 1):
         header += [f"label_{i}", f"probability_{i}"]
-    writer.writerow([*header, "error"])
+    writer.writerow([*header, "unknown", "score", "error"])
     for r in results:
         p = r.prediction
         row = [p.path]
@@ -315,5 +415,7 @@ def predictions_csv(results: list[Predicted], sep: str = ",") -> str:
                 row += [p.top[i]["label"], f"{p.top[i]['probability']:.6f}"]
             else:
                 row += ["", ""]
-        writer.writerow([*row, p.error or ""])
+        unknown = "" if p.unknown is None else str(bool(p.unknown)).lower()
+        score = "" if p.score is None else f"{p.score:.6f}"
+        writer.writerow([*row, unknown, score, p.error or ""])
     return buf.getvalue()

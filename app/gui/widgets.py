@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QMimeData
+from PySide6.QtCore import QMimeData, QStandardPaths
 from PySide6.QtWidgets import QLabel
 
 
@@ -49,3 +49,14 @@ def duration(seconds: float | None) -> str:
 
 def percent(value: float | None) -> str:
     return "—" if value is None else f"{value:.1%}"
+
+
+def dialog_folder(*candidates: str | None) -> str:
+    """Where a file dialog opens: the first of ``candidates`` (last-used folders) that
+    exists, else the user's Pictures folder, else home. Never "" — Qt would open the working
+    directory, which may be the app's install or source folder."""
+    pictures = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.PicturesLocation)
+    for folder in (*candidates, pictures, str(Path.home())):
+        if folder and Path(folder).expanduser().is_dir():
+            return str(Path(folder).expanduser())
+    return str(Path.home())

@@ -25,6 +25,7 @@ from app.core.paths import last_model_dir
 from app.gui.activity import ActivityLabel, progress_text, say_while
 from app.gui.closing import SAVING, quit_question, stops_on_quit
 from app.gui.errors import ErrorBanner, log, setup_logging
+from app.gui.fixes import Fixes
 from app.gui.pages.data import DataPage
 from app.gui.pages.evaluate import EvaluatePage
 from app.gui.pages.features import NO_DATA, FeaturesPage
@@ -33,7 +34,7 @@ from app.gui.pages.train import TrainPage
 from app.gui.pages.train_mode import TrainContext
 from app.gui.preferences import Preferences, default_settings
 from app.gui.session import RunOutcome, Session
-from app.gui.widgets import local_paths
+from app.gui.widgets import dialog_folder, local_paths
 from app.gui.worker import Jobs, Worker
 
 PAGES = ("Data", "Features", "Train", "Evaluate", "Predict")
@@ -139,9 +140,11 @@ class MainWindow(QMainWindow):
         self.train.stop_requested.connect(lambda: self.cancel_heavy("training"))
         self.train.export_requested.connect(self.choose_export)
         self.evaluate.export_requested.connect(self.choose_export)
-        self.evaluate.thumbnails_wanted.connect(self._load_misclassified)
+        self.fixes = Fixes(self)
         self.predict.predict_requested.connect(self.predict_paths)
         self.predict.open_model_requested.connect(self.choose_model)
+        self.predict.saved.connect(lambda path: self.statusBar().showMessage(
+            f"Predictions saved to {path}", 10000))
         self.session.predictor_changed.connect(self.predict.set_model)
         self.session.dataset_changed.connect(self._data_changed)
         for signal in (self.session.dataset_changed, self.session.cache_changed,
@@ -164,6 +167,7 @@ class MainWindow(QMainWindow):
             self.features.set_weights(p.weights if p.weights != "file" else p.weights_file)
         self.features.compute_on.set_engine(p.compute_engine, p.ray_address)
         self.train.set_settings(p.training)
+        self.predict.images_dir, self.predict.save_dir = p.images_folder, p.save_folder
         self.features.set_mode(self.train.mode.mode())
         self._describe_training()
 
@@ -175,6 +179,7 @@ class MainWindow(QMainWindow):
         p.weights_file = self.features.weights_file.text()
         p.compute_engine = self.features.compute_on.chosen()
         p.ray_address = self.features.compute_on.address.text().strip()
+        p.images_folder, p.save_folder = self.predict.images_dir, self.predict.save_dir
         try:
             p.training = self.train.settings()
         except ValueError:
@@ -201,7 +206,8 @@ class MainWindow(QMainWindow):
 
     # --- data ---------------------------------------------------------------------------
     def choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Data folder", self.prefs.last_folder)
+        folder = QFileDialog.getExistingDirectory(self, "Data folder",
+                                                  dialog_folder(self.prefs.last_folder))
         if folder:
             self.load_folder(folder)
 
@@ -215,12 +221,14 @@ class MainWindow(QMainWindow):
             self.open_model(str(model), show=False,
                             source=f"the last model trained, reopened from {model}")
 
-    def load_folder(self, folder: str) -> None:
+    def load_folder(self, folder: str, show: bool = True) -> None:
+        """Read ``folder`` (in the background); ``show``: go to the Data page."""
         if self.heavy is not None:
             self.banner.show_warning(f"Stop {self.heavy.name} before opening another folder.")
             return
         self.prefs.last_folder = folder
-        self.show_page("Data")
+        if show:
+            self.show_page("Data")
         self.data.set_busy(folder)
         worker = self.jobs.start("reading the folder", self.session.scan_job(folder),
                                  on_result=self._scanned, on_done=self.data.set_idle)
@@ -230,7 +238,7 @@ class MainWindow(QMainWindow):
         if not self.session.apply_scan(result):
             return  # another folder was asked for since
         self.data.show_scan(result)
-        self.predict.start_dir = str(result.dataset.root)
+        self.predict.data_dir = str(result.dataset.root)
         self.features.show_skipped(result.dataset.skipped)
         self.statusBar().showMessage(f"{len(result.dataset.images)} images in "
                                      f"{len(result.dataset.classes)} classes", 5000)
@@ -304,6 +312,7 @@ class MainWindow(QMainWindow):
             self.save_last_model(run)
             if not self._quitting and run.evaluation is not None:
                 self.evaluate.show_evaluation(run.evaluation)
+                self.fixes.start_review()
 
     def _remember_run(self, run) -> None:
         """Measured time per epoch (per training image) and the layers a fine-tune run
@@ -369,17 +378,13 @@ class MainWindow(QMainWindow):
         self.activity.track(self._saving, "Saving the model for the next start…")
         return self._saving
 
-    def _load_misclassified(self, items: list) -> None:
-        self.jobs.start("loading thumbnails", self.session.misclassified_job(items),
-                        on_result=self.evaluate.show_thumbnails)
-
     # --- export and models --------------------------------------------------------------
     def choose_export(self) -> None:
         if self.session.trained_run is None:
             self.banner.show_warning("Train a model first: only a model trained in this "
                                      "window can be exported.")
             return
-        start = str(Path(self.prefs.last_model_folder or Path.home()) / "flower-model")
+        start = export_suggestion(self.prefs.last_model_folder, self.session.data_dir)
         folder, _ = QFileDialog.getSaveFileName(self, "Export model folder", start)
         if folder:
             self.export_to(folder)
@@ -405,7 +410,7 @@ class MainWindow(QMainWindow):
 
     def choose_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder",
-                                                  self.prefs.last_model_folder)
+                                                  dialog_folder(self.prefs.last_model_folder))
         if folder:
             self.open_model(folder)
 
@@ -440,7 +445,7 @@ class MainWindow(QMainWindow):
 
     def _predicted(self, outcome) -> None:
         if self.session.apply_predictions(outcome):
-            self.predict.show_results(outcome.results)
+            self.predict.add_results(outcome.results)
         else:
             self.statusBar().showMessage("The model changed while those images were being "
                                          "classified: add them again for the new model's "
@@ -507,3 +512,14 @@ class MainWindow(QMainWindow):
         if not busy and self._quitting == "waiting":
             self._quitting = "ready"
             QTimer.singleShot(0, self.close)
+
+
+def export_suggestion(last_parent: str, data_dir: Path | None) -> str:
+    """Where Export proposes to write: ``<data folder name>-model`` beside the data folder
+    (or in the folder last exported to); never the app's own folder."""
+    name = f"{data_dir.name}-model" if data_dir is not None else "image-model"
+    if last_parent and Path(last_parent).is_dir():
+        return str(Path(last_parent) / name)
+    if data_dir is not None:
+        return str(data_dir.parent / name)
+    return str(Path(dialog_folder("")) / name)

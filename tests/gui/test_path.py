@@ -141,8 +141,10 @@ def test_corrupt_file_shows_in_skipped_list(qtbot, window, tmp_path):
     use_tiny(window)
     window.features.start.click()
     wait_idle(qtbot, window)
-    rows = {window.features.skipped.item(r, 0).text(): window.features.skipped.item(r, 1).text()
-            for r in range(window.features.skipped.rowCount())}
+    table = window.features.skipped
+    rows = {table.item(r, 0).text(): (table.item(r, 1).text(), table.item(r, 2).text())
+            for r in range(table.rowCount())}
     assert "notes.jpg" in rows and "truncated.jpg" in rows, rows
-    assert rows["truncated.jpg"]
+    assert rows["truncated.jpg"][0] == "red" and rows["notes.jpg"][0] == "green"
+    assert rows["truncated.jpg"][1]
     assert "2 skipped" in window.features.counts.text()

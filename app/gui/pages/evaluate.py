@@ -1,31 +1,42 @@
-"""Step 4: how good is the model on the test images it never saw."""
+"""Step 4: how good is the model on the test images it never saw, how far its probabilities
+can be trusted, and the images to fix: misclassified test images, the images behind a
+confusion-matrix cell, the hardest training images, and the moves made so far (undoable)."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QIcon, QPixmap
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QDialog,
     QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QListWidget,
-    QListWidgetItem,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
+from app.gui.pages.image_grid import ImageDialog, ImageGrid  # noqa: F401  (ImageDialog: API)
+from app.gui.pages.trust_panel import TrustPanel
 from app.gui.widgets import heading, hint, percent
+
+FEW_IMAGES_TIP = ("Fewer than 5 test images: this class's scores can swing by 20% with one "
+                  "image; add photos before trusting them")
+
+
+def hardest_caption(e: dict) -> str:
+    return f"{e['true']} → {e['predicted']}\nloss {e['loss']:.2f}"
 
 
 class EvaluatePage(QWidget):
     export_requested = Signal()
-    thumbnails_wanted = Signal(list)  # misclassified entries
+    cell_wanted = Signal(str, str)  # true label, predicted label
+    undo_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -50,6 +61,15 @@ class EvaluatePage(QWidget):
             grid.addWidget(name, 0, col)
             grid.addWidget(value, 1, col)
             self.scores[key] = value
+        self.interval = QLabel("")
+        self.interval.setToolTip("95% Wilson interval: with this few test images the true "
+                                 "accuracy on new photos is likely anywhere in this range")
+        grid.addWidget(self.interval, 2, 0)
+        self.few = QLabel("")
+        self.few.setWordWrap(True)
+        self.few.setToolTip(FEW_IMAGES_TIP)
+        self.few.setStyleSheet("color: #b35900;")
+        grid.addWidget(self.few, 2, 1, 1, 4)
         self.export = QPushButton("E&xport model…")
         self.export.setToolTip("Write the model folder (model.keras, labels, metadata)")
         self.export.setEnabled(False)
@@ -61,7 +81,9 @@ class EvaluatePage(QWidget):
         self.confusion = QTableWidget()
         self.confusion.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.confusion.setToolTip("Rows: true class; columns: predicted class. Darker = more "
-                                  "images; the diagonal is what the model gets right.")
+                                  "images; the diagonal is what the model gets right. Click a "
+                                  "cell to see its images.")
+        self.confusion.cellClicked.connect(self._cell_clicked)
         self.per_class = QTableWidget(0, 4)
         self.per_class.setHorizontalHeaderLabels(["Class", "Precision", "Recall", "Images"])
         self.per_class.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -69,25 +91,42 @@ class EvaluatePage(QWidget):
         self.per_class.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.per_class.setToolTip("Precision: of the images called this class, how many are. "
                                   "Recall: of the images of this class, how many were found.")
-        self.wrong = QListWidget()
-        self.wrong.setViewMode(QListWidget.ViewMode.IconMode)
-        self.wrong.setIconSize(QSize(96, 96))
-        self.wrong.setResizeMode(QListWidget.ResizeMode.Adjust)
-        self.wrong.setMinimumHeight(140)
-        self.wrong.setToolTip("Test images the model got wrong; click one to look at it")
-        self.wrong.itemActivated.connect(self._open)
-        self.wrong.itemClicked.connect(self._open)
+        self.trust = TrustPanel()
+
+        self.wrong = ImageGrid("No misclassified test images.")
+        self.wrong.setToolTip("Test images the model got wrong")
+        self.cell = ImageGrid("Click a cell of the confusion matrix to see its images.")
+        self.hardest = ImageGrid("The training images the model finds hardest show here "
+                                 "after training.", hardest_caption)
+        self.moves = QListWidget()
+        self.moves.setToolTip("Files moved to another class folder, latest last")
+        self.undo = QPushButton("&Undo last move")
+        self.undo.setToolTip("Move the last moved file back where it was")
+        self.undo.setEnabled(False)
+        self.undo.clicked.connect(self.undo_requested)
+        self.fixes_note = hint("Retrain after fixing labels: features are cached by content, "
+                               "so nothing is computed again.")
+        fixes = QWidget()
+        fixes_layout = QVBoxLayout(fixes)
+        fixes_layout.addWidget(self.fixes_note)
+        fixes_layout.addWidget(self.moves, 1)
+        fixes_layout.addWidget(self.undo, 0, Qt.AlignmentFlag.AlignLeft)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.wrong, "Misclassified test images")
+        self.tabs.addTab(self.cell, "Confusion cell")
+        self.tabs.addTab(self.hardest, "Hardest training images")
+        self.tabs.addTab(fixes, "Moves")
 
         tables = QHBoxLayout()
         left = QVBoxLayout()
         left.addWidget(QLabel("<b>Confusion matrix</b> (rows: true, columns: predicted)"))
         left.addWidget(self.confusion)
-        right = QVBoxLayout()
-        right.addWidget(QLabel("<b>Per class</b>"))
-        right.addWidget(self.per_class)
+        middle = QVBoxLayout()
+        middle.addWidget(QLabel("<b>Per class</b>"))
+        middle.addWidget(self.per_class)
         tables.addLayout(left, 3)
-        tables.addLayout(right, 2)
-        self.wrong_title = QLabel("<b>Misclassified test images</b>")
+        tables.addLayout(middle, 2)
+        tables.addWidget(self.trust, 3)
         layout = QVBoxLayout(self)
         layout.addWidget(heading("4  Evaluate"))
         self.note = hint("Train a model first; its scores on the held-out test images show "
@@ -95,8 +134,12 @@ class EvaluatePage(QWidget):
         layout.addWidget(self.note)
         layout.addLayout(top)
         layout.addLayout(tables, 3)
-        layout.addWidget(self.wrong_title)
-        layout.addWidget(self.wrong, 2)
+        layout.addWidget(self.tabs, 3)
+        self.labels: list[str] = []
+
+    @property
+    def grids(self) -> tuple[ImageGrid, ...]:
+        return (self.wrong, self.cell, self.hardest)
 
     def show_evaluation(self, ev) -> None:
         self.export.setEnabled(True)
@@ -104,6 +147,12 @@ class EvaluatePage(QWidget):
         for key, label in self.scores.items():
             v = getattr(ev, key)
             label.setText(str(v) if key == "count" else percent(v))
+        ci = getattr(ev, "accuracy_interval", None)
+        self.interval.setText(f"95% interval: {ci[0]:.0%} – {ci[1]:.0%}" if ci else "")
+        few = list(getattr(ev, "few_images", []) or [])
+        self.few.setText(f"⚠ Fewer than 5 test images: {', '.join(few)} — too few to judge "
+                         "these classes" if few else "")
+        self.labels = list(ev.labels)
         n = len(ev.labels)
         self.confusion.setRowCount(n)
         self.confusion.setColumnCount(n)
@@ -116,59 +165,52 @@ class EvaluatePage(QWidget):
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 item.setBackground(QBrush(_heat(value / peak, i == j)))
                 item.setForeground(QBrush(QColor("white" if value / peak > 0.5 else "black")))
-                item.setToolTip(f"true {ev.labels[i]}, predicted {ev.labels[j]}: {value}")
+                item.setToolTip(f"true {ev.labels[i]}, predicted {ev.labels[j]}: {value} "
+                                "(click to see them)")
                 self.confusion.setItem(i, j, item)
         self.confusion.horizontalHeader().setSectionResizeMode(
             QHeaderView.ResizeMode.ResizeToContents)
         self.per_class.setRowCount(n)
         for row, name in enumerate(ev.labels):
             pc = ev.per_class.get(name, {})
-            for col, text in enumerate((name, percent(pc.get("precision")),
-                                        percent(pc.get("recall")), str(pc.get("support", 0)))):
-                self.per_class.setItem(row, col, QTableWidgetItem(text))
-        self.wrong.clear()
-        self.wrong_title.setText(f"<b>Misclassified test images</b> ({len(ev.misclassified)}"
-                                 "; click one to see it)")
-        self.thumbnails_wanted.emit(list(ev.misclassified[:200]))
+            support = str(pc.get("support", 0))
+            cells = (name, percent(pc.get("precision")), percent(pc.get("recall")),
+                     f"⚠ {support}" if pc.get("few_images") else support)
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if pc.get("few_images"):
+                    item.setToolTip(FEW_IMAGES_TIP)
+                self.per_class.setItem(row, col, item)
+        self.trust.show_calibration(getattr(ev, "calibration", None),
+                                    getattr(ev, "reliability", None))
+        for grid in self.grids:
+            grid.set_classes(self.labels)
+        self.wrong.set_items(ev.misclassified)
+        self.tabs.setTabText(0, f"Misclassified test images ({len(ev.misclassified)})")
+        self.cell.set_items([])
+        self.tabs.setTabText(1, "Confusion cell")
 
-    def show_thumbnails(self, items) -> None:
-        self.wrong.clear()
-        for m, image in items:
-            icon = QIcon(QPixmap.fromImage(image)) if image is not None else QIcon()
-            item = QListWidgetItem(icon, f"{m['predicted']}\n(is {m['true']})")
-            item.setData(Qt.ItemDataRole.UserRole, m)
-            item.setToolTip(f"{m['path']}\ntrue: {m['true']}\npredicted: {m['predicted']} "
-                            f"({m['confidence']:.0%})")
-            self.wrong.addItem(item)
+    def show_review(self, review) -> None:
+        """The hardest training images of the model just reviewed."""
+        self.hardest.set_items(review.hardest)
+        self.tabs.setTabText(2, f"Hardest training images ({len(review.hardest)})")
 
-    def _open(self, item: QListWidgetItem) -> None:
-        m = item.data(Qt.ItemDataRole.UserRole)
-        ImageDialog(m, self).open()
+    def show_cell(self, true: str, predicted: str, entries: list[dict]) -> None:
+        self.cell.set_items(entries)
+        what = "right" if true == predicted else f"predicted {predicted}"
+        self.tabs.setTabText(1, f"{true}, {what} ({len(entries)})")
+        self.tabs.setCurrentWidget(self.cell)
 
+    def show_moves(self, moves: list) -> None:
+        self.moves.clear()
+        for m in moves:
+            self.moves.addItem(f"{m.source}  →  {m.target}")
+        self.undo.setEnabled(bool(moves))
+        self.tabs.setTabText(3, f"Moves ({len(moves)})")
 
-class ImageDialog(QDialog):
-    """One misclassified image, large, with its true and predicted label."""
-
-    def __init__(self, m: dict, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle(m["path"].rsplit("/", 1)[-1])
-        picture = QLabel()
-        pix = QPixmap(m["path"])
-        if not pix.isNull():
-            pix = pix.scaled(640, 640, Qt.AspectRatioMode.KeepAspectRatio,
-                             Qt.TransformationMode.SmoothTransformation)
-        picture.setPixmap(pix)
-        picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        text = QLabel(f"True label: <b>{m['true']}</b><br>Predicted: <b>{m['predicted']}</b> "
-                      f"({m['confidence']:.0%} sure)<br><small>{m['path']}</small>")
-        text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = QPushButton("Close")
-        close.clicked.connect(self.accept)
-        layout = QVBoxLayout(self)
-        layout.addWidget(picture)
-        layout.addWidget(text)
-        layout.addWidget(close, 0, Qt.AlignmentFlag.AlignRight)
-        self.text = text
+    def _cell_clicked(self, row: int, column: int) -> None:
+        if row < len(self.labels) and column < len(self.labels):
+            self.cell_wanted.emit(self.labels[row], self.labels[column])
 
 
 def _heat(fraction: float, diagonal: bool) -> QColor:

@@ -101,13 +101,13 @@ class FeaturesPage(QWidget):
         row.addWidget(self.bar, 1)
         row.addWidget(self.rate)
 
-        self.skipped = QTableWidget(0, 2)
-        self.skipped.setHorizontalHeaderLabels(["Skipped file", "Reason"])
+        self.skipped = QTableWidget(0, 3)
+        self.skipped.setHorizontalHeaderLabels(["Skipped file", "Class folder", "Reason"])
         self.skipped.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.skipped.verticalHeader().setVisible(False)
         self.skipped.horizontalHeader().setSectionResizeMode(
             0, QHeaderView.ResizeMode.ResizeToContents)
-        self.skipped.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.skipped.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.skipped.setToolTip("Files that were left out, and why")
 
         layout = QVBoxLayout(self)
@@ -247,7 +247,9 @@ class FeaturesPage(QWidget):
             item = QTableWidgetItem(s.path.rsplit("/", 1)[-1])
             item.setToolTip(s.path)
             self.skipped.setItem(row, 0, item)
-            self.skipped.setItem(row, 1, QTableWidgetItem(s.reason))
+            self.skipped.setItem(row, 1, QTableWidgetItem(s.path.rsplit("/", 2)[-2]
+                                                          if s.path.count("/") > 1 else ""))
+            self.skipped.setItem(row, 2, QTableWidgetItem(s.reason))
         self._update_buttons()
 
     def show_error(self, message: str = "") -> None:

@@ -1,6 +1,11 @@
-"""Step 5: drop images (or a folder) anywhere on the page and see what the model says."""
+"""Step 5: drop images (or a folder) anywhere on the page and see what the model says.
+
+Dropped or added images join the list (Clear empties it). An image the model calls unknown
+reads "Unknown — closest: daisy (41%)", not a confident wrong label."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication, QPixmap
@@ -20,12 +25,13 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.session import Predicted, predictions_csv
-from app.gui.widgets import heading, hint, local_paths
+from app.gui.widgets import dialog_folder, heading, hint, local_paths
 
 
 class PredictPage(QWidget):
     predict_requested = Signal(list)  # paths (files or folders)
     open_model_requested = Signal()
+    saved = Signal(str)  # the CSV file written
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -49,6 +55,12 @@ class PredictPage(QWidget):
         self.save = QPushButton("Save &CSV…")
         self.save.setToolTip("Save the results as a CSV file")
         self.save.clicked.connect(self._save)
+        self.clear = QPushButton("C&lear")
+        self.clear.setToolTip("Empty the list")
+        self.clear.clicked.connect(lambda: self.show_results([]))
+        self.saved_note = QLabel("")
+        self.saved_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.saved_note.setVisible(False)
         self.bar = QProgressBar()
         self.bar.setVisible(False)
         row = QHBoxLayout()
@@ -58,6 +70,7 @@ class PredictPage(QWidget):
         row.addStretch(0)
         row.addWidget(self.copy)
         row.addWidget(self.save)
+        row.addWidget(self.clear)
 
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["Image", "File", "Labels"])
@@ -75,9 +88,12 @@ class PredictPage(QWidget):
         layout.addWidget(hint("Drop one or many images, or a folder, anywhere on this page."))
         layout.addWidget(self.model)
         layout.addLayout(row)
+        layout.addWidget(self.saved_note)
         layout.addWidget(self.table, 1)
         self.results: list[Predicted] = []
-        self.start_dir = ""  # where "Add images…" opens (the data folder, once there is one)
+        self.images_dir = ""  # the folder images were last added from
+        self.data_dir = ""  # the open data folder: where "Add images…" opens before that
+        self.save_dir = ""  # the folder a CSV was last saved to
         self._update_buttons()
 
     def set_model(self, source: str) -> None:
@@ -94,10 +110,18 @@ class PredictPage(QWidget):
         self.bar.setRange(0, max(1, p.total))
         self.bar.setValue(p.done)
 
+    def add_results(self, results: list[Predicted]) -> None:
+        """More answers: they join the list (newest last)."""
+        self.show_results(self.results + list(results))
+
     def show_results(self, results: list[Predicted]) -> None:
-        self.results = results
+        old = len(self.results) if results[:len(self.results)] == self.results else 0
+        self.results = list(results)
+        self.saved_note.setVisible(False)
         self.table.setRowCount(len(results))
         for row, r in enumerate(results):
+            if row < old:
+                continue  # already shown
             pred = r.prediction
             picture = QLabel()
             picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -108,29 +132,42 @@ class PredictPage(QWidget):
             name.setToolTip(pred.path)
             self.table.setItem(row, 1, name)
             self.table.setCellWidget(row, 2, _labels(pred))
-            self.table.setRowHeight(row, max(80, 26 * max(1, len(pred.top)) + 8))
+            extra = 22 if pred.unknown else 0
+            self.table.setRowHeight(row, max(80, 26 * max(1, len(pred.top)) + 8 + extra))
+        if len(results) > old:
+            self.table.scrollToBottom()
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        self.copy.setEnabled(bool(self.results))
-        self.save.setEnabled(bool(self.results))
+        for w in (self.copy, self.save, self.clear):
+            w.setEnabled(bool(self.results))
 
     def _choose(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(
-            self, "Images to classify", self.start_dir,
+            self, "Images to classify", dialog_folder(self.images_dir, self.data_dir),
             "Images (*.jpg *.jpeg *.png *.bmp *.gif *.webp *.tif *.tiff);;All files (*)")
         if paths:
+            self.images_dir = str(Path(paths[0]).parent)
             self.predict_requested.emit(paths)
 
     def _copy(self) -> None:
         QGuiApplication.clipboard().setText(predictions_csv(self.results, "\t"))
 
     def _save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save predictions", "predictions.csv",
+        start = Path(dialog_folder(self.save_dir, self.images_dir)) / "predictions.csv"
+        path, _ = QFileDialog.getSaveFileName(self, "Save predictions", str(start),
                                               "CSV (*.csv)")
         if path:
-            with open(path, "w", encoding="utf-8", newline="") as f:
-                f.write(predictions_csv(self.results))
+            self.save_csv(path)
+
+    def save_csv(self, path: str) -> None:
+        """Write the list as CSV to ``path`` and say where it went."""
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(predictions_csv(self.results))
+        self.save_dir = str(Path(path).parent)
+        self.saved_note.setText(f"✔ Saved {len(self.results)} rows to {path}")
+        self.saved_note.setVisible(True)
+        self.saved.emit(path)
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802
         if local_paths(event.mimeData()):
@@ -158,6 +195,14 @@ def _labels(pred) -> QWidget:
         error.setStyleSheet("color: #d62728;")
         layout.addWidget(error)
         return box
+    if pred.unknown and pred.top:
+        best = pred.top[0]
+        unknown = QLabel(f"<b>Unknown</b> — closest: {best['label']} "
+                         f"({best['probability']:.0%})")
+        unknown.setToolTip("This image does not look like the training classes enough "
+                           "(its score is below the threshold set on the Evaluate page); "
+                           "the bars show what it resembles most")
+        layout.addWidget(unknown)
     for t in pred.top:
         bar = QProgressBar()
         bar.setRange(0, 1000)

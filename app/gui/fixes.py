@@ -1,0 +1,148 @@
+"""Wiring of the Evaluate page's review side to the session: the review job after training,
+the unknown threshold, confusion cells, thumbnails a page at a time, and fixing labels (move
+with undo, exclude, open). It starts jobs and applies their results on the GUI thread; the
+computing is in app.core."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject, QUrl
+from PySide6.QtGui import QDesktopServices
+
+from app.core.labels import LabelError
+from app.gui.pages.image_grid import ImageGrid
+
+if TYPE_CHECKING:
+    from app.gui.window import MainWindow
+
+
+class Fixes(QObject):
+    def __init__(self, win: MainWindow) -> None:
+        super().__init__(win)
+        self.win, self.session, self.page = win, win.session, win.evaluate
+        self.review_worker = None
+        page = self.page
+        for grid in page.grids:
+            grid.thumbnails_wanted.connect(self.load_thumbnails)
+            grid.move_requested.connect(self.move)
+            grid.exclude_requested.connect(self.exclude)
+            grid.open_requested.connect(self.open)
+        page.cell_wanted.connect(self.show_cell)
+        page.undo_requested.connect(self.undo)
+        page.trust.threshold_moved.connect(self.set_threshold)
+        self.session.dataset_changed.connect(lambda _ds: self.page.show_moves(
+            self.session.moves()))
+
+    # --- after training -----------------------------------------------------------------
+    def start_review(self):
+        try:
+            job = self.session.review_job()
+        except RuntimeError:
+            return None
+        self.review_worker = self.win.jobs.start("reviewing the model", job,
+                                                 on_result=self._reviewed)
+        return self.review_worker
+
+    def _reviewed(self, outcome) -> None:
+        if not self.session.apply_review(outcome):
+            return  # another model since
+        from app.core.review import ThresholdScale
+
+        review = outcome.review
+        self.page.show_review(review)
+        scale = None
+        if review.default_threshold is not None:
+            scale = ThresholdScale.for_scores(review.method, review.validation_scores,
+                                              review.default_threshold)
+        run = self.session.trained_run
+        current = review.default_threshold
+        if run is not None and run.trust is not None and run.trust.detector is not None:
+            current = run.trust.detector.threshold  # what the session uses now
+        self.page.trust.set_threshold_range(scale, current, review.method)
+        self.page.trust.default = review.default_threshold
+
+    def set_threshold(self, threshold: float) -> None:
+        self.page.trust.show_effect(self.session.set_unknown_threshold(threshold))
+
+    def show_cell(self, true: str, predicted: str) -> None:
+        from app.core.review import cell_images
+
+        review = self.session.review
+        if review is None:
+            self.win.statusBar().showMessage("The images behind each cell are still being "
+                                             "gathered…", 5000)
+            return
+        self.page.show_cell(true, predicted, cell_images(review.test, true, predicted))
+
+    def load_thumbnails(self, grid: ImageGrid, ticket: int, start: int, entries: list) -> None:
+        self.win.jobs.start("loading thumbnails", self.session.thumbnails_job(entries),
+                            on_result=lambda out: grid.show_thumbnails(ticket, start, out))
+
+    # --- fixing labels ------------------------------------------------------------------
+    def _refused(self) -> bool:
+        if self.win.heavy is not None:
+            self.win.banner.show_warning(f"Stop {self.win.heavy.name} before moving files in "
+                                         "the data folder.")
+            return True
+        return False
+
+    def move(self, entry: dict, new_class: str) -> None:
+        if self._refused():
+            return
+        try:
+            move = self.session.move_image(entry["path"], new_class)
+        except LabelError as exc:
+            self.win.banner.show_warning(str(exc))
+            return
+        root = self.session.data_dir
+        self._relabel(str(root / move.source), str(root / move.target),
+                      f"moved to {new_class}")
+        self.win.statusBar().showMessage(f"Moved {move.source} to {move.target}", 10000)
+        self.rescan()
+
+    def undo(self) -> None:
+        if self._refused():
+            return
+        try:
+            move = self.session.undo_move()
+        except LabelError as exc:
+            self.win.banner.show_warning(str(exc))
+            return
+        root = self.session.data_dir
+        self._relabel(str(root / move.target), str(root / move.source), "")
+        self.win.statusBar().showMessage(f"Moved {move.target} back to {move.source}", 10000)
+        self.rescan()
+
+    def _relabel(self, old: str, new: str, note: str) -> None:
+        for grid in self.page.grids:
+            grid.relabel(old, new, note)
+        review = self.session.review
+        for e in review.test if review is not None else ():
+            if e["path"] == old:  # the confusion cells follow the file
+                e["path"] = new
+
+    def rescan(self) -> None:
+        """List the moves, and read the data folder again (class counts, splits) without
+        leaving the page."""
+        self.page.show_moves(self.session.moves())
+        root = self.session.data_dir
+        if root is not None:
+            self.win.load_folder(str(root), show=False)
+
+    def exclude(self, entry: dict) -> None:
+        try:
+            self.session.exclude(entry)
+        except LabelError as exc:
+            self.win.banner.show_warning(str(exc))
+            return
+        for grid in self.page.grids:
+            grid.relabel(entry["path"], entry["path"], "excluded from training")
+        n = len(self.session.excluded())
+        self.win.statusBar().showMessage(
+            f"{Path(entry['path']).name} is left out of the next training runs "
+            f"({n} image{'s' if n != 1 else ''} excluded)", 10000)
+
+    def open(self, entry: dict) -> None:
+        QDesktopServices.openUrl(QUrl.fromLocalFile(entry["path"]))

@@ -1,0 +1,141 @@
+"""How far the model's probabilities can be trusted: the reliability diagram before and after
+calibration with the 15-bin ECE and the temperature, and the "unknown" threshold slider with
+what it does on the validation images (computed by the session; this panel only shows it).
+
+pyqtgraph costs ~0.4 s to import, so the plot is built when the first evaluation arrives.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
+
+BEFORE, AFTER = "#ff7f0e", "#1f77b4"
+
+
+class TrustPanel(QWidget):
+    threshold_moved = Signal(float)  # the threshold the slider now stands for
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plot = None  # pyqtgraph PlotWidget, built on first use
+        self.curves: dict[str, object] = {}
+        self.ece = QLabel("")
+        self.ece.setWordWrap(True)
+        self.ece.setToolTip("Expected calibration error over 15 confidence bins: the mean gap "
+                            "between how sure the model says it is and how often it is right "
+                            "(test images). 0 is perfect.")
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setToolTip("Images whose score is below this threshold are answered "
+                               "\"Unknown\" (on the Predict page and in the exported model)")
+        self.slider.setEnabled(False)
+        self.slider.valueChanged.connect(self._moved)
+        self.reset = QPushButton("&Default")
+        self.reset.setToolTip("The threshold that keeps 95% of the validation images known")
+        self.reset.setEnabled(False)
+        self.reset.clicked.connect(self._reset)
+        self.effect = QLabel("")
+        self.effect.setWordWrap(True)
+        self.scale = None  # app.core.review.ThresholdScale
+        self.default = None
+        self.method: str | None = None
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._layout.addWidget(QLabel("<b>Are its probabilities right?</b> (reliability, "
+                                      "test images)"))
+        self._layout.addWidget(self.ece)
+        self._layout.addWidget(QLabel("<b>“Unknown” threshold</b>"))
+        row = QHBoxLayout()
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.reset)
+        self._layout.addLayout(row)
+        self._layout.addWidget(self.effect)
+
+    def _build_plot(self) -> None:
+        import pyqtgraph as pg
+
+        self.plot = pg.PlotWidget()
+        self.plot.setBackground(None)
+        self.plot.setMinimumHeight(160)
+        item = self.plot.getPlotItem()
+        item.setLabel("bottom", "confidence (how sure it says it is)")
+        item.setLabel("left", "accuracy")
+        item.setXRange(0, 1, padding=0.02)
+        item.setYRange(0, 1, padding=0.05)
+        item.showGrid(x=True, y=True, alpha=0.2)
+        item.setMouseEnabled(False, False)
+        item.hideButtons()
+        legend = item.addLegend(offset=(8, 8))
+        self.curves["ideal"] = item.plot([0, 1], [0, 1], name="perfect",
+                                         pen=pg.mkPen("#888", width=1,
+                                                      style=Qt.PenStyle.DashLine))
+        for key, colour, name in (("before", BEFORE, "before calibration"),
+                                  ("after", AFTER, "after calibration")):
+            self.curves[key] = item.plot([], [], name=name, pen=pg.mkPen(colour, width=2),
+                                         symbol="o", symbolSize=6, symbolBrush=colour,
+                                         symbolPen=None)
+        legend.setLabelTextColor(self.palette().windowText().color())
+        self._layout.insertWidget(1, self.plot, 1)
+
+    def show_calibration(self, calibration: dict | None, bins: dict | None) -> None:
+        """``calibration``: {"temperature", "ece_before", "ece_after"}; ``bins``: {"before",
+        "after"} reliability bins (app.core.calibration.reliability)."""
+        if self.plot is None:
+            self._build_plot()
+        for key in ("before", "after"):
+            table = (bins or {}).get(key) or []
+            used = [b for b in table if b["count"]]
+            self.curves[key].setData([b["confidence"] for b in used],
+                                     [b["accuracy"] for b in used])
+        if not calibration or calibration.get("ece_before") is None:
+            self.ece.setText("No test images: calibration cannot be judged.")
+            return
+        t = calibration["temperature"]
+        self.ece.setText(
+            f"ECE (15 bins): <b>{calibration['ece_before']:.3f}</b> before → "
+            f"<b>{calibration['ece_after']:.3f}</b> after calibration "
+            f"(temperature T = {t:.2f}: probabilities are softmax(logits / T); "
+            f"{'T > 1 softens over-confident' if t > 1 else 'T < 1 sharpens timid'} answers)")
+
+    def set_threshold_range(self, scale, threshold: float | None, method: str | None) -> None:
+        """A new model: the slider spans ``scale`` and stands at ``threshold`` (None: this
+        model has no unknown test)."""
+        self.scale, self.default, self.method = scale, threshold, method
+        on = scale is not None and threshold is not None
+        self.slider.setEnabled(on)
+        self.reset.setEnabled(on)
+        if not on:
+            self.effect.setText("No “unknown” answers: the validation split is empty.")
+            return
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, scale.steps)
+        self.slider.setValue(scale.position(threshold))
+        self.slider.blockSignals(False)
+        self.threshold_moved.emit(threshold)
+
+    def show_effect(self, effect: dict | None) -> None:
+        """What the threshold does on the validation images (from the session)."""
+        if effect is None:
+            self.effect.setText("")
+            return
+        t = effect["threshold"]
+        shown = f"{t:.0%}" if self.method == "max_probability" else f"{t:.3g}"
+        what = ("top probability" if self.method == "max_probability"
+                else f"{self.method} score")
+        fraction = effect["fraction"]
+        share = "—" if fraction is None else f"{fraction:.1%}"
+        self.effect.setText(
+            f"Unknown when the {what} is below <b>{shown}</b>: <b>{share}</b> of the "
+            f"{effect['count']} validation images ({effect['flagged']}) would be answered "
+            "“Unknown”.")
+
+    def _moved(self, position: int) -> None:
+        if self.scale is not None:
+            self.threshold_moved.emit(self.scale.value(position))
+
+    def _reset(self) -> None:
+        if self.scale is not None and self.default is not None:
+            self.slider.blockSignals(True)
+            self.slider.setValue(self.scale.position(self.default))
+            self.slider.blockSignals(False)
+            self.threshold_moved.emit(self.default)

@@ -1,0 +1,84 @@
+"""The Predict page as a new user found it: more images join the list and Clear empties it,
+"Unknown — closest: …" instead of a confident wrong label, Save CSV says where it went, file
+dialogs open in the user's folders (never the app's), Export suggests a name beside the data
+folder."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from PySide6.QtWidgets import QLabel, QProgressBar
+
+from app.core.predict import Prediction
+from app.gui.widgets import dialog_folder
+from app.gui.window import export_suggestion
+from tests.conftest import make_image
+
+
+class UnknownFirst:
+    """Answers 'daisy 41%' for every file, unknown for the files named 'cat*'."""
+
+    classes = ["daisy", "tulip"]
+
+    def predict(self, paths, top_k=3, progress=None, cancel=None):
+        return [Prediction(str(p), [{"label": "daisy", "probability": 0.41},
+                                    {"label": "tulip", "probability": 0.59 - 0.2}],
+                           unknown=Path(p).name.startswith("cat"), score=0.41)
+                for p in paths]
+
+
+def predict(qtbot, window, paths):
+    worker = window.predict_paths([str(p) for p in paths])
+    with qtbot.waitSignal(worker.done, timeout=30000):
+        pass
+    qtbot.waitUntil(lambda: not window.predict.bar.isVisible())
+
+
+def test_list_grows_unknown_reads_unknown_clear_and_save(qtbot, window, tmp_path):
+    cat = make_image(tmp_path / "cat.png", (90, 90, 90))
+    flower = make_image(tmp_path / "flower.png", (200, 200, 40))
+    window.session.apply_model(UnknownFirst(), "fake-model")
+    page = window.predict
+    assert not page.clear.isEnabled()
+    predict(qtbot, window, [cat])
+    predict(qtbot, window, [flower])
+    assert page.table.rowCount() == 2
+    assert [r.prediction.path for r in page.results] == [str(cat), str(flower)]
+    first = [w.text() for w in page.table.cellWidget(0, 2).findChildren(QLabel)]
+    assert "<b>Unknown</b> — closest: daisy (41%)" in first
+    second = [w.text() for w in page.table.cellWidget(1, 2).findChildren(QLabel)]
+    assert not any("Unknown" in t for t in second)
+    assert len(page.table.cellWidget(1, 2).findChildren(QProgressBar)) == 2
+
+    out = tmp_path / "out" / "answers.csv"
+    out.parent.mkdir()
+    page.save_csv(str(out))
+    assert page.saved_note.isVisibleTo(page) and str(out) in page.saved_note.text()
+    assert window.statusBar().currentMessage() == f"Predictions saved to {out}"
+    rows = list(csv.DictReader(out.open()))
+    assert [r["unknown"] for r in rows] == ["true", "false"]
+    assert rows[0]["label_1"] == "daisy" and rows[0]["score"] == "0.410000"
+    assert page.save_dir == str(out.parent)
+
+    page.clear.click()
+    assert page.table.rowCount() == 0 and page.results == []
+    assert not page.save.isEnabled() and not page.clear.isEnabled()
+
+
+def test_dialogs_start_in_the_users_folders_and_export_beside_the_data(tmp_path):
+    home = Path.home()
+    source = Path(__file__).resolve().parents[2]
+    assert dialog_folder("", str(tmp_path / "gone")) == str(home)  # no Pictures yet
+    (home / "Pictures").mkdir(exist_ok=True)
+    assert dialog_folder("") == str(home / "Pictures")
+    assert dialog_folder(str(tmp_path)) == str(tmp_path)  # the last-used folder wins
+    assert dialog_folder("") not in (os.getcwd(), str(source))
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    assert export_suggestion("", data) == str(tmp_path / "photos-model")
+    models = tmp_path / "models"
+    models.mkdir()
+    assert export_suggestion(str(models), data) == str(models / "photos-model")

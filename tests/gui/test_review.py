@@ -1,0 +1,139 @@
+"""The Evaluate page's answers a user can act on: a reliability diagram before and after
+calibration, the accuracy's interval and the classes too small to judge, the unknown slider
+(its effect on the validation images, and on the next predictions), the images behind a
+confusion cell a page at a time; fixing labels (move, undo, exclude) and retraining with no
+feature computed again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtWidgets import QLabel
+
+from app.core.labels import excluded
+from tests.conftest import make_dataset
+from tests.gui.conftest import open_folder, train, use_tiny
+from tests.gui.test_path import drop
+
+
+def trained(qtbot, window, tmp_path, per_class=16):
+    data = make_dataset(tmp_path / "photos", per_class=per_class)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    train(qtbot, window, epochs=2)
+    qtbot.waitUntil(lambda: window.session.review is not None, timeout=60000)
+    window.show_page("Evaluate")
+    return data
+
+
+def test_trust_panel_slider_and_confusion_cells(qtbot, window, tmp_path, monkeypatch):
+    monkeypatch.setattr("app.gui.pages.image_grid.PAGE", 1)  # one thumbnail at a time
+    trained(qtbot, window, tmp_path)
+    page, run = window.evaluate, window.session.trained_run
+    ev = run.evaluation
+
+    bins = ev.reliability
+    for key in ("before", "after"):
+        xs, ys = page.trust.curves[key].getData()
+        used = [b for b in bins[key] if b["count"]]
+        assert list(xs) == [b["confidence"] for b in used]
+        assert list(ys) == [b["accuracy"] for b in used]
+    cal = ev.calibration
+    assert f"{cal['ece_before']:.3f}" in page.trust.ece.text()
+    assert f"{cal['ece_after']:.3f}" in page.trust.ece.text()
+    assert f"T = {cal['temperature']:.2f}" in page.trust.ece.text()
+    lo, hi = ev.accuracy_interval
+    assert page.interval.text() == f"95% interval: {lo:.0%} – {hi:.0%}"
+    assert ev.few_images and all(c in page.few.text() for c in ev.few_images)
+
+    # the slider: its effect on the validation images, and the session's predictor
+    detector = run.trust.detector
+    default = detector.threshold
+    scores = window.session.review.validation_scores
+    assert len(scores) == len(run.splits["validation"])
+    page.trust.slider.setValue(page.trust.slider.maximum())
+    assert detector.threshold == 1.0
+    assert f"100.0%</b> of the {len(scores)} validation images" in page.trust.effect.text()
+    page.trust.slider.setValue(0)
+    assert detector.threshold == 0.0
+    assert "<b>0.0%</b>" in page.trust.effect.text()
+    page.trust.reset.click()
+    assert detector.threshold == default
+    page.trust.slider.setValue(page.trust.slider.maximum())  # everything is unknown now
+
+    window.show_page("Predict")
+    drop(window.predict, [tmp_path / "photos" / "red" / "red_000.jpg"])
+    qtbot.waitUntil(lambda: window.predict.table.rowCount() == 1, timeout=60000)
+    pred = window.predict.results[0].prediction
+    assert pred.unknown is True
+    texts = [w.text() for w in window.predict.table.cellWidget(0, 2).findChildren(QLabel)]
+    assert (f"<b>Unknown</b> — closest: {pred.top[0]['label']} "
+            f"({pred.top[0]['probability']:.0%})") in texts
+
+    # a confusion cell: its images, one page of thumbnails at a time
+    counts = [(v, i, j) for i, row in enumerate(ev.confusion) for j, v in enumerate(row)]
+    value, i, j = max(counts)
+    assert value >= 2
+    page.confusion.cellClicked.emit(i, j)
+    grid = page.cell
+    assert page.tabs.currentWidget() is grid
+    assert len(grid.entries) == value
+    assert {(e["true"], e["predicted"]) for e in grid.entries} == {(ev.labels[i],
+                                                                    ev.labels[j])}
+    assert grid.shown == 1 and grid.more.isVisibleTo(grid)
+    assert f"({value - 1} left)" in grid.more.text()
+    qtbot.waitUntil(lambda: grid.has_icon(0), timeout=30000)
+    grid.more.click()
+    assert grid.shown == 2
+    qtbot.waitUntil(lambda: grid.has_icon(1), timeout=30000)
+
+
+def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path):
+    data = trained(qtbot, window, tmp_path, per_class=12)
+    page = window.evaluate
+    hardest = page.hardest
+    assert hardest.entries, "no hardest training images"
+    losses = [e["loss"] for e in hardest.entries]
+    assert losses == sorted(losses, reverse=True)
+    entry = hardest.entries[0]
+    source = Path(entry["path"])
+    target_class = next(c for c in ("red", "green", "blue") if c != entry["true"])
+    hardest.select(str(source))
+    assert hardest.move.isEnabled()
+    before = dict(window.session.retraining.dataset.class_counts())
+
+    hardest.move_action(target_class).trigger()
+    moved = data / target_class / source.name
+    assert moved.is_file() and not source.exists()
+    assert page.moves.count() == 1 and source.name in page.moves.item(0).text()
+    assert entry["path"] == str(moved) and "moved to" in hardest.list.item(0).text()
+    qtbot.waitUntil(lambda: window.session.retraining.dataset.class_counts()[target_class]
+                    == before[target_class] + 1, timeout=30000)
+    assert window.stack.currentWidget() is page  # the rescan did not leave the page
+
+    page.undo.click()
+    assert source.is_file() and not moved.exists()
+    assert page.moves.count() == 0 and not page.undo.isEnabled()
+    qtbot.waitUntil(lambda: window.session.retraining.dataset.class_counts() == before,
+                    timeout=30000)
+
+    hardest.select(str(source))
+    hardest.move_action(target_class).trigger()  # the fix we keep
+    qtbot.waitUntil(lambda: window.session.retraining.dataset.class_counts()[target_class]
+                    == before[target_class] + 1, timeout=30000)
+    other = hardest.entries[1]
+    hardest.select(other["path"])
+    hardest.exclude.click()
+    left_out = excluded(tmp_path / "cache", data)
+    assert list(left_out.values()) == [other["path"]]
+    assert "excluded" in window.statusBar().currentMessage()
+
+    train(qtbot, window, epochs=1)
+    run = window.session.trained_run
+    assert run.cache.computed == 0 and run.cache.reused == run.cache.images
+    digests = {d for s in run.splits.values() for d in s.digests}
+    assert other["digest"] not in digests
+    labels = dict(zip(run.splits["train"].paths, run.splits["train"].labels))
+    labels.update(zip(run.splits["validation"].paths, run.splits["validation"].labels))
+    labels.update(zip(run.splits["test"].paths, run.splits["test"].labels))
+    assert run.result.classes[labels[str(moved)]] == target_class
