@@ -100,6 +100,7 @@ def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path
     target_class = next(c for c in ("red", "green", "blue") if c != entry["true"])
     hardest.select(str(source))
     assert hardest.move.isEnabled()
+    assert not hardest.move_action(entry["true"]).isEnabled()  # not into its own folder
     before = dict(window.session.retraining.dataset.class_counts())
 
     hardest.move_action(target_class).trigger()

@@ -30,7 +30,9 @@ FEW_IMAGES_TIP = ("Fewer than 5 test images: this class's scores can swing by 20
 
 
 def hardest_caption(e: dict) -> str:
-    return f"{e['true']} → {e['predicted']}\nloss {e['loss']:.2f}"
+    """The folder's label, what the model says when it disagrees, and the loss."""
+    says = "" if e["predicted"] == e["true"] else f" (says {e['predicted']})"
+    return f"{e['true']}{says}\nloss {max(0.0, e['loss']):.2f}"
 
 
 class EvaluatePage(QWidget):
@@ -116,6 +118,7 @@ class EvaluatePage(QWidget):
         self.tabs.addTab(self.cell, "Confusion cell")
         self.tabs.addTab(self.hardest, "Hardest training images")
         self.tabs.addTab(fixes, "Moves")
+        self.tabs.setMinimumHeight(300)  # the same height whichever tab is open
 
         tables = QHBoxLayout()
         left = QVBoxLayout()
@@ -127,13 +130,15 @@ class EvaluatePage(QWidget):
         tables.addLayout(left, 3)
         tables.addLayout(middle, 2)
         tables.addWidget(self.trust, 3)
+        self.confusion.setMinimumHeight(120)
+        self.per_class.setMinimumHeight(120)
         layout = QVBoxLayout(self)
         layout.addWidget(heading("4  Evaluate"))
         self.note = hint("Train a model first; its scores on the held-out test images show "
                          "here.")
         layout.addWidget(self.note)
         layout.addLayout(top)
-        layout.addLayout(tables, 3)
+        layout.addLayout(tables, 2)
         layout.addWidget(self.tabs, 3)
         self.labels: list[str] = []
 

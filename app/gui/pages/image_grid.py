@@ -9,6 +9,7 @@ and a worker makes them; a batch that arrives after the grid was refilled is dro
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QAction, QIcon, QPixmap
@@ -48,7 +49,7 @@ class ImageGrid(QWidget):
         self.list = QListWidget()
         self.list.setViewMode(QListWidget.ViewMode.IconMode)
         self.list.setIconSize(QSize(ICON, ICON))
-        self.list.setGridSize(QSize(ICON + 40, ICON + 44))
+        self.list.setGridSize(QSize(ICON + 48, ICON + 62))  # room for three caption lines
         self.list.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.list.setMovement(QListWidget.Movement.Static)
         self.list.setWordWrap(True)
@@ -163,9 +164,10 @@ class ImageGrid(QWidget):
                 if item is not None:
                     item.setText(self._text(e))
                     item.setToolTip(_tip(e))
+        self._update_buttons()
 
     def _text(self, e: dict) -> str:
-        return self.caption(e) + (f"\n{e['note']}" if e.get("note") else "")
+        return (f"{e['note']}\n" if e.get("note") else "") + self.caption(e)
 
     # --- actions ------------------------------------------------------------------------
     def _emit(self, signal, *args) -> None:
@@ -174,9 +176,12 @@ class ImageGrid(QWidget):
             signal.emit(entry, *args)
 
     def _update_buttons(self) -> None:
-        chosen = self.selected() is not None
+        entry = self.selected()
         for w in (self.move, self.exclude, self.open):
-            w.setEnabled(chosen)
+            w.setEnabled(entry is not None)
+        folder = Path(entry["path"]).parent.name if entry is not None else None
+        for action in self.move_menu.actions():  # not into the folder it is in
+            action.setEnabled(action.text() != folder)
         left = len(self.entries) - self.list.count()
         self.more.setText(f"Show more ({left} left)")
         self.more.setVisible(left > 0)

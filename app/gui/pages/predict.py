@@ -210,5 +210,6 @@ def _labels(pred) -> QWidget:
         bar.setFormat(f"{t['label']}  {t['probability']:.1%}")
         bar.setTextVisible(True)
         bar.setMaximumHeight(22)
+        bar.setEnabled(not pred.unknown)  # greyed: what it resembles, not an answer
         layout.addWidget(bar)
     return box

@@ -29,6 +29,8 @@ class TrustPanel(QWidget):
         self.slider.setToolTip("Images whose score is below this threshold are answered "
                                "\"Unknown\" (on the Predict page and in the exported model)")
         self.slider.setEnabled(False)
+        self.slider.setPageStep(50)
+        self.slider.setSingleStep(5)
         self.slider.valueChanged.connect(self._moved)
         self.reset = QPushButton("&Default")
         self.reset.setToolTip("The threshold that keeps 95% of the validation images known")
@@ -93,9 +95,11 @@ class TrustPanel(QWidget):
         t = calibration["temperature"]
         self.ece.setText(
             f"ECE (15 bins): <b>{calibration['ece_before']:.3f}</b> before → "
-            f"<b>{calibration['ece_after']:.3f}</b> after calibration "
-            f"(temperature T = {t:.2f}: probabilities are softmax(logits / T); "
-            f"{'T > 1 softens over-confident' if t > 1 else 'T < 1 sharpens timid'} answers)")
+            f"<b>{calibration['ece_after']:.3f}</b> after calibration · T = {t:.2f}")
+        self.ece.setToolTip(
+            f"{self.ece.toolTip().split(chr(10))[0]}\nThe probabilities are softmax(logits / "
+            f"T), T fitted on the validation images: "
+            f"{'T > 1 softens over-confident' if t > 1 else 'T < 1 sharpens timid'} answers.")
 
     def set_threshold_range(self, scale, threshold: float | None, method: str | None) -> None:
         """A new model: the slider spans ``scale`` and stands at ``threshold`` (None: this
@@ -119,7 +123,7 @@ class TrustPanel(QWidget):
             self.effect.setText("")
             return
         t = effect["threshold"]
-        shown = f"{t:.0%}" if self.method == "max_probability" else f"{t:.3g}"
+        shown = _probability(t) if self.method == "max_probability" else f"{t:.3g}"
         what = ("top probability" if self.method == "max_probability"
                 else f"{self.method} score")
         fraction = effect["fraction"]
@@ -139,3 +143,14 @@ class TrustPanel(QWidget):
             self.slider.setValue(self.scale.position(self.default))
             self.slider.blockSignals(False)
             self.threshold_moved.emit(self.default)
+
+
+def _probability(p: float) -> str:
+    """A threshold on a probability, with the digits that tell 99.97% from 100%."""
+    if p >= 1 or p <= 0:
+        return "100%" if p >= 1 else "0%"
+    for digits in (1, 2, 3, 4):
+        text = f"{p:.{digits}%}"
+        if not text.startswith("100") and float(text[:-1]) > 0:
+            return text
+    return f"{p:.2e}"
