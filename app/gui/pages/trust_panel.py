@@ -153,4 +153,4 @@ def _probability(p: float) -> str:
         text = f"{p:.{digits}%}"
         if not text.startswith("100") and float(text[:-1]) > 0:
             return text
-    return f"{p:.2e}"
+    return "> 99.99%" if p > 0.5 else "< 0.01%"
