@@ -65,6 +65,8 @@ class Fixes(QObject):
 
     def set_threshold(self, threshold: float) -> None:
         self.page.trust.show_effect(self.session.set_unknown_threshold(threshold))
+        if self.session.reflag(self.win.predict.results):
+            self.win.predict.refresh()
 
     def show_cell(self, true: str, predicted: str) -> None:
         from app.core.review import cell_images

@@ -268,6 +268,20 @@ class Session(QObject):
         scores = self.review.validation_scores if self.review is not None else None
         return threshold_effect(scores, threshold)
 
+    def reflag(self, results: list[Predicted]) -> bool:
+        """Answers shown so far (the current model's) follow the threshold now in use;
+        True when any changed."""
+        detector = getattr(self.predictor, "unknown", None)
+        if detector is None and self.trained_run is not None and self.trained_run.trust:
+            detector = self.trained_run.trust.detector
+        changed = False
+        for r in results if detector is not None else ():
+            p = r.prediction
+            if p.score is not None:
+                flag = bool(detector.flags([p.score])[0])
+                changed, p.unknown = changed or flag != p.unknown, flag
+        return changed
+
     # --- fixing labels ------------------------------------------------------------------
     @property
     def data_dir(self) -> Path | None:

@@ -69,6 +69,10 @@ def test_trust_panel_slider_and_confusion_cells(qtbot, window, tmp_path, monkeyp
     texts = [w.text() for w in window.predict.table.cellWidget(0, 2).findChildren(QLabel)]
     assert (f"<b>Unknown</b> — closest: {pred.top[0]['label']} "
             f"({pred.top[0]['probability']:.0%})") in texts
+    page.trust.slider.setValue(0)  # the answers shown follow the threshold
+    assert pred.unknown is False
+    texts = [w.text() for w in window.predict.table.cellWidget(0, 2).findChildren(QLabel)]
+    assert not any("Unknown" in t for t in texts)
 
     # a confusion cell: its images, one page of thumbnails at a time
     counts = [(v, i, j) for i, row in enumerate(ev.confusion) for j, v in enumerate(row)]

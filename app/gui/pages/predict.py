@@ -110,6 +110,11 @@ class PredictPage(QWidget):
         self.bar.setRange(0, max(1, p.total))
         self.bar.setValue(p.done)
 
+    def refresh(self) -> None:
+        """Draw every row again (e.g. after the unknown threshold moved)."""
+        results, self.results = self.results, []
+        self.show_results(results)
+
     def add_results(self, results: list[Predicted]) -> None:
         """More answers: they join the list (newest last)."""
         self.show_results(self.results + list(results))
