@@ -68,7 +68,12 @@ class RaySession:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc}"
+                hint = ""
+                if address and os.environ.get("RAY_AUTH_MODE") != "token":
+                    hint = (" (a cluster started with `ray start` uses token authentication "
+                            "since Ray 2.59: set RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN "
+                            "unless ~/.ray/auth_token holds the cluster's token)")
+                raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc}{hint}"
                                      ) from exc
             self.started_here = True
         return self
