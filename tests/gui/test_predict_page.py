@@ -30,9 +30,9 @@ class UnknownFirst:
 
 
 def predict(qtbot, window, paths):
-    worker = window.predict_paths([str(p) for p in paths])
-    with qtbot.waitSignal(worker.done, timeout=30000):
-        pass
+    rows = window.predict.table.rowCount()
+    assert window.predict_paths([str(p) for p in paths]) is not None
+    qtbot.waitUntil(lambda: window.predict.table.rowCount() == rows + len(paths), timeout=30000)
     qtbot.waitUntil(lambda: not window.predict.bar.isVisible())
 
 
