@@ -104,7 +104,7 @@ def walk(args) -> int:
     shot("3-train")
 
     win.show_page("Evaluate")
-    run_until(lambda: win.evaluate.wrong.count() > 0 or not win.jobs.running, 60)
+    run_until(lambda: win.evaluate.wrong.has_icon(0) or not win.jobs.running, 60)
     shot("4-evaluate")
 
     broken = tmp / "broken.jpg"
