@@ -302,6 +302,8 @@ def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken
         if cal and cal.get("ece_before") is not None:
             print(f"calibration: temperature {cal['temperature']:.3f}, expected calibration "
                   f"error {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after")
+            if cal.get("note"):
+                print(f"calibration: {cal['note']}")
         if ev.unknown_rate is not None:
             print(f"called unknown: {ev.unknown_rate:.1%} of these images")
         for name, s in ev.per_class.items():

@@ -17,6 +17,10 @@ import numpy as np
 
 ECE_BINS = 15
 T_RANGE = (0.05, 20.0)  # searched on log T; the NLL is unimodal in T
+# Sharpening (T < 1) is trusted only from a validation split this large that holds at least one
+# mistake: with every image right the NLL falls all the way to T's lower bound, and every
+# answer, an unknown photo's too, would read ~100%.
+MIN_IMAGES_TO_SHARPEN = 30
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -38,6 +42,23 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     z = z - z.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(z).sum(axis=1))
     return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
+
+
+def safe_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
+    """:func:`fit_temperature`, never sharpening on evidence too thin for it: with fewer than
+    :data:`MIN_IMAGES_TO_SHARPEN` validation images or none of them wrong, ``T`` stays >= 1.
+    Returns ``T`` and a note (empty when the fit was used as it came)."""
+    labels = np.asarray(labels, np.int64)
+    t = fit_temperature(logits, labels)
+    if t >= 1.0 or not len(labels):
+        return t, ""
+    wrong = int((np.asarray(logits).argmax(1) != labels).sum())
+    if len(labels) < MIN_IMAGES_TO_SHARPEN or wrong == 0:
+        why = (f"only {len(labels)} validation images" if len(labels) < MIN_IMAGES_TO_SHARPEN
+               else "no validation image is wrong")
+        return 1.0, (f"probabilities not sharpened ({why}; the fit asked for T = {t:.2f}): "
+                     "add images for calibrated confidence")
+    return t, ""
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 60) -> float:

@@ -62,8 +62,11 @@ def evaluate_head(result: TrainResult, data: SplitData, trust: Trust | None = No
     unknown = None
     if trust.detector is not None:
         unknown = trust.detector.flags(trust.detector.score(features, calibrated))
-    return score(result.classes, data.labels, calibrated, data.paths, aux,
-                 uncalibrated=softmax(logits), temperature=trust.temperature, unknown=unknown)
+    ev = score(result.classes, data.labels, calibrated, data.paths, aux,
+               uncalibrated=softmax(logits), temperature=trust.temperature, unknown=unknown)
+    if trust.note and ev.calibration is not None:
+        ev.calibration["note"] = trust.note  # e.g. why T was not allowed to sharpen
+    return ev
 
 
 @dataclass

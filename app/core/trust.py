@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core.calibration import fit_temperature, softmax
+from app.core.calibration import safe_temperature, softmax
 from app.core.feeds import SplitData
 from app.core.head import logits_branch
 from app.core.training import TrainResult
@@ -61,9 +61,9 @@ def fit_trust(result: TrainResult, splits: dict[str, SplitData],
         return Trust(note="the validation split is empty: probabilities are not calibrated "
                           "and no image can be called unknown")
     features, logits = main_outputs(result, val)
-    temperature = fit_temperature(logits, val.labels)
+    temperature, note = safe_temperature(logits, val.labels)
     train = splits["train"]
     train_features = main_outputs(result, train)[0] if method != "max_probability" else None
     detector = fit_detector(method, train_features, train.labels, len(result.classes),
                             features, softmax(logits, temperature))
-    return Trust(temperature=temperature, detector=detector)
+    return Trust(temperature=temperature, detector=detector, note=note)

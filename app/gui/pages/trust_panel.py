@@ -95,7 +95,8 @@ class TrustPanel(QWidget):
         t = calibration["temperature"]
         self.ece.setText(
             f"ECE (15 bins): <b>{calibration['ece_before']:.3f}</b> before → "
-            f"<b>{calibration['ece_after']:.3f}</b> after calibration · T = {t:.2f}")
+            f"<b>{calibration['ece_after']:.3f}</b> after calibration · T = {t:.2f}"
+            + (f"<br>{calibration['note']}" if calibration.get("note") else ""))
         self.ece.setToolTip(
             f"{self.ece.toolTip().split(chr(10))[0]}\nThe probabilities are softmax(logits / "
             f"T), T fitted on the validation images: "
