@@ -72,14 +72,6 @@ class StoreError(Exception):
     """The cache file cannot be used (wrong version, not a cache, unwritable)."""
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    size: int
-    mtime_ns: int
-    digest: str
-    format: str | None
-
-
 @dataclass
 class FeatureBatch:
     """Features of many images, each tap one float16 array with the images along axis 0."""
@@ -162,10 +154,6 @@ class FeatureStore:
         self.close()
 
     # -- file index: path + size + mtime -> digest, so a warm scan reads no image bytes --
-    def file_entries(self) -> dict[str, FileEntry]:
-        rows = self.db.execute("SELECT path, size, mtime_ns, digest, format FROM files")
-        return {r[0]: FileEntry(r[1], r[2], r[3], r[4]) for r in rows}
-
     def file_index(self) -> dict[str, tuple[int, int, str, str | None]]:
         """path -> (size, mtime_ns, digest, format) as plain tuples, which Python's cyclic
         garbage collector stops tracking: 100k of them add nothing to its full passes (which
