@@ -53,16 +53,26 @@ def _import_ray():
     return ray
 
 
+_LOCAL = "a local Ray"
+_connected: str | None = None  # what this process's Ray is, when this module started it
+
+
 @dataclass
 class RaySession:
-    """A connection to a Ray cluster, or a local Ray this process started (and stops)."""
+    """A connection to a Ray cluster, or a local Ray this process starts once and keeps for
+    the next job: starting one takes seconds, and Ray cannot start a second local head in a
+    process that shut its first one down (seen as a GCS start-up timeout). Ray stops it when
+    the process exits."""
 
     address: str | None
-    started_here: bool = False
 
     def __enter__(self) -> RaySession:
+        global _connected
         ray = _import_ray()
         address = self.address or os.environ.get("RAY_ADDRESS") or None
+        want = address or _LOCAL
+        if ray.is_initialized() and _connected not in (None, want):
+            ray.shutdown()  # another cluster is asked for than the one this process is on
         if not ray.is_initialized():
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -73,14 +83,13 @@ class RaySession:
                     hint = (" (a cluster started with `ray start` uses token authentication "
                             "since Ray 2.59: set RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN "
                             "unless ~/.ray/auth_token holds the cluster's token)")
-                raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc}{hint}"
-                                     ) from exc
-            self.started_here = True
+                what = f"reach the Ray cluster at {address}" if address else "start a local Ray"
+                raise RayUnavailable(f"cannot {what}: {exc}{hint}") from exc
+            _connected = want
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.started_here:
-            _import_ray().shutdown()
+        pass  # kept for the next job (see the class's note)
 
     @staticmethod
     def gpus() -> int:

@@ -13,10 +13,12 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the module: starting one takes seconds."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """One local Ray, kept for the rest of the session as the app keeps its own: Ray cannot
+    start a second local head in a process that shut one down (the window's Ray test runs
+    later in the same process)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-    ray.shutdown()
 
 
 def test_ray_fills_the_store_the_local_engine_then_reuses(dataset_dir, cache_dir, tmp_path,
