@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.core.calibration import softmax
-from app.core.labels import hardest
 from app.core.trust import main_outputs
 
 if TYPE_CHECKING:
@@ -57,16 +56,15 @@ def review(run: Retraining, n_hardest: int = HARDEST) -> Review:
     out = Review(list(result.classes))
     probs = {}
     feats = {}
-    for name in ("train", "validation", "test"):
-        data = splits[name]
-        f, logits = main_outputs(result, data)
+    for name in ("validation", "test"):
+        f, logits = main_outputs(result, splits[name])
         probs[name], feats[name] = softmax(logits, temperature), f
     test = splits["test"]
     out.test = answers(out.classes, test.paths, test.digests, test.labels, probs["test"])
     train = splits["train"]
     digest_of = dict(zip(train.paths, train.digests))
     out.hardest = [{**h, "true": h["label"], "digest": digest_of.get(h["path"], "")}
-                   for h in hardest(out.classes, train, probs["train"], n_hardest)]
+                   for h in run.hardest_training_images(n_hardest)]
     if detector is not None:
         out.method, out.default_threshold = detector.method, float(detector.threshold)
         out.validation_scores = detector.score(feats["validation"], probs["validation"])
