@@ -115,6 +115,33 @@ def is_model_folder(path: str | Path) -> bool:
     return ours and names <= MODEL_FILES
 
 
+def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
+    """Write ``threshold`` (moved by the user) into a model folder of ours, so the folder
+    answers "unknown" with it from now on; the fitted one stays as ``fitted_threshold``. The
+    new metadata.json replaces the old by rename. False (nothing touched) when ``folder`` is
+    not a model folder of this app or has no unknown test."""
+    folder = Path(folder)
+    if not is_model_folder(folder):
+        return False
+    path = folder / "metadata.json"
+    meta = json.loads(path.read_text("utf-8"))
+    unknown = meta.get("unknown")
+    if not isinstance(unknown, dict) or not unknown.get("method"):
+        return False
+    unknown.setdefault("fitted_threshold", unknown.get("threshold"))
+    unknown["threshold"] = float(threshold)
+    unknown["threshold_set_by"] = ("the fitted threshold" if float(threshold) ==
+                                   unknown["fitted_threshold"] else "the user (Evaluate page)")
+    # beside the folder, not in it: a crash must not leave a stray file inside a model folder
+    tmp = folder.parent / f".{folder.name}.metadata-{uuid.uuid4().hex[:8]}.json"
+    try:
+        tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
 def check_destination(out_dir: Path) -> None:
     """Refuse, touching nothing, any destination that is not new, empty or one of our models."""
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
@@ -165,11 +192,10 @@ def check_parity(model: keras.Model, result: TrainResult, validation: SplitData,
     )
 
 
-def plain_decode_deviation(model: keras.Model, paths: list[str], image_size: tuple[int, int],
-                           limit: int = PARITY_IMAGES) -> dict:
-    """How far the exported model's answers move when images are decoded the plain way (no
-    JPEG ``draft``), as a script that only read the old metadata would: the largest
-    probability difference and the top-1 changes against the app's decoding."""
+def _decoded_pair(paths: list[str], image_size: tuple[int, int], limit: int
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first ``limit`` decodable images, decoded the app's way and the plain way (no JPEG
+    ``draft``), as two float32 batches; None when none decodes."""
     from app.core.standalone_predict import decode
 
     ours, plain = [], []
@@ -182,14 +208,33 @@ def plain_decode_deviation(model: keras.Model, paths: list[str], image_size: tup
         ours.append(a)
         plain.append(b)
     if not ours:
+        return None
+    return np.stack(ours).astype(np.float32), np.stack(plain).astype(np.float32)
+
+
+def plain_decode_deviation(predict, paths: list[str], image_size: tuple[int, int],
+                           limit: int = PARITY_IMAGES, reference=None) -> dict:
+    """How far a model form's answers (``predict``: pixels -> probabilities) move when images
+    are decoded the plain way (no JPEG ``draft``), as a script that only read the old metadata
+    would: the largest probability difference and the top-1 changes against the app's
+    decoding. With ``reference`` (the Keras model's ``predict``), also how far this form is
+    from it on the app's own pixels."""
+    pair = _decoded_pair(paths, image_size, limit)
+    if pair is None:
         return {"images": 0, "max_abs_diff": None, "top1_mismatches": None}
-    pa = np.asarray(model.predict(np.stack(ours).astype(np.float32), verbose=0))
-    pb = np.asarray(model.predict(np.stack(plain).astype(np.float32), verbose=0))
-    return {"images": len(ours), "max_abs_diff": float(np.abs(pa - pb).max()),
-            "top1_mismatches": int((pa.argmax(1) != pb.argmax(1)).sum())}
+    ours, plain = pair
+    pa, pb = np.asarray(predict(ours)), np.asarray(predict(plain))
+    out = {"images": len(ours), "max_abs_diff": float(np.abs(pa - pb).max()),
+           "top1_mismatches": int((pa.argmax(1) != pb.argmax(1)).sum())}
+    if reference is not None:
+        pk = np.asarray(reference(ours))
+        out["vs_keras_max_abs_diff"] = float(np.abs(pa - pk).max())
+        out["vs_keras_top1_mismatches"] = int((pa.argmax(1) != pk.argmax(1)).sum())
+    return out
 
 
-def preprocessing_metadata(size: tuple[int, int], plain: dict | None) -> dict:
+def preprocessing_metadata(size: tuple[int, int], plain: dict | None,
+                           forms: dict[str, dict] | None = None) -> dict:
     """The app's decoding, exactly (what ``predict.py`` does)."""
     w, h = size
     return {
@@ -212,6 +257,7 @@ def preprocessing_metadata(size: tuple[int, int], plain: dict | None) -> dict:
             "what": "the exported model on validation images decoded without the JPEG draft "
                     "step, against the decoding above: how far a script that skips it is off",
             **(plain or {"images": 0, "max_abs_diff": None, "top1_mismatches": None}),
+            **({"other_forms": forms} if forms else {}),
         },
     }
 
@@ -279,9 +325,16 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
         if trust.detector is not None:
             trust.detector.save(staging)
         shutil.copyfile(STANDALONE_SCRIPT, staging / "predict.py")
-        plain = None
+        predictors = {}
+        if "savedmodel" in formats or "tflite" in formats:
+            predictors = _export_tensorflow(model, staging, "tflite" in formats)
+        plain, forms = None, {}
         if validation is not None and len(validation):
-            plain = plain_decode_deviation(reloaded, validation.paths, spec.input_size)
+            keras_predict = lambda x: reloaded.predict(x, verbose=0)  # noqa: E731
+            plain = plain_decode_deviation(keras_predict, validation.paths, spec.input_size)
+            forms = {name: plain_decode_deviation(fn, validation.paths, spec.input_size,
+                                                  reference=keras_predict)
+                     for name, fn in predictors.items()}
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes), "utf-8")
         write_history(staging, history)
         meta = {
@@ -299,7 +352,7 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                      "scales them itself",
             "resize": RESIZE_METHOD,
             "preprocess_version": PREPROCESS_VERSION,
-            "preprocessing": preprocessing_metadata(spec.input_size, plain),
+            "preprocessing": preprocessing_metadata(spec.input_size, plain, forms),
             "classes": list(classes),
             "calibration": {
                 "temperature": trust.temperature,
@@ -319,8 +372,6 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
         }
         (staging / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False),
                                                "utf-8")
-        if "savedmodel" in formats or "tflite" in formats:
-            _export_tensorflow(model, staging, "tflite" in formats)
         check_destination(out_dir)  # still ours, or still free, after the long work above
         _swap_in(staging, out_dir)
         return ExportReport(out_dir, parity, note)
@@ -376,12 +427,32 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _export_tensorflow(model: keras.Model, folder: Path, tflite: bool) -> None:
-    """SavedModel and TFLite: the TensorFlow-only edge of the app."""
+def _export_tensorflow(model: keras.Model, folder: Path, tflite: bool) -> dict:
+    """SavedModel and TFLite: the TensorFlow-only edge of the app. Returns each written form's
+    predict function (pixels -> probabilities), loaded back from its files."""
+    import tensorflow as tf
+
     saved = folder / "saved_model"
     model.export(str(saved), format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(saved))
+    forms = {"savedmodel": lambda x: np.asarray(loaded.serve(tf.constant(x)))}
     if tflite:
-        import tensorflow as tf
-
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
         (folder / "model.tflite").write_bytes(converter.convert())
+        forms["tflite"] = lambda x: _tflite_predict(folder / "model.tflite", x)
+    return forms
+
+
+def _tflite_predict(path: Path, x: np.ndarray) -> np.ndarray:
+    """A TFLite model file's outputs for the batch ``x`` (one image at a time)."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    rows = []
+    for image in x:
+        interpreter.set_tensor(inp["index"], image[None].astype(inp["dtype"]))
+        interpreter.invoke()
+        rows.append(np.array(interpreter.get_tensor(out["index"])[0]))
+    return np.stack(rows)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, QUrl
+from PySide6.QtCore import QObject, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices
 
 from app.core.labels import LabelError
@@ -32,6 +32,8 @@ class Fixes(QObject):
         page.cell_wanted.connect(self.show_cell)
         page.undo_requested.connect(self.undo)
         page.trust.threshold_moved.connect(self.set_threshold)
+        self._remember = QTimer(self, singleShot=True, interval=400)  # once the slider rests
+        self._remember.timeout.connect(win.remember_threshold)
         self.session.dataset_changed.connect(lambda _ds: self.page.show_moves(
             self.session.moves()))
 
@@ -65,6 +67,7 @@ class Fixes(QObject):
 
     def set_threshold(self, threshold: float) -> None:
         self.page.trust.show_effect(self.session.set_unknown_threshold(threshold))
+        self._remember.start()
         if self.session.reflag(self.win.predict.results):
             self.win.predict.refresh()
 

@@ -64,6 +64,9 @@ class MainWindow(QMainWindow):
         self._quitting = ""  # "" open, "waiting" for jobs to end, "ready" to close
         self._saving: Worker | None = None
         self._save_next = None  # a trained run waiting for the current save to end
+        self._saved_run = None  # the run whose model last_model_dir() now holds
+        self._threshold_worker: Worker | None = None
+        self._threshold_pending = False
 
         self.data, self.features = DataPage(), FeaturesPage()
         self.train, self.evaluate, self.predict = TrainPage(), EvaluatePage(), PredictPage()
@@ -367,16 +370,48 @@ class MainWindow(QMainWindow):
             return None
         folder = last_model_dir()
 
+        def saved(_report) -> None:
+            self._saved_run = run
+
         def done() -> None:
             self._saving = None
             following, self._save_next = self._save_next, None
             if following is not None:
                 self.save_last_model(following)
+            else:
+                self.remember_threshold()  # a slider moved while the model was being saved
 
         self._saving = self.jobs.start(SAVING, self.session.export_job(folder, run),
-                                       on_done=done)
+                                       on_result=saved, on_done=done)
         self.activity.track(self._saving, "Saving the model for the next start…")
         return self._saving
+
+    def remember_threshold(self) -> Worker | None:
+        """Write the "unknown" threshold now in use into the saved model, so the model reopened
+        at the next start answers with it (only when that folder holds this run's model)."""
+        run = self.session.trained_run
+        if (run is None or run is not self._saved_run or self._saving is not None
+                or run.trust is None or run.trust.detector is None):
+            return None  # nothing saved yet for this run: its save writes the current one
+        if self._threshold_worker is not None:
+            self._threshold_pending = True  # written once the current write ends
+            return None
+        threshold, folder = run.trust.detector.threshold, last_model_dir()
+
+        def job(progress, cancel) -> bool:
+            from app.core.export import set_unknown_threshold
+
+            return set_unknown_threshold(folder, threshold)
+
+        def done() -> None:
+            self._threshold_worker = None
+            if self._threshold_pending:
+                self._threshold_pending = False
+                self.remember_threshold()
+
+        self._threshold_worker = self.jobs.start("remembering the threshold", job,
+                                                 on_done=done)
+        return self._threshold_worker
 
     # --- export and models --------------------------------------------------------------
     def choose_export(self) -> None:

@@ -81,3 +81,21 @@ def test_predict_py_in_the_folder_answers_like_the_app(tmp_path):
         np.testing.assert_allclose([t["probability"] for t in s["top"]],
                                    [t["probability"] for t in a.top], atol=1e-5)
         assert s["unknown"] == a.unknown and s["score"] == pytest.approx(a.score, abs=1e-5)
+
+
+def test_savedmodel_and_tflite_forms_record_their_plain_decode_deviation(tmp_path):
+    """The other forms are loaded back from their files and measured like the Keras one: how
+    far each is from the Keras model on the app's pixels, and how far plain decoding moves it."""
+    data = _big_dataset(tmp_path / "photos")
+    run = Retraining(data, "tiny", "none", tmp_path / "cache",
+                     TrainSettings(epochs=1, batch_size=8, learning_rate=3e-3))
+    run.run_training()
+    folder = run.export(tmp_path / "model", ("keras", "savedmodel", "tflite")).folder
+    assert (folder / "saved_model").is_dir() and (folder / "model.tflite").is_file()
+    plain = read_metadata(folder)["preprocessing"]["plain_decode"]
+    images = len(run.splits["validation"])
+    for form in ("savedmodel", "tflite"):
+        got = plain["other_forms"][form]
+        assert got["images"] == plain["images"] == images > 0
+        assert got["max_abs_diff"] > 0  # the plain decoding moves this form's answers too
+        assert got["vs_keras_max_abs_diff"] < 1e-4 and got["vs_keras_top1_mismatches"] == 0

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QLabel
 
 from app.core.labels import excluded
 from tests.conftest import make_dataset
-from tests.gui.conftest import open_folder, train, use_tiny
+from tests.gui.conftest import close_window, open_folder, train, use_tiny
 from tests.gui.test_path import drop
 
 
@@ -52,10 +52,10 @@ def test_trust_panel_slider_and_confusion_cells(qtbot, window, tmp_path, monkeyp
     scores = window.session.review.validation_scores
     assert len(scores) == len(run.splits["validation"])
     page.trust.slider.setValue(page.trust.slider.maximum())
-    assert detector.threshold == 1.0
+    assert detector.threshold == page.trust.scale.hi > max(scores)
     assert f"100.0%</b> of the {len(scores)} validation images" in page.trust.effect.text()
     page.trust.slider.setValue(0)
-    assert detector.threshold == 0.0
+    assert detector.threshold == page.trust.scale.lo < min(scores)
     assert "<b>0.0%</b>" in page.trust.effect.text()
     page.trust.reset.click()
     assert detector.threshold == default
@@ -90,6 +90,38 @@ def test_trust_panel_slider_and_confusion_cells(qtbot, window, tmp_path, monkeyp
     grid.more.click()
     assert grid.shown == 2
     qtbot.waitUntil(lambda: grid.has_icon(1), timeout=30000)
+
+
+def test_moved_threshold_is_kept_for_the_next_start(qtbot, new_window, tmp_path):
+    """The model reopened at the next start answers "unknown" with the threshold the user
+    left the slider at, not the fitted one."""
+    import json
+
+    from app.core.paths import last_model_dir
+
+    win = new_window()
+    trained(qtbot, win, tmp_path)
+    meta_file = last_model_dir() / "metadata.json"
+    qtbot.waitUntil(meta_file.is_file, timeout=120000)  # the model saved for the next start
+    fitted = win.session.trained_run.trust.detector.threshold
+    win.evaluate.trust.slider.setValue(win.evaluate.trust.slider.maximum())
+    moved = win.session.trained_run.trust.detector.threshold
+    assert moved > fitted
+
+    def written():
+        return json.loads(meta_file.read_text("utf-8"))["unknown"]
+
+    qtbot.waitUntil(lambda: written()["threshold"] == moved, timeout=60000)
+    assert written()["fitted_threshold"] == fitted
+    assert written()["threshold_set_by"] == "the user (Evaluate page)"
+    close_window(qtbot, win)
+
+    again = new_window()  # reopens the last model
+    qtbot.waitUntil(lambda: again.session.predictor is not None, timeout=120000)
+    assert again.session.predictor.unknown.threshold == moved
+    drop(again.predict, [tmp_path / "photos" / "red" / "red_000.jpg"])
+    qtbot.waitUntil(lambda: again.predict.table.rowCount() == 1, timeout=60000)
+    assert again.predict.results[0].prediction.unknown is True  # everything is unknown now
 
 
 def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path):
