@@ -56,7 +56,7 @@ def foreign_split(folder: str, backbone: str, weights: str) -> SplitData:
 
 
 def measure(data_dir: str, backbone: str, weights: str, cache_dir: str | None, hold_out: int,
-            epochs: int, seed: int, foreign: str | None = None) -> dict:
+            epochs: int, seed: int, foreign: str | None = None, dump: str | None = None) -> dict:
     run = Retraining(data_dir, backbone, weights, cache_dir, TrainSettings(epochs=epochs,
                                                                           seed=seed))
     start = time.perf_counter()
@@ -77,6 +77,11 @@ def measure(data_dir: str, backbone: str, weights: str, cache_dir: str | None, h
     if foreign:
         for_f, for_l = main_outputs(result, foreign_split(foreign, backbone, weights))
     t = fit_temperature(out["validation"][1], part["validation"].labels)
+    if dump:
+        np.savez(dump, t=t, unk_f=unk_f, unk_l=unk_l,
+                 **{f"{s}_{n}": a for s in out for n, a in zip("fl", out[s])},
+                 **{f"{s}_y": part[s].labels for s in part},
+                 **({"for_f": for_f, "for_l": for_l} if foreign else {}))
     test_f, test_l = out["test"]
     report = {
         "dataset": str(data_dir), "backbone": backbone, "held_out": held,
@@ -119,9 +124,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--foreign", default=None, help="a folder of photos of no class at all")
+    p.add_argument("--dump", default=None, help="save features, logits and labels (.npz)")
     a = p.parse_args()
     r = measure(a.data_dir, a.backbone, a.weights, a.cache_dir, a.hold_out, a.epochs, a.seed,
-                a.foreign)
+                a.foreign, a.dump)
     print(json.dumps(r, indent=2))
     print(f"\nheld out: {', '.join(r['held_out'])}; test accuracy {r['test_accuracy']:.1%}; "
           f"T = {r['temperature']:.3f}, ECE {r['ece_before']:.3f} -> {r['ece_after']:.3f}")

@@ -33,7 +33,9 @@ class TrustPanel(QWidget):
         self.slider.setSingleStep(5)
         self.slider.valueChanged.connect(self._moved)
         self.reset = QPushButton("&Default")
-        self.reset.setToolTip("The threshold that keeps 95% of the validation images known")
+        self.reset.setToolTip("The threshold fitted after training: it keeps 95% of the known "
+                              "images known (validation images; for knn also training "
+                              "images, each scored without itself)")
         self.reset.setEnabled(False)
         self.reset.clicked.connect(self._reset)
         self.effect = QLabel("")
@@ -125,8 +127,9 @@ class TrustPanel(QWidget):
             return
         t = effect["threshold"]
         shown = _probability(t) if self.method == "max_probability" else f"{t:.3g}"
-        what = ("top probability" if self.method == "max_probability"
-                else f"{self.method} score")
+        what = {"max_probability": "top probability",
+                "knn": "similarity to the nearest training images (cosine, mean of 5)",
+                }.get(self.method, f"{self.method} score")
         fraction = effect["fraction"]
         share = "—" if fraction is None else f"{fraction:.1%}"
         self.effect.setText(
