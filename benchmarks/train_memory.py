@@ -10,8 +10,13 @@ With ``--mode finetune`` the store holds N synthetic cut tensors (MobileNet's 14
 shards, 200 KB an image) and the child trains MobileNet's blocks above the cut (random weights)
 with the aux heads, streaming the cut from disk.
 
+With ``--batches B`` each child stops (cancels) after about B training batches of its first
+epoch: a fine-tune epoch over 45k images takes ~30 min on 2 CPU cores, and what could grow
+with N (the split's digests, the shuffled order, the store's index) is built before the first
+batch; the table then says "B batches" instead of an epoch count.
+
 usage: python benchmarks/train_memory.py [--sizes 10000 50000] [--mode head|finetune]
-       [--epochs 2] [--work DIR] [--json]
+       [--epochs 2] [--batches B] [--work DIR] [--json]
 """
 
 from __future__ import annotations
@@ -77,11 +82,16 @@ def fill(cache: Path, n: int) -> None:
             store.put_features(KEY, FeatureBatch(digests, main, aux, aux))
 
 
-def child(cache: str, n: int, in_memory: bool, mode: str = "head", epochs: int = 2) -> None:
-    """Train ``epochs`` on the first n rows; print peak RSS (MB) and seconds."""
+def child(cache: str, n: int, in_memory: bool, mode: str = "head", epochs: int = 2,
+          batches: int = 0) -> None:
+    """Train ``epochs`` (or ``batches`` batches) on the first n rows; print peak RSS (MB) and
+    seconds."""
+    import re
+
     import numpy as np
 
     from app.core.feeds import FeatureSource, SplitData
+    from app.core.jobs import Cancelled, CancelToken
     from app.core.store import CUT
     from app.core.training import TrainSettings, train_head
 
@@ -102,13 +112,29 @@ def child(cache: str, n: int, in_memory: bool, mode: str = "head", epochs: int =
         from app.core.backbones import get_spec
 
         backbone = (get_spec("mobilenet"), "none")
+    cancel, seen = CancelToken(), [0]
+
+    def progress(p) -> None:
+        m = re.search(r"batch (\d+)", p.message or "")
+        if batches and m:
+            seen[0] = int(m.group(1))
+            if seen[0] >= batches:
+                cancel.cancel()
+
     t0 = time.perf_counter()
-    result = train_head(data["train"], data["validation"], [f"c{i}" for i in range(CLASSES)],
-                        TrainSettings(epochs=epochs, early_stopping=0, mode=mode),
-                        backbone=backbone)
+    accuracy = None
+    try:
+        result = train_head(data["train"], data["validation"],
+                            [f"c{i}" for i in range(CLASSES)],
+                            TrainSettings(epochs=epochs, early_stopping=0, mode=mode,
+                                          stream_interval=0.0),
+                            progress=progress, cancel=cancel, backbone=backbone)
+        accuracy = result.history[-1]["val_main_accuracy"] if result.history else None
+    except Cancelled:
+        pass  # stopped after ``batches`` batches, on purpose
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_mb": round(peak), "seconds": round(time.perf_counter() - t0, 1),
-                      "val_accuracy": result.history[-1]["val_main_accuracy"]}))
+                      "val_accuracy": accuracy, "batches": seen[0] if batches else None}))
 
 
 def main() -> int:
@@ -119,12 +145,14 @@ def main() -> int:
                     help="also measure the old in-memory path for sizes up to this")
     ap.add_argument("--mode", default="head", choices=["head", "finetune"])
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=0,
+                    help="stop each run after this many training batches (0: whole epochs)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child[0], int(args.child[1]), args.child[2] == "memory", args.mode,
-              args.epochs)
+              args.epochs, args.batches)
         return 0
     cache = Path(args.work) / "cache"
     (fill_cut if args.mode == "finetune" else fill)(cache, max(args.sizes))
@@ -134,7 +162,8 @@ def main() -> int:
             if how == "memory" and n > args.in_memory_up_to:
                 continue
             out = subprocess.run([sys.executable, __file__, "--child", str(cache), str(n), how,
-                                  "--mode", args.mode, "--epochs", str(args.epochs)],
+                                  "--mode", args.mode, "--epochs", str(args.epochs),
+                                  "--batches", str(args.batches)],
                                  capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
                 print(out.stderr[-2000:], file=sys.stderr)
@@ -143,12 +172,13 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"| images | mode | path | peak RSS (MB) | {args.epochs} epochs (s) | val accuracy |")
+        span = f"{args.batches} batches" if args.batches else f"{args.epochs} epochs"
+        print(f"| images | mode | path | peak RSS (MB) | {span} (s) | val accuracy |")
         print("|---:|---|---|---:|---:|---:|")
         for r in rows:
+            acc = "-" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}"
             print(f"| {r['images']} | {args.mode} | {r['path']} | {r['peak_mb']} | "
-                  f"{r['seconds']} | "
-                  f"{r['val_accuracy']:.3f} |")
+                  f"{r['seconds']} | {acc} |")
     return 0
 
 
