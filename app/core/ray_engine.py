@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -57,6 +58,30 @@ _LOCAL = "a local Ray"
 _connected: str | None = None  # what this process's Ray is, when this module started it
 
 
+def _init_from_lasting_thread(ray, **kwargs) -> None:
+    """``ray.init`` from a thread that lives as long as the process. A local Ray's own
+    processes (GCS, raylet) get Linux's parent-death signal, which follows the *thread* that
+    started them: started from a job's worker thread, they were killed when the job ended,
+    and a minute later Ray's driver ended the whole process (the window, after one caching
+    run on a local Ray)."""
+    done, failure = threading.Event(), []
+
+    def own() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            failure.append(exc)
+            done.set()
+            return
+        done.set()
+        threading.Event().wait()  # never ends: its end would take Ray's processes along
+
+    threading.Thread(target=own, name="ray-owner", daemon=True).start()
+    done.wait()
+    if failure:
+        raise failure[0]
+
+
 @dataclass
 class RaySession:
     """A connection to a Ray cluster, or a local Ray this process starts once and keeps for
@@ -75,8 +100,8 @@ class RaySession:
             ray.shutdown()  # another cluster is asked for than the one this process is on
         if not ray.is_initialized():
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
+                _init_from_lasting_thread(ray, address=address, include_dashboard=False,
+                                          log_to_driver=False, configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 hint = ""
                 if address and os.environ.get("RAY_AUTH_MODE") != "token":

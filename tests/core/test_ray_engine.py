@@ -99,3 +99,37 @@ def test_a_shard_written_but_not_merged_is_merged_at_the_next_start(dataset_dir,
     with FeatureStore(cache_dir) as store:
         merged = store.load_features(key, [r.digest for r in first]).main.astype(np.float32)
     np.testing.assert_allclose(merged, actor.features(batch)["main"].astype(np.float32))
+
+
+OUTLIVES = """
+import threading, sys
+import ray
+from app.core.ray_engine import RaySession
+
+def job():  # what the window's worker thread does: start Ray, run, end
+    with RaySession(None):
+        pass
+
+t = threading.Thread(target=job)
+t.start()
+t.join()  # the thread that asked for Ray has ended
+node = ray._private.worker._global_node
+dead = [name for name, infos in node.all_processes.items()
+        for info in infos if info.process.poll() is not None]
+print("dead:", dead, flush=True)
+print("answer:", ray.get(ray.remote(lambda: 42).remote(), timeout=120), flush=True)
+"""
+
+
+def test_a_local_ray_outlives_the_thread_that_started_it(tmp_path):
+    """Ray's head processes die with the thread that started them (Linux's parent-death
+    signal): the window starts it from a job's thread, which ends; Ray must not."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", OUTLIVES], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=tmp_path)
+    assert "dead: []" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "answer: 42" in out.stdout, out.stderr[-3000:]
