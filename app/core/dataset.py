@@ -31,8 +31,9 @@ class DatasetError(Exception):
 
 
 class ImageRecord(NamedTuple):
-    """One usable image. A tuple of strings: Python's cyclic garbage collector stops tracking
-    it, so 100k of them add nothing to its full passes (which stop every thread)."""
+    """One usable image, a tuple of strings. (The cyclic garbage collector keeps tracking
+    tuple subclasses, unlike plain tuples: the window builds a folder's records under
+    ``jobs.long_lived_objects`` so that its full passes never walk them.)"""
 
     path: str  # absolute
     label: str
@@ -269,7 +270,22 @@ def scan_dataset(
         else:
             images.append(ImageRecord(path, label, digest, split.assign(digest), fmt))
 
-    return _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split))
+    ds = _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split))
+    _release(candidates, results, to_hash, new_rows if to_hash else [], known)
+    return ds
+
+
+def _release(*big: list | dict) -> None:
+    """Empty big temporary lists and dicts a slice at a time. Freed at the function's return,
+    100k entries each go in one C call that holds the GIL ~50 ms (every other thread, a
+    window's event loop included, waits); slices let other threads in between."""
+    for items in big:
+        while items:
+            if isinstance(items, dict):
+                for key in list(itertools.islice(items, 4096)):
+                    del items[key]
+            else:
+                del items[-4096:]
 
 
 def _checked(ds: Dataset) -> Dataset:

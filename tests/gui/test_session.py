@@ -61,3 +61,23 @@ def test_stale_predictions_are_dropped_and_the_old_predictor_not_put_back(qtbot,
     worker = window.predict_paths([str(image)])  # the new model answers
     qtbot.waitUntil(lambda: window.predict.table.rowCount() == 1, timeout=30000)
     assert window.predict.results[0].prediction.top[0]["label"] == "new"
+
+
+def test_the_scan_job_runs_no_collection_pass_and_leaves_the_records_frozen(qtbot, tmp_path):
+    """A full pass of the cyclic collector holds the GIL while it walks every object, so the
+    window's event loop waits (40-70 ms a pass, several per 100k-image scan): none runs while
+    the scan builds its records, and afterwards they are out of the collector's passes."""
+    import gc
+
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "photos", per_class=6)
+    session = Session(tmp_path / "cache")
+    collector_on = []  # seen by each progress report, from inside the scan
+
+    frozen = gc.get_freeze_count()
+    result = session.scan_job(str(data))(lambda p: collector_on.append(gc.isenabled()),
+                                         CancelToken())
+    assert len(result.dataset.images) == 18
+    assert collector_on and not any(collector_on)
+    assert gc.isenabled() and gc.get_freeze_count() > frozen
