@@ -5,7 +5,7 @@ The seed moves the head's initialisation, dropout and batch order; the split is 
 stays put. Each configuration prints its per-seed accuracies, their mean and spread.
 
 usage: python benchmarks/accuracy.py DATA_DIR --weights FILE [--seeds 1 2 3]
-       [--finetune-epochs 15] [--configs head ft0 ft03] [--json]
+       [--finetune-epochs 15] [--configs head ft0 ft03 ft03flip] [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def configs(finetune_epochs: int) -> dict[str, dict]:
         "head": dict(mode="head"),  # the defaults: 40 epochs, early stopping after 10
         "ft0": {**ft, "aux_weight": 0.0},
         "ft03": {**ft, "aux_weight": 0.3},
+        "ft03flip": {**ft, "aux_weight": 0.3, "augment": "flip"},  # mirrored cut tensors
     }
 
 
