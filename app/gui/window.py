@@ -234,8 +234,16 @@ class MainWindow(QMainWindow):
             self.show_page("Data")
         self.data.set_busy(folder)
         worker = self.jobs.start("reading the folder", self.session.scan_job(folder),
-                                 on_result=self._scanned, on_done=self.data.set_idle)
+                                 on_result=self._scanned, on_done=self.data.set_idle,
+                                 on_progress=lambda p: self._reading(worker, p))
         self.activity.track(worker, "Reading the folder…")
+
+    def _reading(self, worker: Worker, p) -> None:
+        """Files read so far: the Data page's bar and the status bar (a new folder's files
+        are each read and hashed once, minutes for 100k)."""
+        if p.stage == "scan":
+            self.activity.update_text(worker, progress_text("reading the folder", p))
+            self.data.show_reading(p.done, p.total)
 
     def _scanned(self, result) -> None:
         if not self.session.apply_scan(result):

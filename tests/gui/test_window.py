@@ -87,3 +87,20 @@ def test_tensorflow_loads_in_the_background(qtbot, gui_settings):
     assert blocker.args[0] in win.device.text()
     assert win.statusBar().currentMessage() == "Ready"
     win.close()
+
+
+def test_reading_a_new_folder_counts_its_files(qtbot, window, tmp_path):
+    """A new folder's files are each read once (minutes for 100k): the Data page's bar and the
+    status bar say how many of how many."""
+    data = make_dataset(tmp_path / "photos", per_class=30)  # 90 files: two reports
+    shown, show = [], window.data.show_reading
+
+    def seen(done, total):
+        show(done, total)
+        shown.append((done, total, window.data.busy.text(), window.activity.text()))
+
+    window.data.show_reading = seen
+    open_folder(qtbot, window, data)
+    assert [s[:2] for s in shown] == [(64, 90), (90, 90)]
+    assert shown[-1][2] == "90 / 90 files read"
+    assert "reading files… 90/90" in shown[-1][3]

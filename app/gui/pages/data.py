@@ -70,9 +70,17 @@ class DataPage(QWidget):
 
     def set_busy(self, folder: str) -> None:
         self.folder.setText(f"Reading {folder} …")
+        self.busy.setTextVisible(False)
         self.busy.setRange(0, 0)
         self.busy.setVisible(True)
         self.choose.setEnabled(False)
+
+    def show_reading(self, done: int, total: int) -> None:
+        """A new folder's files being read: how many of how many."""
+        self.busy.setRange(0, max(total, 1))
+        self.busy.setValue(done)
+        self.busy.setFormat(f"{done:,} / {total:,} files read")
+        self.busy.setTextVisible(True)
 
     def set_idle(self) -> None:
         self.busy.setVisible(False)
