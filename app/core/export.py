@@ -16,12 +16,15 @@ predictions from cached features; any difference fails the export and leaves no 
   the layer ``main_temperature``; fitted on the validation split), ``method``, ``note`` (why
   not fitted, when empty validation left it at 1.0).
 - ``unknown``: ``method`` (``knn``, ``mahalanobis``, ``max_probability`` or null: no test),
-  ``threshold`` (unknown when score < threshold), ``k``, ``keep_known`` (share of validation
-  images the threshold keeps known), ``file`` (``unknown.npz``, float16 arrays) and
-  ``arrays`` (what each array is), ``score`` and ``rule`` in words.
+  ``threshold`` (unknown when score < threshold), ``fitted_threshold`` and
+  ``threshold_set_by`` (the fit, or the user's slider), ``k``, ``keep_known`` and
+  ``known_images`` (the share of which known images the fitted threshold keeps known),
+  ``file`` (``unknown.npz``, float16 arrays) and ``arrays`` (what each array is), ``score``
+  and ``rule`` in words.
 - ``preprocessing``: the decoding exactly (JPEG draft, EXIF transpose, alpha on white, 16-bit,
   bilinear squash); ``plain_decode``: images, max_abs_diff and top1_mismatches of the model's
-  answers when the draft step is skipped, measured at export.
+  answers when the draft step is skipped, measured at export; ``other_forms``: the same for
+  the SavedModel and TFLite files (loaded back), with their distance from the Keras model.
 
 The folder is written beside its destination and swapped in by rename, so a crash leaves the
 old model or the new one, never neither. Only a folder this app wrote (recognised by its
@@ -128,10 +131,10 @@ def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
     unknown = meta.get("unknown")
     if not isinstance(unknown, dict) or not unknown.get("method"):
         return False
-    unknown.setdefault("fitted_threshold", unknown.get("threshold"))
+    unknown.setdefault("fitted_threshold", unknown.get("threshold"))  # older model folders
     unknown["threshold"] = float(threshold)
-    unknown["threshold_set_by"] = ("the fitted threshold" if float(threshold) ==
-                                   unknown["fitted_threshold"] else "the user (Evaluate page)")
+    unknown["threshold_set_by"] = ("the fit" if float(threshold) == unknown["fitted_threshold"]
+                                   else "the user (Evaluate page)")
     # beside the folder, not in it: a crash must not leave a stray file inside a model folder
     tmp = folder.parent / f".{folder.name}.metadata-{uuid.uuid4().hex[:8]}.json"
     try:

@@ -102,6 +102,15 @@ class SplitData:
         rows = self.source.rows([self.digests[i] for i in index], taps)
         return {t: a.astype(np.float32) for t, a in rows.items()}
 
+    def take(self, index: Sequence[int] | np.ndarray) -> SplitData:
+        """The images at ``index`` as a split of their own (features still where they are)."""
+        index = np.asarray(index, np.int64)
+        feats = (None if self.features is None
+                 else {t: a[index] for t, a in self.features.items()})
+        return SplitData(feats, self.labels[index], [self.paths[i] for i in index],
+                         [self.digests[i] for i in index] if self.digests else [],
+                         self.source)
+
     def shapes(self, taps: Sequence[str]) -> dict[str, tuple[int, ...]]:
         if self.features is not None:
             return {t: tuple(self.features[t].shape[1:]) for t in taps}

@@ -82,12 +82,14 @@ _was_enabled = False
 @contextmanager
 def long_lived_objects() -> Iterator[None]:
     """For a job that builds many objects meant to live on (100k records of a scanned folder):
-    Python's automatic cyclic collection is off while it runs, and what exists when the block
-    ends is frozen out of later full passes (``gc.freeze``). A full pass walks every tracked
-    object holding the GIL, which stops every other thread, a window's event loop included:
-    measured 40-70 ms each, several per 100k-image scan. Frozen objects are still freed by
-    reference counting; only a cycle among them is never collected. Nested and concurrent
-    uses are counted: the collector comes back when the last one ends."""
+    Python's automatic cyclic collection is off while it runs; when the block ends, one pass
+    over the objects made meanwhile (the youngest generation: the collector was off, so they
+    are all there) frees the cyclic garbage any thread made, and what survives is frozen out
+    of later full passes (``gc.freeze``). A full pass walks every tracked object holding the
+    GIL, which stops every other thread, a window's event loop included: measured 40-70 ms
+    each, several per 100k-image scan. Frozen objects are still freed by reference counting;
+    a cycle among them, once frozen, is not. Nested and concurrent uses are counted: the
+    collector comes back when the last one ends."""
     global _pauses, _was_enabled
     with _pause_lock:
         _pauses += 1
@@ -100,6 +102,7 @@ def long_lived_objects() -> Iterator[None]:
         with _pause_lock:
             _pauses -= 1
             if _pauses == 0:
+                gc.collect(0)
                 gc.freeze()
                 if _was_enabled:
                     gc.enable()

@@ -181,11 +181,13 @@ class Retraining:
                                "train again")
         return result
 
-    def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",)) -> ExportReport:
+    def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",),
+               trust: Trust | None = None) -> ExportReport:
+        """``trust``: a snapshot of this run's (the window's slider moves the live one)."""
         from app.core.export import export_model
 
         result = self._trained()
-        trust = self.trust or Trust(note="no calibration was fitted")
+        trust = trust or self.trust or Trust(note="no calibration was fitted")
         return export_model(
             out_dir, spec=get_spec(result.backbone), weights=result.weights, result=result,
             trust=trust,

@@ -33,7 +33,7 @@ class Review:
     hardest: list[dict] = field(default_factory=list)  # labels.hardest entries + digest
     validation_scores: np.ndarray | None = None  # None: the model has no unknown detector
     method: str | None = None  # the unknown score's method
-    default_threshold: float | None = None  # the fitted threshold (95% of validation known)
+    default_threshold: float | None = None  # the fitted threshold (95% of the known images)
 
 
 def answers(classes: list[str], paths: list[str], digests: list[str], true: np.ndarray,
@@ -66,7 +66,8 @@ def review(run: Retraining, n_hardest: int = HARDEST) -> Review:
     out.hardest = [{**h, "true": h["label"], "digest": digest_of.get(h["path"], "")}
                    for h in run.hardest_training_images(n_hardest)]
     if detector is not None:
-        out.method, out.default_threshold = detector.method, float(detector.threshold)
+        fitted = detector.fitted if np.isfinite(detector.fitted) else detector.threshold
+        out.method, out.default_threshold = detector.method, float(fitted)
         out.validation_scores = detector.score(feats["validation"], probs["validation"])
     return out
 

@@ -17,7 +17,7 @@ from app.core.calibration import safe_temperature, softmax
 from app.core.feeds import SplitData
 from app.core.head import logits_branch
 from app.core.training import TrainResult
-from app.core.unknown import DEFAULT_METHOD, UnknownDetector, fit_detector
+from app.core.unknown import DEFAULT_METHOD, UnknownDetector, fit_detector, reference_rows
 
 
 @dataclass
@@ -63,7 +63,11 @@ def fit_trust(result: TrainResult, splits: dict[str, SplitData],
     features, logits = main_outputs(result, val)
     temperature, note = safe_temperature(logits, val.labels)
     train = splits["train"]
-    train_features = main_outputs(result, train)[0] if method != "max_probability" else None
+    train_features = None
+    if method != "max_probability":  # features of the reference images only
+        train = train.take(reference_rows(len(train)))
+        train_features = main_outputs(result, train)[0]
     detector = fit_detector(method, train_features, train.labels, len(result.classes),
-                            features, softmax(logits, temperature))
+                            features, softmax(logits, temperature),
+                            pool_training=result.settings.mode == "head")
     return Trust(temperature=temperature, detector=detector, note=note)

@@ -11,12 +11,17 @@ features (what the head reads) and its calibrated probabilities:
 
 The threshold is the score below which only ``1 - keep`` of the known images fall, so that
 ``keep`` (95%) of images like the known ones stay known. For ``max_probability`` and
-``mahalanobis`` the known images are the validation split. For ``knn`` they are the validation
-split *and* up to ``LOO_ROWS`` training images, each scored against the other training images
-(leave-one-out): the frozen features were never fitted to them, and ~120 validation images
-alone set the 5% quantile too noisily (measured: 19.8% of Oxford-17's test flowers flagged
-with the validation-only threshold, 11.1% with the pooled one). What the test needs is written
-beside an exported model as ``unknown.npz`` (float16) and described in ``metadata.json``.
+``mahalanobis`` the known images are the validation split. For ``knn`` on frozen features (the
+head-only mode) they are the validation split *and* up to ``LOO_ROWS`` training images, each
+scored against the other training images (leave-one-out): nothing was fitted to make training
+images' features alike, and ~120 validation images alone set the 5% quantile too noisily
+(measured: 19.8% of Oxford-17's test flowers flagged with the validation-only threshold, 11.1%
+with the pooled one). In the fine-tune mode the features come out of blocks trained on the
+training images, which sit closer together than new ones: the validation split alone.
+
+What the test needs is written beside an exported model as ``unknown.npz`` (float16; for knn
+up to 20,000 training images' features, ~40 MB with MobileNet's 1024) and described in
+``metadata.json``.
 Pure numpy.
 """
 
@@ -75,6 +80,7 @@ class UnknownDetector:
     whitening: np.ndarray | None = None  # mahalanobis: W with W W^T = shared covariance^-1
     keep: float = KEEP_KNOWN
     known_images: str = "the validation images"  # what the threshold's quantile was taken on
+    fitted: float = float("nan")  # the threshold as fitted (``threshold`` may be moved since)
 
     @property
     def needs_features(self) -> bool:
@@ -121,11 +127,15 @@ class UnknownDetector:
             "mahalanobis": "minus the smallest squared distance between features @ whitening "
                            "and a row of means",
         }[self.method]
+        fitted = self.fitted if np.isfinite(self.fitted) else float(self.threshold)
+        moved = float(self.threshold) != fitted
         return {"method": self.method, "threshold": float(self.threshold), "k": self.k,
+                "fitted_threshold": fitted,
+                "threshold_set_by": "the user (Evaluate page)" if moved else "the fit",
                 "keep_known": self.keep, "file": FILE_NAME if arrays else None,
                 "arrays": arrays,
                 "score": f"{how}; higher means more like the training classes",
-                "rule": "unknown when score < threshold; the threshold keeps "
+                "rule": "unknown when score < threshold; the fitted threshold keeps "
                         f"{self.keep:.0%} of {self.known_images} known",
                 "known_images": self.known_images}
 
@@ -147,6 +157,7 @@ class UnknownDetector:
         det = cls(method, float(meta["threshold"]), int(meta.get("k", KNN_K)),
                   keep=float(meta.get("keep_known", KEEP_KNOWN)))
         det.known_images = str(meta.get("known_images", det.known_images))
+        det.fitted = float(meta.get("fitted_threshold", det.threshold))
         if meta.get("file"):
             with np.load(Path(folder) / meta["file"], allow_pickle=False) as data:
                 for name in ("reference", "means", "whitening"):
@@ -160,7 +171,8 @@ class UnknownDetector:
 
 def fit_detector(method: str, train_features: np.ndarray | None, train_labels: np.ndarray,
                  n_classes: int, val_features: np.ndarray | None, val_probs: np.ndarray,
-                 keep: float = KEEP_KNOWN, k: int = KNN_K, seed: int = 0) -> UnknownDetector:
+                 keep: float = KEEP_KNOWN, k: int = KNN_K, seed: int = 0,
+                 pool_training: bool = True) -> UnknownDetector:
     """Build the ``method``'s score from the training split and set its threshold so that
     ``keep`` of the known images stay known: the validation split, plus (knn) training images
     scored leave-one-out. Needs at least one validation image."""
@@ -175,9 +187,11 @@ def fit_detector(method: str, train_features: np.ndarray | None, train_labels: n
             rows = rng.choice(len(feats), MAX_REFERENCE_ROWS, replace=False)
             feats = feats[np.sort(rows)]
         det.reference = _normalise(feats).astype(np.float16).astype(np.float32)
-        if len(feats) > k:  # enough to score a training image without itself
+        if pool_training and len(feats) > k:  # enough to score one without itself
             loo = np.sort(rng.choice(len(feats), min(LOO_ROWS, len(feats)), replace=False))
-            extra = det.score(feats[loo], np.zeros((len(loo), 1)), leave_out=loo)
+            extra = np.concatenate([  # a chunk at a time: (256, reference rows) similarities
+                det.score(feats[part], np.zeros((len(part), 1)), leave_out=part)
+                for part in np.array_split(loo, max(1, len(loo) // 256))])
             det.known_images = (f"the validation images and {len(loo)} training images "
                                 "(each scored without itself)")
     elif method == "mahalanobis":
@@ -194,8 +208,16 @@ def fit_detector(method: str, train_features: np.ndarray | None, train_labels: n
     if len(val_probs) == 0:
         raise ValueError("the validation split is empty: no threshold can be set")
     scores = np.concatenate([det.score(val_features, val_probs), extra])
-    det.threshold = float(np.quantile(scores, 1 - keep))
+    det.threshold = det.fitted = float(np.quantile(scores, 1 - keep))
     return det
+
+
+def reference_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Which of ``n`` training images a detector is built from (all, or a fixed sample of
+    ``MAX_REFERENCE_ROWS``): only theirs need features computed."""
+    if n <= MAX_REFERENCE_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, MAX_REFERENCE_ROWS, replace=False))
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:

@@ -1,8 +1,9 @@
 """What closing the window asks, and which running jobs it stops or waits for.
 
 Training, caching and exporting are worth a question; everything else (reading a folder,
-thumbnails, predictions) is cancelled without one. A model being saved for the next start and
-an export are waited for, never cancelled: stopping them would lose the model.
+thumbnails, predictions) is cancelled without one. A model being saved for the next start (or
+the threshold written into it) and an export are waited for, never cancelled: stopping them
+would lose the model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 SAVING = "saving the model"  # the job that keeps the last trained model for the next start
+REMEMBERING = "remembering the threshold"  # the slider's threshold, into that saved model
 
 QUESTIONS = {
     "training": "Training is running — stop and quit? The best model so far is kept and "
@@ -18,7 +20,7 @@ QUESTIONS = {
     "caching": "Caching is running — stop and quit? Nothing is lost: every finished batch is "
                "already saved, and the next run goes on from there.",
 }
-WAITED_FOR = ("export", SAVING)
+WAITED_FOR = ("export", SAVING, REMEMBERING)
 
 
 def quit_question(running: Iterable[str]) -> str | None:

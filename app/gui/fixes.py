@@ -71,6 +71,12 @@ class Fixes(QObject):
         if self.session.reflag(self.win.predict.results):
             self.win.predict.refresh()
 
+    def flush_threshold(self) -> None:
+        """Write a threshold the slider moved to now, not after the pause (closing)."""
+        if self._remember.isActive():
+            self._remember.stop()
+            self.win.remember_threshold()
+
     def show_cell(self, true: str, predicted: str) -> None:
         from app.core.review import cell_images
 

@@ -344,10 +344,13 @@ class Session(QObject):
         run = run or self.trained_run
         if run is None:
             raise RuntimeError("train a model before exporting it")
+        trust = run.trust  # as it is now: the slider moves the live detector's threshold
+        if trust is not None:
+            trust = dataclasses.replace(trust, detector=copy.copy(trust.detector))
 
         def job(progress: ProgressCallback, cancel: CancelToken):
             with self._building:
-                return run.export(out_dir)
+                return run.export(out_dir, trust=trust)
 
         return job
 

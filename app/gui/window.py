@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 from app.core.export import is_model_folder
 from app.core.paths import last_model_dir
 from app.gui.activity import ActivityLabel, progress_text, say_while
-from app.gui.closing import SAVING, quit_question, stops_on_quit
+from app.gui.closing import REMEMBERING, SAVING, quit_question, stops_on_quit
 from app.gui.errors import ErrorBanner, log, setup_logging
 from app.gui.fixes import Fixes
 from app.gui.pages.data import DataPage
@@ -67,6 +67,7 @@ class MainWindow(QMainWindow):
         self._saved_run = None  # the run whose model last_model_dir() now holds
         self._threshold_worker: Worker | None = None
         self._threshold_pending = False
+        self._scan_worker: Worker | None = None
 
         self.data, self.features = DataPage(), FeaturesPage()
         self.train, self.evaluate, self.predict = TrainPage(), EvaluatePage(), PredictPage()
@@ -236,12 +237,14 @@ class MainWindow(QMainWindow):
         worker = self.jobs.start("reading the folder", self.session.scan_job(folder),
                                  on_result=self._scanned, on_done=self.data.set_idle,
                                  on_progress=lambda p: self._reading(worker, p))
+        self._scan_worker = worker
         self.activity.track(worker, "Reading the folder…")
 
     def _reading(self, worker: Worker, p) -> None:
         """Files read so far: the Data page's bar and the status bar (a new folder's files
-        are each read and hashed once, minutes for 100k)."""
-        if p.stage == "scan":
+        are each read and hashed once: ~20 s for 100k small images here, longer on slow
+        disks)."""
+        if p.stage == "scan" and worker is self._scan_worker:
             self.activity.update_text(worker, progress_text("reading the folder", p))
             self.data.show_reading(p.done, p.total)
 
@@ -372,8 +375,9 @@ class MainWindow(QMainWindow):
 
     def save_last_model(self, run) -> Worker | None:
         """Keep ``run``'s model in last_model_dir() for the next start (in the background;
-        one save at a time, the newest run waiting for the one in progress)."""
-        if self._saving is not None:
+        one save at a time, the newest run waiting for the one in progress, or for a threshold
+        being written into the folder it replaces)."""
+        if self._saving is not None or self._threshold_worker is not None:
             self._save_next = run
             return None
         folder = last_model_dir()
@@ -413,12 +417,14 @@ class MainWindow(QMainWindow):
 
         def done() -> None:
             self._threshold_worker = None
-            if self._threshold_pending:
+            following, self._save_next = self._save_next, None
+            if following is not None:
+                self.save_last_model(following)  # a newer model replaces the folder
+            elif self._threshold_pending:
                 self._threshold_pending = False
                 self.remember_threshold()
 
-        self._threshold_worker = self.jobs.start("remembering the threshold", job,
-                                                 on_done=done)
+        self._threshold_worker = self.jobs.start(REMEMBERING, job, on_done=done)
         return self._threshold_worker
 
     # --- export and models --------------------------------------------------------------
@@ -527,6 +533,8 @@ class MainWindow(QMainWindow):
         """Ask when training, caching or an export runs; then stop what can stop, wait for
         the rest (a stopped training run's best model is saved for the next start) and close
         once every job ended. The window stays responsive meanwhile."""
+        if not self._quitting:
+            self.fixes.flush_threshold()  # a slider move still waiting for its pause
         if self._quitting == "ready" or (not self._quitting and not self.jobs.running):
             self._save()
             event.accept()

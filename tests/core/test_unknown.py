@@ -59,6 +59,12 @@ def test_knn_threshold_pools_training_images_scored_without_themselves():
     assert "training images" in det.known_images and "training images" in det.metadata()["rule"]
     flagged = det.flags(det.score(test, np.full((len(test), 3), 1 / 3))).mean()
     assert 0.03 <= flagged <= 0.07  # 5% of new known images, not fewer (self-matches) or more
+    assert det.metadata()["fitted_threshold"] == det.threshold
+
+    # features of trained blocks (fine-tune mode) bring training images together: not pooled
+    trained = fit_detector("knn", train, train_y, 3, val, probs, pool_training=False)
+    assert trained.known_images == "the validation images"
+    assert trained.flags(trained.score(val, probs)).mean() == pytest.approx(0.05, abs=0.05)
 
 
 @pytest.fixture(scope="module")
