@@ -76,33 +76,32 @@ class RateMeter:
 
 _pause_lock = threading.Lock()
 _pauses = 0
-_was_enabled = False
+_threshold: tuple[int, int, int] | None = None
+NEVER = 1 << 30  # a generation-2 threshold that is never reached
 
 
 @contextmanager
 def long_lived_objects() -> Iterator[None]:
     """For a job that builds many objects meant to live on (100k records of a scanned folder):
-    Python's automatic cyclic collection is off while it runs; when the block ends, one pass
-    over the objects made meanwhile (the youngest generation: the collector was off, so they
-    are all there) frees the cyclic garbage any thread made, and what survives is frozen out
-    of later full passes (``gc.freeze``). A full pass walks every tracked object holding the
-    GIL, which stops every other thread, a window's event loop included: measured 40-70 ms
-    each, several per 100k-image scan. Frozen objects are still freed by reference counting;
-    a cycle among them, once frozen, is not. Nested and concurrent uses are counted: the
-    collector comes back when the last one ends."""
-    global _pauses, _was_enabled
+    while it runs, Python's cyclic collector makes no full pass (its young generations still
+    collect, in a millisecond or two, so the cycles any thread leaves behind die young as
+    usual), and what exists when the block ends is frozen out of later full passes
+    (``gc.freeze``). A full pass walks every tracked object holding the GIL, which stops every
+    other thread, a window's event loop included: measured 40-70 ms each, several per
+    100k-image scan. Frozen objects are still freed by reference counting; only a cycle that
+    became garbage in the oldest generation before the freeze is never collected. Nested and
+    concurrent uses are counted: full passes come back when the last one ends."""
+    global _pauses, _threshold
     with _pause_lock:
         _pauses += 1
         if _pauses == 1:
-            _was_enabled = gc.isenabled()
-            gc.disable()
+            _threshold = gc.get_threshold()
+            gc.set_threshold(_threshold[0], _threshold[1], NEVER)
     try:
         yield
     finally:
         with _pause_lock:
             _pauses -= 1
-            if _pauses == 0:
-                gc.collect(0)
+            if _pauses == 0 and _threshold is not None:
                 gc.freeze()
-                if _was_enabled:
-                    gc.enable()
+                gc.set_threshold(*_threshold)
