@@ -34,7 +34,7 @@ def run_gui(data_dir: str | None = None) -> int:
     if ICON.is_file():
         app.setWindowIcon(QIcon(str(ICON)))
     theme.apply(app)
-    window = MainWindow()
+    window = MainWindow(folder=str(data_dir) if data_dir else None)  # else the last folder
 
     def excepthook(kind, value, tb):  # a bug in a slot: a message, not a dead terminal
         log.error("unexpected error:\n%s", "".join(traceback.format_exception(kind, value, tb)))
@@ -46,6 +46,4 @@ def run_gui(data_dir: str | None = None) -> int:
     if os.environ.get("BOTTLENECK_STUDIO_QUIT_AFTER_PAINT"):
         window.first_painted.connect(lambda: QTimer.singleShot(0, window.close))
     window.show()
-    if data_dir:
-        QTimer.singleShot(0, lambda: window.load_folder(str(data_dir)))
     return app.exec()

@@ -36,6 +36,8 @@ class DataPage(QWidget):
         self.folder = QLabel("No folder yet — choose one, or drop a folder here.")
         self.folder.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.busy = QProgressBar()
+        self.busy.setMinimumWidth(self.fontMetrics().horizontalAdvance("000,000 / 000,000 "
+                                                                       "files read") + 24)
         self.busy.setVisible(False)
         top = QHBoxLayout()
         top.addWidget(self.choose)
