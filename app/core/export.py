@@ -55,6 +55,7 @@ from app.core.head import main_branch
 from app.core.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
 from app.core.training import HISTORY_KEYS, SplitData, TrainResult
 from app.core.trust import Trust, main_outputs
+from app.core.unknown import threshold_origin
 
 if TYPE_CHECKING:
     import keras
@@ -133,8 +134,7 @@ def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
         return False
     unknown.setdefault("fitted_threshold", unknown.get("threshold"))  # older model folders
     unknown["threshold"] = float(threshold)
-    unknown["threshold_set_by"] = ("the fit" if float(threshold) == unknown["fitted_threshold"]
-                                   else "the user (Evaluate page)")
+    unknown["threshold_set_by"] = threshold_origin(threshold, unknown["fitted_threshold"])
     # beside the folder, not in it: a crash must not leave a stray file inside a model folder
     tmp = folder.parent / f".{folder.name}.metadata-{uuid.uuid4().hex[:8]}.json"
     try:
@@ -215,14 +215,13 @@ def _decoded_pair(paths: list[str], image_size: tuple[int, int], limit: int
     return np.stack(ours).astype(np.float32), np.stack(plain).astype(np.float32)
 
 
-def plain_decode_deviation(predict, paths: list[str], image_size: tuple[int, int],
-                           limit: int = PARITY_IMAGES, reference=None) -> dict:
-    """How far a model form's answers (``predict``: pixels -> probabilities) move when images
-    are decoded the plain way (no JPEG ``draft``), as a script that only read the old metadata
-    would: the largest probability difference and the top-1 changes against the app's
-    decoding. With ``reference`` (the Keras model's ``predict``), also how far this form is
-    from it on the app's own pixels."""
-    pair = _decoded_pair(paths, image_size, limit)
+def plain_decode_deviation(predict, pair: tuple[np.ndarray, np.ndarray] | None,
+                           reference: np.ndarray | None = None) -> dict:
+    """How far a model form's answers (``predict``: pixels -> probabilities) move when the
+    images of ``pair`` (see ``_decoded_pair``) are decoded the plain way (no JPEG ``draft``),
+    as a script that only read the old metadata would: the largest probability difference
+    and the top-1 changes against the app's decoding. With ``reference`` (the Keras model's
+    answers on the app's pixels), also how far this form is from it."""
     if pair is None:
         return {"images": 0, "max_abs_diff": None, "top1_mismatches": None}
     ours, plain = pair
@@ -230,9 +229,8 @@ def plain_decode_deviation(predict, paths: list[str], image_size: tuple[int, int
     out = {"images": len(ours), "max_abs_diff": float(np.abs(pa - pb).max()),
            "top1_mismatches": int((pa.argmax(1) != pb.argmax(1)).sum())}
     if reference is not None:
-        pk = np.asarray(reference(ours))
-        out["vs_keras_max_abs_diff"] = float(np.abs(pa - pk).max())
-        out["vs_keras_top1_mismatches"] = int((pa.argmax(1) != pk.argmax(1)).sum())
+        out["vs_keras_max_abs_diff"] = float(np.abs(pa - reference).max())
+        out["vs_keras_top1_mismatches"] = int((pa.argmax(1) != reference.argmax(1)).sum())
     return out
 
 
@@ -332,11 +330,12 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
         if "savedmodel" in formats or "tflite" in formats:
             predictors = _export_tensorflow(model, staging, "tflite" in formats)
         plain, forms = None, {}
-        if validation is not None and len(validation):
+        if validation is not None and len(validation):  # decoded once, for every form
+            pair = _decoded_pair(validation.paths, spec.input_size, PARITY_IMAGES)
             keras_predict = lambda x: reloaded.predict(x, verbose=0)  # noqa: E731
-            plain = plain_decode_deviation(keras_predict, validation.paths, spec.input_size)
-            forms = {name: plain_decode_deviation(fn, validation.paths, spec.input_size,
-                                                  reference=keras_predict)
+            plain = plain_decode_deviation(keras_predict, pair)
+            keras_ours = None if pair is None or not predictors else keras_predict(pair[0])
+            forms = {name: plain_decode_deviation(fn, pair, reference=keras_ours)
                      for name, fn in predictors.items()}
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes), "utf-8")
         write_history(staging, history)

@@ -66,8 +66,7 @@ def review(run: Retraining, n_hardest: int = HARDEST) -> Review:
     out.hardest = [{**h, "true": h["label"], "digest": digest_of.get(h["path"], "")}
                    for h in run.hardest_training_images(n_hardest)]
     if detector is not None:
-        fitted = detector.fitted if np.isfinite(detector.fitted) else detector.threshold
-        out.method, out.default_threshold = detector.method, float(fitted)
+        out.method, out.default_threshold = detector.method, detector.fitted_threshold
         out.validation_scores = detector.score(feats["validation"], probs["validation"])
     return out
 

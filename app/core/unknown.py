@@ -83,6 +83,11 @@ class UnknownDetector:
     fitted: float = float("nan")  # the threshold as fitted (``threshold`` may be moved since)
 
     @property
+    def fitted_threshold(self) -> float:
+        """The threshold as fitted (a detector made by hand has only ``threshold``)."""
+        return float(self.fitted) if np.isfinite(self.fitted) else float(self.threshold)
+
+    @property
     def needs_features(self) -> bool:
         return self.method != "max_probability"
 
@@ -127,11 +132,9 @@ class UnknownDetector:
             "mahalanobis": "minus the smallest squared distance between features @ whitening "
                            "and a row of means",
         }[self.method]
-        fitted = self.fitted if np.isfinite(self.fitted) else float(self.threshold)
-        moved = float(self.threshold) != fitted
         return {"method": self.method, "threshold": float(self.threshold), "k": self.k,
-                "fitted_threshold": fitted,
-                "threshold_set_by": "the user (Evaluate page)" if moved else "the fit",
+                "fitted_threshold": self.fitted_threshold,
+                "threshold_set_by": threshold_origin(self.threshold, self.fitted_threshold),
                 "keep_known": self.keep, "file": FILE_NAME if arrays else None,
                 "arrays": arrays,
                 "score": f"{how}; higher means more like the training classes",
@@ -167,6 +170,11 @@ class UnknownDetector:
             if any(getattr(det, n) is None for n in needed):
                 raise ValueError(f"{meta['file']} lacks {', '.join(needed)}")
         return det
+
+
+def threshold_origin(threshold: float, fitted: float) -> str:
+    """``metadata.json``'s ``threshold_set_by``: the fit, or the user's slider."""
+    return "the fit" if float(threshold) == float(fitted) else "the user (Evaluate page)"
 
 
 def fit_detector(method: str, train_features: np.ndarray | None, train_labels: np.ndarray,

@@ -65,8 +65,8 @@ class MainWindow(QMainWindow):
         self._saving: Worker | None = None
         self._save_next = None  # a trained run waiting for the current save to end
         self._saved_run = None  # the run whose model last_model_dir() now holds
+        self._written_threshold = None  # the unknown threshold that folder answers with
         self._threshold_worker: Worker | None = None
-        self._threshold_pending = False
         self._scan_worker: Worker | None = None
 
         self.data, self.features = DataPage(), FeaturesPage()
@@ -381,32 +381,39 @@ class MainWindow(QMainWindow):
             self._save_next = run
             return None
         folder = last_model_dir()
+        detector = run.trust.detector if run.trust is not None else None
+        threshold = None if detector is None else detector.threshold  # what the save writes
 
         def saved(_report) -> None:
-            self._saved_run = run
+            self._saved_run, self._written_threshold = run, threshold
 
         def done() -> None:
             self._saving = None
-            following, self._save_next = self._save_next, None
-            if following is not None:
-                self.save_last_model(following)
-            else:
-                self.remember_threshold()  # a slider moved while the model was being saved
+            self._last_model_free()
 
         self._saving = self.jobs.start(SAVING, self.session.export_job(folder, run),
                                        on_result=saved, on_done=done)
         self.activity.track(self._saving, "Saving the model for the next start…")
         return self._saving
 
+    def _last_model_free(self) -> None:
+        """A save or a threshold write into last_model_dir() ended: a newer model waiting is
+        saved, else a threshold moved meanwhile is written."""
+        following, self._save_next = self._save_next, None
+        if following is not None:
+            self.save_last_model(following)
+        else:
+            self.remember_threshold()
+
     def remember_threshold(self) -> Worker | None:
         """Write the "unknown" threshold now in use into the saved model, so the model reopened
-        at the next start answers with it (only when that folder holds this run's model)."""
+        at the next start answers with it (only when that folder holds this run's model, and
+        answers with another threshold)."""
         run = self.session.trained_run
         if (run is None or run is not self._saved_run or self._saving is not None
-                or run.trust is None or run.trust.detector is None):
-            return None  # nothing saved yet for this run: its save writes the current one
-        if self._threshold_worker is not None:
-            self._threshold_pending = True  # written once the current write ends
+                or self._threshold_worker is not None  # it calls again when it ends
+                or run.trust is None or run.trust.detector is None
+                or run.trust.detector.threshold == self._written_threshold):
             return None
         threshold, folder = run.trust.detector.threshold, last_model_dir()
 
@@ -415,14 +422,9 @@ class MainWindow(QMainWindow):
 
             return set_unknown_threshold(folder, threshold)
 
-        def done() -> None:
-            self._threshold_worker = None
-            following, self._save_next = self._save_next, None
-            if following is not None:
-                self.save_last_model(following)  # a newer model replaces the folder
-            elif self._threshold_pending:
-                self._threshold_pending = False
-                self.remember_threshold()
+        def done() -> None:  # tried once: a failure shows as an error, not as a retry loop
+            self._threshold_worker, self._written_threshold = None, threshold
+            self._last_model_free()
 
         self._threshold_worker = self.jobs.start(REMEMBERING, job, on_done=done)
         return self._threshold_worker

@@ -10,6 +10,8 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
 
+from app.core.unknown import KNN_K
+
 BEFORE, AFTER = "#ff7f0e", "#1f77b4"
 
 
@@ -128,7 +130,7 @@ class TrustPanel(QWidget):
         t = effect["threshold"]
         shown = _probability(t) if self.method == "max_probability" else f"{t:.3g}"
         what = {"max_probability": "top probability",
-                "knn": "similarity to the nearest training images (cosine, mean of 5)",
+                "knn": f"similarity to the nearest training images (cosine, mean of {KNN_K})",
                 }.get(self.method, f"{self.method} score")
         fraction = effect["fraction"]
         share = "—" if fraction is None else f"{fraction:.1%}"
