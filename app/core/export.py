@@ -15,8 +15,8 @@ predictions from cached features; any difference fails the export and leaves no 
 - ``calibration``: ``temperature`` (the model divides its logits by it before the softmax, in
   the layer ``main_temperature``; fitted on the validation split), ``method``, ``note`` (why
   not fitted, when empty validation left it at 1.0).
-- ``unknown``: ``method`` (``knn``, ``mahalanobis``, ``max_probability`` or null: no test),
-  ``threshold`` (unknown when score < threshold), ``fitted_threshold`` and
+- ``unknown``: ``method`` (``relative_knn``, ``knn``, ``mahalanobis``, ``max_probability`` or
+  null: no test), ``threshold`` (unknown when score < threshold), ``fitted_threshold`` and
   ``threshold_set_by`` (the fit, or the user's slider), ``k``, ``keep_known`` and
   ``known_images`` (the share of which known images the fitted threshold keeps known),
   ``file`` (``unknown.npz``, float16 arrays) and ``arrays`` (what each array is), ``score``

@@ -73,11 +73,15 @@ def unknown_scores(entry: dict, features: np.ndarray | None, probs: np.ndarray) 
     with np.load(HERE / entry["file"]) as data:
         arrays = {k: np.asarray(data[k], np.float32) for k in data.files}
     feats = np.asarray(features, np.float32)
-    if method == "knn":
+    if method in ("knn", "relative_knn"):
         unit = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         sims = unit @ arrays["reference"].T
         k = min(int(entry["k"]), sims.shape[1])
-        return (-np.partition(-sims, k - 1, axis=1)[:, :k]).mean(axis=1)
+        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        score = np.take_along_axis(sims, nearest, axis=1).mean(axis=1)
+        if method == "relative_knn":  # minus the neighbours' own similarity to theirs
+            score = score - arrays["density"][nearest].mean(axis=1)
+        return score
     z = feats @ arrays["whitening"]
     means = arrays["means"]
     dist = (z ** 2).sum(1, keepdims=True) - 2 * z @ means.T + (means ** 2).sum(1)[None]

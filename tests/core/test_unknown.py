@@ -1,6 +1,6 @@
 """"Unknown": images of a class the model never saw score low and are called unknown, the
-threshold keeps 95% of the known images known (knn: validation plus training images scored
-leave-one-out), and the exported folder answers the same."""
+threshold keeps 95% of the known images known (knn scores: validation plus training images
+scored leave-one-out), and the exported folder answers the same."""
 
 import json
 import subprocess
@@ -67,14 +67,39 @@ def test_knn_threshold_pools_training_images_scored_without_themselves():
     assert trained.flags(trained.score(val, probs)).mean() == pytest.approx(0.05, abs=0.05)
 
 
+def test_relative_knn_measures_against_the_neighbours_own_spread():
+    """One class's photos are all alike, another's vary a lot. A near-miss of the tight class
+    is as similar to it as the varied class's photos are to each other: plain knn, one
+    threshold for both, cannot tell it from a known photo; relative_knn, which subtracts the
+    neighbours' own similarity to theirs, flags it and keeps the varied class known."""
+    rng = np.random.default_rng(5)
+    tight, varied = np.abs(rng.normal(0, 1, (2, 32))) + 0.5
+
+    def photos(centre, spread, n):
+        return np.abs(centre + rng.normal(0, spread, (n, 32)))
+
+    train = np.concatenate([photos(tight, 0.05, 150), photos(varied, 0.5, 150)])
+    train_y = np.repeat([0, 1], 150)
+    val = np.concatenate([photos(tight, 0.05, 20), photos(varied, 0.5, 20)])
+    test = np.concatenate([photos(tight, 0.05, 100), photos(varied, 0.5, 100)])
+    near_miss = photos(tight, 0.3, 100)
+    probs = np.full((len(val), 2), 0.5)  # unused by these scores
+    flagged = {}
+    for method in ("knn", "relative_knn"):
+        det = fit_detector(method, train, train_y, 2, val, probs)
+        flagged[method] = [det.flags(det.score(x, probs)).mean() for x in (test, near_miss)]
+    assert flagged["knn"][1] < 0.1  # the plain score misses them
+    assert flagged["relative_knn"][1] > 0.4
+    assert flagged["relative_knn"][0] <= 0.1  # while the known photos stay known
+
+
 @pytest.fixture(scope="module")
 def two_colours(tmp_path_factory):
     """Trained on red and green only; blue is the class it never saw."""
     root = tmp_path_factory.mktemp("unk")
     data = make_dataset(root / "photos", per_class=20, classes=("red", "green"))
     run = Retraining(data, "tiny", "none", root / "cache",
-                     TrainSettings(epochs=4, batch_size=8, learning_rate=3e-3),
-                     unknown_method="knn")  # the feature-space score, with unknown.npz
+                     TrainSettings(epochs=4, batch_size=8, learning_rate=3e-3))
     run.run_training()
     blue = [make_image(root / "blue" / f"{i}.jpg", COLOURS["blue"], seed=900 + i)
             for i in range(12)]
@@ -86,7 +111,7 @@ def two_colours(tmp_path_factory):
 def test_the_app_calls_a_class_it_never_saw_unknown(two_colours):
     run, _, blue, known = two_colours
     det = run.trust.detector
-    assert det is not None and det.method == "knn"
+    assert det is not None and det.method == "relative_knn"  # the default, with unknown.npz
     val = run.splits["validation"]
     assert len(val) >= 4
     preds = run.predictor().predict(blue + known, top_k=1)
@@ -103,11 +128,11 @@ def test_the_exported_folder_carries_the_unknown_test(two_colours, tmp_path):
     run, root, blue, known = two_colours
     folder = run.export(tmp_path / "model").folder
     meta = read_metadata(folder)["unknown"]
-    assert meta["method"] == "knn" and meta["file"] == "unknown.npz"
+    assert meta["method"] == "relative_knn" and meta["file"] == "unknown.npz"
     assert meta["threshold"] == pytest.approx(run.trust.detector.threshold)
     with np.load(folder / "unknown.npz") as arrays:
         assert arrays["reference"].dtype == np.float16
-        assert len(arrays["reference"]) == len(run.splits["train"])
+        assert len(arrays["reference"]) == len(arrays["density"]) == len(run.splits["train"])
     files = blue[:4] + known[:4]
     here = run.predictor().predict(files)
     there = Predictor.from_dir(folder).predict(files)

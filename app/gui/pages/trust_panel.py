@@ -36,8 +36,8 @@ class TrustPanel(QWidget):
         self.slider.valueChanged.connect(self._moved)
         self.reset = QPushButton("&Default")
         self.reset.setToolTip("The threshold fitted after training: it keeps 95% of the known "
-                              "images known (validation images; for knn also training "
-                              "images, each scored without itself)")
+                              "images known (validation images; for the nearest-images "
+                              "scores also training images, each scored without itself)")
         self.reset.setEnabled(False)
         self.reset.clicked.connect(self._reset)
         self.effect = QLabel("")
@@ -131,6 +131,8 @@ class TrustPanel(QWidget):
         shown = _probability(t) if self.method == "max_probability" else f"{t:.3g}"
         what = {"max_probability": "top probability",
                 "knn": f"similarity to the nearest training images (cosine, mean of {KNN_K})",
+                "relative_knn": f"similarity to the nearest training images (cosine, mean of "
+                                f"{KNN_K}) minus how alike those images are among themselves",
                 }.get(self.method, f"{self.method} score")
         fraction = effect["fraction"]
         share = "—" if fraction is None else f"{fraction:.1%}"
