@@ -52,6 +52,7 @@ MAX_REFERENCE_ROWS = 20000  # the knn scores keep at most this many training ima
 LOO_ROWS = 2000  # the knn scores: training images scored leave-one-out for the threshold
 FILE_NAME = "unknown.npz"
 ARRAYS = ("reference", "density", "means", "whitening")  # what unknown.npz may hold
+CHUNK_ROWS = 256  # the knn scores: images scored at a time ((256, 20,000) similarities: 20 MB)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -121,13 +122,23 @@ class UnknownDetector:
     def _nearest(self, feats: np.ndarray, leave_out: np.ndarray | None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """The cosine similarities of each row of ``feats`` to its ``k`` most similar rows of
-        ``reference``, and those rows' indices (``leave_out[i]``: a row image i may not use)."""
-        sims = _normalise(feats) @ np.asarray(self.reference, np.float32).T
-        if leave_out is not None:
-            sims[np.arange(len(sims)), leave_out] = -np.inf
-        k = min(self.k, sims.shape[1] - (leave_out is not None))
-        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        return np.take_along_axis(sims, idx, axis=1), idx
+        ``reference``, and those rows' indices (``leave_out[i]``: a row image i may not use).
+        ``CHUNK_ROWS`` rows at a time: memory stays (rows, reference rows) small whatever
+        the number of images scored."""
+        reference = np.asarray(self.reference, np.float32)
+        k = min(self.k, len(reference) - (leave_out is not None))
+        feats = _normalise(feats)
+        top = np.empty((len(feats), k), np.float32)
+        idx = np.empty((len(feats), k), np.int64)
+        for start in range(0, len(feats), CHUNK_ROWS):
+            part = slice(start, start + CHUNK_ROWS)
+            sims = feats[part] @ reference.T
+            if leave_out is not None:
+                sims[np.arange(len(sims)), leave_out[part]] = -np.inf
+            np.negative(sims, out=sims)
+            idx[part] = np.argpartition(sims, k - 1, axis=1)[:, :k]
+            top[part] = -np.take_along_axis(sims, idx[part], axis=1)
+        return top, idx
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """True where an image is unknown (its score below the threshold)."""
@@ -225,9 +236,7 @@ def fit_detector(method: str, train_features: np.ndarray | None, train_labels: n
             det.density = _density(det)
         if pool_training and len(feats) > k:  # enough to score one without itself
             loo = np.sort(rng.choice(len(feats), min(LOO_ROWS, len(feats)), replace=False))
-            extra = np.concatenate([  # a chunk at a time: (256, reference rows) similarities
-                det.score(feats[part], np.zeros((len(part), 1)), leave_out=part)
-                for part in np.array_split(loo, max(1, len(loo) // 256))])
+            extra = det.score(feats[loo], np.zeros((len(loo), 1)), leave_out=loo)
             det.known_images = (f"the validation images and {len(loo)} training images "
                                 "(each scored without itself)")
     elif method == "mahalanobis":
@@ -254,10 +263,7 @@ def _density(det: UnknownDetector) -> np.ndarray:
     n = len(det.reference)
     if n < 2:
         return np.zeros(n, np.float32)
-    rows = np.arange(n)
-    density = np.concatenate([  # a chunk at a time: (256, n) similarities
-        det._nearest(det.reference[part], part)[0].mean(axis=1)
-        for part in np.array_split(rows, max(1, n // 256))])
+    density = det._nearest(det.reference, np.arange(n))[0].mean(axis=1)
     return density.astype(np.float16).astype(np.float32)
 
 
