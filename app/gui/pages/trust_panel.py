@@ -71,17 +71,21 @@ class TrustPanel(QWidget):
         item.showGrid(x=True, y=True, alpha=0.2)
         item.setMouseEnabled(False, False)
         item.hideButtons()
-        legend = item.addLegend(offset=(8, 8))
-        self.curves["ideal"] = item.plot([0, 1], [0, 1], name="perfect",
+        self.curves["ideal"] = item.plot([0, 1], [0, 1],
                                          pen=pg.mkPen("#888", width=1,
                                                       style=Qt.PenStyle.DashLine))
+        entries = ["<span style='color:#888'>- - perfect</span>"]
         for key, colour, name in (("before", BEFORE, "before calibration"),
                                   ("after", AFTER, "after calibration")):
-            self.curves[key] = item.plot([], [], name=name, pen=pg.mkPen(colour, width=2),
+            self.curves[key] = item.plot([], [], pen=pg.mkPen(colour, width=2),
                                          symbol="o", symbolSize=6, symbolBrush=colour,
                                          symbolPen=None)
-        legend.setLabelTextColor(self.palette().windowText().color())
-        self._layout.insertWidget(1, self.plot, 1)
+            entries.append(f"<span style='color:{colour}'>●— {name}</span>")
+        # the legend is a line of text above the plot: inside it, it hid the curves (seen with
+        # a model too sure at the top left and one not sure enough at the bottom right)
+        legend = QLabel(" &nbsp; ".join(entries))
+        self._layout.insertWidget(1, legend)
+        self._layout.insertWidget(2, self.plot, 1)
 
     def show_calibration(self, calibration: dict | None, bins: dict | None) -> None:
         """``calibration``: {"temperature", "ece_before", "ece_after"}; ``bins``: {"before",
