@@ -184,10 +184,10 @@ def main() -> None:
         print("| score | AUROC held-out | pseudo-test flagged | held-out flagged | "
               "AUROC foreign | foreign flagged |\n|---|---:|---:|---:|---:|---:|")
         for m, v in r["resplits"].items():
-            cells = [f"{v[k][0]:.3f} ± {v[k][1]:.3f}" if "auroc" in k
+            cells = ["—" if k not in v else f"{v[k][0]:.3f} ± {v[k][1]:.3f}" if "auroc" in k
                      else f"{v[k][0]:.1%} ± {v[k][1]:.1%}"
                      for k in ("auroc", "known_test_flagged", "held_out_flagged",
-                               "foreign_auroc", "foreign_flagged") if k in v]
+                               "foreign_auroc", "foreign_flagged")]
             print(f"| {m} | " + " | ".join(cells) + " |")
 
 

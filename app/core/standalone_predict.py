@@ -65,13 +65,22 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def unknown_scores(entry: dict, features: np.ndarray | None, probs: np.ndarray) -> np.ndarray:
-    """The score of metadata.json's "unknown" entry (higher: more like the training classes)."""
+def unknown_arrays(entry: dict, folder: Path = HERE) -> dict[str, np.ndarray]:
+    """The arrays of metadata.json's "unknown" entry (its ``file``), as float32; none for a
+    score that needs none. Read once: for knn scores up to 20,000 rows of features."""
+    if not entry.get("file"):
+        return {}
+    with np.load(Path(folder) / entry["file"]) as data:
+        return {k: np.asarray(data[k], np.float32) for k in data.files}
+
+
+def unknown_scores(entry: dict, features: np.ndarray | None, probs: np.ndarray,
+                   arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The score of metadata.json's "unknown" entry (higher: more like the training classes);
+    ``arrays`` from :func:`unknown_arrays`."""
     method = entry["method"]
     if method == "max_probability":
         return probs.max(axis=1)
-    with np.load(HERE / entry["file"]) as data:
-        arrays = {k: np.asarray(data[k], np.float32) for k in data.files}
     feats = np.asarray(features, np.float32)
     if method in ("knn", "relative_knn"):
         unit = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
@@ -96,6 +105,7 @@ def predict(paths: list[str], top: int = 3) -> list[dict]:
     model = keras.saving.load_model(HERE / "model.keras", safe_mode=True)
     unknown = meta.get("unknown") or {}
     needs_features = unknown.get("method") not in (None, "max_probability")
+    arrays = unknown_arrays(unknown) if unknown.get("method") else {}
     if needs_features:
         model = keras.Model(model.input, [model.output, model.get_layer("main_tap").output])
     out = []
@@ -113,7 +123,7 @@ def predict(paths: list[str], top: int = 3) -> list[dict]:
         order = np.argsort(-probs[0])[:max(1, top)]
         entry["top"] = [{"label": classes[j], "probability": float(probs[0, j])} for j in order]
         if unknown.get("method"):
-            score = float(unknown_scores(unknown, feats, probs)[0])
+            score = float(unknown_scores(unknown, feats, probs, arrays)[0])
             entry["score"], entry["unknown"] = score, score < float(unknown["threshold"])
     return out
 

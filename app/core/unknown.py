@@ -24,9 +24,10 @@ threshold, 11.1% with the pooled one). In the fine-tune mode the features come o
 trained on the training images, which sit closer together than new ones: the validation split
 alone.
 
-What the test needs is written beside an exported model as ``unknown.npz`` (float16; for knn
-up to 20,000 training images' features, ~40 MB with MobileNet's 1024) and described in
-``metadata.json``.
+What the test needs is written beside an exported model as ``unknown.npz`` (float16; for the
+knn scores up to 20,000 training images' features, ~40 MB with MobileNet's 1024, and for
+relative_knn one density a row) and described in ``metadata.json``. With fewer than ``k + 1``
+training images a density is the mean over the other rows there are (none: 0).
 Pure numpy.
 """
 
@@ -52,7 +53,9 @@ MAX_REFERENCE_ROWS = 20000  # the knn scores keep at most this many training ima
 LOO_ROWS = 2000  # the knn scores: training images scored leave-one-out for the threshold
 FILE_NAME = "unknown.npz"
 ARRAYS = ("reference", "density", "means", "whitening")  # what unknown.npz may hold
-CHUNK_ROWS = 256  # the knn scores: images scored at a time ((256, 20,000) similarities: 20 MB)
+# the knn scores: images scored at a time; with 20,000 reference rows each block is 20 MB of
+# similarities and 40 MB of argpartition's int64 indices
+CHUNK_ROWS = 256
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -231,6 +234,8 @@ def fit_detector(method: str, train_features: np.ndarray | None, train_labels: n
         if len(feats) > MAX_REFERENCE_ROWS:
             rows = rng.choice(len(feats), MAX_REFERENCE_ROWS, replace=False)
             feats = feats[np.sort(rows)]
+        if not len(feats):
+            raise ValueError("the training split is empty: no image to compare with")
         det.reference = _normalise(feats).astype(np.float16).astype(np.float32)
         if method == "relative_knn":
             det.density = _density(det)

@@ -117,6 +117,49 @@ def test_scoring_many_images_holds_a_chunk_of_similarities_at_a_time(method):
     np.testing.assert_allclose(scores[::997], one_by_one, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "max_probability"])
+def test_the_folders_predict_py_scores_as_the_app_does(method, tmp_path, monkeypatch):
+    """The exported predict.py's own numpy scoring (no app import) against the detector
+    saved, loaded back and scored in the app: same scores, same flags."""
+    from app.core import standalone_predict
+    from app.core.unknown import UnknownDetector
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1, (3, 24))
+    train, train_y = _clusters(rng, centres, 50)
+    val, _ = _clusters(rng, centres, 10)
+    probs = np.full((len(val), 3), 1 / 3)
+    det = fit_detector(method, train, train_y, 3, val, probs)
+    det.save(tmp_path)
+    entry = det.metadata()
+    loaded = UnknownDetector.load(tmp_path, entry)
+    new = np.concatenate([_clusters(rng, centres, 10)[0], rng.normal(0, 1, (30, 24))])
+    new_probs = np.full((len(new), 3), 1 / 3)
+    in_app = loaded.score(new, new_probs)
+    np.testing.assert_array_equal(in_app, det.score(new, new_probs))  # float16 both ways
+    arrays = standalone_predict.unknown_arrays(entry, tmp_path)
+    there = standalone_predict.unknown_scores(entry, new, new_probs, arrays)
+    np.testing.assert_allclose(there, in_app, atol=1e-5)
+    assert ((there < entry["threshold"]) == loaded.flags(in_app)).all()
+
+
+def test_model_folders_with_what_their_score_needs_or_a_clear_error(tmp_path):
+    rng = np.random.default_rng(2)
+    train, train_y = _clusters(rng, rng.normal(0, 1, (2, 16)), 30)
+    probs = np.full((6, 2), 0.5)
+    old = fit_detector("knn", train, train_y, 2, train[:6], probs)  # last round's folders
+    old.save(tmp_path)
+    with np.load(tmp_path / "unknown.npz") as arrays:
+        assert set(arrays.files) == {"reference"}
+    from app.core.unknown import UnknownDetector
+    assert UnknownDetector.load(tmp_path, old.metadata()).method == "knn"
+    meta = {**old.metadata(), "method": "relative_knn"}  # says relative, lacks the density
+    with pytest.raises(ValueError, match="density"):
+        UnknownDetector.load(tmp_path, meta)
+    with pytest.raises(ValueError, match="training split is empty"):
+        fit_detector("relative_knn", train[:0], train_y[:0], 2, train[:6], probs)
+
+
 @pytest.fixture(scope="module")
 def two_colours(tmp_path_factory):
     """Trained on red and green only; blue is the class it never saw."""
