@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune: learning rate of the backbone blocks relative to the heads")
     p.add_argument("--augment", default=TrainDefaults.augment, choices=["none", "flip"],
                    help="fine-tune: mirror cached cut tensors left-right at random")
+    p.add_argument("--warmup-epochs", type=int, default=TrainDefaults.warmup_epochs,
+                   help="fine-tune: epochs in which only the heads learn before the backbone "
+                        "blocks join (measured: no gain on Oxford-17 or flowers5; README)")
     p.add_argument("--epochs", type=int, default=TrainDefaults.epochs)
     p.add_argument("--train-batch-size", type=int, default=TrainDefaults.batch_size)
     p.add_argument("--learning-rate", type=float, default=TrainDefaults.learning_rate)
@@ -209,7 +212,8 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         optimizer=args.optimizer, aux_weight=args.aux_weight, dropout=args.dropout,
         hidden_units=args.hidden_units, label_smoothing=args.label_smoothing,
         class_weights=args.class_weights, early_stopping=args.early_stopping, seed=args.seed,
-        mode=args.mode, backbone_lr_scale=args.backbone_lr_scale, augment=args.augment)
+        mode=args.mode, backbone_lr_scale=args.backbone_lr_scale, augment=args.augment,
+        warmup_epochs=args.warmup_epochs)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     run = Retraining(args.data_dir, args.backbone, args.weights, args.cache_dir, settings)
     from app.core.dataset import scan_dataset

@@ -6,7 +6,8 @@ ImageNet weights. ``aux1`` and ``aux2`` hang on trainable blocks with trainable 
 them and the main output, so their loss (weight 0.3) sends gradient into layers the main output
 uses: the aux weight changes the main classifier, as in the paper. BatchNorm in the trainable
 blocks stays in inference mode (the blocks are called with ``training=False``), and the blocks
-learn ``backbone_lr_scale`` times slower than the new heads.
+learn ``backbone_lr_scale`` times slower than the new heads, after ``warmup_epochs`` in which
+only the heads learn.
 
 Why these cuts: the trainable part is the last one or two stages, 14x14 or 17x17 maps, so
 the cached tensor stays 40-525 KB an image in float16 and an epoch costs a fraction of the
@@ -167,9 +168,15 @@ def build_finetune_model(spec: BackboneSpec, base: keras.Model, shape_of, build_
     return keras.Model({CUT: cut_in}, outputs, name="finetune"), head, top
 
 
-def scaled_optimizer(optimizer: keras.optimizers.Optimizer, slow: keras.Model, scale: float):
+def scaled_optimizer(optimizer: keras.optimizers.Optimizer, slow: keras.Model, scale: float,
+                     frozen_steps: int = 0):
     """``optimizer`` with the learning rate of ``slow``'s variables multiplied by ``scale``
-    (Keras 3 has no per-variable learning rate; its update step is per variable)."""
+    (Keras 3 has no per-variable learning rate; its update step is per variable), and zero for
+    the first ``frozen_steps`` steps: the new heads warm up on the pretrained blocks before those
+    move, so that a random head's first large gradients do not wreck them (Keras'
+    transfer-learning guide trains the head first, then unfreezes)."""
+    from keras import ops
+
     slow_paths = {v.path for v in slow.trainable_variables}
     base_cls = type(optimizer)
 
@@ -178,6 +185,9 @@ def scaled_optimizer(optimizer: keras.optimizers.Optimizer, slow: keras.Model, s
             index = self._get_variable_index(variable)
             if self._trainable_variables[index].path in slow_paths:
                 learning_rate = learning_rate * scale
+                if frozen_steps:
+                    learning_rate = ops.where(self.iterations < frozen_steps,
+                                              ops.zeros_like(learning_rate), learning_rate)
             return super().update_step(gradient, variable, learning_rate)
 
     scaled = Scaled.from_config(optimizer.get_config())

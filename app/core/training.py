@@ -49,6 +49,7 @@ class TrainSettings:
     stream_interval: float = 1.0  # seconds between within-epoch updates
     mode: str = "head"  # "head": heads on cached taps | "finetune": top blocks train too
     backbone_lr_scale: float = 0.1  # fine-tune: backbone blocks learn this much slower
+    warmup_epochs: int = 0  # fine-tune: epochs in which only the heads learn, blocks held
     augment: str = "none"  # fine-tune: "flip" mirrors cached cut tensors left-right
 
     def __post_init__(self) -> None:
@@ -73,6 +74,11 @@ class TrainSettings:
             problems.append(f"unknown class weights {self.class_weights!r}")
         if self.mode not in MODES:
             problems.append(f"unknown mode {self.mode!r}; choose {' or '.join(MODES)}")
+        if self.warmup_epochs < 0:
+            problems.append("warm-up epochs must be at least 0")
+        elif self.mode == "finetune" and self.warmup_epochs >= self.epochs:
+            problems.append("warm-up epochs must be fewer than the epochs, or the blocks never "
+                            "train")
         if not 0 <= self.backbone_lr_scale <= 10:
             problems.append("backbone learning-rate scale must be in [0, 10]")
         if self.augment not in ("none", "flip"):
@@ -211,7 +217,9 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
         from app.core.finetune import scaled_optimizer, trainable_layer_names
 
         layer_names = trainable_layer_names(top)
-        optimizer = scaled_optimizer(optimizer, top, settings.backbone_lr_scale)
+        optimizer = scaled_optimizer(
+            optimizer, top, settings.backbone_lr_scale,
+            frozen_steps=math.ceil(len(train) / settings.batch_size) * settings.warmup_epochs)
     model.compile(
         optimizer=optimizer,
         loss={o: loss for o in outputs},

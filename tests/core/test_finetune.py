@@ -121,6 +121,34 @@ def test_cancel_mid_epoch_keeps_the_best_finetuned_weights(dataset_dir, cache_di
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_warm_up_holds_the_blocks_while_the_heads_learn(dataset_dir, cache_dir, warmup):
+    """During the warm-up epochs the blocks keep their pretrained weights, whatever their
+    learning rate: two runs that differ only in it train the same. Without warm-up they differ."""
+    blocks = {}
+    for scale in (0.1, 5.0):
+        token = CancelToken()
+        run = _run(dataset_dir, cache_dir, epochs=4, warmup_epochs=warmup,
+                   backbone_lr_scale=scale, early_stopping=0, stream_interval=0.0)
+
+        def progress(p, token=token):
+            if p.data and p.data.get("partial") and p.data["epoch"] == 3:
+                token.cancel()
+
+        run.run_training(progress, token)
+        assert run.result.epochs_run == 2
+        blocks[scale] = [w for name in run.result.trainable_backbone_layers
+                         for w in run.result.base.get_layer(name).get_weights()]
+    same = all(np.array_equal(a, b) for a, b in zip(blocks[0.1], blocks[5.0]))
+    assert same == bool(warmup)
+
+
+def test_warm_up_must_leave_epochs_for_the_blocks():
+    with pytest.raises(ValueError, match="warm-up"):
+        TrainSettings(mode="finetune", epochs=3, warmup_epochs=3)
+    TrainSettings(mode="head", epochs=3, warmup_epochs=3)  # head mode has no blocks to hold
+
+
 def test_the_stated_feature_shapes_are_the_extractors():
     """The window estimates cache sizes from these tables without building a model."""
     from app.core.backbones import BACKBONES, build_extractor
