@@ -6,7 +6,9 @@ side by side in one run.
    tensors through the trainable top blocks and the GoogLeNet heads;
 2. usual: the same network and heads, the lower layers frozen (``trainable=False``), images
    read and decoded by ``tf.io.decode_jpeg`` and pushed through the whole network every epoch
-   (what ``keras.utils.image_dataset_from_directory`` + ``fit`` does).
+   (what ``keras.utils.image_dataset_from_directory`` + ``fit`` does). Without TensorFlow
+   (``KERAS_BACKEND=jax``), worker threads of a ``keras.utils.PyDataset`` decode with the app's
+   own decoder instead.
 
 Both train on the same training images with the same settings; seconds per epoch are the
 median of the epochs after the first (the first includes tracing). The trainable blocks' share
@@ -91,10 +93,42 @@ class EpochClock:
         return statistics.median(later)
 
 
+def _decoding_feed(paths, onehot, size, settings, shuffle):
+    """Without TensorFlow (the JAX or torch backend): a ``keras.utils.PyDataset`` whose worker
+    threads decode every image every epoch with the app's own decoder, as a user's script
+    would."""
+    import os
+
+    import keras
+
+    from app.core.imaging import load_rgb
+
+    class Decoding(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=max(2, min(16, os.cpu_count() or 2)), max_queue_size=8)
+            self.order = np.arange(len(paths))
+            self.rng = np.random.default_rng(settings.seed)
+            self.on_epoch_end()
+
+        def __len__(self):
+            return int(np.ceil(len(paths) / settings.batch_size))
+
+        def on_epoch_end(self):
+            if shuffle:
+                self.rng.shuffle(self.order)
+
+        def __getitem__(self, i):
+            idx = self.order[i * settings.batch_size:(i + 1) * settings.batch_size]
+            x = np.stack([load_rgb(paths[j], (size, size)) for j in idx]).astype(np.float32)
+            y = onehot[idx]
+            return x, {o: y for o in ("main", "aux1", "aux2")}
+
+    return Decoding()
+
+
 def usual_way(spec, weights, settings, classes, train, test):
     """Keras' usual partial fine-tuning: decode every image every epoch, whole network."""
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(settings.seed)
     base = build_backbone(spec, weights)
@@ -122,6 +156,10 @@ def usual_way(spec, weights, settings, classes, train, test):
 
     def dataset(split, shuffle):
         onehot = np.eye(len(classes), dtype=np.float32)[split.labels]
+        if keras.backend.backend() != "tensorflow":
+            return _decoding_feed(split.paths, onehot, spec.image_size, settings, shuffle)
+        import tensorflow as tf
+
         size = spec.image_size
 
         def load(path, y):
