@@ -26,7 +26,8 @@ from app.gui.widgets import duration
 HEAD_TEXT = ("New classifiers on cached features: fast; the two auxiliary outputs are probes "
              "of intermediate layers and do not change the main output.")
 FINETUNE_TEXT = ("The backbone's top blocks train too, from a cached cut; the auxiliary losses "
-                 "(weight 0.3) shape the layers the main output uses.")
+                 "(weight 0.3) shape the layers the main output uses. Slower; measured, it "
+                 "helped on small, blurry photos and matched head-only on sharp ones.")
 TITLES = {"head": "head-only", "finetune": "fine-tune"}
 
 def bytes_per_image(backbone: str, mode: str) -> int | None:
