@@ -94,13 +94,15 @@ class SplitData:
         return len(self.labels)
 
     def rows(self, index: Sequence[int] | np.ndarray, taps: Sequence[str]) -> dict[str, np.ndarray]:
-        """float32 features of the images at ``index`` (positions in this split)."""
+        """Features of the images at ``index`` (positions in this split), as the store keeps
+        them (float16): the model casts them to its own dtype on its device, inside the
+        compiled step. Converting on the host instead cost ~24 ms a batch of 64 cut tensors and
+        capped the feed at ~1,800 a second from RAM (``benchmarks/feed_rate.py``)."""
         index = np.asarray(index, np.int64)
         if self.features is not None:
-            return {t: np.asarray(self.features[t][index], np.float32) for t in taps}
+            return {t: np.asarray(self.features[t][index]) for t in taps}
         assert self.source is not None, "a split needs features or a source"
-        rows = self.source.rows([self.digests[i] for i in index], taps)
-        return {t: a.astype(np.float32) for t, a in rows.items()}
+        return self.source.rows([self.digests[i] for i in index], taps)
 
     def take(self, index: Sequence[int] | np.ndarray) -> SplitData:
         """The images at ``index`` as a split of their own (features still where they are)."""

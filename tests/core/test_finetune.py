@@ -83,6 +83,24 @@ def test_training_streams_batches_never_whole_splits(dataset_dir, cache_dir, mon
     assert run.splits["train"].features is None
 
 
+def test_the_feed_hands_the_stored_float16_to_the_model(dataset_dir, cache_dir):
+    """Cut tensors go to the model as the store keeps them; the model casts them on its device
+    (on the host that cast was most of a GPU epoch). The answers are those of float32 input."""
+    from app.core.feeds import make_feed
+    from app.core.store import CUT
+
+    run = _run(dataset_dir, cache_dir, epochs=1)
+    run.run_training()
+    train = run.splits["train"]
+    x, y = make_feed(train, (CUT,), ("main",), len(run.result.classes), 8, shuffle=True,
+                     seed=0)[0][:2]
+    assert x[CUT].dtype == np.float16 and y["main"].dtype == np.float32
+    model = run.result.model
+    as_stored = model.predict_on_batch(x)["main"]
+    as_float32 = model.predict_on_batch({CUT: x[CUT].astype(np.float32)})["main"]
+    np.testing.assert_array_equal(np.asarray(as_stored), np.asarray(as_float32))
+
+
 def test_finetune_export_answers_exactly_as_the_app(dataset_dir, cache_dir, tmp_path):
     run = _run(dataset_dir, cache_dir)
     run.run_training_isolated()  # as the window trains: in a child process
