@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
+import pyqtgraph as pg
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor, QPalette
 
@@ -65,6 +67,40 @@ def test_legend_is_outside_both_plots_so_never_under_the_best_marker(qtbot):
         assert line.isVisible() and line.value() == 14 and line.parentItem() is not None
     qtbot.waitUntil(lambda: legend.sceneBoundingRect().width() > 0 and not any(
         legend.sceneBoundingRect().intersects(v.sceneBoundingRect()) for v in views))
+
+
+def test_best_marker_text_stays_off_the_curves_late_in_a_run(qtbot):
+    """Late in a run accuracy sits near 1.0 and loss near 0: the "best" text on each plot is
+    on the side the curves have left, on an opaque box, so it never covers them."""
+    page = page_with_plots(qtbot)
+    history = []
+    for e in range(1, 31):
+        rec = {"epoch": e, "best_epoch": min(e, 20)}  # early stopping ends it at 30
+        for k, o in enumerate(("main", "aux1", "aux2")):
+            for prefix in ("", "val_"):  # aux below main, validation below training
+                gap = k + (prefix == "val_")
+                rec[f"{prefix}{o}_loss"] = 2.0 / e + 0.05 + 0.1 * gap
+                rec[f"{prefix}{o}_accuracy"] = 1.0 - 0.4 / e - 0.03 * gap
+        history.append(rec)
+    page.plots.show_history(history, 40)
+    def placed(plot, line):  # the text drawn beside the line at epoch 20, not where it began
+        rect, x = line.label.sceneBoundingRect(), plot.vb.mapViewToScene(pg.Point(20, 0)).x()
+        return rect.width() > 0 and rect.left() - 20 < x < rect.right() + 20
+
+    qtbot.waitUntil(lambda: all(placed(p, ln) for p, ln in zip(
+        page.plots.plot_items.values(), page.plots.best_lines)))
+    for plot, line in zip(page.plots.plot_items.values(), page.plots.best_lines):
+        text = line.label.sceneBoundingRect()
+        for (_, m, _), curve in page.plots.curves.items():
+            if curve.getViewBox() is not plot.vb:
+                continue
+            xs, ys = curve.getData()
+            dense_x = np.linspace(xs[0], xs[-1], 2000)  # the drawn line, not only its points
+            for x, y in zip(dense_x, np.interp(dense_x, xs, ys)):
+                point = plot.vb.mapViewToScene(pg.Point(x, y))
+                assert not text.contains(point), (m, x, y)
+    for line in page.plots.best_lines:
+        assert line.label.fill.style() == Qt.BrushStyle.SolidPattern
 
 
 def test_axes_follow_the_palette_light_and_dark(qtbot):

@@ -87,8 +87,10 @@ class TrainPlots(pg.GraphicsLayoutWidget):
             plot.hideButtons()
             plot.getAxis("left").enableAutoSIPrefix(False)
             if metric == "accuracy":
-                plot.setYRange(0, 1, padding=0.03)  # room for the 0 and 1.0 labels
-                plot.getAxis("left").setTickSpacing(0.2, 0.1)
+                plot.setYRange(-0.08, 1.08, padding=0)  # room for the 0 and 1.0 labels
+                plot.getAxis("left").setTicks([  # fixed: 0 and 1.0 are always labelled
+                    [(v / 5, f"{v / 5:.1f}" if v else "0") for v in range(6)],
+                    [(v / 10, "") for v in range(1, 10, 2)]])
             self.plot_items[metric] = plot
             for output, colour in OUTPUT_COLOURS.items():
                 for split in SPLITS:
@@ -97,10 +99,13 @@ class TrainPlots(pg.GraphicsLayoutWidget):
                                       symbol="o", symbolSize=4, symbolBrush=colour,
                                       symbolPen=None)
                     self.curves[(output, metric, split)] = curve
+            # the text goes where the curves have left by the best epoch: loss falls away
+            # from the top, accuracy rises away from the bottom
             line = pg.InfiniteLine(angle=90, movable=False,
                                    pen=pg.mkPen(BEST_COLOUR, width=1, style=Qt.PenStyle.DotLine),
-                                   label="best", labelOpts={"position": 0.92,
-                                                            "color": BEST_COLOUR})
+                                   label="best",
+                                   labelOpts={"position": 0.92 if metric == "loss" else 0.08,
+                                              "color": BEST_COLOUR})
             line.setVisible(False)
             plot.addItem(line)
             self.best_lines.append(line)
@@ -140,6 +145,9 @@ class TrainPlots(pg.GraphicsLayoutWidget):
         for pen in (self._train_pen, self._val_pen):
             pen.setColor(text)
         self.legend.setBrush(pg.mkBrush(base))  # opaque
+        for line in self.best_lines:  # an early curve passing behind the text stays readable
+            line.label.fill = pg.mkBrush(base)
+            line.label.update()
         self.legend.setPen(pg.mkPen(text.lighter(150) if text.lightness() < 128
                                     else text.darker(150)))
         self.legend.setLabelTextColor(text)
@@ -173,7 +181,8 @@ class TrainPlots(pg.GraphicsLayoutWidget):
         loss = self.plot_items["loss"]
         values = [v for (_, m, _), c in self.curves.items() if m == "loss"
                   for v in (c.getData()[1] if c.getData()[1] is not None else [])]
-        loss.setYRange(0, max(1.0, max(values, default=1.0)), padding=0.03)
+        top = max(1.0, max(values, default=1.0))
+        loss.setYRange(-0.08 * top, 1.08 * top, padding=0)  # room for the edge labels
         best = history[-1].get("best_epoch") if history else 0
         for line in self.best_lines:
             line.setVisible(bool(best))
