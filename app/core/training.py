@@ -209,9 +209,9 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
                          settings.hidden_units, aux_outputs=aux)
 
     model, head, base, top, shape = build_model(settings, shape_of, backbone)
-    steps = math.ceil(len(train) / settings.batch_size) * settings.epochs
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing)
-    optimizer = _optimizer(settings, steps)
+    optimizer = _optimizer(settings, steps_per_epoch * settings.epochs)
     layer_names: list[str] = []
     if finetune:
         from app.core.finetune import scaled_optimizer, trainable_layer_names
@@ -219,7 +219,7 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
         layer_names = trainable_layer_names(top)
         optimizer = scaled_optimizer(
             optimizer, top, settings.backbone_lr_scale,
-            frozen_steps=math.ceil(len(train) / settings.batch_size) * settings.warmup_epochs)
+            frozen_steps=steps_per_epoch * settings.warmup_epochs)
     model.compile(
         optimizer=optimizer,
         loss={o: loss for o in outputs},
