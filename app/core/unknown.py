@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 METHODS = ("max_probability", "knn", "relative_knn", "mahalanobis")
+KNN_METHODS = ("knn", "relative_knn")  # scored against reference rows
 # Measured (benchmarks/unknown_scores.py, Oxford-17, MobileNet, 3 flower classes held out, 17
 # non-flower photos; the choice made by 30 random re-splits of the training and validation
 # images, the test split untouched): relative_knn separates photos of no flower at all
@@ -110,7 +111,7 @@ class UnknownDetector:
         if self.method == "max_probability":
             return np.asarray(probs, np.float64).max(axis=1)
         feats = np.asarray(features, np.float32)
-        if self.method in ("knn", "relative_knn"):
+        if self.method in KNN_METHODS:
             top, idx = self._nearest(feats, leave_out)
             if self.method == "knn":
                 return top.mean(axis=1).astype(np.float64)
@@ -228,7 +229,7 @@ def fit_detector(method: str, train_features: np.ndarray | None, train_labels: n
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     det = UnknownDetector(method, k=k, keep=keep)
     extra = np.zeros(0)
-    if method in ("knn", "relative_knn"):
+    if method in KNN_METHODS:
         feats = np.asarray(train_features, np.float32)
         rng = np.random.default_rng(seed)
         if len(feats) > MAX_REFERENCE_ROWS:
