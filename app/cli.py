@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from app import __version__
+from app.core.errors import os_error_message, shown
 from app.core.jobs import Cancelled, CancelToken, Progress
 from app.core.training import TrainSettings as TrainDefaults
 
@@ -361,18 +362,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ProgressBar, CancelToken], int
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from app.core.backbones import BackboneError
-    from app.core.dataset import DatasetError
-    from app.core.export import ExportError
-    from app.core.store import StoreError
+    """What ends a command with one ``error:`` line: the core's one family of expected
+    errors (the window turns the same family into its banner)."""
+    from app.core.errors import UserError
 
-    errors: list[type[BaseException]] = [DatasetError, BackboneError, StoreError, ValueError,
-                                         ExportError]
-    if "app.core.ray_engine" in sys.modules:
-        errors.append(sys.modules["app.core.ray_engine"].RayUnavailable)
-    if "app.core.predict" in sys.modules:
-        errors.append(sys.modules["app.core.predict"].ModelDirError)
-    return tuple(errors)
+    return (UserError,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -397,7 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[command](args, bar, cancel)
     except _expected_errors() as exc:
-        bar.line(f"error: {exc}")
+        bar.line(f"error: {shown(exc)}")
+        return EXIT_USAGE
+    except OSError as exc:  # a full disk, a read-only folder, a vanished file
+        bar.line(f"error: {shown(os_error_message(exc, 'a file could not be read or written'))}")
         return EXIT_USAGE
     except Cancelled:
         bar.line("cancelled: no results")

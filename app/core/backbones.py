@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.core.errors import UserError
 from app.core.imaging import PREPROCESS_VERSION
 from app.core.jobs import CancelToken, ProgressCallback, no_progress
 
@@ -33,7 +34,7 @@ AUX_POOL = (5, 3)  # GoogLeNet: 5x5 average pool, stride 3
 _IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
-class BackboneError(Exception):
+class BackboneError(UserError):
     """A backbone or weights choice that cannot be built; the message says what to do."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from app.core.errors import SettingsError, UserError
 from app.core.imaging import IMAGE_SUFFIXES, PREPROCESS_VERSION, sniff_format
 from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
 from app.core.store import FeatureStore
@@ -26,7 +28,7 @@ MIN_IMAGES_WARNING = 20
 IN_FLIGHT = 256  # files being hashed at once
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """The folder cannot be used as a dataset; the message says why in one line."""
 
 
@@ -71,16 +73,27 @@ class SplitSpec:
 
     def __post_init__(self) -> None:
         parts = (self.train, self.validation, self.test)
-        if any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6 or self.train <= 0:
-            raise ValueError(f"split fractions must be >= 0, train > 0 and sum to 1, got {parts}")
+        if (not all(isinstance(p, (int, float)) and math.isfinite(p) for p in parts)
+                or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6
+                or self.train <= 0):
+            raise SettingsError("split fractions must be finite, >= 0, train > 0 and sum to "
+                                f"1, got {parts}")
 
     @classmethod
     def parse(cls, text: str) -> SplitSpec:
         """'80/10/10' or '0.8,0.1,0.1'."""
-        parts = [float(p) for p in text.replace(",", "/").split("/")]
+        try:
+            parts = [float(p) for p in text.replace(",", "/").split("/")]
+        except ValueError:
+            raise SettingsError(f"a split is three numbers train/validation/test, got "
+                                f"{text!r}") from None
         if len(parts) != 3:
-            raise ValueError("a split has three parts: train/validation/test")
+            raise SettingsError("a split has three parts: train/validation/test")
         total = sum(parts)
+        if not all(math.isfinite(p) and p >= 0 for p in parts) or not total > 0 \
+                or not parts[0] > 0:
+            raise SettingsError(f"a split's parts must be finite numbers >= 0 with train > 0, "
+                                f"got {text!r}")
         return cls(*(p / total for p in parts))
 
     def assign(self, digest: str) -> str:

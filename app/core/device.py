@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.core.errors import SettingsError
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PRECISION_ENV = "BOTTLENECK_STUDIO_PRECISION"
@@ -46,7 +48,7 @@ def compute_precision() -> str:
     forced = os.environ.get(PRECISION_ENV, "").strip()
     if forced:
         if forced not in PRECISIONS:
-            raise ValueError(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}, "
+            raise SettingsError(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}, "
                              f"not {forced!r}")
         return forced
     if _configured is not None:

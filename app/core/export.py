@@ -51,6 +51,7 @@ import numpy as np
 from app import __version__
 from app.core.backbones import BackboneSpec, build_image_model, weights_fingerprint
 from app.core.calibration import softmax
+from app.core.errors import UserError
 from app.core.head import main_branch
 from app.core.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
 from app.core.training import HISTORY_KEYS, SplitData, TrainResult
@@ -75,7 +76,7 @@ PARITY_IMAGES = 64
 PARITY_TOLERANCE = {"float32": 1e-3, "mixed_float16": 3e-2}
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """The export could not be made or did not pass its parity check."""
 
 

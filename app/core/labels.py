@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.errors import UserError
 from app.core.feeds import SplitData
 
 JOURNAL = ".bottleneck-studio-moves.jsonl"  # in the data folder (hidden: never a class)
 EXCLUDED = "excluded.json"  # in the cache folder: {data folder: {digest: path}}
 
 
-class LabelError(Exception):
+class LabelError(UserError):
     """A move or undo that was refused; nothing was changed. The message says why."""
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.core.errors import UserError
 from app.core.imaging import IMAGE_SUFFIXES, ImageError, load_rgb, sniff_format
 from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
 from app.core.unknown import UnknownDetector
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 SUPPORTED_MODEL_FORMATS = (1,)
 
 
-class ModelDirError(Exception):
+class ModelDirError(UserError):
     """A model folder that cannot be used; the message is one line a person can act on."""
 
 

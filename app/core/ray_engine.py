@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from app.core.backbones import get_spec
+from app.core.errors import UserError
 from app.core.jobs import CancelToken, ProgressCallback, RateMeter
 from app.core.store import CUT, TAPS, FeatureBatch, FeatureStore
 
@@ -41,7 +42,7 @@ WRITTEN_BY = b"Bottleneck Studio ray shard"
 STALE_PARTIAL_SECONDS = 3600.0  # a shard still being written is younger than this
 
 
-class RayUnavailable(Exception):
+class RayUnavailable(UserError):
     """Ray is not installed or the cluster cannot be reached; the message says what to do."""
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.errors import UserError
+
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite3"
 CLAIM_STALE_SECONDS = 120.0
@@ -68,7 +70,7 @@ CUT = "cut"  # the tensor kind stored in shards rather than in the features tabl
 SHARDS = "shards"
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """The cache file cannot be used (wrong version, not a cache, unwritable)."""
 
 

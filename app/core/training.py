@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.core.errors import SettingsError
 from app.core.feeds import SplitData, make_feed
 from app.core.head import OUTPUTS, HeadShape, build_head
 from app.core.jobs import Cancelled, CancelToken, Progress, ProgressCallback, no_progress
@@ -84,7 +85,7 @@ class TrainSettings:
         if self.augment not in ("none", "flip"):
             problems.append(f"unknown augmentation {self.augment!r}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError("; ".join(problems))
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainSettings:
@@ -169,7 +170,7 @@ def build_model(settings: TrainSettings, shape_of, backbone: tuple | None = None
     from app.core.finetune import build_finetune_model
 
     if backbone is None:
-        raise ValueError("the fine-tune mode needs the backbone")
+        raise SettingsError("the fine-tune mode needs the backbone")
     spec, weights = backbone
     base = build_backbone(spec, weights)
     shapes: list[HeadShape] = []
@@ -196,7 +197,7 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     settings = settings or TrainSettings()
     cancel = cancel or CancelToken()
     if len(train) == 0:
-        raise ValueError("the training split is empty")
+        raise SettingsError("the training split is empty")
     keras.utils.set_random_seed(settings.seed)
     aux = ("aux1", "aux2") if settings.aux_weight > 0 else ()
     n = len(classes)

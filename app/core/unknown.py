@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.errors import SettingsError
+
 METHODS = ("max_probability", "knn", "relative_knn", "mahalanobis")
 KNN_METHODS = ("knn", "relative_knn")  # scored against reference rows
 # Measured (benchmarks/unknown_scores.py, Oxford-17, MobileNet, 3 flower classes held out, 17
@@ -196,7 +198,7 @@ class UnknownDetector:
         ValueError when they are missing or damaged."""
         method = meta.get("method")
         if method not in METHODS:
-            raise ValueError(f"unknown-image method {method!r} not understood")
+            raise SettingsError(f"unknown-image method {method!r} not understood")
         det = cls(method, float(meta["threshold"]), int(meta.get("k", KNN_K)),
                   keep=float(meta.get("keep_known", KEEP_KNOWN)))
         det.known_images = str(meta.get("known_images", det.known_images))
@@ -209,7 +211,7 @@ class UnknownDetector:
             needed = {"knn": ("reference",), "relative_knn": ("reference", "density"),
                       "mahalanobis": ("means", "whitening")}[method]
             if any(getattr(det, n) is None for n in needed):
-                raise ValueError(f"{meta['file']} lacks {', '.join(needed)}")
+                raise SettingsError(f"{meta['file']} lacks {', '.join(needed)}")
         return det
 
 
@@ -226,7 +228,7 @@ def fit_detector(method: str, train_features: np.ndarray | None, train_labels: n
     ``keep`` of the known images stay known: the validation split, plus (knn scores) training images
     scored leave-one-out. Needs at least one validation image."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise SettingsError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     det = UnknownDetector(method, k=k, keep=keep)
     extra = np.zeros(0)
     if method in KNN_METHODS:
@@ -236,7 +238,7 @@ def fit_detector(method: str, train_features: np.ndarray | None, train_labels: n
             rows = rng.choice(len(feats), MAX_REFERENCE_ROWS, replace=False)
             feats = feats[np.sort(rows)]
         if not len(feats):
-            raise ValueError("the training split is empty: no image to compare with")
+            raise SettingsError("the training split is empty: no image to compare with")
         det.reference = _normalise(feats).astype(np.float16).astype(np.float32)
         if method == "relative_knn":
             det.density = _density(det)
@@ -257,7 +259,7 @@ def fit_detector(method: str, train_features: np.ndarray | None, train_labels: n
         det.whitening = w.astype(np.float16).astype(np.float32)
         det.means = (means @ w).astype(np.float16).astype(np.float32)
     if len(val_probs) == 0:
-        raise ValueError("the validation split is empty: no threshold can be set")
+        raise SettingsError("the validation split is empty: no threshold can be set")
     scores = np.concatenate([det.score(val_features, val_probs), extra])
     det.threshold = det.fitted = float(np.quantile(scores, 1 - keep))
     return det

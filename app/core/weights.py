@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.core.errors import UserError
 from app.core.jobs import CancelToken, Progress, ProgressCallback, no_progress
 
 _lock = threading.Lock()
@@ -26,7 +27,7 @@ _requests: dict[str, WeightsRequest] = {}
 CHUNK = 1 << 16
 
 
-class WeightsUnavailable(Exception):
+class WeightsUnavailable(UserError):
     """The weights cannot be had; the message says what the user can do instead."""
 
 

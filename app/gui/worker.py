@@ -17,6 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal
 
+from app.core.errors import UserError, os_error_message
 from app.core.jobs import Cancelled, CancelToken, Progress
 
 log = logging.getLogger("app.gui")
@@ -84,11 +85,10 @@ class Worker(QThread):
 def describe_error(exc: BaseException) -> str:
     """One line a person can read; the traceback goes to the log file only."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    expected = ("DatasetError", "BackboneError", "ExportError", "ModelDirError", "ValueError",
-                "RuntimeError", "FileNotFoundError", "PermissionError", "OSError",
-                "RayUnavailable")
-    if type(exc).__name__ in expected and text:
+    if isinstance(exc, UserError) and text:
         return text
+    if isinstance(exc, OSError):
+        return os_error_message(exc, "a file could not be read or written")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
