@@ -4,159 +4,208 @@ the feature cache; the file stays where it is), and the training images the mode
 hardest (highest loss), where mislabelled photos usually are.
 
 The cache is keyed by content, so after a move or an exclusion retraining computes no
-features again.
+features again. What a move may touch, and what a journal from someone else may not, is in
+:mod:`app.core.journal`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
+import errno
 import json
 import os
-from dataclasses import dataclass
+import uuid
 from pathlib import Path
 
 import numpy as np
 
-from app.core.errors import UserError
+from app.core import journal
+from app.core.errors import os_error_message, shown
 from app.core.feeds import SplitData
+from app.core.journal import JOURNAL, JournalState, LabelError, Move, check_relative
 
-JOURNAL = ".bottleneck-studio-moves.jsonl"  # in the data folder (hidden: never a class)
+__all__ = ["JOURNAL", "LabelError", "Move", "excluded", "hardest", "journal_state",
+           "move_image", "moves", "set_excluded", "undo_move"]
+
 EXCLUDED = "excluded.json"  # in the cache folder: {data folder: {digest: path}}
 
 
-class LabelError(UserError):
-    """A move or undo that was refused; nothing was changed. The message says why."""
+def _root(data_dir: str | Path) -> Path:
+    return Path(data_dir).expanduser().resolve()
 
 
-@dataclass(frozen=True)
-class Move:
-    source: str  # relative to the data folder, "class/file.jpg"
-    target: str
-
-    def as_dict(self) -> dict:
-        return {"source": self.source, "target": self.target}
-
-
-def _inside(root: Path, path: Path) -> str:
+def _relative(root: Path, path: Path) -> str:
+    """``path`` (an image in a class folder of ``root``) as ``class/file``; the folder is
+    resolved, the file itself is not (a link is moved as a link)."""
+    path = Path(path).expanduser().absolute()
     try:
-        rel = path.relative_to(root)
+        rel = (path.parent.resolve() / path.name).relative_to(root)
     except ValueError:
-        raise LabelError(f"{path} is not in the data folder {root}") from None
-    if len(rel.parts) < 2 or any(p.startswith(".") for p in rel.parts):
-        raise LabelError(f"{path} is not an image in a class folder of {root}")
-    return rel.as_posix()
+        raise LabelError(f"{shown(path)} is not in the data folder {shown(root)}") from None
+    return check_relative(root, rel.as_posix())
 
 
 def _rename(root: Path, source: str, target: str) -> None:
-    """Rename without ever replacing a file: hard link then unlink (atomic refusal)."""
-    src, dst = root / source, root / target
+    """Rename without ever replacing a file: hard link then unlink (atomic refusal). Both
+    names are checked again here, whoever asked."""
+    src, dst = root / check_relative(root, source), root / check_relative(root, target)
+    if not dst.parent.is_dir():
+        raise LabelError(f"class folder {shown(dst.parent.name)!r} no longer exists; nothing "
+                         "was changed")
     if not src.is_file():
-        raise LabelError(f"{src} no longer exists; nothing was changed")
-    if dst.exists():
-        raise LabelError(f"{dst} already exists; nothing was changed (rename one of them)")
+        raise LabelError(f"{shown(src)} no longer exists; nothing was changed")
+    if dst.exists() or dst.is_symlink():
+        raise LabelError(f"{shown(dst)} already exists; nothing was changed (rename one of "
+                         "them)")
     try:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)
     except FileExistsError:
-        raise LabelError(f"{dst} already exists; nothing was changed") from None
-    except OSError:  # no hard links here (some file systems): check, then rename
+        raise LabelError(f"{shown(dst)} already exists; nothing was changed") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP,
+                             errno.EOPNOTSUPP):
+            raise LabelError(os_error_message(exc, f"{shown(src)} could not be moved")
+                             + "; nothing was changed") from exc
+        # no hard links here (some file systems): check, then rename
         if dst.exists():
-            raise LabelError(f"{dst} already exists; nothing was changed") from None
-        os.rename(src, dst)
+            raise LabelError(f"{shown(dst)} already exists; nothing was changed") from None
+        try:
+            os.rename(src, dst)
+        except OSError as exc:
+            raise LabelError(os_error_message(exc, f"{shown(src)} could not be moved")
+                             + "; nothing was changed") from exc
         return
     os.unlink(src)
 
 
-def _journal(root: Path, op: str, move: Move) -> None:
-    entry = {"op": op, **move.as_dict(),
-             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    with open(root / JOURNAL, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+def journal_state(data_dir: str | Path) -> JournalState:
+    """The data folder's journal: moves in effect, foreign lines (never undone), unreadable
+    lines."""
+    return journal.read(_root(data_dir))
 
 
 def moves(data_dir: str | Path) -> list[Move]:
-    """The moves in effect, oldest first (undone ones left out)."""
-    path = Path(data_dir).expanduser().resolve() / JOURNAL
-    stack: list[Move] = []
-    try:
-        lines = path.read_text("utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a torn last line after a crash: the move it describes did not finish
-        if entry.get("op") == "move":
-            stack.append(Move(entry["source"], entry["target"]))
-        elif entry.get("op") == "undo" and stack:
-            stack.pop()
-    return stack
+    """The moves in effect that this app made, oldest first (undone ones left out)."""
+    return journal_state(data_dir).moves
 
 
 def move_image(data_dir: str | Path, image: str | Path, new_class: str) -> Move:
-    """Move ``image`` into the class folder ``new_class`` of ``data_dir`` (which must exist),
-    keeping its file name; refused, changing nothing, when a file of that name is there."""
-    root = Path(data_dir).expanduser().resolve()
-    source = _inside(root, Path(image).expanduser().resolve())
-    folder = root / new_class
-    if (not new_class or "/" in new_class or new_class.startswith(".")
-            or not folder.is_dir() or folder.parent != root):
-        raise LabelError(f"{new_class!r} is not a class folder of {root}")
-    move = Move(source, f"{new_class}/{Path(source).name}")
+    """Move ``image`` into the class folder ``new_class`` of ``data_dir`` (which must exist,
+    inside the data folder), keeping its file name; refused, changing nothing, when a file of
+    that name is there. Journaled before the rename."""
+    root = _root(data_dir)
+    source = _relative(root, Path(image))
+    if not isinstance(new_class, str) or not new_class or "/" in new_class \
+            or not (root / new_class).is_dir():
+        raise LabelError(f"{shown(new_class)!r} is not a class folder of {shown(root)}")
+    target = check_relative(root, f"{new_class}/{Path(source).name}")
+    move = Move(source, target)
     if move.source == move.target:
-        raise LabelError(f"{image} is already in {new_class!r}")
-    _rename(root, move.source, move.target)
-    _journal(root, "move", move)
-    return move
+        raise LabelError(f"{shown(image)} is already in {shown(new_class)!r}")
+    if (root / target).exists():
+        raise LabelError(f"{shown(root / target)} already exists; nothing was changed "
+                         "(rename one of them)")
+    move_id = journal.append(root, "move", move)
+    try:
+        _rename(root, move.source, move.target)
+    except BaseException:
+        with contextlib.suppress(LabelError):
+            journal.append(root, "abort", ref=move_id)
+        raise
+    return Move(move.source, move.target, move_id)
 
 
 def undo_move(data_dir: str | Path) -> Move:
-    """Undo the latest move still in effect; returns it. Refused when nothing is left to undo
-    or the original name has been taken since."""
-    root = Path(data_dir).expanduser().resolve()
+    """Undo the latest move still in effect that this app made; returns it. Refused when
+    nothing is left to undo or the original name has been taken since. A move whose rename
+    never happened (a crash between journal and rename) is closed and the one before it is
+    undone."""
+    root = _root(data_dir)
     done = moves(root)
-    if not done:
-        raise LabelError("no move to undo")
-    last = done[-1]
-    _rename(root, last.target, last.source)
-    _journal(root, "undo", last)
-    return last
+    while done:
+        last = done.pop()
+        if not (root / last.target).exists() and (root / last.source).exists():
+            journal.append(root, "abort", ref=last.id)
+            continue
+        _rename(root, last.target, last.source)
+        journal.append(root, "undo", ref=last.id)
+        return last
+    raise LabelError("no move to undo")
 
 
 def _excluded_file(cache_dir: str | Path) -> Path:
     return Path(cache_dir).expanduser() / EXCLUDED
 
 
-def excluded(cache_dir: str | Path, data_dir: str | Path) -> dict[str, str]:
-    """Digest -> path of the images of ``data_dir`` excluded from training."""
+def _read_excluded(file: Path) -> dict[str, dict[str, str]]:
+    """The whole exclusion list; :class:`LabelError` when it exists but cannot be read or is
+    not of its shape (never taken for empty: that would drop every exclusion)."""
     try:
-        data = json.loads(_excluded_file(cache_dir).read_text("utf-8"))
-    except (OSError, ValueError):
+        text = file.read_text("utf-8")
+    except FileNotFoundError:
         return {}
-    return dict(data.get(str(Path(data_dir).expanduser().resolve()), {}))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"{shown(file)} cannot be read ({exc}); exclusions are "
+                         "unchanged") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise LabelError(f"{shown(file)} is damaged ({exc}); fix or remove it to change "
+                         "exclusions") from exc
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict)
+            and all(isinstance(d, str) and isinstance(p, str) for d, p in v.items())
+            for k, v in data.items()):
+        raise LabelError(f"{shown(file)} is damaged (not a map of data folders to "
+                         "{digest: path}); fix or remove it to change exclusions")
+    return data
+
+
+@contextlib.contextmanager
+def _locked(file: Path):
+    """An exclusive lock beside ``file`` for a read-modify-write between processes."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with open(file.with_name(f".{file.name}.lock"), "a") as fh:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one window at a time writes the list
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def excluded(cache_dir: str | Path, data_dir: str | Path) -> dict[str, str]:
+    """Digest -> path of the images of ``data_dir`` excluded from training; raises
+    :class:`LabelError` when the list is damaged."""
+    data = _read_excluded(_excluded_file(cache_dir))
+    return dict(data.get(str(_root(data_dir)), {}))
 
 
 def set_excluded(cache_dir: str | Path, data_dir: str | Path, digest: str, path: str,
                  exclude: bool = True) -> None:
     """Exclude an image (by content, so a renamed or moved file stays excluded) from
-    training on ``data_dir``, or include it again."""
+    training on ``data_dir``, or include it again. Locked, and replaced by rename."""
     file = _excluded_file(cache_dir)
-    try:
-        data = json.loads(file.read_text("utf-8"))
-    except (OSError, ValueError):
-        data = {}
-    key = str(Path(data_dir).expanduser().resolve())
-    entry = data.setdefault(key, {})
-    if exclude:
-        entry[digest] = str(path)
-    else:
-        entry.pop(digest, None)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), "utf-8")
-    os.replace(tmp, file)
+    with _locked(file):
+        data = _read_excluded(file)
+        entry = data.setdefault(str(_root(data_dir)), {})
+        if exclude:
+            entry[digest] = str(path)
+        else:
+            entry.pop(digest, None)
+        tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(data, indent=1, ensure_ascii=False))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, file)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise LabelError(os_error_message(exc, f"{shown(file)} could not be written")
+                             + "; exclusions are unchanged") from exc
 
 
 def hardest(classes: list[str], data: SplitData, probs: np.ndarray, n: int = 20) -> list[dict]:

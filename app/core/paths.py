@@ -32,3 +32,13 @@ def last_model_dir() -> Path:
     """Where the window keeps the last trained model (a normal model folder), so it survives
     a restart of the app."""
     return user_data_dir() / "last-model"
+
+
+def user_config_dir() -> Path:
+    """Settings and the move journal's secret; ``BOTTLENECK_STUDIO_CONFIG`` overrides it."""
+    override = os.environ.get("BOTTLENECK_STUDIO_CONFIG")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
