@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -57,8 +58,31 @@ class ProgressBar:
         if not self.quiet:
             if self.tty:
                 self.stream.write("\r\x1b[K")
-            self.stream.write(text + "\n")
+            self.stream.write(shown(text) + "\n")
             self.stream.flush()
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by None: ``--json`` never emits NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _print_json(doc) -> None:
+    """One strict JSON document on stdout (no NaN; a file name's undecodable bytes as
+    ``\\udcXX`` escapes, which JSON reads back as the same name)."""
+    text = json.dumps(_finite(doc), indent=2, ensure_ascii=False, allow_nan=False)
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+def _say(text: str) -> None:
+    """One line on stdout, control characters of file and class names escaped."""
+    print(shown(text))
 
 
 def _clock(seconds: float) -> str:
@@ -78,7 +102,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "local .weights.h5 file")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: the "
                    "user cache directory)")
-    p.add_argument("--batch-size", type=int, default=32, help="backbone batch size")
+    p.add_argument("--batch-size", type=_backbone_batch, default=32,
+                   help="backbone batch size (1-1024)")
     p.add_argument("--split", default="80/10/10", help="train/validation/test percentages")
 
 
@@ -164,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _backbone_batch(text: str) -> int:
+    """1..1024: 20,000 images of 299 px in one float32 batch would take 21 GB."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch size must be a whole number, got {text!r}") \
+            from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"batch size must be 1 to 1024, got {value}")
+    return value
+
+
 def _split(text: str):
     from app.core.dataset import SplitSpec
 
@@ -178,7 +215,7 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
                    mode=args.mode, engine=args.engine, ray_address=args.ray_address)
     result, _ = job.run(bar, cancel)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+        _print_json(result.as_dict())
     else:
         for s in result.skipped:
             bar.line(f"skipped {s.path}: {s.reason}")
@@ -187,7 +224,7 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
                 bar.line(f"warning: {f.message}")
         if result.retried:
             bar.line(f"tried {result.retried} previously skipped file(s) again")
-        print(f"{result.images} images in {len(result.classes)} classes: "
+        _say(f"{result.images} images in {len(result.classes)} classes: "
               f"{result.computed} computed, {result.reused} reused, "
               f"{len(result.skipped)} skipped; {result.seconds:.1f} s "
               f"({result.images_per_second:.1f} img/s) on {result.device}")
@@ -201,12 +238,18 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     from pathlib import Path
 
-    from app.core.export import check_destination
+    from app.core.export import FORMATS, ExportError, check_destination
     from app.core.retrain import Retraining
     from app.core.training import TrainSettings
 
     out = Path(args.out).expanduser().absolute()
     check_destination(out)  # refused before any work, and again right before the swap
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    unknown = sorted(set(formats) - set(FORMATS)) or ([] if formats else ["(none)"])
+    if unknown:
+        raise ExportError(f"unknown export format(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(FORMATS)}")
+    split = _split(args.split)
 
     settings = TrainSettings(
         epochs=args.epochs, batch_size=args.train_batch_size, learning_rate=args.learning_rate,
@@ -215,14 +258,13 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         class_weights=args.class_weights, early_stopping=args.early_stopping, seed=args.seed,
         mode=args.mode, backbone_lr_scale=args.backbone_lr_scale, augment=args.augment,
         warmup_epochs=args.warmup_epochs)
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     run = Retraining(args.data_dir, args.backbone, args.weights, args.cache_dir, settings)
     from app.core.dataset import scan_dataset
     from app.core.paths import user_cache_dir
     from app.core.store import FeatureStore
 
     with FeatureStore(args.cache_dir or user_cache_dir()) as store:
-        run.dataset = scan_dataset(args.data_dir, store, _split(args.split), bar, cancel)
+        run.dataset = scan_dataset(args.data_dir, store, split, bar, cancel)
 
     def progress(p: Progress) -> None:
         if p.stage == "train":
@@ -231,7 +273,7 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         else:
             bar(p)
 
-    cache = run.run_cache(progress, cancel)
+    cache = run.run_cache(progress, cancel, batch_size=args.batch_size)
     for s in cache.skipped:
         bar.line(f"skipped {s.path}: {s.reason}")
     if cache.cancelled:
@@ -273,17 +315,17 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
                        "tolerance": report.parity.tolerance})},
     }
     if args.json:
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        _print_json(doc)
     else:
         t = doc["test"]
         aux = "  ".join(f"{o} {t[f'{o}_accuracy']:.1%}" for o in ("aux1", "aux2")
                         if t.get(f"{o}_accuracy") is not None)
         acc = "n/a" if t["main_accuracy"] is None else f"{t['main_accuracy']:.1%}"
         bal = "n/a" if t["balanced_accuracy"] is None else f"{t['balanced_accuracy']:.1%}"
-        print(f"test ({t['count']} images): main {acc}  balanced {bal}  {aux}")
+        _say(f"test ({t['count']} images): main {acc}  balanced {bal}  {aux}")
         stop = (f"; early stopping ended the run (no better validation loss for "
                 f"{result.settings.early_stopping} epochs)" if result.stopped_early else "")
-        print(f"best epoch {result.best_epoch} of {result.epochs_run}{stop}; model in "
+        _say(f"best epoch {result.best_epoch} of {result.epochs_run}{stop}; model in "
               f"{model_dir}")
     return EXIT_OK
 
@@ -293,30 +335,30 @@ def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken
 
     ev = evaluate_model_dir(args.model_dir, args.data_dir, args.split, bar, cancel)
     if args.json:
-        print(json.dumps(ev.as_dict(), indent=2, ensure_ascii=False))
+        _print_json(ev.as_dict())
     else:
         acc = "n/a" if ev.main_accuracy is None else f"{ev.main_accuracy:.1%}"
         bal = "n/a" if ev.balanced_accuracy is None else f"{ev.balanced_accuracy:.1%}"
         if ev.accuracy_interval:
             lo, hi = ev.accuracy_interval
             acc += f" (95% interval {lo:.1%}-{hi:.1%})"
-        print(f"{ev.count} images: accuracy {acc}, balanced accuracy {bal}")
+        _say(f"{ev.count} images: accuracy {acc}, balanced accuracy {bal}")
         if ev.few_images:
-            print(f"too few images to judge (< 5): {', '.join(ev.few_images)}")
+            _say(f"too few images to judge (< 5): {', '.join(ev.few_images)}")
         cal = ev.calibration
         if cal and cal.get("ece_before") is not None:
-            print(f"calibration: temperature {cal['temperature']:.3f}, expected calibration "
+            _say(f"calibration: temperature {cal['temperature']:.3f}, expected calibration "
                   f"error {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after")
             if cal.get("note"):
-                print(f"calibration: {cal['note']}")
+                _say(f"calibration: {cal['note']}")
         if ev.unknown_rate is not None:
-            print(f"called unknown: {ev.unknown_rate:.1%} of these images")
+            _say(f"called unknown: {ev.unknown_rate:.1%} of these images")
         for name, s in ev.per_class.items():
-            print(f"  {name:20s} precision {s['precision']:.2f} recall "
+            _say(f"  {name:20s} precision {s['precision']:.2f} recall "
                   f"{'n/a' if s['recall'] is None else format(s['recall'], '.2f')} "
                   f"f1 {s['f1']:.2f} ({s['support']})")
         for m in ev.misclassified:
-            print(f"  wrong: {m['path']} is {m['true']}, predicted {m['predicted']} "
+            _say(f"  wrong: {m['path']} is {m['true']}, predicted {m['predicted']} "
                   f"({m['confidence']:.0%})")
     return EXIT_OK
 
@@ -327,18 +369,18 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
     predictor = Predictor.from_dir(args.model_dir)
     preds = predictor.predict(args.paths, top_k=args.top, progress=bar, cancel=cancel)
     if args.json:
-        print(json.dumps([p.as_dict() for p in preds], indent=2, ensure_ascii=False))
+        _print_json([p.as_dict() for p in preds])
     else:
         for p in preds:
             if p.error:
-                print(f"{p.path}: error: {p.error}")
+                _say(f"{p.path}: error: {p.error}")
             elif p.unknown:
                 best = p.top[0]
-                print(f"{p.path}: unknown (not like the training classes, score "
+                _say(f"{p.path}: unknown (not like the training classes, score "
                       f"{p.score:.3g}) - closest: {best['label']} {best['probability']:.1%}")
             else:
                 best = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.top)
-                print(f"{p.path}: {best}")
+                _say(f"{p.path}: {best}")
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from app.core.errors import SettingsError, UserError
+from app.core.errors import SettingsError, UserError, bad_name_reason, shown
 from app.core.imaging import IMAGE_SUFFIXES, PREPROCESS_VERSION, sniff_format
 from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
 from app.core.store import FeatureStore
@@ -113,6 +113,7 @@ class Dataset:
     skipped: list[Skipped] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     split_spec: SplitSpec = field(default_factory=SplitSpec)
+    scan_findings: list[Finding] = field(default_factory=list)  # folders and links refused
 
     @property
     def errors(self) -> list[Finding]:
@@ -154,7 +155,7 @@ class Dataset:
             return self, []
         kept = set(keep)
         ds = Dataset(self.root, keep, [r for r in self.images if r.label in kept], self.skipped,
-                     [], self.split_spec)
+                     [], self.split_spec, self.scan_findings)
         return _checked(ds), warnings
 
     def without(self, bad: dict[str, str]) -> Dataset:
@@ -162,22 +163,79 @@ class Dataset:
         keep = [r for r in self.images if r.digest not in bad]
         skipped = self.skipped + [Skipped(r.path, bad[r.digest]) for r in self.images
                                   if r.digest in bad]
-        return _checked(Dataset(self.root, self.classes, keep, skipped, [], self.split_spec))
+        return _checked(Dataset(self.root, self.classes, keep, skipped, [], self.split_spec,
+                                self.scan_findings))
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    """Every regular file below ``folder``, hidden files and folders left out, sorted."""
+# Links are followed (a class folder on another disk is a common habit) but never into these:
+# a link to /etc must not hash the whole system into the cache.
+SYSTEM_FOLDERS = tuple(Path(p) for p in (
+    "/etc", "/proc", "/sys", "/dev", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+    "/boot", "/var", "/run", "/root", "/snap", os.environ.get("SystemRoot", "/nonexistent")))
+
+
+@dataclass
+class _Walk:
+    """What a walk met besides images: link loops, links into system folders, and files
+    read through a link from outside the data folder."""
+
+    root: Path
+    loops: list[str] = field(default_factory=list)
+    system: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+    seen: set[tuple[int, int]] = field(default_factory=set)
+
+
+def _is_system(path: Path) -> bool:
+    return path == Path("/") or any(path == s or s in path.parents for s in SYSTEM_FOLDERS)
+
+
+def _walk(folder: Path, walk: _Walk, outside: bool = False) -> Iterator[Path]:
+    """Every regular file below ``folder``, hidden files and folders left out, sorted.
+    Folder links are followed once each (a loop is reported, not walked again), never into
+    a system folder; ``outside``: ``folder`` was reached through a link out of the root."""
     try:
+        st = folder.stat()
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
         return
+    if (st.st_dev, st.st_ino) in walk.seen:
+        walk.loops.append(str(folder))
+        return
+    walk.seen.add((st.st_dev, st.st_ino))
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir(follow_symlinks=True):
-            yield from _walk(Path(entry.path))
-        elif entry.is_file(follow_symlinks=True):
-            yield Path(entry.path)
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+            is_file = not is_dir and entry.is_file(follow_symlinks=True)
+        except OSError:
+            continue
+        if not (is_dir or is_file):
+            continue
+        path = Path(entry.path)
+        if entry.is_symlink():
+            try:
+                real = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # a dangling link or a loop of links
+                walk.loops.append(str(path))
+                continue
+            if _is_system(real):
+                walk.system.append(str(path))
+                continue
+            if is_dir and (real == walk.root or real in walk.root.parents
+                           or real.parent == walk.root):
+                walk.loops.append(str(path))  # the data folder again, or another class
+                continue
+            here = walk.root in real.parents
+        else:
+            here = not outside
+        if is_dir:
+            yield from _walk(path, walk, not here)
+        else:
+            if not here:
+                walk.outside.append(str(path))
+            yield path
 
 
 def _digest_file(path: Path) -> tuple[str, str | None]:
@@ -210,22 +268,39 @@ def scan_dataset(
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
     split = split or SplitSpec()
-    class_dirs = sorted(
-        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
+    walk = _Walk(root)
+    refused: list[Finding] = []
+    class_dirs = []
+    for p in sorted(root.iterdir(), key=lambda p: p.name):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        reason = bad_name_reason(p.name)
+        if reason is None and p.is_symlink() and _is_system(p.resolve()):
+            reason = "it is a link into a system folder"
+        if reason:
+            refused.append(Finding("warning", f"class folder {shown(p.name)!r} left out: "
+                                              f"{reason}; rename it to use it"))
+        else:
+            class_dirs.append(p)
     known = store.file_index() if store else {}
     # (path, class, size, mtime_ns): tuples of plain values, which the cyclic garbage collector
     # stops tracking; Path and stat objects for 100k files made its full passes (which hold
     # every thread, the window's included) take hundreds of milliseconds
     candidates: list[tuple[str, str, int, int]] = []
+    badly_named: list[Skipped] = []
     for class_dir in class_dirs:
-        for path in _walk(class_dir):
+        linked_out = walk.root not in class_dir.resolve().parents
+        for path in _walk(class_dir, walk, linked_out):
             try:
                 st = path.stat()
             except OSError:
                 continue
-            candidates.append((str(path), class_dir.name, st.st_size, st.st_mtime_ns))
+            text = str(path)
+            if bad_name_reason(text) == "its name is not valid UTF-8":
+                badly_named.append(Skipped(shown(text), "its name is not valid UTF-8 (the "
+                                                         "cache cannot record it): rename it"))
+                continue
+            candidates.append((text, class_dir.name, st.st_size, st.st_mtime_ns))
 
     to_hash: list[int] = []
     results: list[tuple[str, str | None] | None] = []
@@ -237,7 +312,7 @@ def scan_dataset(
             results.append(None)
             to_hash.append(i)
 
-    skipped: list[Skipped] = []
+    skipped: list[Skipped] = badly_named
     if to_hash:
         meter = RateMeter(len(to_hash))
         new_rows = []
@@ -283,9 +358,30 @@ def scan_dataset(
         else:
             images.append(ImageRecord(path, label, digest, split.assign(digest), fmt))
 
-    ds = _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split))
+    ds = _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split,
+                          refused + _link_findings(walk)))
     _release(candidates, results, to_hash, new_rows if to_hash else [], known)
     return ds
+
+
+def _link_findings(walk: _Walk) -> list[Finding]:
+    """The folder's checks for links: loops and system folders not walked, and files that
+    are read through a link from outside the data folder (used, but worth knowing)."""
+    out = []
+    if walk.loops:
+        out.append(Finding("warning", f"{len(walk.loops)} link(s) form a loop or lead "
+                                      "nowhere and were not followed",
+                           tuple(shown(p) for p in walk.loops)))
+    if walk.system:
+        out.append(Finding("warning", f"{len(walk.system)} link(s) lead into a system "
+                                      "folder and were not followed",
+                           tuple(shown(p) for p in walk.system)))
+    if walk.outside:
+        out.append(Finding("warning", f"{len(walk.outside)} image(s) are read through "
+                                      "links from outside the data folder (moves never "
+                                      "write there)",
+                           tuple(shown(p) for p in walk.outside)))
+    return out
 
 
 def _release(*big: list | dict) -> None:
@@ -343,5 +439,5 @@ def _checked(ds: Dataset) -> Dataset:
     if ds.skipped:
         findings.append(Finding("warning", f"{len(ds.skipped)} file(s) skipped as unreadable",
                                 tuple(s.path for s in ds.skipped)))
-    ds.findings = findings
+    ds.findings = [*ds.scan_findings, *findings]
     return ds

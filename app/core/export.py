@@ -39,6 +39,7 @@ import datetime as dt
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -51,7 +52,7 @@ import numpy as np
 from app import __version__
 from app.core.backbones import BackboneSpec, build_image_model, weights_fingerprint
 from app.core.calibration import softmax
-from app.core.errors import UserError
+from app.core.errors import UserError, bad_name_reason, shown
 from app.core.head import main_branch
 from app.core.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
 from app.core.training import HISTORY_KEYS, SplitData, TrainResult
@@ -137,7 +138,7 @@ def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
     unknown["threshold"] = float(threshold)
     unknown["threshold_set_by"] = threshold_origin(threshold, unknown["fitted_threshold"])
     # beside the folder, not in it: a crash must not leave a stray file inside a model folder
-    tmp = folder.parent / f".{folder.name}.metadata-{uuid.uuid4().hex[:8]}.json"
+    tmp = _scratch(folder, "metadata", ".json")
     try:
         tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
         os.replace(tmp, path)
@@ -146,10 +147,64 @@ def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
     return True
 
 
+_SCRATCH = re.compile(r"^\.(?P<name>.+)\.(?P<kind>export|replaced|metadata)-(?P<pid>\d+)-"
+                      r"[0-9a-f]{8}(?P<ext>\.json)?$")
+
+
+def _scratch(folder: Path, kind: str, ext: str = "") -> Path:
+    """A hidden name beside ``folder`` for work in progress, naming this process so that a
+    later run can tell a dead writer's leftovers from a live one's."""
+    return folder.parent / f".{folder.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def clean_leftovers(parent: str | Path) -> list[Path]:
+    """Remove what a killed export left in ``parent``: hidden scratch folders and files of
+    this app's own naming whose writing process is dead, and that hold nothing but the files
+    an export writes. Anything else, a live export's included, is left alone. Returns what
+    was removed."""
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        m = _SCRATCH.match(path.name)
+        if m is None or _alive(int(m["pid"])) or path.is_symlink():
+            continue
+        try:
+            if m["kind"] == "metadata":
+                if path.is_file() and m["ext"]:
+                    path.unlink()
+                    removed.append(path)
+            elif path.is_dir() and not m["ext"] and {p.name for p in path.iterdir()} <= \
+                    MODEL_FILES:
+                shutil.rmtree(path)
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 def check_destination(out_dir: Path) -> None:
     """Refuse, touching nothing, any destination that is not new, empty or one of our models."""
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise ExportError(f"{out_dir} exists and is not a folder; choose a new folder name")
+    for parent in out_dir.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ExportError(f"{parent} is a file, so {out_dir} cannot be created; "
+                                  "choose another folder")
+            break
     if not out_dir.exists() or not any(out_dir.iterdir()) or is_model_folder(out_dir):
         return
     raise ExportError(f"{out_dir} is not empty and is not a model folder written by this app; "
@@ -297,7 +352,8 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create {out_dir.parent}: {exc.strerror or exc}") from exc
-    staging = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:8]}"
+    clean_leftovers(out_dir.parent)
+    staging = _scratch(out_dir, "export")
     try:
         staging.mkdir(mode=0o777)  # the umask applies: a normal folder, not drwx------
         classes, history = result.classes, result.history
@@ -338,6 +394,11 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
             keras_ours = None if pair is None or not predictors else keras_predict(pair[0])
             forms = {name: plain_decode_deviation(fn, pair, reference=keras_ours)
                      for name, fn in predictors.items()}
+        for c in classes:  # one class a line: a newline in a name would shift every label
+            if not isinstance(c, str) or not c or bad_name_reason(c):
+                raise ExportError(f"class name {shown(c)!r} cannot be written to labels.txt "
+                                  f"({bad_name_reason(c) if isinstance(c, str) and c else 'empty'}"
+                                  "); rename its folder")
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes), "utf-8")
         write_history(staging, history)
         meta = {
@@ -420,7 +481,7 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         return
     if _exchange(staging, out_dir):
         return
-    aside = out_dir.parent / f".{out_dir.name}.replaced-{uuid.uuid4().hex[:8]}"
+    aside = _scratch(out_dir, "replaced")
     out_dir.rename(aside)
     try:
         staging.rename(out_dir)

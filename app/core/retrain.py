@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.core.backbones import get_spec, key_precision, key_signature
-from app.core.caching import CacheJob, CacheResult
+from app.core.caching import DEFAULT_BATCH, CacheJob, CacheResult
 from app.core.calibration import log_probs_as_logits, softmax
 from app.core.dataset import SPLITS, Dataset, scan_dataset
 from app.core.evaluation import Evaluation, score
@@ -89,11 +89,13 @@ class Retraining:
 
     def run_cache(self, progress: ProgressCallback = no_progress,
                   cancel: CancelToken | None = None, retry_skipped: bool = False,
-                  engine: str = "local", ray_address: str | None = None) -> CacheResult:
-        """Cache what the mode trains from; ``engine`` "ray" computes on a Ray cluster
-        (``ray_address``, else RAY_ADDRESS, else a local Ray) into the same store."""
+                  engine: str = "local", ray_address: str | None = None,
+                  batch_size: int = DEFAULT_BATCH) -> CacheResult:
+        """Cache what the mode trains from (``batch_size`` images a backbone batch);
+        ``engine`` "ray" computes on a Ray cluster (``ray_address``, else RAY_ADDRESS, else a
+        local Ray) into the same store."""
         self.cache, self.dataset = CacheJob(self.dataset or self.data_dir, self.backbone,
-                                            self.weights, self.cache_dir,
+                                            self.weights, self.cache_dir, batch_size,
                                             retry_skipped=retry_skipped,
                                             mode=self.settings.mode, engine=engine,
                                             ray_address=ray_address).run(progress, cancel)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.errors import SettingsError
+from app.core.errors import SettingsError, UserError
 from app.core.feeds import SplitData, make_feed
 from app.core.head import OUTPUTS, HeadShape, build_head
 from app.core.jobs import Cancelled, CancelToken, Progress, ProgressCallback, no_progress
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 MODES = ("head", "finetune")
 METRIC_KEYS = tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy"))
 HISTORY_KEYS = METRIC_KEYS + tuple(f"val_{k}" for k in METRIC_KEYS)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: nothing trained is kept."""
 
 
 @dataclass
@@ -65,8 +69,14 @@ class TrainSettings:
             problems.append("dropout must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             problems.append("label smoothing must be in [0, 1)")
-        if self.aux_weight < 0:
-            problems.append("aux weight must be >= 0")
+        if not 0 <= self.aux_weight <= 10:  # NaN and infinity fail this too
+            problems.append("aux weight must be a number in [0, 10]")
+        if self.early_stopping < 0:
+            problems.append("early-stopping patience must be at least 0 (0: off)")
+        if self.hidden_units < 0:
+            problems.append("hidden units must be at least 0")
+        if not 0 < self.stream_interval < 3600:
+            problems.append("stream interval must be between 0 and 3600 seconds")
         if self.optimizer not in ("adam", "sgd", "rmsprop"):
             problems.append(f"unknown optimizer {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
@@ -238,6 +248,12 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     stream = _make_stream(settings, cancel, progress, has_val=val is not None)
     start = time.perf_counter()
     model.fit(feed, validation_data=val, epochs=settings.epochs, verbose=0, callbacks=[stream])
+    if stream.diverged:
+        raise TrainingDiverged(
+            f"training stopped: the loss was not a number (NaN or infinite) in epoch "
+            f"{stream.diverged}; no model was kept. Non-finite values in the inputs (a damaged "
+            f"cache: run caching again) or a learning rate too high "
+            f"({settings.learning_rate:g}) cause this")
     if stream.best_weights is None and cancel.cancelled:
         raise Cancelled()  # not one epoch finished: there is no model to keep
     if stream.best_weights is not None:
@@ -314,6 +330,7 @@ class _StreamMixin:
         self._epoch = 0
         self.interrupted = False  # cancelled within an epoch: that epoch does not count
         self.stopped_early = False
+        self.diverged = 0  # the epoch whose training loss was not finite (0: none)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch + 1
@@ -336,6 +353,11 @@ class _StreamMixin:
         if self.interrupted:  # Keras still validates a cut-short epoch; it is no epoch
             return
         logs = _normalise(logs or {})
+        losses = [v for k, v in logs.items() if k.endswith("loss")]
+        if any(not math.isfinite(float(v)) for v in losses):
+            self.diverged = epoch + 1  # NaN never "improves": stop, keep nothing of it
+            self.model.stop_training = True
+            return
         rec = _epoch_record(epoch + 1, logs)
         value = logs.get(self.monitor)
         improved = value is not None and float(value) < self.best

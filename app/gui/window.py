@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.export import is_model_folder
+from app.core.export import clean_leftovers, is_model_folder
 from app.core.paths import last_model_dir
 from app.gui.activity import ActivityLabel, progress_text, say_while
 from app.gui.closing import REMEMBERING, SAVING, quit_question, stops_on_quit
@@ -221,6 +221,7 @@ class MainWindow(QMainWindow):
         if folder and Path(folder).is_dir():
             self.load_folder(folder)
         model = last_model_dir()
+        clean_leftovers(model.parent)  # what a killed save of it left, never anything else
         if is_model_folder(model):
             self.open_model(str(model), show=False,
                             source=f"the last model trained, reopened from {model}")
