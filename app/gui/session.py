@@ -304,10 +304,12 @@ class Session(QObject):
             raise LabelError("open the data folder first")
         return undo_move(self.data_dir)
 
-    def moves(self) -> list:
-        from app.core.labels import moves
+    def moves(self):
+        """The data folder's journal: moves in effect, and lines this app did not write
+        there (shown, never undone)."""
+        from app.core.labels import JournalState, journal_state
 
-        return [] if self.data_dir is None else moves(self.data_dir)
+        return JournalState() if self.data_dir is None else journal_state(self.data_dir)
 
     def exclude(self, entry: dict, exclude: bool = True) -> None:
         """Leave ``entry``'s image (by content) out of the next training runs."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel
 
 from app.core.labels import excluded
@@ -174,3 +175,20 @@ def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path
     labels.update(zip(run.splits["validation"].paths, run.splits["validation"].labels))
     labels.update(zip(run.splits["test"].paths, run.splits["test"].labels))
     assert run.result.classes[labels[str(moved)]] == target_class
+
+
+def test_a_shipped_journal_is_listed_greyed_and_never_undone(qtbot, window, tmp_path):
+    import json
+
+    from app.core.labels import JOURNAL
+
+    data = make_dataset(tmp_path / "photos", per_class=2)
+    (data / JOURNAL).write_text(json.dumps(
+        {"op": "move", "source": "red/x.jpg", "target": "/home/me/.ssh/id_ed25519"}) + "\n")
+    open_folder(qtbot, window, data)
+    page = window.evaluate
+    qtbot.waitUntil(lambda: page.moves.count() == 1)
+    item = page.moves.item(0)
+    assert "never undone" in item.text() and ".ssh" in item.text()
+    assert not item.flags() & Qt.ItemFlag.ItemIsEnabled
+    assert not page.undo.isEnabled() and page.tabs.tabText(3) == "Moves (0)"

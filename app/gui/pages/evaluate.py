@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QListWidget,
+    QListWidgetItem,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -21,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.errors import shown
 from app.gui.pages.image_grid import ImageDialog, ImageGrid  # noqa: F401  (ImageDialog: API)
 from app.gui.pages.trust_panel import TrustPanel
 from app.gui.widgets import heading, hint, percent
@@ -206,12 +208,20 @@ class EvaluatePage(QWidget):
         self.tabs.setTabText(1, f"{true}, {what} ({len(entries)})")
         self.tabs.setCurrentWidget(self.cell)
 
-    def show_moves(self, moves: list) -> None:
+    def show_moves(self, state) -> None:
+        """``state``: the data folder's journal (app.core.journal.JournalState)."""
         self.moves.clear()
-        for m in moves:
+        for m in state.moves:
             self.moves.addItem(f"{m.source}  →  {m.target}")
-        self.undo.setEnabled(bool(moves))
-        self.tabs.setTabText(3, f"Moves ({len(moves)})")
+        for entry in state.foreign:
+            item = QListWidgetItem(f"not written by this app for this folder, never undone: "
+                                   f"{shown(entry.get('source'))}  →  "
+                                   f"{shown(entry.get('target'))}")
+            item.setForeground(QColor(120, 120, 120))
+            item.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.moves.addItem(item)
+        self.undo.setEnabled(bool(state.moves))
+        self.tabs.setTabText(3, f"Moves ({len(state.moves)})")
 
     def _cell_clicked(self, row: int, column: int) -> None:
         if row < len(self.labels) and column < len(self.labels):
