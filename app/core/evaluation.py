@@ -37,6 +37,9 @@ class Evaluation:
     unknown_rate: float | None = None  # fraction of these images the detector calls unknown
     accuracy_interval: list[float] | None = None  # 95% Wilson interval of main_accuracy
     few_images: list[str] = field(default_factory=list)  # classes with < FEW_IMAGES here
+    # [{"path", "reason"}]: images of the split that could not be scored (not decodable, a
+    # NaN answer, skipped by the dataset scan); not in count, so a score never hides them
+    skipped: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,12 +48,15 @@ class Evaluation:
 def score(labels: list[str], true: np.ndarray, probs: np.ndarray, paths: list[str],
           aux_probs: dict[str, np.ndarray] | None = None, *,
           uncalibrated: np.ndarray | None = None, temperature: float | None = None,
-          unknown: np.ndarray | None = None) -> Evaluation:
+          unknown: np.ndarray | None = None,
+          skipped: list[dict] | None = None) -> Evaluation:
     """Evaluate main-output probabilities ``probs`` (N, C) against integer labels ``true``.
 
     With ``uncalibrated`` (the same images' probabilities before temperature scaling) and the
     ``temperature`` that made ``probs`` from them, the calibration before and after is scored
-    too. ``unknown`` (one bool per image) gives the unknown rate."""
+    too. ``unknown`` (one bool per image) gives the unknown rate. ``skipped`` ({"path",
+    "reason"}) lists the images that were meant to be scored and could not be."""
+    skipped = list(skipped or [])
     n_classes = len(labels)
     count = len(true)
     calibration = reliable = None
@@ -66,7 +72,8 @@ def score(labels: list[str], true: np.ndarray, probs: np.ndarray, paths: list[st
         return Evaluation(0, labels, None, None,
                           confusion=[[0] * n_classes for _ in range(n_classes)],
                           calibration=calibration, reliability=reliable,
-                          unknown_rate=unknown_rate, few_images=list(labels))
+                          unknown_rate=unknown_rate, few_images=list(labels),
+                          skipped=skipped)
     pred = probs.argmax(axis=1)
     confusion = np.zeros((n_classes, n_classes), np.int64)
     np.add.at(confusion, (true, pred), 1)
@@ -108,6 +115,7 @@ def score(labels: list[str], true: np.ndarray, probs: np.ndarray, paths: list[st
         unknown_rate=unknown_rate,
         accuracy_interval=[round(v, 4) for v in wilson(int((pred == true).sum()), count)],
         few_images=[name for name, s in per_class.items() if s["few_images"]],
+        skipped=skipped,
         **aux,
     )
 

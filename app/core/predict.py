@@ -6,7 +6,6 @@ gives an error entry of its own and the others go on.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,19 +13,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.errors import UserError
+from app.core.errors import shown
 from app.core.imaging import IMAGE_SUFFIXES, ImageError, load_rgb, sniff_format
 from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
-from app.core.unknown import UnknownDetector
+from app.core.model_folder import (
+    META_FILE,
+    MODEL_FILE,
+    SUPPORTED_MODEL_FORMATS,
+    ModelDirError,
+    read_json,
+    regular_file,
+    validate_metadata,
+)
+from app.core.unknown import UnknownDetector, feature_width
 
 if TYPE_CHECKING:
     import keras
 
-SUPPORTED_MODEL_FORMATS = (1,)
-
-
-class ModelDirError(UserError):
-    """A model folder that cannot be used; the message is one line a person can act on."""
+__all__ = ["SUPPORTED_MODEL_FORMATS", "ModelDirError", "Prediction", "Predictor",
+           "expand_paths", "read_metadata"]
+NAN_ANSWER = "the model answered NaN for this image: the model folder is damaged"
 
 
 @dataclass
@@ -66,25 +72,14 @@ def _is_image(path: Path) -> bool:
 
 
 def read_metadata(model_dir: str | Path) -> dict:
+    """A model folder's ``metadata.json``, checked against the schema; nothing else of the
+    folder is opened (``model.keras`` is only checked to be a regular file in it)."""
     folder = Path(model_dir).expanduser()
     if not folder.is_dir():
-        raise ModelDirError(f"{folder} is not a model folder (it does not exist)")
-    meta_path = folder / "metadata.json"
-    if not meta_path.is_file() or not (folder / "model.keras").is_file():
-        raise ModelDirError(f"{folder} is not a model folder (metadata.json or model.keras "
-                            "missing)")
-    try:
-        meta = json.loads(meta_path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelDirError(f"{meta_path} is damaged: {exc}") from exc
-    version = meta.get("format_version")
-    if version not in SUPPORTED_MODEL_FORMATS:
-        raise ModelDirError(f"{folder} was written by another version of Bottleneck Studio "
-                            f"(model format {version!r}, this app reads "
-                            f"{SUPPORTED_MODEL_FORMATS}); export it again")
-    if not isinstance(meta.get("classes"), list) or "image_size" not in meta:
-        raise ModelDirError(f"{meta_path} is damaged: classes or image size missing")
-    return meta
+        raise ModelDirError(f"{shown(folder)} is not a model folder (it does not exist)")
+    meta_path = regular_file(folder, META_FILE, META_FILE)
+    regular_file(folder, MODEL_FILE, MODEL_FILE)
+    return validate_metadata(read_json(meta_path))
 
 
 class Predictor:
@@ -100,29 +95,59 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Predictor:
-        meta = read_metadata(model_dir)
+        """The folder's model, refused with one :class:`ModelDirError` line when anything
+        in it is wrong: metadata first (before Keras is imported), then the model, then the
+        unknown test's arrays against the model's feature width."""
+        folder = Path(model_dir).expanduser()
+        meta = read_metadata(folder)
+        model_path = regular_file(folder, MODEL_FILE, MODEL_FILE)
         from app.core.device import configure
 
         configure()
         import keras
 
         try:
-            model = keras.saving.load_model(Path(model_dir).expanduser() / "model.keras",
-                                            safe_mode=True)
+            model = keras.saving.load_model(model_path, safe_mode=True)
         except Exception as exc:
-            raise ModelDirError(f"{model_dir}/model.keras cannot be loaded "
-                                f"({type(exc).__name__}: {str(exc)[:200]})") from exc
-        if model.output_shape[-1] != len(meta["classes"]):
-            raise ModelDirError(f"{model_dir}: labels and model disagree on the class count")
+            raise ModelDirError(f"{shown(model_dir)}/model.keras cannot be loaded "
+                                f"({type(exc).__name__}: {shown(str(exc)[:200])})") from exc
+        classes, size = meta["classes"], tuple(meta["image_size"])
+        try:
+            out_shape, in_shape = tuple(model.output_shape), tuple(model.input_shape)
+        except (AttributeError, ValueError, TypeError):
+            raise ModelDirError(f"{shown(model_dir)}/model.keras is not a model with one "
+                                "image input and one output") from None
+        if out_shape[-1] != len(classes):
+            raise ModelDirError(f"{shown(model_dir)}: labels and model disagree on the class "
+                                f"count ({len(classes)} classes, the model answers "
+                                f"{out_shape[-1]})")
+        if len(in_shape) != 4 or in_shape[3] not in (None, 3) or any(
+                want is not None and want != got
+                for want, got in zip(in_shape[1:3], (size[1], size[0]))):
+            raise ModelDirError(f"{META_FILE}: image_size {list(size)} does not fit the "
+                                f"model's input {list(in_shape[1:])}")
         unknown = None
-        if (meta.get("unknown") or {}).get("method"):
+        entry = meta.get("unknown") or {}
+        if entry.get("method"):
             try:
-                unknown = UnknownDetector.load(Path(model_dir).expanduser(), meta["unknown"])
+                unknown = UnknownDetector.load(folder, entry, n_classes=len(classes))
+            except ModelDirError:
+                raise
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ModelDirError(f"{model_dir}: the unknown-image data is damaged "
-                                    f"({type(exc).__name__}: {str(exc)[:200]}); export it "
-                                    "again") from exc
-        return cls(model, meta["classes"], tuple(meta["image_size"]), meta, unknown)
+                raise ModelDirError(f"{shown(model_dir)}: the unknown-image data is damaged "
+                                    f"({type(exc).__name__}: {shown(str(exc)[:200])}); "
+                                    "export it again") from exc
+            width = feature_width(unknown)
+            if width is not None:
+                try:
+                    tap = model.get_layer("main_tap").output.shape[-1]
+                except (ValueError, AttributeError):
+                    raise ModelDirError(f"{shown(model_dir)}/model.keras has no layer "
+                                        "'main_tap', which the unknown test reads") from None
+                if tap != width:
+                    raise ModelDirError(f"{entry['file']}: its arrays are {width} features "
+                                        f"wide, the model's main_tap gives {tap}")
+        return cls(model, classes, size, meta, unknown)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(pixels.astype(np.float32)))
@@ -163,6 +188,10 @@ class Predictor:
                     scores = self.unknown.score(feats, probs)
                     flags = self.unknown.flags(scores)
                 for n, (i, p) in enumerate(zip(idx, probs)):
+                    if not np.isfinite(p).all() or (
+                            scores is not None and not np.isfinite(scores[n])):
+                        results[i].error = NAN_ANSWER  # never a top label with nan
+                        continue
                     order = np.argsort(-p)[:k]
                     results[i].top = [{"label": self.classes[j], "probability": float(p[j])}
                                       for j in order]

@@ -264,11 +264,13 @@ def train_in_child(dataset: Dataset, model_key: str, cache_dir: str | Path | Non
 def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str = "test",
                        progress: ProgressCallback = no_progress,
                        cancel: CancelToken | None = None) -> Evaluation:
-    """Evaluate an exported model on the images of ``data_dir`` (its ``split``, or all)."""
+    """Evaluate an exported model on the images of ``data_dir`` (its ``split``, or all).
+    Images that cannot be scored (the scan skipped them, they do not decode, the model
+    answers NaN) are listed in the result's ``skipped`` with why, never dropped silently."""
     from app.core.dataset import SplitSpec
     from app.core.predict import ModelDirError, Predictor
 
-    predictor = Predictor.from_dir(model_dir)
+    predictor = Predictor.from_dir(model_dir)  # metadata checked against the schema
     fractions = predictor.metadata.get("split_fractions")
     ds = scan_dataset(data_dir, split=SplitSpec(*fractions) if fractions else None)
     left_out = set(predictor.metadata.get("left_out_classes") or ())
@@ -280,6 +282,8 @@ def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str =
             if r.label not in left_out]
     preds = predictor.predict([r.path for r in recs], top_k=len(predictor.classes),
                               progress=progress, cancel=cancel)
+    skipped = [s.as_dict() for s in ds.skipped]  # no split known: they never decoded
+    skipped += [{"path": p.path, "reason": p.error} for p in preds if p.error is not None]
     index = {c: i for i, c in enumerate(predictor.classes)}
     ok = [(r, p) for r, p in zip(recs, preds) if p.error is None]
     probs = np.zeros((len(ok), len(index)))
@@ -293,4 +297,5 @@ def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str =
     unknown = (np.array([p.unknown for _, p in ok], bool)
                if predictor.unknown is not None else None)
     return score(predictor.classes, true, probs, [r.path for r, _ in ok],
-                 uncalibrated=before, temperature=temperature, unknown=unknown)
+                 uncalibrated=before, temperature=temperature, unknown=unknown,
+                 skipped=skipped)

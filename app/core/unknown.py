@@ -39,6 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from app.core.errors import SettingsError
+from app.core.model_folder import (
+    UNKNOWN,
+    ModelDirError,
+    check_schema,
+    check_unknown_arrays,
+    load_arrays,
+    regular_file,
+)
 
 METHODS = ("max_probability", "knn", "relative_knn", "mahalanobis")
 KNN_METHODS = ("knn", "relative_knn")  # scored against reference rows
@@ -193,26 +201,44 @@ class UnknownDetector:
                 np.savez(fh, **arrays)
 
     @classmethod
-    def load(cls, folder: str | Path, meta: dict) -> UnknownDetector:
+    def load(cls, folder: str | Path, meta: dict, n_classes: int | None = None
+             ) -> UnknownDetector:
         """From a model folder's ``metadata.json`` entry ``unknown`` and its arrays; raises
-        ValueError when they are missing or damaged."""
+        ValueError (a ModelDirError, for a folder's damage) when they are missing or
+        damaged. The entry is checked against the schema first; the arrays file must be a
+        regular file inside ``folder``, its arrays of sane headers, shapes and finite
+        values (``n_classes``: at most one class mean per class)."""
+        if not isinstance(meta, dict):
+            raise ModelDirError("metadata.json: unknown must be an object")
         method = meta.get("method")
         if method not in METHODS:
             raise SettingsError(f"unknown-image method {method!r} not understood")
+        check_schema(meta, UNKNOWN, "unknown.")
+        if "threshold" not in meta:
+            raise ModelDirError("metadata.json: unknown.threshold is missing")
         det = cls(method, float(meta["threshold"]), int(meta.get("k", KNN_K)),
                   keep=float(meta.get("keep_known", KEEP_KNOWN)))
-        det.known_images = str(meta.get("known_images", det.known_images))
+        det.known_images = str(meta.get("known_images") or det.known_images)
         det.fitted = float(meta.get("fitted_threshold", det.threshold))
-        if meta.get("file"):
-            with np.load(Path(folder) / meta["file"], allow_pickle=False) as data:
-                for name in ARRAYS:
-                    if name in data:
-                        setattr(det, name, np.asarray(data[name], np.float32))
-            needed = {"knn": ("reference",), "relative_knn": ("reference", "density"),
-                      "mahalanobis": ("means", "whitening")}[method]
-            if any(getattr(det, n) is None for n in needed):
-                raise SettingsError(f"{meta['file']} lacks {', '.join(needed)}")
+        name = meta.get("file")
+        if name:
+            arrays = load_arrays(regular_file(folder, name, "unknown.file"), ARRAYS)
+            check_unknown_arrays(arrays, method, n_classes, name)
+            for key, value in arrays.items():
+                setattr(det, key, value)
+        elif method != "max_probability":
+            raise ModelDirError(f"metadata.json: unknown.file must name the arrays of "
+                                f"method {method}")
         return det
+
+
+def feature_width(det: UnknownDetector) -> int | None:
+    """The feature width D a loaded detector's arrays expect (None: it reads no features)."""
+    if det.method in KNN_METHODS and det.reference is not None:
+        return int(det.reference.shape[1])
+    if det.method == "mahalanobis" and det.whitening is not None:
+        return int(det.whitening.shape[0])
+    return None
 
 
 def threshold_origin(threshold: float, fitted: float) -> str:
