@@ -224,6 +224,11 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
                 bar.line(f"warning: {f.message}")
         if result.retried:
             bar.line(f"tried {result.retried} previously skipped file(s) again")
+        for note in result.notes:
+            bar.line(f"warning: {note}")
+        if result.repaired:
+            bar.line(f"recomputed {result.repaired} image(s) whose cached features were "
+                     "damaged")
         _say(f"{result.images} images in {len(result.classes)} classes: "
               f"{result.computed} computed, {result.reused} reused, "
               f"{len(result.skipped)} skipped; {result.seconds:.1f} s "
@@ -276,6 +281,8 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     cache = run.run_cache(progress, cancel, batch_size=args.batch_size)
     for s in cache.skipped:
         bar.line(f"skipped {s.path}: {s.reason}")
+    for note in cache.notes:
+        bar.line(f"warning: {note}")
     if cache.cancelled:
         bar.line(f"cancelled while caching ({cache.ready} of {cache.images} images ready); "
                  "run again to resume; nothing was written")
@@ -342,7 +349,10 @@ def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken
         if ev.accuracy_interval:
             lo, hi = ev.accuracy_interval
             acc += f" (95% interval {lo:.1%}-{hi:.1%})"
-        _say(f"{ev.count} images: accuracy {acc}, balanced accuracy {bal}")
+        for s in ev.skipped:  # not scored: the count above leaves them out
+            _say(f"skipped {shown(s['path'])}: {shown(s['reason'])}")
+        _say(f"{ev.count} images: accuracy {acc}, balanced accuracy {bal}"
+             + (f" ({len(ev.skipped)} skipped)" if ev.skipped else ""))
         if ev.few_images:
             _say(f"too few images to judge (< 5): {', '.join(ev.few_images)}")
         cal = ev.calibration

@@ -7,6 +7,7 @@ resumes where it stopped. With nothing to compute, Keras is never imported.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from app.core.finetune import features_key
 from app.core.imaging import PREPROCESS_VERSION, ImageError, load_rgb
 from app.core.jobs import CancelToken, Progress, ProgressCallback, RateMeter, no_progress
 from app.core.paths import user_cache_dir
-from app.core.store import CUT, TAPS, FeatureBatch, FeatureStore
+from app.core.store import CUT, TAPS, FeatureBatch, FeatureStore, StoreError, finite_rows
 
 if TYPE_CHECKING:
     import keras
@@ -53,6 +54,8 @@ class CacheResult:
     retried: int = 0  # images remembered as bad that were tried again
     mode: str = "head"  # what was cached: pooled taps ("head") or the cut ("finetune")
     disk_bytes: int = 0  # what this model key's features take on disk
+    repaired: int = 0  # images whose stored features were damaged, so computed again
+    notes: list[str] = field(default_factory=list)  # one-line warnings (a cache moved aside)
 
     @property
     def ready(self) -> int:
@@ -81,6 +84,7 @@ class CacheJob:
     mode: str = "head"  # "head": pooled taps | "finetune": the cut tensor
     engine: str = "local"  # "local": this process | "ray": a Ray cluster (ray_engine.py)
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray on this machine
+    read_only: bool | None = None  # never write the cache (None: when it is not writable)
 
     def _on_ray(self, spec: BackboneSpec, store: FeatureStore, first_path: dict[str, str],
                 progress: ProgressCallback, cancel: CancelToken):
@@ -93,15 +97,16 @@ class CacheJob:
             key = features_key(spec, self.weights, self.mode, signature)
             # shards a killed job wrote but did not merge count as computed already
             ray_engine.merge_leftovers(store, key, self.mode == "finetune", spec.name)
-            cached = store.cached_digests(key, first_path)
-            todo = [d for d in first_path if d not in cached]
-            computed, bad = set(), {}
+            cached, damaged, unusable = _reusable(store, key, first_path)
+            todo = [d for d in first_path if d not in cached and d not in unusable]
+            computed, bad = set(), dict(unusable)
             if todo:
-                computed, bad = ray_engine.compute(
+                computed, more_bad = ray_engine.compute(
                     todo, first_path, spec.name, self.weights, key, store, self.batch_size,
                     progress, cancel, gpus, cut=self.mode == "finetune")
+                bad.update(more_bad)
         where = f"{gpus} GPU(s)" if gpus else "CPU"
-        return key, cached, computed, bad, f"Ray ({where}, {signature})"
+        return key, cached, computed, bad, f"Ray ({where}, {signature})", damaged
 
     def run(self, progress: ProgressCallback = no_progress,
             cancel: CancelToken | None = None) -> tuple[CacheResult, Dataset]:
@@ -109,7 +114,8 @@ class CacheJob:
         start = time.perf_counter()
         spec = get_spec(self.backbone)
         retried = 0
-        with FeatureStore(self.cache_dir or user_cache_dir()) as store:
+        with FeatureStore(self.cache_dir or user_cache_dir(), read_only=self.read_only,
+                          check=True) as store:
             ds = self.data
             if not isinstance(ds, Dataset) or self.retry_skipped:
                 root = ds.root if isinstance(ds, Dataset) else ds
@@ -117,28 +123,31 @@ class CacheJob:
                 ds = scan_dataset(root, store, split, progress, cancel,
                                   retry_skipped=self.retry_skipped)
             if self.retry_skipped:
-                retried = store.forget_bad(PREPROCESS_VERSION, [r.digest for r in ds.images])
+                digests = [r.digest for r in ds.images]
+                retried = store.forget_bad(PREPROCESS_VERSION, digests)
+                retried += store.forget_unusable(digests)
             ds.require_cacheable()
             first_path: dict[str, str] = {}
             for r in ds.images:
                 first_path.setdefault(r.digest, r.path)
             if self.engine == "ray":
-                key, cached, computed, bad, device = self._on_ray(spec, store, first_path,
-                                                                  progress, cancel)
+                key, cached, computed, bad, device, damaged = self._on_ray(
+                    spec, store, first_path, progress, cancel)
             for _attempt in range(2 if self.engine == "local" else 0):
                 # a second pass only when the precision guess was wrong
                 key = features_key(spec, self.weights, self.mode)
-                cached = store.cached_digests(key, first_path)
-                todo = [d for d in first_path if d not in cached]
+                cached, damaged, unusable = _reusable(store, key, first_path)
+                todo = [d for d in first_path if d not in cached and d not in unusable]
                 device = "none (nothing to compute)"
                 computed: set[str] = set()
-                bad: dict[str, str] = {}
+                bad: dict[str, str] = dict(unusable)
                 if not todo:
                     break
                 runner = _Runner(spec, self.weights, key, store, self.batch_size, self.workers,
                                  progress, cancel, cut=self.mode == "finetune")
                 try:
-                    computed, bad = runner.compute(todo, first_path, progress, cancel)
+                    computed, failed = runner.compute(todo, first_path, progress, cancel)
+                    bad.update(failed)
                 except _PrecisionChanged:
                     continue
                 device = runner.device
@@ -146,6 +155,7 @@ class CacheJob:
             if bad:
                 ds = ds.without(bad)
             disk = _disk_bytes(store, key, len(first_path))
+            notes = list(store.notes)
         seconds = time.perf_counter() - start
         n_computed = sum(1 for r in ds.images if r.digest in computed)
         result = CacheResult(
@@ -167,6 +177,8 @@ class CacheJob:
             retried=retried,
             mode=self.mode,
             disk_bytes=disk,
+            repaired=sum(1 for r in ds.images if r.digest in damaged and r.digest in computed),
+            notes=notes,
         )
         return result, ds
 
@@ -178,6 +190,17 @@ def cache_features(data: str | Path | Dataset, backbone: str = DEFAULT_BACKBONE,
     """Cache every image of ``data``; see :class:`CacheJob` for the options."""
     job = CacheJob(data, backbone, weights, cache_dir, **options)
     return job.run(progress, cancel)[0]
+
+
+def _reusable(store: FeatureStore, key: str, first_path: dict[str, str]
+              ) -> tuple[set[str], set[str], dict[str, str]]:
+    """What the store has for ``key`` and passes its cheap check (cached), what failed it and
+    was removed to be computed again (damaged), and images this key cannot represent."""
+    cached = store.cached_digests(key, first_path)
+    damaged = store.verify_reusable(key, cached)
+    cached -= damaged
+    unusable = store.unusable_reasons(key, [d for d in first_path if d not in cached])
+    return cached, damaged, unusable
 
 
 def _disk_bytes(store: FeatureStore, key: str, images: int) -> int:
@@ -217,7 +240,9 @@ class _ClaimHeartbeat:
 
         with FeatureStore(self.dir) as store:
             while not self._stop.wait(store_module.CLAIM_REFRESH_SECONDS):
-                store.refresh_claims(self.key, self.owner)
+                # a full disk is reported by the writer; stale claims are only taken over
+                with contextlib.suppress(StoreError):
+                    store.refresh_claims(self.key, self.owner)
 
 
 class _Runner:
@@ -294,8 +319,12 @@ class _Runner:
                     time.sleep(WAIT_POLL_SECONDS)
                     done_elsewhere = self.store.cached_digests(self.key, deferred)
                     remaining = [d for d in deferred if d not in done_elsewhere]
-            finally:
-                self.store.release_claims(self.key)
+            except BaseException:
+                # the first error is the one to report: a full disk fails the cleanup too
+                with contextlib.suppress(StoreError):
+                    self.store.release_claims(self.key)
+                raise
+            self.store.release_claims(self.key)
         return computed, bad
 
     def _pass(self, todo: list[str], paths: dict[str, str], pool: ThreadPoolExecutor,
@@ -341,6 +370,10 @@ class _Runner:
             bad.update((d, reason) for d, reason, _ in failures)
             if arrays:
                 feats = self._predict(np.stack(arrays))
+                ok = finite_rows(*feats)
+                if not ok.all():
+                    digests, feats = self._drop_non_finite(digests, feats, ok, bad)
+            if digests:
                 if self.cut:
                     self.store.put_arrays(self.key, digests, feats[0])
                 else:
@@ -350,6 +383,18 @@ class _Runner:
                                             f"{Path(paths[chunk[-1][0]]).name}")
             progress(report)
         return deferred
+
+    def _drop_non_finite(self, digests: list[str], feats: list[np.ndarray], ok: np.ndarray,
+                         bad: dict[str, str]) -> tuple[list[str], list[np.ndarray]]:
+        """Report images whose features overflow float16 (inf) or are NaN as skipped, and
+        remember them for this model key only: the same image through the same backbone gives
+        the same numbers, while another backbone may do fine."""
+        reason = (f"its features from the {self.spec.name} backbone are not finite numbers "
+                  "(inf or NaN, e.g. values beyond float16's range): not cached")
+        lost = [(d, reason) for d, o in zip(digests, ok) if not o]
+        self.store.mark_unusable(self.key, lost)
+        bad.update(lost)
+        return [d for d, o in zip(digests, ok) if o], [f[ok] for f in feats]
 
     def _predict(self, pixels: np.ndarray) -> list[np.ndarray]:
         """Run the backbone on a batch, halving the batch on GPU out-of-memory."""
@@ -371,7 +416,8 @@ class _Runner:
             for o, r in zip(outs, res):
                 o.append(r)
             start += len(part)
-        return [np.concatenate(o).astype(np.float16) for o in outs]
+        with np.errstate(over="ignore"):  # beyond float16's range: inf, then reported
+            return [np.concatenate(o).astype(np.float16) for o in outs]
 
     def _predict_padded(self, part: np.ndarray) -> list[np.ndarray]:
         # A fixed batch shape keeps one compiled graph for the whole run.

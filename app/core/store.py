@@ -14,25 +14,34 @@ Pooled taps and cut tensors share one index, one model-key scheme and one claim 
 Two processes caching the same images coordinate through short-lived *claims*: a process
 claims the digests it is about to compute; another skips them and waits, unless the claim's
 owner has died or the claim is stale.
+
+Every row and shard carries a cheap integrity check (a crc32, lengths, a shard's byte size and
+shape) written with it and verified when read, so a damaged cache is reported and recomputed
+instead of trained on: see :class:`CorruptFeatures`. A damaged SQLite file is moved aside
+(never deleted) and rebuilt empty by the caching job's open (``check=True``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import re
 import socket
 import sqlite3
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from app.core.errors import UserError
+from app.core.errors import UserError, os_error_message, shown
 
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite3"
@@ -63,7 +72,22 @@ CREATE TABLE IF NOT EXISTS claims (
     model_key TEXT NOT NULL, digest TEXT NOT NULL, owner TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (model_key, digest)
 );
+CREATE TABLE IF NOT EXISTS shards (
+    model_key TEXT NOT NULL, shard TEXT NOT NULL, bytes INTEGER NOT NULL, crc INTEGER NOT NULL,
+    shape TEXT NOT NULL,
+    PRIMARY KEY (model_key, shard)
+);
+CREATE TABLE IF NOT EXISTS unusable (
+    model_key TEXT NOT NULL, digest TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (model_key, digest)
+);
 """
+# Added to ``features`` when missing (keeps SCHEMA_VERSION 1: older rows have NULL there and
+# are still checked for length and finiteness).
+_CRC_COLUMN = "ALTER TABLE features ADD COLUMN crc INTEGER"
+# A shard being written: ``.<name>.npy.<host>.<pid>.partial``, so a leftover's writer is known.
+_PARTIAL = re.compile(r"^\.(?P<name>[0-9a-f]{32}\.npy)\.(?P<host>.+)\.(?P<pid>\d+)\.partial$")
+_DAMAGED = ("malformed", "not a database", "file is encrypted", "database corrupt")
 
 TAPS = ("main", "aux1", "aux2")
 CUT = "cut"  # the tensor kind stored in shards rather than in the features table
@@ -72,6 +96,83 @@ SHARDS = "shards"
 
 class StoreError(UserError):
     """The cache file cannot be used (wrong version, not a cache, unwritable)."""
+
+
+class CorruptFeatures(StoreError):
+    """Stored features failed their integrity check; their index entries were removed, so the
+    next caching run recomputes them. ``digests``: the images affected."""
+
+    def __init__(self, digests: Sequence[str], what: str, removed: bool = True) -> None:
+        self.digests = list(digests)
+        first = ", ".join(d[:12] for d in self.digests[:3])
+        more = f" and {len(self.digests) - 3} more" if len(self.digests) > 3 else ""
+        then = ("they were removed from the cache: cache the images again to recompute them"
+                if removed else "the cache is read-only, so they stay until it can be written")
+        super().__init__(f"the cached features of {len(self.digests)} images are damaged "
+                         f"({what}; images {first}{more}): {then}")
+
+
+class NonFiniteFeatures(StoreError):
+    """Features with inf or NaN (a float32 value beyond float16's 65504 becomes inf) are never
+    stored: training on them would only produce NaN losses."""
+
+    def __init__(self, digests: Sequence[str]) -> None:
+        self.digests = list(digests)
+        super().__init__(f"{len(self.digests)} images have features that are not finite "
+                         f"(inf or NaN; first: {self.digests[0][:12] if self.digests else '-'})")
+
+
+def finite_rows(*arrays: np.ndarray) -> np.ndarray:
+    """Per image (axis 0), whether every value of every array is finite once cast to float16,
+    the precision the store keeps."""
+    ok = np.ones(len(arrays[0]) if arrays else 0, bool)
+    for a in arrays:
+        a16 = np.asarray(a).astype(np.float16, copy=False)
+        ok &= np.isfinite(a16.reshape(len(a16), -1)).all(axis=1)
+    return ok
+
+
+def _row_crc(main: bytes, aux1: bytes, aux2: bytes) -> int:
+    return zlib.crc32(aux2, zlib.crc32(aux1, zlib.crc32(main)))
+
+
+def _is_damaged(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc) for w in _DAMAGED)
+
+
+def _sqlite_message(exc: sqlite3.Error, path: Path, what: str) -> str:
+    """One line for an sqlite error while doing ``what``, naming the usual causes."""
+    text = str(exc)
+    if "disk is full" in text or "database or disk is full" in text:
+        return (f"{what}: the disk holding the cache is full ({shown(path.parent)}); "
+                "free some space or use another --cache-dir")
+    if "readonly" in text or "read-only" in text:
+        return f"{what}: the cache folder {shown(path.parent)} is read-only"
+    if _is_damaged(exc):
+        return (f"{what}: the cache file {shown(path)} is damaged ({text}); caching again "
+                "moves it aside and rebuilds it")
+    return f"{what}: {text} ({shown(path)})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """(shape, dtype, fortran order, data offset) of an .npy file, reading only its header."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        return tuple(shape), dtype, fortran, f.tell()
 
 
 @dataclass
@@ -90,40 +191,136 @@ def _chunks(seq: Sequence, n: int = 500) -> Iterable[Sequence]:
 
 
 class FeatureStore:
-    """One open cache file. Not shared between threads: open one per thread or process."""
+    """One open cache file. Not shared between threads: open one per thread or process.
 
-    def __init__(self, cache_dir: str | Path, timeout: float = 60.0) -> None:
+    ``read_only``: open without ever writing (None: when the folder or file is not writable),
+    e.g. a cache on a read-only mount; anything that must write raises a StoreError saying
+    "read-only". ``check``: the caching job's open, which also runs SQLite's ``quick_check``,
+    moves a damaged file aside and rebuilds it (see ``notes``), and removes shards a dead
+    writer left half-written.
+    """
+
+    def __init__(self, cache_dir: str | Path, timeout: float = 60.0,
+                 read_only: bool | None = None, check: bool = False) -> None:
         self.dir = Path(cache_dir)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create cache folder {self.dir}: {exc}") from exc
         self.path = self.dir / DB_NAME
+        self.notes: list[str] = []  # one line each, for the caller to show (a file moved aside)
+        if read_only is None:
+            read_only = self._looks_read_only()
+        self.read_only = read_only
+        if not read_only:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create cache folder {self.dir}: {exc}") from exc
+        elif not self.path.is_file():
+            raise StoreError(f"the cache folder {shown(self.dir)} is read-only and holds no "
+                             "feature cache yet")
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        deadline = time.monotonic() + timeout
         self.db: sqlite3.Connection | None = None
+        try:
+            self._open(timeout, check)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            if not (check and _is_damaged(exc)) or read_only:
+                raise StoreError(f"{self.path} is not a usable feature cache: {exc}") from exc
+            self._move_aside(exc)
+            self._open(timeout, check=False)
+        if check and not read_only:
+            self.remove_dead_partials()
+
+    def _looks_read_only(self) -> bool:
+        """The folder exists but cannot be written (os.access: root passes it everywhere)."""
+        if self.path.exists():
+            return not (os.access(self.path, os.W_OK) and os.access(self.dir, os.W_OK))
+        return self.dir.is_dir() and not os.access(self.dir, os.W_OK)
+
+    def _open(self, timeout: float, check: bool) -> None:
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")
-                self.db.executescript(_SCHEMA)
-                self._check_version()
-                break
+                self._connect(timeout)
+                if check:
+                    row = self.db.execute("PRAGMA quick_check").fetchone()
+                    if row is None or row[0] != "ok":
+                        lines = [ln for ln in (row[0] if row else "-").splitlines()
+                                 if not ln.startswith("***")] or ["-"]
+                        raise sqlite3.DatabaseError(
+                            f"database disk image is malformed: {shown(lines[0])[:120]}")
+                return
             except sqlite3.OperationalError as exc:
                 # Switching a new file to WAL or creating its tables while another process
                 # does the same answers "locked" at once, without waiting: retry.
                 self.close()
+                if _is_damaged(exc):
+                    raise
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise StoreError(f"{self.path} is not a usable feature cache: {exc}") from exc
                 time.sleep(0.05)
-            except sqlite3.DatabaseError as exc:
+            except BaseException:
                 self.close()
-                raise StoreError(f"{self.path} is not a usable feature cache: {exc}") from exc
+                raise
+
+    def _connect(self, timeout: float) -> None:
+        if self.read_only:
+            uri = self.path.resolve().as_uri()
+            try:
+                self.db = sqlite3.connect(f"{uri}?mode=ro", timeout=timeout,
+                                          isolation_level=None, uri=True)
+                self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                # a WAL file without its -shm on a read-only mount: read it as immutable
+                self.close()
+                self.db = sqlite3.connect(f"{uri}?immutable=1", timeout=timeout,
+                                          isolation_level=None, uri=True)
+        else:
+            self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        if not {"meta", "features", "arrays"} <= tables:
+            raise StoreError(f"{self.path} is not a feature cache of this app")
+        self._tables = tables
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(features)")}
+        if "crc" not in columns and not self.read_only:
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                self.db.execute(_CRC_COLUMN)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(features)")}
+        self._has_crc = "crc" in columns
+        self._check_version()
+
+    def _move_aside(self, exc: BaseException) -> None:
+        """Rename the damaged file (and its -wal/-shm, and the shards it indexed) to
+        ``*.damaged-<UTC time>``: never deleted, a person may want it back."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        base, n = stamp, 1
+        while any(self.dir.glob(f"*.damaged-{stamp}*")):  # never overwrite an earlier one
+            stamp, n = f"{base}-{n}", n + 1
+        moved = []
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                src = self.dir / f"{DB_NAME}{suffix}"
+                if src.exists():
+                    dst = self.dir / f"{DB_NAME}.damaged-{stamp}{suffix}"
+                    os.replace(src, dst)
+                    moved.append(dst)
+            shards = self.dir / SHARDS
+            if shards.is_dir():
+                os.replace(shards, self.dir / f"{SHARDS}.damaged-{stamp}")
+        except OSError as err:
+            raise StoreError(os_error_message(
+                err, f"the feature cache {shown(self.path)} is damaged ({exc}) and cannot be "
+                "moved aside")) from exc
+        self.notes.append(f"the feature cache was damaged ({exc}): moved it aside to "
+                          f"{shown(moved[0] if moved else self.dir)} and started an empty one; "
+                          "its images are computed again")
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
+            if self.read_only:
+                raise StoreError(f"{self.path} is not a feature cache of this app")
             self.db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
@@ -139,15 +336,33 @@ class FeatureStore:
             self.db = None
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction (the connection is in autocommit mode otherwise)."""
-        self.db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, what: str = "cannot write to the feature cache") -> Iterator[None]:
+        """One write transaction (the connection is in autocommit mode otherwise); sqlite's
+        errors (a full disk, a read-only file) become one-line StoreErrors."""
+        if self.read_only:
+            raise StoreError(f"{what}: the cache at {shown(self.dir)} is read-only")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # sqlite may have rolled back already
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+            raise StoreError(_sqlite_message(exc, self.path, what)) from exc
+
+    @contextlib.contextmanager
+    def _reading(self, what: str = "cannot read the feature cache") -> Iterator[None]:
+        """sqlite's errors while reading (a damaged file) become one-line StoreErrors."""
         try:
             yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(_sqlite_message(exc, self.path, what)) from exc
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -155,24 +370,50 @@ class FeatureStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def remove_dead_partials(self) -> int:
+        """Remove half-written shards whose writer (this host, by pid) has died; nothing else:
+        a name not of the app's own pattern, another host's or a live writer's stays. Returns
+        how many were removed."""
+        root = self.dir / SHARDS
+        if not root.is_dir():
+            return 0
+        host, removed = socket.gethostname(), 0
+        for folder in root.iterdir():
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                m = _PARTIAL.match(entry.name)
+                if not m or not entry.is_file(follow_symlinks=False) or m["host"] != host:
+                    continue
+                pid = int(m["pid"])
+                if pid != os.getpid() and not _pid_alive(pid):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
+
     # -- file index: path + size + mtime -> digest, so a warm scan reads no image bytes --
     def file_index(self) -> dict[str, tuple[int, int, str, str | None]]:
         """path -> (size, mtime_ns, digest, format) as plain tuples, which Python's cyclic
         garbage collector stops tracking: 100k of them add nothing to its full passes (which
         hold every thread, a window's event loop included)."""
-        rows = self.db.execute("SELECT path, size, mtime_ns, digest, format FROM files")
-        return {r[0]: r[1:] for r in rows}
+        with self._reading():
+            rows = self.db.execute("SELECT path, size, mtime_ns, digest, format FROM files")
+            return {r[0]: r[1:] for r in rows}
 
     def remember_files(self, rows: Iterable[tuple[str, int, int, str, str | None]]) -> None:
+        """Remember digests of scanned files; skipped on a read-only cache (the index only
+        saves re-reading image bytes, nothing depends on it)."""
         rows = list(rows)
-        if rows:
+        if rows and not self.read_only:
             with self._transaction():
                 self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)", rows)
 
     # -- images that failed to decode (by content, so a rename does not retry them) --
     def bad_reasons(self, prep: int) -> dict[str, str]:
-        rows = self.db.execute("SELECT digest, reason FROM bad WHERE prep=?", (prep,))
-        return dict(rows.fetchall())
+        with self._reading():
+            rows = self.db.execute("SELECT digest, reason FROM bad WHERE prep=?", (prep,))
+            return dict(rows.fetchall())
 
     def mark_bad(self, prep: int, items: Iterable[tuple[str, str]]) -> None:
         with self._transaction():
@@ -191,6 +432,40 @@ class FeatureStore:
                 ).rowcount
         return forgotten
 
+    # -- images whose features came out unusable (inf/NaN) with one model key --
+    def unusable_reasons(self, model_key: str, digests: Iterable[str]) -> dict[str, str]:
+        """Images this model key cannot represent (by content and key: another backbone may
+        do fine, so this is not the decode-failure ``bad`` list)."""
+        found: dict[str, str] = {}
+        if "unusable" not in self._tables:
+            return found
+        with self._reading():
+            for chunk in _chunks(list(digests)):
+                marks = ",".join("?" * len(chunk))
+                found.update(self.db.execute(
+                    f"SELECT digest, reason FROM unusable WHERE model_key=? AND digest IN "
+                    f"({marks})", (model_key, *chunk)))
+        return found
+
+    def mark_unusable(self, model_key: str, items: Iterable[tuple[str, str]]) -> None:
+        items = list(items)
+        if items:
+            with self._transaction():
+                self.db.executemany("INSERT OR REPLACE INTO unusable VALUES (?,?,?)",
+                                    [(model_key, d, r) for d, r in items])
+
+    def forget_unusable(self, digests: Iterable[str]) -> int:
+        """Try these images again with every model key; how many were known unusable."""
+        forgotten = 0
+        if "unusable" not in self._tables:
+            return forgotten
+        with self._transaction():
+            for chunk in _chunks(list(digests)):
+                marks = ",".join("?" * len(chunk))
+                forgotten += self.db.execute(
+                    f"DELETE FROM unusable WHERE digest IN ({marks})", tuple(chunk)).rowcount
+        return forgotten
+
     # -- models and their tap shapes --
     def register_model(self, model_key: str, spec: dict) -> None:
         with self._transaction():
@@ -199,7 +474,9 @@ class FeatureStore:
             )
 
     def model_spec(self, model_key: str) -> dict | None:
-        row = self.db.execute("SELECT spec FROM models WHERE model_key=?", (model_key,)).fetchone()
+        with self._reading():
+            row = self.db.execute("SELECT spec FROM models WHERE model_key=?",
+                                  (model_key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     # -- features --
@@ -207,64 +484,108 @@ class FeatureStore:
         """Digests with stored features (pooled taps or cut tensors) for ``model_key``."""
         both = ("SELECT digest FROM features WHERE model_key=?{cond} "
                 "UNION ALL SELECT digest FROM arrays WHERE model_key=?{cond}")
-        if digests is None:
-            rows = self.db.execute(both.format(cond=""), (model_key, model_key))
-            return {r[0] for r in rows}
-        found: set[str] = set()
-        for chunk in _chunks(list(digests)):
-            cond = f" AND digest IN ({','.join('?' * len(chunk))})"
-            rows = self.db.execute(both.format(cond=cond), (model_key, *chunk, model_key, *chunk))
-            found.update(r[0] for r in rows)
+        with self._reading():
+            if digests is None:
+                rows = self.db.execute(both.format(cond=""), (model_key, model_key))
+                return {r[0] for r in rows}
+            found: set[str] = set()
+            for chunk in _chunks(list(digests)):
+                cond = f" AND digest IN ({','.join('?' * len(chunk))})"
+                rows = self.db.execute(both.format(cond=cond),
+                                       (model_key, *chunk, model_key, *chunk))
+                found.update(r[0] for r in rows)
         return found
 
     def put_features(self, model_key: str, batch: FeatureBatch) -> None:
-        """Store a batch in one transaction and release this process's claims on it."""
-        rows = [
-            (
-                model_key,
-                d,
-                np.ascontiguousarray(batch.main[i], np.float16).tobytes(),
-                np.ascontiguousarray(batch.aux1[i], np.float16).tobytes(),
-                np.ascontiguousarray(batch.aux2[i], np.float16).tobytes(),
-            )
-            for i, d in enumerate(batch.digests)
-        ]
-        with self._transaction():
-            self.db.executemany("INSERT OR REPLACE INTO features VALUES (?,?,?,?,?)", rows)
+        """Store a batch in one transaction and release this process's claims on it; raises
+        NonFiniteFeatures (storing nothing) when a row holds inf or NaN as float16."""
+        with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+            taps = [np.ascontiguousarray(t, np.float16)
+                    for t in (batch.main, batch.aux1, batch.aux2)]
+        ok = finite_rows(*taps)
+        if not ok.all():
+            raise NonFiniteFeatures([d for d, o in zip(batch.digests, ok) if not o])
+        rows = []
+        for i, d in enumerate(batch.digests):
+            blobs = [t[i].tobytes() for t in taps]
+            rows.append((model_key, d, *blobs, _row_crc(*blobs)))
+        with self._transaction("cannot store features"):
+            self.db.executemany("INSERT OR REPLACE INTO features "
+                                "(model_key, digest, main, aux1, aux2, crc) VALUES (?,?,?,?,?,?)",
+                                rows)
             self.db.executemany(
                 "DELETE FROM claims WHERE model_key=? AND digest=? AND owner=?",
                 [(model_key, d, self.owner) for d in batch.digests],
             )
 
+    def _tap_bytes(self, spec: dict) -> dict[str, int]:
+        return {t: 2 * int(np.prod(spec["shapes"][t])) for t in TAPS}
+
+    def _row_problem(self, sizes: dict[str, int], blobs: Sequence, crc: int | None) -> str | None:
+        """Why a features row (main, aux1, aux2 blobs) cannot be used, or None."""
+        for tap, blob in zip(TAPS, blobs):
+            if not isinstance(blob, bytes) or len(blob) != sizes[tap]:
+                return "a row of the wrong length"
+        if crc is not None:
+            return None if _row_crc(*blobs) == crc else "a row whose checksum does not match"
+        for blob in blobs:  # an older row without a checksum: at least finite numbers
+            if not np.isfinite(np.frombuffer(blob, np.float16)).all():
+                return "a row with inf or NaN"
+        return None
+
+    def _forget_rows(self, table: str, model_key: str, digests: Sequence[str]) -> bool:
+        """Delete damaged index rows so the next caching run recomputes them; False when the
+        cache is read-only (nothing deleted)."""
+        if self.read_only or not digests:
+            return not self.read_only
+        with self._transaction("cannot remove damaged features"):
+            for chunk in _chunks(list(digests)):
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(f"DELETE FROM {table} WHERE model_key=? AND digest IN ({marks})",
+                                (model_key, *chunk))
+        return True
+
     def load_features(self, model_key: str, digests: Sequence[str],
                       taps: Sequence[str] = TAPS) -> FeatureBatch:
         """Features for ``digests`` in that order (taps not asked for are empty arrays);
-        raises KeyError naming a missing digest."""
+        raises KeyError naming a missing digest, CorruptFeatures for rows that fail their
+        check (all three blobs are read for it: the crc covers them together)."""
         spec = self.model_spec(model_key)
         if spec is None:
             raise KeyError(f"no features cached for model {model_key}")
         shapes = {t: tuple(spec["shapes"][t]) for t in TAPS}
+        sizes = self._tap_bytes(spec)
         out = {t: np.empty((len(digests) if t in taps else 0, *shapes[t]), np.float16)
                for t in TAPS}
-        columns = ", ".join(taps)
+        crc = "crc" if self._has_crc else "NULL"
         unique = list(dict.fromkeys(digests))
         seen: set[str] = set()
+        damaged: dict[str, str] = {}
         positions: dict[str, list[int]] = {}
         for i, d in enumerate(digests):
             positions.setdefault(d, []).append(i)
-        for chunk in _chunks(unique):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT digest, {columns} FROM features "
-                f"WHERE model_key=? AND digest IN ({marks})",
-                (model_key, *chunk),
-            )
-            for d, *blobs in rows:
-                seen.add(d)
-                for tap, blob in zip(taps, blobs):
-                    arr = np.frombuffer(blob, np.float16).reshape(shapes[tap])
-                    for i in positions[d]:
-                        out[tap][i] = arr
+        with self._reading():
+            for chunk in _chunks(unique):
+                marks = ",".join("?" * len(chunk))
+                rows = self.db.execute(
+                    f"SELECT digest, main, aux1, aux2, {crc} FROM features "
+                    f"WHERE model_key=? AND digest IN ({marks})",
+                    (model_key, *chunk),
+                )
+                for d, *blobs, row_crc in rows:
+                    seen.add(d)
+                    problem = self._row_problem(sizes, blobs, row_crc)
+                    if problem:
+                        damaged[d] = problem
+                        continue
+                    for tap in taps:
+                        arr = np.frombuffer(blobs[TAPS.index(tap)], np.float16)
+                        arr = arr.reshape(shapes[tap])
+                        for i in positions[d]:
+                            out[tap][i] = arr
+        if damaged:
+            removed = self._forget_rows("features", model_key, list(damaged))
+            raise CorruptFeatures(list(damaged), next(iter(damaged.values())), removed)
         missing = [d for d in unique if d not in seen]
         if missing:
             raise KeyError(f"{len(missing)} images have no cached features (first: {missing[0]})")
@@ -275,38 +596,129 @@ class FeatureStore:
         return self.dir / SHARDS / hashlib.sha1(model_key.encode()).hexdigest()[:16]
 
     def put_arrays(self, model_key: str, digests: Sequence[str], array: np.ndarray) -> None:
-        """Store one batch of tensors (images along axis 0) as a new shard, then index it in
-        one transaction and release this process's claims on it."""
+        """Store one batch of tensors (images along axis 0) as a new shard with its size, crc
+        and shape, then index it in one transaction and release this process's claims on it.
+        Raises NonFiniteFeatures (writing nothing) when a tensor holds inf or NaN as float16."""
+        with np.errstate(over="ignore"):  # an overflow becomes inf, refused below
+            array = np.ascontiguousarray(array, np.float16)
+        ok = finite_rows(array)
+        if not ok.all():
+            raise NonFiniteFeatures([d for d, o in zip(digests, ok) if not o])
+        buf = io.BytesIO()
+        np.save(buf, array)
+        data = buf.getbuffer()
         folder = self.shard_dir(model_key)
-        folder.mkdir(parents=True, exist_ok=True)
         name = f"{uuid.uuid4().hex}.npy"
-        tmp = folder / f".{name}.partial"
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array, np.float16))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / name)
-        with self._transaction():
-            self.db.executemany("INSERT OR REPLACE INTO arrays VALUES (?,?,?,?)",
-                                [(model_key, d, name, i) for i, d in enumerate(digests)])
-            self.db.executemany(
-                "DELETE FROM claims WHERE model_key=? AND digest=? AND owner=?",
-                [(model_key, d, self.owner) for d in digests],
-            )
+        tmp = folder / f".{name}.{socket.gethostname()}.{os.getpid()}.partial"
+        if self.read_only:
+            raise StoreError(f"cannot store tensors: the cache at {shown(self.dir)} is read-only")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, folder / name)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+        except OSError as exc:
+            raise StoreError(os_error_message(
+                exc, f"cannot write a shard of the feature cache in {shown(folder)}")) from exc
+        shard = (model_key, name, len(data), zlib.crc32(data), json.dumps(list(array.shape)))
+        try:
+            with self._transaction("cannot store tensors"):
+                self.db.execute("INSERT OR REPLACE INTO shards VALUES (?,?,?,?,?)", shard)
+                self.db.executemany("INSERT OR REPLACE INTO arrays VALUES (?,?,?,?)",
+                                    [(model_key, d, name, i) for i, d in enumerate(digests)])
+                self.db.executemany(
+                    "DELETE FROM claims WHERE model_key=? AND digest=? AND owner=?",
+                    [(model_key, d, self.owner) for d in digests],
+                )
+        except BaseException:
+            with contextlib.suppress(OSError):  # never indexed: nothing refers to it
+                (folder / name).unlink()
+            raise
+
+    def _shard_records(self, model_key: str, names: Iterable[str]
+                       ) -> dict[str, tuple[int, int, tuple[int, ...]]]:
+        """shard name -> (bytes, crc, shape) as written; shards of older versions have none."""
+        found: dict[str, tuple[int, int, tuple[int, ...]]] = {}
+        if "shards" not in self._tables:
+            return found
+        for chunk in _chunks(list(names)):
+            marks = ",".join("?" * len(chunk))
+            for name, size, crc, shape in self.db.execute(
+                    f"SELECT shard, bytes, crc, shape FROM shards WHERE model_key=? "
+                    f"AND shard IN ({marks})", (model_key, *chunk)):
+                found[name] = (size, crc, tuple(json.loads(shape)))
+        return found
+
+    def _shard_problem(self, path: Path, record: tuple[int, int, tuple[int, ...]] | None,
+                       row_shape: tuple[int, ...], max_row: int, full: bool) -> str | None:
+        """Why a shard cannot be used, or None: it exists, has its size and an .npy header of
+        the right shape and dtype; with ``full``, its bytes match the crc written with it."""
+        try:
+            size = path.stat().st_size
+            shape, dtype, fortran, offset = _npy_header(path)
+        except FileNotFoundError:
+            return "a shard file is missing"
+        except (OSError, ValueError, SyntaxError):
+            return "a shard file is not a readable array"
+        if record is not None and size != record[0]:
+            return "a shard file has the wrong size"
+        if (dtype != np.float16 or fortran or len(shape) != 1 + len(row_shape)
+                or tuple(shape[1:]) != tuple(row_shape) or shape[0] <= max_row
+                or (record is not None and tuple(shape) != record[2])):
+            return "a shard file has the wrong shape"
+        if size != offset + 2 * int(np.prod(shape)):
+            return "a shard file has the wrong size"
+        if full and record is not None:
+            crc = 0
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    crc = zlib.crc32(block, crc)
+            if crc != record[1]:
+                return "a shard file whose checksum does not match"
+        return None
+
+    def _forget_shard(self, model_key: str, shard: str) -> tuple[list[str], bool]:
+        """Remove a damaged shard's index rows (every image in it) and the file (our own);
+        returns the images that were in it and whether they could be removed."""
+        with self._reading():
+            digests = [r[0] for r in self.db.execute(
+                "SELECT digest FROM arrays WHERE model_key=? AND shard=?", (model_key, shard))]
+        if self.read_only:
+            return digests, False
+        with self._transaction("cannot remove damaged features"):
+            self.db.execute("DELETE FROM arrays WHERE model_key=? AND shard=?", (model_key, shard))
+            if "shards" in self._tables:
+                self.db.execute("DELETE FROM shards WHERE model_key=? AND shard=?",
+                                (model_key, shard))
+        with contextlib.suppress(OSError):
+            (self.shard_dir(model_key) / shard).unlink()
+        self.__dict__.get("_shards", {}).pop(self.shard_dir(model_key) / shard, None)
+        return digests, True
 
     def load_arrays(self, model_key: str, digests: Sequence[str]) -> np.ndarray:
         """The tensors of ``digests`` in that order (float16), read from memory-mapped shards;
-        raises KeyError naming a missing digest."""
+        raises KeyError naming a missing digest, CorruptFeatures for a shard or row that fails
+        its check (a shard's crc is verified once per connection, the rows read for finiteness).
+        """
         spec = self.model_spec(model_key)
         if spec is None:
             raise KeyError(f"no tensors cached for model {model_key}")
-        out = np.empty((len(digests), *spec["shapes"][CUT]), np.float16)
+        row_shape = tuple(spec["shapes"][CUT])
+        out = np.empty((len(digests), *row_shape), np.float16)
         where: dict[str, tuple[str, int]] = {}
-        for chunk in _chunks(list(dict.fromkeys(digests))):
-            marks = ",".join("?" * len(chunk))
-            where.update((d, (shard, row)) for d, shard, row in self.db.execute(
-                f"SELECT digest, shard, row FROM arrays WHERE model_key=? AND digest IN ({marks})",
-                (model_key, *chunk)))
+        with self._reading():
+            for chunk in _chunks(list(dict.fromkeys(digests))):
+                marks = ",".join("?" * len(chunk))
+                where.update((d, (shard, row)) for d, shard, row in self.db.execute(
+                    f"SELECT digest, shard, row FROM arrays "
+                    f"WHERE model_key=? AND digest IN ({marks})", (model_key, *chunk)))
         missing = [d for d in digests if d not in where]
         if missing:
             raise KeyError(f"{len(missing)} images have no cached tensors (first: {missing[0]})")
@@ -315,10 +727,33 @@ class FeatureStore:
             shard, row = where[d]
             by_shard.setdefault(shard, []).append((i, row))
         folder = self.shard_dir(model_key)
+        verified = self.__dict__.setdefault("_verified", set())
+        with self._reading():
+            records = self._shard_records(model_key, by_shard)
+        damaged: list[str] = []
+        problem, removed = "", True
         for shard, pairs in by_shard.items():
-            data = self._shard(folder / shard)
+            path = folder / shard
             positions, rows = zip(*pairs)
-            out[list(positions)] = data[list(rows)]
+            why = None
+            if path not in verified:
+                why = self._shard_problem(path, records.get(shard), row_shape, max(rows), True)
+            if why is None:
+                verified.add(path)
+                out[list(positions)] = self._shard(path)[list(rows)]
+                bad_rows = ~finite_rows(out[list(positions)])
+                if bad_rows.any():  # written before rows were checked: only those rows
+                    why = "a tensor with inf or NaN"
+                    lost = [digests[p] for p, b in zip(positions, bad_rows) if b]
+                    removed &= self._forget_rows("arrays", model_key, lost)
+                    damaged += lost
+            else:
+                verified.discard(path)
+                removed &= self._forget_shard(model_key, shard)[1]
+                damaged += [digests[p] for p in positions]
+            problem = problem or why or ""
+        if damaged:
+            raise CorruptFeatures(list(dict.fromkeys(damaged)), problem, removed)
         return out
 
     def _shard(self, path: Path) -> np.ndarray:
@@ -328,6 +763,54 @@ class FeatureStore:
                 cache.clear()
             cache[path] = np.load(path, mmap_mode="r")
         return cache[path]
+
+    def verify_reusable(self, model_key: str, digests: Iterable[str]) -> set[str]:
+        """Check what a caching run is about to reuse, cheaply: each features row's lengths and
+        crc (summed in SQLite by a registered function, no rows copied out), each shard's
+        existence, size and header shape (no full crc: that is read's job). Damaged entries are
+        removed; returns their digests, to be computed again."""
+        digests = list(digests)
+        spec = self.model_spec(model_key)
+        if spec is None or not digests:
+            return set()
+        damaged: set[str] = set()
+        with self._reading():
+            rows = set()
+            if CUT not in spec["shapes"]:
+                rows = self._damaged_rows(model_key, digests, self._tap_bytes(spec))
+            shards: dict[str, int] = {}
+            for chunk in _chunks(digests):
+                marks = ",".join("?" * len(chunk))
+                for shard, top in self.db.execute(
+                        f"SELECT shard, max(row) FROM arrays WHERE model_key=? AND digest IN "
+                        f"({marks}) GROUP BY shard", (model_key, *chunk)):
+                    shards[shard] = max(top, shards.get(shard, -1))
+            records = self._shard_records(model_key, shards)
+        if shards:
+            row_shape = tuple(spec["shapes"].get(CUT, ()))
+            folder = self.shard_dir(model_key)
+            for shard, top in shards.items():
+                if self._shard_problem(folder / shard, records.get(shard), row_shape, top,
+                                       False):
+                    damaged |= set(self._forget_shard(model_key, shard)[0])
+        self._forget_rows("features", model_key, sorted(rows))
+        return (damaged | rows) & set(digests)
+
+    def _damaged_rows(self, model_key: str, digests: Sequence[str], sizes: dict[str, int]
+                      ) -> set[str]:
+        """Digests whose features row fails its length or crc check."""
+        def row_ok(main: bytes, aux1: bytes, aux2: bytes, crc: int | None) -> int:
+            return self._row_problem(sizes, (main, aux1, aux2), crc) is None
+
+        self.db.create_function("bs_row_ok", 4, row_ok, deterministic=True)
+        crc = "crc" if self._has_crc else "NULL"
+        found: set[str] = set()
+        for chunk in _chunks(digests):
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT digest FROM features WHERE model_key=? AND digest IN ({marks}) "
+                f"AND NOT bs_row_ok(main, aux1, aux2, {crc})", (model_key, *chunk)))
+        return found
 
     def disk_bytes(self, model_key: str | None = None) -> int:
         """Bytes the cache takes on disk: all of it, or one model key's shards."""

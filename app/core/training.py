@@ -75,7 +75,7 @@ class TrainSettings:
             problems.append("early-stopping patience must be at least 0 (0: off)")
         if self.hidden_units < 0:
             problems.append("hidden units must be at least 0")
-        if not 0 < self.stream_interval < 3600:
+        if not 0 <= self.stream_interval < 3600:
             problems.append("stream interval must be between 0 and 3600 seconds")
         if self.optimizer not in ("adam", "sgd", "rmsprop"):
             problems.append(f"unknown optimizer {self.optimizer!r}")

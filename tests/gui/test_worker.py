@@ -30,14 +30,24 @@ def test_result_and_progress_arrive_on_gui_thread(qtbot):
 
 
 def test_error_becomes_a_message(qtbot):
+    """An expected error (the UserError family) is its one line; anything else is a bug and
+    says what kind of exception it was."""
+    from app.core.dataset import DatasetError
+
     jobs = Jobs()
 
     def job(progress, cancel):
+        raise DatasetError("the folder is empty")
+
+    def bug(progress, cancel):
         raise ValueError("the folder is empty")
 
     with qtbot.waitSignal(jobs.error) as blocker:
         jobs.start("scan", job)
     assert blocker.args == ["scan", "the folder is empty"]
+    with qtbot.waitSignal(jobs.error) as blocker:
+        jobs.start("scan", bug)
+    assert blocker.args == ["scan", "ValueError: the folder is empty"]
     jobs.wait_all()
 
 
