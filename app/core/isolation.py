@@ -18,6 +18,7 @@ import time
 import traceback
 from typing import Any
 
+from app.core.errors import UserError
 from app.core.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
 
 POLL_SECONDS = 0.05
@@ -26,6 +27,11 @@ EXIT_ORPHANED = 3
 
 class ChildFailed(RuntimeError):
     """The job raised in the child, or the child died; the message says which."""
+
+
+class ChildRefused(UserError):
+    """The job in the child ended with an expected error (the UserError family): the same
+    one line here, so the caller reports it as it would in-process."""
 
 
 def run_isolated(target: str, kwargs: dict[str, Any], progress: ProgressCallback = no_progress,
@@ -56,7 +62,9 @@ def run_isolated(target: str, kwargs: dict[str, Any], progress: ProgressCallback
             elif kind == "cancelled":
                 raise Cancelled()
             else:
-                name, text, trace = payload
+                name, text, trace, expected = payload
+                if expected:
+                    raise ChildRefused(text or name) from _RemoteTraceback(trace)
                 raise ChildFailed(f"{text}" if text else name) from _RemoteTraceback(trace)
     finally:
         if child.is_alive():
@@ -94,4 +102,5 @@ def _child_main(target: str, kwargs: dict[str, Any], messages, stop) -> None:
     except Cancelled:
         messages.put(("cancelled", None))
     except BaseException as exc:  # reported to the parent, which raises it there
-        messages.put(("error", (type(exc).__name__, str(exc), traceback.format_exc())))
+        messages.put(("error", (type(exc).__name__, str(exc), traceback.format_exc(),
+                                isinstance(exc, UserError))))

@@ -61,10 +61,18 @@ def test_cancel_before_the_first_epoch_ends_leaves_no_model(dataset_dir, cache_d
 
 
 def test_a_failure_in_the_child_is_raised_with_its_message():
-    with pytest.raises(ChildFailed, match="is not a folder"):
+    """An expected error stays one of the UserError family (one line for the user); a bug
+    stays a failure with the child's traceback."""
+    from app.core.errors import UserError
+    from app.core.isolation import ChildRefused
+
+    with pytest.raises(ChildRefused, match="is not a folder") as info:
         run_isolated("app.core.caching:cache_features",
                      {"data": "/nonexistent-folder-for-test", "backbone": "tiny",
                       "weights": "none"})
+    assert isinstance(info.value, UserError)
+    with pytest.raises(ChildFailed, match="unexpected keyword"):
+        run_isolated("app.core.caching:cache_features", {"data": "/x", "no_such": 1})
 
 
 def test_the_child_ends_when_its_parent_dies(tmp_path):
