@@ -184,6 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="how many labels per image")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("label", help="label unsorted photos: what to label next, with "
+                                     "suggestions; assign, accept, undo")
+    p.add_argument("data_dir", help="the data folder (class folders; may have none yet)")
+    p.add_argument("--inbox", default=None, help="folder of unsorted photos (default: the "
+                   "photos lying loose in DATA_DIR beside its class folders)")
+    _add_model_options(p)
+    p.add_argument("--next", type=int, default=20, help="how many photos to ask about")
+    p.add_argument("--groups", type=int, nargs="?", const=0, default=None, metavar="K",
+                   help="show the unsorted photos in K groups of alike photos (default: "
+                        "chosen from their number), most typical first")
+    p.add_argument("--assign", action="append", default=[], metavar="PHOTO=CLASS",
+                   help="file PHOTO under CLASS (moved when it is in DATA_DIR, else copied); "
+                        "repeatable")
+    p.add_argument("--create", action="store_true", help="create the classes --assign names")
+    p.add_argument("--copy", action="store_true", help="copy photos inside DATA_DIR too")
+    p.add_argument("--accept-above", type=float, default=None, metavar="P",
+                   help="file every photo suggested with confidence >= P (with --yes; "
+                        "without it, only say how many and how many are expected wrong)")
+    p.add_argument("--yes", action="store_true")
+    p.add_argument("--undo", action="store_true", help="undo the latest label or move")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("gui", help="open the window (the default)")
     p.add_argument("data_dir", nargs="?", help="dataset folder to open")
     return parser
@@ -394,6 +417,88 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
     return EXIT_OK
 
 
+def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
+    from pathlib import Path
+
+    from app.core import labeling
+    from app.core.labels import LabelError, create_class, label_image, undo_move
+
+    doc: dict = {"done": []}
+    if args.undo:
+        m = undo_move(args.data_dir)
+        doc["done"].append({"undone": m.as_dict()})
+        bar.line(f"undone: {m.target} -> {m.source}" if m.op == "move" else
+                 f"undone: removed the copy {m.target}")
+    for item in args.assign:
+        photo, sep, cls = item.rpartition("=")
+        if not sep or not photo or not cls:
+            raise LabelError(f"--assign takes PHOTO=CLASS, got {item!r}")
+        if args.create:
+            create_class(args.data_dir, cls)
+        m = label_image(args.data_dir, photo, cls, copy=args.copy or None)
+        doc["done"].append({m.op: m.as_dict()})
+        bar.line(f"{'copied' if m.op == 'copy' else 'moved'} {photo} -> {m.target}")
+    pool = labeling.prepare_pool(args.data_dir, args.inbox, args.backbone, args.weights,
+                                 args.cache_dir, bar, cancel)
+    model = pool.model(args.seed)
+    sug = labeling.suggest(model, pool.unsorted)
+
+    def suggestion(i: int) -> dict:
+        if sug is None:
+            return {"path": pool.paths[i], "suggested": None}
+        return {"path": pool.paths[i], "suggested": pool.classes[int(sug.label[i])],
+                "confidence": round(float(sug.confidence[i]), 4),
+                "calibrated": sug.calibrated,
+                "maybe_new_class": bool(sug.new_class[i])}
+
+    if args.accept_above is not None and (sug is None or not sug.calibrated):
+        raise LabelError("suggestions cannot be accepted in bulk yet: their confidence is "
+                         "calibrated once there are 20 labels and 2 photos in every class")
+    if args.accept_above is not None:
+        idx, wrong = sug.confident(args.accept_above)
+        doc["accept"] = {"at_least": args.accept_above, "photos": len(idx),
+                         "expected_wrong": round(wrong, 1), "done": bool(args.yes)}
+        bar.line(f"{len(idx)} photo(s) suggested with confidence >= {args.accept_above:.0%}; "
+                 f"the calibration expects about {wrong:.1f} of them to be wrong"
+                 + ("" if args.yes else " (add --yes to file them)"))
+        if args.yes:
+            for i in idx:
+                m = label_image(args.data_dir, pool.paths[i], pool.classes[int(sug.label[i])],
+                                copy=args.copy or None)
+                doc["done"].append({m.op: m.as_dict()})
+            pool = labeling.prepare_pool(args.data_dir, args.inbox, args.backbone,
+                                         args.weights, args.cache_dir, bar, cancel)
+            model, sug = pool.model(args.seed), None
+            sug = labeling.suggest(model, pool.unsorted)
+    queue = labeling.next_batch(pool.unsorted, pool.labelled, model, args.next, seed=args.seed)
+    doc.update(classes=pool.classes, labelled=len(pool.labels), unsorted=len(pool.paths),
+               skipped=[s.as_dict() for s in pool.skipped],
+               queue=[{**suggestion(a.index), "why": a.reason} for a in queue.asks])
+    if args.groups is not None:
+        groups = labeling.make_groups(pool.unsorted, args.groups or None, seed=args.seed)
+        doc["groups"] = [{"size": len(g.members),
+                          "typical": [pool.paths[i] for i in g.members[:8]]} for g in groups]
+    if args.json:
+        _print_json(doc)
+        return EXIT_OK
+    for s in pool.skipped:
+        bar.line(f"skipped {s.path}: {s.reason}")
+    _say(f"{len(pool.labels)} labelled photo(s) in {len(pool.classes)} class(es); "
+         f"{len(pool.paths)} unsorted")
+    for n, g in enumerate(doc.get("groups", []), 1):
+        _say(f"group {n} ({g['size']} photos), most typical first:")
+        for path in g["typical"]:
+            _say(f"    {Path(path).name}")
+    if doc["queue"]:
+        _say("label next:")
+    for q in doc["queue"]:
+        hint = "" if q["suggested"] is None else (
+            f"  suggested {q['suggested']} {q['confidence']:.0%}"
+            + ("  (maybe a new class)" if q["maybe_new_class"] else ""))
+        _say(f"  {q['path']}{hint}  [{q['why']}]")
+    return EXIT_OK
+
+
 def cmd_gui(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     try:
         from app.gui.main import run_gui
@@ -409,6 +514,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ProgressBar, CancelToken], int
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "label": cmd_label,
     "gui": cmd_gui,
 }
 

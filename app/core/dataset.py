@@ -282,7 +282,6 @@ def scan_dataset(
                                               f"{reason}; rename it to use it"))
         else:
             class_dirs.append(p)
-    known = store.file_index() if store else {}
     # (path, class, size, mtime_ns): tuples of plain values, which the cyclic garbage collector
     # stops tracking; Path and stat objects for 100k files made its full passes (which hold
     # every thread, the window's included) take hundreds of milliseconds
@@ -290,17 +289,34 @@ def scan_dataset(
     badly_named: list[Skipped] = []
     for class_dir in class_dirs:
         linked_out = walk.root not in class_dir.resolve().parents
-        for path in _walk(class_dir, walk, linked_out):
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            text = str(path)
-            if bad_name_reason(text) == "its name is not valid UTF-8":
-                badly_named.append(Skipped(shown(text), "its name is not valid UTF-8 (the "
-                                                         "cache cannot record it): rename it"))
-                continue
-            candidates.append((text, class_dir.name, st.st_size, st.st_mtime_ns))
+        _collect(_walk(class_dir, walk, linked_out), class_dir.name, candidates, badly_named)
+    images, skipped = _read(candidates, badly_named, store, split, progress, cancel,
+                            retry_skipped)
+    return _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split,
+                            refused + _link_findings(walk)))
+
+
+def _collect(paths: Iterator[Path], label: str, candidates: list, badly_named: list) -> None:
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        text = str(path)
+        if bad_name_reason(text) == "its name is not valid UTF-8":
+            badly_named.append(Skipped(shown(text), "its name is not valid UTF-8 (the "
+                                                     "cache cannot record it): rename it"))
+            continue
+        candidates.append((text, label, st.st_size, st.st_mtime_ns))
+
+
+def _read(candidates: list[tuple[str, str, int, int]], skipped: list[Skipped],
+          store: FeatureStore | None, split: SplitSpec, progress: ProgressCallback,
+          cancel: CancelToken | None, retry_skipped: bool
+          ) -> tuple[list[ImageRecord], list[Skipped]]:
+    """The candidates' digests (read again only when size or mtime changed) as records, and
+    the files skipped with their reasons."""
+    known = store.file_index() if store else {}
 
     to_hash: list[int] = []
     results: list[tuple[str, str | None] | None] = []
@@ -312,7 +328,7 @@ def scan_dataset(
             results.append(None)
             to_hash.append(i)
 
-    skipped: list[Skipped] = badly_named
+    skipped = list(skipped)
     if to_hash:
         meter = RateMeter(len(to_hash))
         new_rows = []
@@ -358,9 +374,38 @@ def scan_dataset(
         else:
             images.append(ImageRecord(path, label, digest, split.assign(digest), fmt))
 
-    ds = _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split,
-                          refused + _link_findings(walk)))
     _release(candidates, results, to_hash, new_rows if to_hash else [], known)
+    return images, skipped
+
+
+INBOX = "(unsorted)"  # the label of a photo still to be labelled
+
+
+def scan_inbox(folder: str | Path, store: FeatureStore | None = None,
+               progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+               loose_only: bool = False) -> Dataset:
+    """Unsorted photos to label, read and checked like a dataset's (same digests, the same
+    skipped reasons), labelled :data:`INBOX`. ``loose_only``: only the image files directly
+    in ``folder`` (the loose photos of a data folder, beside its class folders)."""
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{shown(root)} is not a folder")
+    walk = _Walk(root)
+    candidates: list[tuple[str, str, int, int]] = []
+    badly_named: list[Skipped] = []
+    if loose_only:
+        files = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_file())
+    else:
+        files = _walk(root, walk)
+    _collect(iter(files), INBOX, candidates, badly_named)
+    images, skipped = _read(candidates, badly_named, store, SplitSpec(1.0, 0.0, 0.0),
+                            progress, cancel, False)
+    ds = Dataset(root, [INBOX], images, skipped, [], SplitSpec(1.0, 0.0, 0.0),
+                 _link_findings(walk))
+    ds.findings = list(ds.scan_findings)
+    if skipped:
+        ds.findings.append(Finding("warning", f"{len(skipped)} file(s) skipped as unreadable",
+                                   tuple(s.path for s in skipped)))
     return ds
 
 

@@ -50,6 +50,7 @@ class Move:
     target: str
     id: str = field(default="", compare=False)
     op: str = field(default="move", compare=False)  # "move" (a rename) or "copy"
+    digest: str = field(default="", compare=False)  # copy: the content written at target
 
     def as_dict(self) -> dict:
         return {"source": self.source, "target": self.target}
@@ -87,20 +88,26 @@ def _key() -> bytes:
 
 
 def _mac(root: Path, entry: dict) -> str:
-    fields = {k: entry.get(k) for k in ("op", "id", "source", "target", "time", "ref")}
+    fields = {k: entry.get(k) for k in ("op", "id", "source", "target", "time", "ref",
+                                        "digest")}
     message = json.dumps([str(root), fields], sort_keys=True, ensure_ascii=True)
     return hmac.new(_key(), message.encode(), hashlib.sha256).hexdigest()
 
 
-def check_relative(root: Path, rel: object) -> str:
+def check_relative(root: Path, rel: object, loose: bool = False) -> str:
     """``rel`` as ``class/file`` inside ``root`` (resolved), or :class:`LabelError`. The same
-    rule for what the user moves and for what a journal line names."""
+    rule for what the user moves and for what a journal line names. ``loose``: a file directly
+    in ``root`` (an unsorted photo beside the class folders) is allowed too."""
     if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
         raise LabelError(f"{rel!r} is not an image path in a class folder of {root}")
     parts = PurePosixPath(rel).parts
-    if (PurePosixPath(rel).is_absolute() or len(parts) != 2
+    if (PurePosixPath(rel).is_absolute() or len(parts) not in ((1, 2) if loose else (2,))
             or any(p in ("", ".", "..") or p.startswith(".") for p in parts)):
         raise LabelError(f"{rel!r} is not an image path in a class folder of {root}")
+    if len(parts) == 1:
+        if (root / rel).is_symlink():
+            raise LabelError(f"{rel!r} is a link; the app never moves links")
+        return rel
     folder = root / parts[0]
     if folder.is_symlink() or folder.resolve().parent != root:
         raise LabelError(f"class folder {parts[0]!r} is a link out of the data folder {root}: "
@@ -141,9 +148,15 @@ def read(root: Path) -> JournalState:
             continue
         if entry["op"] in ("move", "copy"):
             try:
-                move = Move(check_relative(root, entry.get("source")),
-                            check_relative(root, entry.get("target")), entry["id"],
-                            entry["op"])
+                copy = entry["op"] == "copy"
+                if copy and not (isinstance(entry.get("source"), str)
+                                 and isinstance(entry.get("digest"), str)):
+                    raise LabelError("a copy names its source and its content")
+                # a copy's source is outside the folder, only ever read: never checked here
+                source = entry["source"] if copy else check_relative(root, entry.get("source"),
+                                                                     loose=True)
+                move = Move(source, check_relative(root, entry.get("target")), entry["id"],
+                            entry["op"], entry.get("digest", "") if copy else "")
             except LabelError:
                 state.foreign.append(entry)
                 continue
@@ -161,10 +174,12 @@ def append(root: Path, op: str, move: Move | None = None, ref: str = "") -> str:
     """Append one signed line (flushed and fsynced); returns its id. Raises
     :class:`LabelError` when it cannot be written (a full disk): the caller then changes
     nothing."""
-    entry = {"op": op, "id": uuid.uuid4().hex,
+    entry = {"op": move.op if move is not None and op == "move" else op, "id": uuid.uuid4().hex,
              "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if move is not None:
         entry.update(source=move.source, target=move.target)
+        if move.op == "copy":
+            entry["digest"] = move.digest
     if ref:
         entry["ref"] = ref
     entry["mac"] = _mac(root, entry)

@@ -14,18 +14,20 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
 
 from app.core import journal
-from app.core.errors import os_error_message, shown
+from app.core.errors import bad_name_reason, os_error_message, shown
 from app.core.feeds import SplitData
 from app.core.journal import JOURNAL, JournalState, LabelError, Move, check_relative
 
-__all__ = ["JOURNAL", "LabelError", "Move", "excluded", "hardest", "journal_state",
-           "move_image", "moves", "set_excluded", "undo_move"]
+__all__ = ["JOURNAL", "LabelError", "Move", "create_class", "excluded", "hardest",
+           "journal_state", "label_image", "label_many", "move_image", "moves", "set_excluded",
+           "undo_move"]
 
 EXCLUDED = "excluded.json"  # in the cache folder: {data folder: {digest: path}}
 
@@ -34,21 +36,22 @@ def _root(data_dir: str | Path) -> Path:
     return Path(data_dir).expanduser().resolve()
 
 
-def _relative(root: Path, path: Path) -> str:
-    """``path`` (an image in a class folder of ``root``) as ``class/file``; the folder is
-    resolved, the file itself is not (a link is moved as a link)."""
+def _relative(root: Path, path: Path, loose: bool = False) -> str:
+    """``path`` (an image in a class folder of ``root``, or ``loose`` in ``root`` itself) as
+    ``class/file``; the folder is resolved, the file itself is not (a link stays a link)."""
     path = Path(path).expanduser().absolute()
     try:
         rel = (path.parent.resolve() / path.name).relative_to(root)
     except ValueError:
         raise LabelError(f"{shown(path)} is not in the data folder {shown(root)}") from None
-    return check_relative(root, rel.as_posix())
+    return check_relative(root, rel.as_posix(), loose=loose)
 
 
 def _rename(root: Path, source: str, target: str) -> None:
     """Rename without ever replacing a file: hard link then unlink (atomic refusal). Both
     names are checked again here, whoever asked."""
-    src, dst = root / check_relative(root, source), root / check_relative(root, target)
+    src = root / check_relative(root, source, loose=True)
+    dst = root / check_relative(root, target, loose=True)
     if not dst.parent.is_dir():
         raise LabelError(f"class folder {shown(dst.parent.name)!r} no longer exists; nothing "
                          "was changed")
@@ -89,12 +92,13 @@ def moves(data_dir: str | Path) -> list[Move]:
     return journal_state(data_dir).moves
 
 
-def move_image(data_dir: str | Path, image: str | Path, new_class: str) -> Move:
+def move_image(data_dir: str | Path, image: str | Path, new_class: str,
+               loose: bool = False) -> Move:
     """Move ``image`` into the class folder ``new_class`` of ``data_dir`` (which must exist,
     inside the data folder), keeping its file name; refused, changing nothing, when a file of
     that name is there. Journaled before the rename."""
     root = _root(data_dir)
-    source = _relative(root, Path(image))
+    source = _relative(root, Path(image), loose=loose)
     if not isinstance(new_class, str) or not new_class or "/" in new_class \
             or not (root / new_class).is_dir():
         raise LabelError(f"{shown(new_class)!r} is not a class folder of {shown(root)}")
@@ -124,13 +128,93 @@ def undo_move(data_dir: str | Path) -> Move:
     done = moves(root)
     while done:
         last = done.pop()
-        if not (root / last.target).exists() and (root / last.source).exists():
-            journal.append(root, "abort", ref=last.id)
-            continue
-        _rename(root, last.target, last.source)
+        if last.op == "copy":
+            if not (root / last.target).exists():
+                journal.append(root, "abort", ref=last.id)  # the copy never happened
+                continue
+            _remove_copy(root, last)
+        else:
+            if not (root / last.target).exists() and (root / last.source).exists():
+                journal.append(root, "abort", ref=last.id)
+                continue
+            _rename(root, last.target, last.source)
         journal.append(root, "undo", ref=last.id)
         return last
     raise LabelError("no move to undo")
+
+
+def _digest(path: Path) -> str:
+    from app.core.dataset import _digest_file
+
+    return _digest_file(path)[0]
+
+
+def _remove_copy(root: Path, move: Move) -> None:
+    """Undo a copy: remove the copy, only if it is still exactly what the app wrote."""
+    target = root / check_relative(root, move.target)
+    if target.is_symlink() or not target.is_file() or _digest(target) != move.digest:
+        raise LabelError(f"{shown(target)} changed since it was copied there; it is left as it "
+                         "is (remove it yourself if you want)")
+    target.unlink()
+
+
+def create_class(data_dir: str | Path, name: str) -> Path:
+    """A new, empty class folder ``name`` in ``data_dir`` (refused for names that cannot be a
+    class: hidden, with a separator or a control character, or one that exists as a file)."""
+    root = _root(data_dir)
+    if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name
+            or "\\" in name or name in (".", "..") or bad_name_reason(name)):
+        raise LabelError(f"{shown(name)!r} cannot be a class name"
+                         + (f": {bad_name_reason(name)}" if isinstance(name, str)
+                            and bad_name_reason(name) else ""))
+    folder = root / name
+    if folder.exists() and not folder.is_dir():
+        raise LabelError(f"{shown(folder)} exists and is not a folder")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def label_image(data_dir: str | Path, image: str | Path, new_class: str,
+                copy: bool | None = None) -> Move:
+    """File an unsorted photo under ``new_class`` of ``data_dir``: a photo inside the data
+    folder (loose beside the class folders, or in a class folder) is moved, one outside it is
+    copied (``copy`` forces either; a photo outside can only be copied). Never overwrites,
+    journaled before the file appears, undoable with :func:`undo_move`."""
+    root = _root(data_dir)
+    image = Path(image).expanduser().absolute()
+    inside = root in image.parent.resolve().parents or image.parent.resolve() == root
+    if inside and not copy:
+        return move_image(root, image, new_class, loose=True)
+    if not image.is_file():
+        raise LabelError(f"{shown(image)} is not a file")
+    if not (root / new_class).is_dir():
+        raise LabelError(f"{shown(new_class)!r} is not a class folder of {shown(root)}")
+    target = check_relative(root, f"{new_class}/{image.name}")
+    dst = root / target
+    if dst.exists() or dst.is_symlink():
+        raise LabelError(f"{shown(dst)} already exists; nothing was changed (rename one of "
+                         "them)")
+    tmp = dst.with_name(f".{image.name}.{uuid.uuid4().hex[:8]}.copy")
+    try:
+        shutil.copyfile(image, tmp)
+        move = Move(str(image), target, op="copy", digest=_digest(tmp))
+        move_id = journal.append(root, "copy", move)
+        try:
+            os.link(tmp, dst)  # never replaces a file that appeared meanwhile
+        except FileExistsError:
+            journal.append(root, "abort", ref=move_id)
+            raise LabelError(f"{shown(dst)} already exists; nothing was changed") from None
+        except OSError as exc:
+            journal.append(root, "abort", ref=move_id)
+            raise LabelError(os_error_message(exc, f"{shown(image)} could not be copied")
+                             + "; nothing was changed") from exc
+    except OSError as exc:
+        raise LabelError(os_error_message(exc, f"{shown(image)} could not be copied")
+                         + "; nothing was changed") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return Move(move.source, move.target, move_id, "copy", move.digest)
 
 
 def _excluded_file(cache_dir: str | Path) -> Path:
@@ -220,3 +304,17 @@ def hardest(classes: list[str], data: SplitData, probs: np.ndarray, n: int = 20)
              "predicted": classes[int(probs[i].argmax())],
              "confidence": round(float(probs[i].max()), 4), "loss": round(float(loss[i]), 4)}
             for i in order]
+
+
+def label_many(data_dir: str | Path, photos: list[str | Path], new_class: str,
+               copy: bool | None = None) -> tuple[list[Move], list[tuple[str, str]]]:
+    """File every photo of ``photos`` (a named group, less the ones the user took out of it)
+    under ``new_class``, each on its own (journaled, undoable one by one); returns what was
+    done and what was refused with why. A refusal never stops the others."""
+    done, refused = [], []
+    for photo in photos:
+        try:
+            done.append(label_image(data_dir, photo, new_class, copy))
+        except LabelError as exc:
+            refused.append((str(photo), str(exc)))
+    return done, refused

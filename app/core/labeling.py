@@ -1,0 +1,407 @@
+"""Labeling with few labels: which photo to ask about next, what every unlabelled photo
+probably is, and groups of alike photos to name at once. Pure numpy on the cached main-tap
+features (no backbone run, no Keras): a question is answered in milliseconds.
+
+- **Groups** (cold start): k-means on unit-length features; each group's photos ordered by
+  typicality (the inverse mean distance to their nearest neighbours, TypiClust's measure), so
+  the user sees the most typical ones first and names the group at once.
+- **The model**: a softmax regression on unit-length features (class-balanced, L2), whose
+  temperature is fitted on out-of-fold answers when there are enough labels: its confidence is
+  calibrated. A photo whose nearest labelled photo is less alike than 95% of labelled photos'
+  nearest other labelled photo is flagged as *maybe a new class*.
+- **The queue**: TypiClust while the labels do not yet cover the photos' groups (k-means with
+  as many groups as labels plus the batch; the most typical photo of each large group without a
+  label), then the smallest margins between the top two classes, spread out by farthest-first
+  selection, and a small random share so that blind spots show up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.core.calibration import fit_temperature, softmax
+
+KEEP_KNOWN = 0.95  # share of labelled photos whose nearest-neighbour similarity stays "known"
+RANDOM_SHARE = 0.1  # of each batch, asked at random
+TYPICAL_NEIGHBOURS = 20
+MIN_GROUP = 3  # a k-means group smaller than this is outliers, not a group to ask about
+COVER_FIRST = 40  # labels asked only to cover the photos' groups before margins join
+CLUSTER_SAMPLE = 20000  # k-means is fitted on at most this many photos (then all assigned)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# -- groups -------------------------------------------------------------------------------
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 25
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means (k-means++ start) of unit rows ``x``: (centres, assignment). Fitted
+    on a sample when ``x`` is large; every row is assigned."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    k = max(1, min(k, n))
+    fit = x if n <= CLUSTER_SAMPLE else x[rng.choice(n, CLUSTER_SAMPLE, replace=False)]
+    centres = np.empty((k, x.shape[1]), np.float32)
+    centres[0] = fit[rng.integers(len(fit))]
+    closest = 1 - fit @ centres[0]
+    for i in range(1, k):
+        p = np.maximum(closest, 0) ** 2
+        total = p.sum()
+        j = rng.choice(len(fit), p=p / total) if total > 0 else rng.integers(len(fit))
+        centres[i] = fit[j]
+        closest = np.minimum(closest, 1 - fit @ centres[i])
+    for _ in range(iterations):
+        assign = np.argmax(fit @ centres.T, axis=1)
+        moved = np.zeros_like(centres)
+        np.add.at(moved, assign, fit)
+        empty = ~np.bincount(assign, minlength=k).astype(bool)
+        moved[empty] = centres[empty]
+        moved = unit(moved)
+        if np.allclose(moved, centres, atol=1e-5):
+            centres = moved
+            break
+        centres = moved
+    return centres, _assign(x, centres)
+
+
+def _assign(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    return np.concatenate([np.argmax(x[i:i + chunk] @ centres.T, axis=1)
+                           for i in range(0, len(x), chunk)]) if len(x) else np.zeros(0, int)
+
+
+def typicality(x: np.ndarray, assign: np.ndarray, neighbours: int = TYPICAL_NEIGHBOURS
+               ) -> np.ndarray:
+    """Per row: 1 / mean cosine distance to its nearest rows in the same group (TypiClust)."""
+    out = np.zeros(len(x), np.float64)
+    for g in np.unique(assign):
+        idx = np.flatnonzero(assign == g)
+        if len(idx) == 1:
+            continue
+        if len(idx) > 4000:  # a big group: typical against a sample of it
+            ref = idx[np.random.default_rng(int(g)).choice(len(idx), 4000, replace=False)]
+        else:
+            ref = idx
+        m = min(neighbours, len(ref) - 1)
+        for s in range(0, len(idx), 1024):
+            part = idx[s:s + 1024]
+            dist = 1 - x[part] @ x[ref].T
+            dist[part[:, None] == ref[None, :]] = np.inf
+            near = np.partition(dist, m - 1, axis=1)[:, :m]
+            out[part] = 1 / (np.maximum(near.mean(axis=1), 1e-6))
+    return out
+
+
+def auto_groups(n: int) -> int:
+    """How many groups to show for ``n`` photos when the user has not chosen: about one per 25
+    photos, 2 to 40 (a screen of groups, each with enough photos to judge)."""
+    return int(min(40, max(2, round(n / 25))))
+
+
+@dataclass
+class Group:
+    """Alike photos (indices into the pool), most typical first."""
+
+    members: list[int]
+    typical: list[float]
+
+
+def make_groups(x: np.ndarray, k: int | None = None, seed: int = 0) -> list[Group]:
+    """The pool ``x`` (unit rows) in ``k`` groups (default :func:`auto_groups`), largest
+    first, each ordered most typical first."""
+    if not len(x):
+        return []
+    _, assign = kmeans(x, k or auto_groups(len(x)), seed)
+    typ = typicality(x, assign)
+    groups = []
+    for g in np.unique(assign):
+        idx = np.flatnonzero(assign == g)
+        order = idx[np.argsort(-typ[idx], kind="stable")]
+        groups.append(Group([int(i) for i in order], [float(typ[i]) for i in order]))
+    groups.sort(key=lambda grp: -len(grp.members))
+    return groups
+
+
+# -- the model ----------------------------------------------------------------------------
+@dataclass
+class LabelModel:
+    """Softmax regression on unit-length features, with a fitted temperature and the
+    'maybe a new class' threshold."""
+
+    weights: np.ndarray  # (D, C)
+    bias: np.ndarray  # (C,)
+    classes: list[int]  # the class ids it was fitted on (others are never suggested)
+    n_classes: int
+    temperature: float = 1.0
+    reference: np.ndarray | None = None  # unit features of the labelled photos
+    novelty: float = -math.inf  # below this nearest-labelled similarity: maybe a new class
+    calibrated: bool = False  # the temperature was fitted on out-of-fold answers
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        z = np.full((len(x), self.n_classes), -1e9, np.float64)
+        if len(self.classes) == 1:
+            z[:, self.classes[0]] = 0.0
+        else:
+            z[:, self.classes] = unit(x) @ self.weights + self.bias
+        return z
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(x), self.temperature)
+
+    def nearest_similarity(self, x: np.ndarray) -> np.ndarray:
+        if self.reference is None or not len(self.reference):
+            return np.full(len(x), np.inf)
+        ux = unit(x)
+        return np.concatenate([(ux[i:i + 4096] @ self.reference.T).max(axis=1)
+                               for i in range(0, len(ux), 4096)]) if len(ux) else np.zeros(0)
+
+
+def _fit_softmax(x: np.ndarray, y: np.ndarray, n: int, l2: float = 1e-3, steps: int = 300,
+                 scale: float = 16.0) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced softmax regression on unit rows by gradient descent with momentum;
+    ``scale`` multiplies the features (cosine logits need a large range)."""
+    xs = x.astype(np.float64) * scale
+    counts = np.bincount(y, minlength=n).astype(np.float64)
+    sw = (len(y) / (n * np.maximum(counts, 1)))[y]
+    sw /= sw.sum()
+    onehot = np.eye(n)[y]
+    w = np.zeros((x.shape[1], n))
+    b = np.zeros(n)
+    vw, vb = np.zeros_like(w), np.zeros_like(b)
+    lr = 1.0 / scale ** 2
+    for _ in range(steps):
+        z = xs @ w + b
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - onehot) * sw[:, None]
+        gw = xs.T @ g + l2 * w
+        gb = g.sum(axis=0)
+        vw = 0.9 * vw - lr * gw
+        vb = 0.9 * vb - lr * gb
+        w += vw
+        b += vb
+    return w * scale, b
+
+
+def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
+              seed: int = 0) -> LabelModel | None:
+    """The model for labelled unit rows ``x`` with class ids ``y`` (None without labels).
+    The temperature is fitted on out-of-fold answers once every labelled class has 2 photos
+    and there are 20 labels; before that it is 1 and the confidence is rough."""
+    y = np.asarray(y, np.int64)
+    if not len(y):
+        return None
+    present = sorted(int(c) for c in np.unique(y))
+    remap = {c: i for i, c in enumerate(present)}
+    yy = np.array([remap[int(c)] for c in y])
+    ux = unit(x)
+    if len(present) == 1:
+        w, b = np.zeros((x.shape[1], 1)), np.zeros(1)
+    else:
+        w, b = _fit_softmax(ux, yy, len(present))
+    model = LabelModel(w, b, present, n_classes, reference=ux)
+    counts = np.bincount(yy)
+    if len(present) > 1 and len(y) >= 20 and counts.min() >= 2:
+        rng = np.random.default_rng(seed)
+        fold = rng.permutation(len(y)) % folds
+        oof = np.zeros((len(y), len(present)))
+        for f in range(folds):
+            train = fold != f
+            if len(np.unique(yy[train])) < len(present):
+                break
+            fw, fb = _fit_softmax(ux[train], yy[train], len(present))
+            oof[~train] = ux[~train] @ fw + fb
+        else:
+            model.temperature = fit_temperature(oof, yy)
+            model.calibrated = True
+    if len(y) >= 3:
+        sims = ux @ ux.T
+        np.fill_diagonal(sims, -np.inf)
+        model.novelty = float(np.quantile(sims.max(axis=1), 1 - KEEP_KNOWN))
+    return model
+
+
+@dataclass
+class Suggestions:
+    """For every pool photo: the suggested class id, its calibrated confidence, the margin to
+    the second class, and whether it is maybe none of the classes yet."""
+
+    label: np.ndarray
+    confidence: np.ndarray
+    margin: np.ndarray
+    new_class: np.ndarray
+    calibrated: bool = False  # False: too few labels yet, the confidence is rough
+
+    def confident(self, at_least: float) -> tuple[np.ndarray, float]:
+        """Photos suggested with confidence >= ``at_least`` (and not new-class) and how many
+        of them the calibration expects to be wrong."""
+        idx = np.flatnonzero((self.confidence >= at_least) & ~self.new_class)
+        return idx, float((1 - self.confidence[idx]).sum())
+
+
+def suggest(model: LabelModel | None, x: np.ndarray) -> Suggestions | None:
+    if model is None or not len(x):
+        return None
+    p = model.probabilities(x)
+    top2 = np.sort(p, axis=1)[:, -2:] if p.shape[1] > 1 else np.c_[np.zeros(len(p)), p]
+    new = model.nearest_similarity(x) < model.novelty
+    return Suggestions(p.argmax(axis=1), p.max(axis=1), top2[:, 1] - top2[:, 0], new,
+                       model.calibrated)
+
+
+# -- the queue ----------------------------------------------------------------------------
+@dataclass
+class Ask:
+    index: int  # into the pool
+    reason: str  # "typical of a group without labels" | "uncertain" | "random"
+
+
+@dataclass
+class Queue:
+    asks: list[Ask] = field(default_factory=list)
+
+    @property
+    def indices(self) -> list[int]:
+        return [a.index for a in self.asks]
+
+
+def next_batch(pool: np.ndarray, labelled: np.ndarray, model: LabelModel | None, batch: int,
+               seed: int = 0, random_share: float = RANDOM_SHARE,
+               typical_share: float | None = None) -> Queue:
+    """The next ``batch`` pool photos to ask about. ``pool`` and ``labelled`` are unit rows
+    (unlabelled and labelled photos). ``typical_share``: of the batch, how much goes to
+    covering groups without labels; default all of it for the first ``COVER_FIRST`` labels,
+    then half (measured on Oxford-17, 3 seeds: 90.0% at 120 labels and 93.1% at 190, against
+    87.3% / 90.0% for coverage alone and 90.2% / 92.4% for coverage then margins alone)."""
+    if typical_share is None:
+        typical_share = 1.0 if len(labelled) < COVER_FIRST else 0.5
+    n = len(pool)
+    batch = min(batch, n)
+    queue = Queue()
+    if batch <= 0:
+        return queue
+    rng = np.random.default_rng(seed)
+    taken: set[int] = set()
+    n_random = int(math.floor(batch * random_share + rng.random()))
+    # 1. coverage: the most typical photo of each sizeable group that has no label yet
+    if n >= 2:
+        both = np.concatenate([labelled, pool]) if len(labelled) else pool
+        _, assign = kmeans(both, len(labelled) + batch, seed)
+        lab_groups = set(assign[:len(labelled)].tolist())
+        pool_assign = assign[len(labelled):]
+        typ = typicality(both, assign)[len(labelled):]
+        sizes = np.bincount(assign, minlength=assign.max() + 1)
+        open_groups = [g for g in np.argsort(-sizes, kind="stable")
+                       if g not in lab_groups and sizes[g] >= MIN_GROUP]
+        for g in open_groups[:round((batch - n_random) * typical_share)]:
+            idx = np.flatnonzero(pool_assign == g)
+            if len(idx):
+                best = int(idx[np.argmax(typ[idx])])
+                taken.add(best)
+                queue.asks.append(Ask(best, "typical of a group without labels"))
+    # 2. uncertainty: the smallest margins, spread out
+    want = batch - n_random - len(queue.asks)
+    if want > 0:
+        free = np.array([i for i in range(n) if i not in taken], np.int64)
+        sug = suggest(model, pool[free]) if model is not None and len(model.classes) > 1 \
+            else None
+        if sug is None:
+            candidates = free[rng.permutation(len(free))[:want * 5]]
+        else:
+            candidates = free[np.argsort(sug.margin, kind="stable")[:want * 5]]
+        for i in _farthest_first(pool, candidates, labelled, want):
+            taken.add(i)
+            queue.asks.append(Ask(i, "uncertain"))
+    # 3. a random share: what the model is sure of and wrong about shows up here
+    free = [i for i in range(n) if i not in taken]
+    for i in rng.permutation(free)[:batch - len(queue.asks)]:
+        queue.asks.append(Ask(int(i), "random"))
+    return queue
+
+
+def _farthest_first(x: np.ndarray, candidates: np.ndarray, labelled: np.ndarray,
+                    want: int) -> list[int]:
+    """``want`` of ``candidates`` chosen one by one, each the least like the labelled photos
+    and the ones already chosen."""
+    if not len(candidates):
+        return []
+    cx = x[candidates]
+    near = (cx @ labelled.T).max(axis=1) if len(labelled) else np.full(len(cx), -1.0)
+    chosen: list[int] = []
+    for _ in range(min(want, len(candidates))):
+        j = int(np.argmin(near))
+        chosen.append(int(candidates[j]))
+        near = np.maximum(near, cx @ cx[j])
+        near[j] = np.inf
+    return chosen
+
+
+# -- the pool: a data folder's labelled photos and the unsorted ones, from the cache --------
+@dataclass
+class Pool:
+    """What labeling works on: the data folder's labelled photos and the unsorted ones (those
+    whose content is not labelled yet), with their unit main-tap features."""
+
+    classes: list[str]
+    labelled_paths: list[str]
+    labels: np.ndarray
+    labelled: np.ndarray
+    paths: list[str]  # unsorted
+    digests: list[str]
+    unsorted: np.ndarray
+    skipped: list = field(default_factory=list)  # Skipped: unreadable or undecodable photos
+    findings: list = field(default_factory=list)
+
+    def model(self, seed: int = 0) -> LabelModel | None:
+        return fit_model(self.labelled, self.labels, len(self.classes), seed=seed)
+
+
+def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str = "imagenet",
+                 cache_dir=None, progress=None, cancel=None) -> Pool:
+    """Scan and cache (the same store, keyed by content) the data folder and the unsorted
+    photos: ``inbox`` a folder, or None for the photos lying loose in the data folder beside
+    its class folders. Bad files are skipped with their reasons."""
+    from app.core.caching import CacheJob
+    from app.core.dataset import scan_dataset, scan_inbox
+    from app.core.jobs import no_progress
+    from app.core.paths import user_cache_dir
+    from app.core.store import FeatureStore
+
+    progress = progress or no_progress
+    cache_dir = cache_dir or user_cache_dir()
+    with FeatureStore(cache_dir) as store:
+        data = scan_dataset(data_dir, store, progress=progress, cancel=cancel)
+        pile = scan_inbox(inbox or data_dir, store, progress, cancel, loose_only=inbox is None)
+    skipped = list(data.skipped) + list(pile.skipped)
+    key = None
+    if data.images:
+        result, data = CacheJob(data, backbone, weights, cache_dir).run(progress, cancel)
+        key, skipped = result.model_key, list(data.skipped) + list(pile.skipped)
+    known = {r.digest for r in data.images}
+    pile.images = [r for r in pile.images if r.digest not in known]
+    if pile.images:
+        result, pile = CacheJob(pile, backbone, weights, cache_dir).run(progress, cancel)
+        key = result.model_key
+        skipped += [s for s in pile.skipped if s not in skipped]
+    feats = {}
+    if key is not None:
+        with FeatureStore(cache_dir) as store:
+            digests = [r.digest for r in data.images] + [r.digest for r in pile.images]
+            if digests:
+                batch = store.load_features(key, digests, taps=("main",))
+                flat = batch.main.reshape(len(digests), -1)
+                feats = {"labelled": unit(flat[:len(data.images)]),
+                         "unsorted": unit(flat[len(data.images):])}
+    dim = next(iter(feats.values())).shape[1] if feats else 0
+    index = {c: i for i, c in enumerate(data.classes)}
+    return Pool(list(data.classes), [r.path for r in data.images],
+                np.array([index[r.label] for r in data.images], np.int64),
+                feats.get("labelled", np.zeros((0, dim), np.float32)),
+                [r.path for r in pile.images], [r.digest for r in pile.images],
+                feats.get("unsorted", np.zeros((0, dim), np.float32)), skipped,
+                [f for f in data.findings if "no usable images" not in f.message])
