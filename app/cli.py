@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from app import __version__
-from app.core.errors import os_error_message, shown
+from app.core.errors import SettingsError, os_error_message, shown
 from app.core.jobs import Cancelled, CancelToken, Progress
 from app.core.training import TrainSettings as TrainDefaults
 
@@ -182,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--top", type=int, default=3, help="how many labels per image")
+    p.add_argument("--sort-into", default=None, metavar="OUT",
+                   help="file the photos into OUT/<class>/ and OUT/_unknown/ by the answers "
+                        "(copies; journaled in OUT, never overwriting); see --dry-run, --undo")
+    p.add_argument("--move", action="store_true",
+                   help="with --sort-into: move photos that are already inside OUT")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --sort-into: only print how many photos each folder would get")
+    p.add_argument("--undo", action="store_true",
+                   help="with --sort-into: undo every copy and move made in OUT")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("label", help="label unsorted photos: what to label next, with "
@@ -399,8 +408,18 @@ def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken
 def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     from app.core.predict import Predictor
 
+    if args.sort_into and args.undo:
+        from app.core.labels import undo_all
+
+        undone = undo_all(args.sort_into)
+        bar.line(f"undone: {len(undone)} photo(s) filed in {args.sort_into}")
+        return EXIT_OK
+    if args.top < 1:
+        raise SettingsError(f"--top must be at least 1, got {args.top}")
     predictor = Predictor.from_dir(args.model_dir)
     preds = predictor.predict(args.paths, top_k=args.top, progress=bar, cancel=cancel)
+    if args.sort_into:
+        return _sort(args, preds, bar)
     if args.json:
         _print_json([p.as_dict() for p in preds])
     else:
@@ -496,6 +515,29 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
             f"  suggested {q['suggested']} {q['confidence']:.0%}"
             + ("  (maybe a new class)" if q["maybe_new_class"] else ""))
         _say(f"  {q['path']}{hint}  [{q['why']}]")
+    return EXIT_OK
+
+
+def _sort(args: argparse.Namespace, preds, bar: ProgressBar) -> int:
+    from app.core.labels import sort_into, sort_plan
+
+    plan = sort_plan(preds)
+    doc = {"plan": plan.counts(), "errors": [{"path": p, "error": e} for p, e in plan.errors]}
+    for path, error in plan.errors:
+        bar.line(f"skipped {path}: {error}")
+    if not args.dry_run:
+        done, refused = sort_into(args.sort_into, plan, move=args.move)
+        doc.update(done=len(done), refused=[{"path": p, "why": w} for p, w in refused])
+        for path, why in refused:
+            bar.line(f"not filed {path}: {why}")
+    if args.json:
+        _print_json(doc)
+    else:
+        for folder, n in plan.counts().items():
+            _say(f"{folder}: {n}")
+        if not args.dry_run:
+            _say(f"filed {doc['done']} photo(s) in {args.sort_into} "
+                 f"({'moved or copied' if args.move else 'copied'}; undo with --undo)")
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from app.core.journal import JOURNAL, JournalState, LabelError, Move, check_rela
 
 __all__ = ["JOURNAL", "LabelError", "Move", "create_class", "excluded", "hardest",
            "journal_state", "label_image", "label_many", "move_image", "moves", "set_excluded",
-           "undo_move"]
+           "sort_into", "sort_plan", "undo_all", "undo_move"]
 
 EXCLUDED = "excluded.json"  # in the cache folder: {data folder: {digest: path}}
 
@@ -318,3 +319,53 @@ def label_many(data_dir: str | Path, photos: list[str | Path], new_class: str,
         except LabelError as exc:
             refused.append((str(photo), str(exc)))
     return done, refused
+
+
+UNKNOWN_FOLDER = "_unknown"  # where sorting by prediction files the photos that are none
+
+
+@dataclass
+class SortPlan:
+    """Where sorting by prediction files each photo: ``{folder: [photo, ...]}`` (a class, or
+    ``_unknown``), and the photos it cannot file (they could not be read)."""
+
+    folders: dict[str, list[str]]
+    errors: list[tuple[str, str]]
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.folders.items()}
+
+
+def sort_plan(predictions) -> SortPlan:
+    """The preview: each prediction's folder (its top class, or ``_unknown``)."""
+    folders: dict[str, list[str]] = {}
+    errors = []
+    for p in predictions:
+        if p.error or not p.top:
+            errors.append((p.path, p.error or "no answer"))
+            continue
+        folders.setdefault(UNKNOWN_FOLDER if p.unknown else p.top[0]["label"], []).append(p.path)
+    return SortPlan(dict(sorted(folders.items())), errors)
+
+
+def sort_into(out: str | Path, plan: SortPlan, move: bool = False
+              ) -> tuple[list[Move], list[tuple[str, str]]]:
+    """Carry out ``plan`` in ``out``: copies (photos inside ``out`` are moved when ``move``);
+    never overwrites, each file journaled in ``out`` and undoable (:func:`undo_all`)."""
+    Path(out).expanduser().mkdir(parents=True, exist_ok=True)
+    done, refused = [], []
+    for folder, photos in plan.folders.items():
+        create_class(out, folder)
+        d, r = label_many(out, photos, folder, copy=not move)
+        done += d
+        refused += r
+    return done, refused
+
+
+def undo_all(data_dir: str | Path) -> list[Move]:
+    """Undo every move and copy in effect in ``data_dir``'s journal, latest first (a sort
+    undone); stops at the first one refused, which it raises."""
+    undone = []
+    while moves(data_dir):
+        undone.append(undo_move(data_dir))
+    return undone

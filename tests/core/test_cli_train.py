@@ -48,3 +48,22 @@ def test_train_evaluate_predict_json(tmp_path):
     good = [p for p in preds if p["error"] is None]
     assert len(good) == 10 and all(len(p["top"]) == 2 for p in good)
     assert [p for p in preds if p["error"]][0]["path"].endswith("bad.jpg")
+
+
+def test_predict_sorts_a_folder_previews_and_undoes(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=10)
+    model = tmp_path / "model"
+    common = ["--backbone", "tiny", "--weights", "none", "--cache-dir", tmp_path / "c"]
+    _run("train", data, "--out", model, *common, "--epochs", "2")
+    camera = make_dataset(tmp_path / "camera", per_class=2)
+    out = tmp_path / "sorted"
+    plan = json.loads(_run("predict", model, camera, "--sort-into", out, "--dry-run",
+                           "--json").stdout)
+    assert sum(plan["plan"].values()) == 6 and not out.exists()
+    doc = json.loads(_run("predict", model, camera, "--sort-into", out, "--json").stdout)
+    assert doc["done"] == 6 and doc["plan"] == plan["plan"]
+    filed = sorted(p.name for p in out.rglob("*.*") if not p.name.startswith("."))
+    assert filed == sorted(p.name for p in camera.rglob("*.*"))
+    assert len(list(camera.rglob("*.*"))) == 6  # copied, the originals stay
+    _run("predict", model, camera, "--sort-into", out, "--undo")
+    assert [p for p in out.rglob("*.*") if not p.name.startswith(".")] == []

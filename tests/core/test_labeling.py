@@ -188,3 +188,29 @@ def test_label_from_the_command_line_queue_assign_and_undo(tmp_path):
     code, out, err = _label_cli(data, *common, "--undo")
     assert code == 0 and json.loads(out)["labelled"] == 0
     assert not (data / first.parent.name / first.name).exists()
+
+
+def test_sorting_a_folder_by_prediction_previews_files_and_undoes(tmp_path):
+    from app.core.labels import sort_into, sort_plan, undo_all
+    from app.core.predict import Prediction
+
+    photos = [make_image(tmp_path / "camera" / f"p{i}.jpg", COLOURS["red"], seed=i)
+              for i in range(4)]
+    preds = [Prediction(str(photos[0]), [{"label": "red", "probability": 0.9}], unknown=False),
+             Prediction(str(photos[1]), [{"label": "green", "probability": 0.8}], unknown=False),
+             Prediction(str(photos[2]), [{"label": "red", "probability": 0.6}], unknown=True),
+             Prediction(str(photos[3]), error="cannot decode")]
+    plan = sort_plan(preds)
+    assert plan.counts() == {"_unknown": 1, "green": 1, "red": 1}
+    assert plan.errors == [(str(photos[3]), "cannot decode")]
+    out = tmp_path / "sorted"
+    (out / "red").mkdir(parents=True)
+    (out / "red" / "p0.jpg").write_bytes(b"already there")  # never overwritten
+    done, refused = sort_into(out, plan)
+    assert len(done) == 2 and [p for p, _ in refused] == [str(photos[0])]
+    assert (out / "red" / "p0.jpg").read_bytes() == b"already there"
+    assert (out / "green" / "p1.jpg").read_bytes() == photos[1].read_bytes()
+    assert (out / "_unknown" / "p2.jpg").exists() and all(p.exists() for p in photos)
+    assert len(undo_all(out)) == 2
+    assert not (out / "green" / "p1.jpg").exists() and not (out / "_unknown" / "p2.jpg").exists()
+    assert (out / "red" / "p0.jpg").read_bytes() == b"already there"
