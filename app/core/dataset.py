@@ -381,23 +381,33 @@ def _read(candidates: list[tuple[str, str, int, int]], skipped: list[Skipped],
 INBOX = "(unsorted)"  # the label of a photo still to be labelled
 
 
-def scan_inbox(folder: str | Path, store: FeatureStore | None = None,
+def scan_inbox(folder: str | Path | list, store: FeatureStore | None = None,
                progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
                loose_only: bool = False) -> Dataset:
     """Unsorted photos to label, read and checked like a dataset's (same digests, the same
-    skipped reasons), labelled :data:`INBOX`. ``loose_only``: only the image files directly
-    in ``folder`` (the loose photos of a data folder, beside its class folders)."""
-    root = Path(folder).expanduser().resolve()
-    if not root.is_dir():
-        raise DatasetError(f"{shown(root)} is not a folder")
+    skipped reasons), labelled :data:`INBOX`: a folder (walked), or a list of photos and
+    folders (dropped on the window). ``loose_only``: only the files directly in ``folder``
+    (the loose photos of a data folder, beside its class folders)."""
+    items = [Path(p).expanduser().absolute() for p in folder] if isinstance(folder, list) \
+        else [Path(folder).expanduser().resolve()]
+    for item in items:
+        if not item.exists():
+            raise DatasetError(f"{shown(item)} does not exist")
+    root = items[0] if len(items) == 1 and items[0].is_dir() else Path(os.path.commonpath(
+        [str(p if p.is_dir() else p.parent) for p in items])) if items else Path.cwd()
     walk = _Walk(root)
     candidates: list[tuple[str, str, int, int]] = []
     badly_named: list[Skipped] = []
-    if loose_only:
-        files = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_file())
-    else:
-        files = _walk(root, walk)
-    _collect(iter(files), INBOX, candidates, badly_named)
+    files: list[Path] = []
+    for item in items:
+        if item.is_file():
+            files.append(item)
+        elif loose_only:
+            files += sorted(p for p in item.iterdir() if not p.name.startswith(".")
+                            and p.is_file())
+        else:
+            files += list(_walk(item, walk))
+    _collect(iter(dict.fromkeys(files)), INBOX, candidates, badly_named)
     images, skipped = _read(candidates, badly_named, store, SplitSpec(1.0, 0.0, 0.0),
                             progress, cancel, False)
     ds = Dataset(root, [INBOX], images, skipped, [], SplitSpec(1.0, 0.0, 0.0),

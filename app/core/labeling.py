@@ -140,6 +140,7 @@ class LabelModel:
     reference: np.ndarray | None = None  # unit features of the labelled photos
     novelty: float = -math.inf  # below this nearest-labelled similarity: maybe a new class
     calibrated: bool = False  # the temperature was fitted on out-of-fold answers
+    oof_accuracy: float | None = None  # how often out-of-fold answers were right
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         z = np.full((len(x), self.n_classes), -1e9, np.float64)
@@ -219,6 +220,7 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
         else:
             model.temperature = fit_temperature(oof, yy)
             model.calibrated = True
+            model.oof_accuracy = float((oof.argmax(axis=1) == yy).mean())
     if len(y) >= 3:
         sims = ux @ ux.T
         np.fill_diagonal(sims, -np.inf)
@@ -405,3 +407,29 @@ def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str
                 [r.path for r in pile.images], [r.digest for r in pile.images],
                 feats.get("unsorted", np.zeros((0, dim), np.float32)), skipped,
                 [f for f in data.findings if "no usable images" not in f.message])
+
+
+@dataclass
+class LabelingView:
+    """One refresh of what the Label page shows: the pool, its suggestions, the queue and the
+    groups (computed off the GUI thread; the page only shows them)."""
+
+    pool: Pool
+    suggestions: Suggestions | None
+    queue: Queue
+    groups: list[Group]
+    calibrated: bool
+
+
+def refresh(data_dir, inbox, backbone: str, weights: str, cache_dir=None, seed: int = 1,
+            batch: int = 24, groups: int | None = None, progress=None,
+            cancel=None) -> LabelingView:
+    """Everything the Label page needs after a change: scan and cache what is new (the same
+    store), fit the model on the labelled photos, suggest, order the queue, group the
+    unsorted photos."""
+    pool = prepare_pool(data_dir, inbox, backbone, weights, cache_dir, progress, cancel)
+    model = pool.model(seed)
+    sug = suggest(model, pool.unsorted)
+    queue = next_batch(pool.unsorted, pool.labelled, model, batch, seed=seed + len(pool.labels))
+    grouped = make_groups(pool.unsorted, groups, seed=seed) if len(pool.paths) >= 2 else []
+    return LabelingView(pool, sug, queue, grouped, bool(sug is not None and sug.calibrated))

@@ -26,9 +26,11 @@ from app.gui.activity import ActivityLabel, progress_text, say_while
 from app.gui.closing import REMEMBERING, SAVING, quit_question, stops_on_quit
 from app.gui.errors import ErrorBanner, log, setup_logging
 from app.gui.fixes import Fixes
+from app.gui.labeling import Labeling
 from app.gui.pages.data import DataPage
 from app.gui.pages.evaluate import EvaluatePage
 from app.gui.pages.features import NO_DATA, FeaturesPage
+from app.gui.pages.label import LabelPage
 from app.gui.pages.predict import PredictPage
 from app.gui.pages.train import TrainPage
 from app.gui.pages.train_mode import TrainContext
@@ -37,7 +39,7 @@ from app.gui.session import RunOutcome, Session
 from app.gui.widgets import dialog_folder, local_paths
 from app.gui.worker import Jobs, Worker
 
-PAGES = ("Data", "Features", "Train", "Evaluate", "Predict")
+PAGES = ("Data", "Label", "Features", "Train", "Evaluate", "Predict")
 
 
 class MainWindow(QMainWindow):
@@ -69,14 +71,14 @@ class MainWindow(QMainWindow):
         self._threshold_worker: Worker | None = None
         self._scan_worker: Worker | None = None
 
-        self.data, self.features = DataPage(), FeaturesPage()
+        self.data, self.label, self.features = DataPage(), LabelPage(), FeaturesPage()
         self.train, self.evaluate, self.predict = TrainPage(), EvaluatePage(), PredictPage()
         self.stack = QStackedWidget()
         self.nav = QListWidget()
         for i, (name, page) in enumerate(zip(PAGES, self.pages)):
             self.stack.addWidget(page)
             self.nav.addItem(f"{i + 1}  {name}")
-        self.nav.setToolTip("The steps from photos to a model (Ctrl+1 … Ctrl+5)")
+        self.nav.setToolTip("The steps from photos to a model (Ctrl+1 … Ctrl+6)")
         self.nav.setFixedWidth(self.nav.fontMetrics().horizontalAdvance("0  Evaluate") + 48)
         self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
         body = QHBoxLayout()
@@ -105,7 +107,7 @@ class MainWindow(QMainWindow):
 
     @property
     def pages(self) -> tuple[QWidget, ...]:
-        return (self.data, self.features, self.train, self.evaluate, self.predict)
+        return (self.data, self.label, self.features, self.train, self.evaluate, self.predict)
 
     def show_page(self, name: str) -> None:
         self.nav.setCurrentRow(PAGES.index(name))
@@ -145,6 +147,7 @@ class MainWindow(QMainWindow):
         self.train.export_requested.connect(self.choose_export)
         self.evaluate.export_requested.connect(self.choose_export)
         self.fixes = Fixes(self)
+        self.labeling = Labeling(self)
         self.predict.predict_requested.connect(self.predict_paths)
         self.predict.open_model_requested.connect(self.choose_model)
         self.predict.saved.connect(lambda path: self.statusBar().showMessage(

@@ -1,0 +1,199 @@
+"""The Label page's controller: the unsorted photos, one refresh task at a time, and filing.
+
+A refresh (scan, cache, fit, suggest, queue, group: ``app.core.labeling.refresh``) runs in the
+generic worker with frozen inputs and returns a view; starting another cancels the previous
+one and disconnects it, so a stale view never arrives. Filing a photo is one rename or copy on
+the GUI thread (``app.core.labels``), journaled and undoable; after every ``RETRAIN_EVERY``
+labels (and after an undo or a bulk accept) the model and the queue are refreshed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QObject
+from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import QFileDialog, QInputDialog
+
+from app.core.labels import LabelError, create_class, label_many, undo_move
+from app.gui.pages.label import ICON, LabelPage
+from app.gui.widgets import dialog_folder
+
+RETRAIN_EVERY = 3
+
+
+class Labeling(QObject):
+    def __init__(self, win) -> None:
+        super().__init__(win)
+        self.win = win
+        self.page: LabelPage = win.label
+        self.inbox: list[str] = []  # dropped photos and folders; empty: loose photos
+        self.groups = 0
+        self.since_refresh = 0
+        self.worker = None
+        self.view = None
+        page = self.page
+        page.add_photos_requested.connect(self.choose_photos)
+        page.add_folder_requested.connect(self.choose_inbox_folder)
+        page.photos_dropped.connect(self.add)
+        page.assign_requested.connect(self.assign)
+        page.new_class_requested.connect(self.ask_new_class)
+        page.undo_requested.connect(self.undo)
+        page.accept_requested.connect(self.accept)
+        page.groups_changed.connect(self._groups)
+        self.dirty = True
+        win.session.dataset_changed.connect(self._changed)
+        win.stack.currentChanged.connect(lambda _i: self._changed())
+
+    def _changed(self, *_args) -> None:
+        """Work only for a user who is labelling: refresh when the page is shown."""
+        self.dirty = True
+        if self.win.stack.currentWidget() is self.page:
+            self.refresh()
+
+    @property
+    def data_dir(self) -> Path | None:
+        folder = self.win.session.data_dir or self.win.prefs.last_folder
+        return Path(folder) if folder and Path(folder).is_dir() else None
+
+    # --- inputs -----------------------------------------------------------------------------
+    def choose_photos(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self.win, "Unsorted photos",
+                                                dialog_folder(self.win.prefs.images_folder))
+        if files:
+            self.add(files)
+
+    def choose_inbox_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self.win, "Folder of unsorted photos",
+                                                  dialog_folder(self.win.prefs.images_folder))
+        if folder:
+            self.add([folder])
+
+    def add(self, paths: list[str]) -> None:
+        self.inbox = list(dict.fromkeys([*self.inbox, *paths]))
+        self.win.show_page("Label")
+        self.refresh()
+
+    def _groups(self, k: int) -> None:
+        self.groups = k
+        self.refresh()
+
+    # --- the one refresh task -----------------------------------------------------------------
+    def refresh(self):
+        root = self.data_dir
+        if root is None or self.win.heavy is not None:
+            return None
+        self.dirty = False
+        try:
+            backbone = self.win.features.backbone_name()
+            weights = self.win.features.weights_value()
+        except ValueError as exc:
+            self.win.banner.show_warning(str(exc))
+            return None
+        inbox = list(self.inbox) or None
+        cache_dir, groups = self.win.session.cache_dir, self.groups or None
+        if self.worker is not None:  # the previous one can never arrive now
+            self.worker.succeeded.disconnect()
+            self.worker.cancel()
+
+        def job(progress, cancel):
+            from app.core.labeling import refresh
+
+            return refresh(root, inbox, backbone, weights, cache_dir, groups=groups,
+                           progress=progress, cancel=cancel)
+
+        self.since_refresh = 0
+        self.worker = self.win.jobs.start("preparing the photos to label", job,
+                                          on_result=lambda view: self._show(view, root))
+        self.page.summary.setText("Reading and caching the photos…")
+        return self.worker
+
+    def _show(self, view, root: Path) -> None:
+        self.worker = None
+        self.view = view
+        self.page.show_view(view, root)
+        self.page.current_grid().setFocus()
+        self.load_thumbnails()
+
+    def load_thumbnails(self) -> None:
+        paths = self.page.shown_paths()
+        entries = [{"path": p} for p in dict.fromkeys(paths)]
+
+        def apply(out) -> None:
+            for entry, image in out:
+                if image is not None:
+                    pix = QPixmap.fromImage(image)
+                    self.page.queue.set_icon(entry["path"], pix)
+                    self.page.group_grid.set_icon(entry["path"], pix)
+
+        self.win.jobs.start("loading thumbnails",
+                            self.win.session.thumbnails_job(entries, size=ICON),
+                            on_result=apply)
+
+    # --- filing -------------------------------------------------------------------------------
+    def _refused(self) -> bool:
+        if self.win.heavy is not None:
+            self.win.banner.show_warning(f"Stop {self.win.heavy.name} before filing photos in "
+                                         "the data folder.")
+            return True
+        return self.data_dir is None
+
+    def assign(self, paths: list[str], cls: str) -> None:
+        if self._refused():
+            return
+        done, refused = label_many(self.data_dir, paths, cls)
+        for _path, why in refused:
+            self.win.banner.show_warning(why)
+        if done:
+            self.win.statusBar().showMessage(
+                f"Filed {len(done)} photo(s) under {cls}" if len(done) > 1 else
+                f"Filed {Path(paths[0]).name} under {cls}", 8000)
+            filed = set(paths) - {p for p, _ in refused}
+            for grid in (self.page.queue, self.page.group_grid):
+                grid.mark_filed(filed, cls)
+            self.since_refresh += len(done)
+            if self.since_refresh >= RETRAIN_EVERY or len(done) > 1:
+                self.refresh()
+
+    def ask_new_class(self) -> None:
+        if self._refused():
+            return
+        name, ok = QInputDialog.getText(self.win, "New class", "Name of the new class:")
+        if ok and name.strip():
+            try:
+                create_class(self.data_dir, name.strip())
+            except LabelError as exc:
+                self.win.banner.show_warning(str(exc))
+                return
+            self.refresh()
+
+    def undo(self) -> None:
+        if self._refused():
+            return
+        try:
+            move = undo_move(self.data_dir)
+        except LabelError as exc:
+            self.win.banner.show_warning(str(exc))
+            return
+        self.win.statusBar().showMessage(f"Undone: {move.target}", 8000)
+        self.refresh()
+
+    def accept(self, at_least: float) -> None:
+        view = self.view
+        if self._refused() or view is None or view.suggestions is None:
+            return
+        idx, wrong = view.suggestions.confident(at_least)
+        pool = view.pool
+        by_class: dict[str, list[str]] = {}
+        for i in idx:
+            by_class.setdefault(pool.classes[int(view.suggestions.label[i])], []).append(
+                pool.paths[i])
+        n = 0
+        for cls, photos in by_class.items():
+            done, refused = label_many(self.data_dir, photos, cls)
+            n += len(done)
+            for _path, why in refused[:3]:
+                self.win.banner.show_warning(why)
+        self.win.statusBar().showMessage(f"Filed {n} suggested photo(s) (about {wrong:.1f} "
+                                         "expected wrong; Ctrl+Z undoes one at a time)", 10000)
+        self.refresh()

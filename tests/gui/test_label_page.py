@@ -1,0 +1,71 @@
+"""The Label page with the keyboard: an empty data folder, unsorted photos dropped in, classes
+made, photos filed with digits, a group named with one key after taking a photo out of it,
+Ctrl+Z; the files are the truth."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.core.labels import create_class, moves
+from tests.conftest import make_dataset
+from tests.gui.conftest import open_folder, use_tiny
+
+
+def _view_ready(qtbot, win, before=None):
+    qtbot.waitUntil(lambda: win.labeling.view is not None and win.labeling.view is not before
+                    and win.labeling.worker is None, timeout=60000)
+    return win.labeling.view
+
+
+@pytest.mark.slow
+def test_label_an_unsorted_pile_with_the_keyboard(qtbot, window, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    pile = make_dataset(tmp_path / "pile", per_class=4)
+    for c in ("blue", "green", "red"):
+        create_class(data, c)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    window.show_page("Label")
+    page = window.label
+    window.labeling.add([str(pile)])
+    view = _view_ready(qtbot, window)
+    assert len(view.pool.paths) == 12 and page.queue.count() > 0
+    assert [page.class_list.item(i).text() for i in range(3)] == [
+        "1  blue (0)", "2  green (0)", "3  red (0)"]
+
+    # a digit files the selected photo under the class beside it (copied: the pile is outside)
+    grid = page.queue
+    grid.setFocus()
+    grid.setCurrentRow(0)
+    first = grid.paths[0]
+    cls = first.split("/")[-2]
+    qtbot.keyClick(grid, str(page.classes.index(cls) + 1))
+    filed = data / cls / first.split("/")[-1]
+    assert filed.exists() and "→" in grid.item(0).text()
+    assert [m.op for m in moves(data)] == ["copy"]
+
+    # Ctrl+Z puts it back
+    qtbot.keyClick(grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert not filed.exists() and moves(data) == []
+    view = _view_ready(qtbot, window, view)
+
+    # a group: take one photo out with Delete, then one digit names the rest
+    page.tabs.setCurrentIndex(1)
+    groups = page.group_grid
+    page.group_pick.setCurrentIndex(0)
+    members = list(groups.paths)
+    assert len(members) >= 2
+    groups.setFocus()
+    groups.setCurrentRow(0)
+    groups.item(0).setSelected(True)
+    taken_out = members[0]
+    qtbot.keyClick(groups, Qt.Key.Key_Delete)
+    assert groups.paths == members[1:]
+    qtbot.keyClick(groups, "1")
+    filed = sorted(p.name for p in (data / "blue").iterdir())
+    assert filed == sorted(p.split("/")[-1] for p in members[1:])
+    assert taken_out.split("/")[-1] not in filed
+    view = _view_ready(qtbot, window, view)
+    assert len(view.pool.paths) == 12 - len(members[1:])
