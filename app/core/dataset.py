@@ -114,6 +114,7 @@ class Dataset:
     findings: list[Finding] = field(default_factory=list)
     split_spec: SplitSpec = field(default_factory=SplitSpec)
     scan_findings: list[Finding] = field(default_factory=list)  # folders and links refused
+    loose: int = 0  # image files lying in the folder itself, beside the class folders
 
     @property
     def errors(self) -> list[Finding]:
@@ -155,7 +156,7 @@ class Dataset:
             return self, []
         kept = set(keep)
         ds = Dataset(self.root, keep, [r for r in self.images if r.label in kept], self.skipped,
-                     [], self.split_spec, self.scan_findings)
+                     [], self.split_spec, self.scan_findings, self.loose)
         return _checked(ds), warnings
 
     def without(self, bad: dict[str, str]) -> Dataset:
@@ -164,7 +165,7 @@ class Dataset:
         skipped = self.skipped + [Skipped(r.path, bad[r.digest]) for r in self.images
                                   if r.digest in bad]
         return _checked(Dataset(self.root, self.classes, keep, skipped, [], self.split_spec,
-                                self.scan_findings))
+                                self.scan_findings, self.loose))
 
 
 # Links are followed (a class folder on another disk is a common habit) but never into these:
@@ -292,8 +293,10 @@ def scan_dataset(
         _collect(_walk(class_dir, walk, linked_out), class_dir.name, candidates, badly_named)
     images, skipped = _read(candidates, badly_named, store, split, progress, cancel,
                             retry_skipped)
+    loose = sum(1 for p in root.iterdir() if not p.name.startswith(".")
+                and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     return _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split,
-                            refused + _link_findings(walk)))
+                            refused + _link_findings(walk), loose))
 
 
 def _collect(paths: Iterator[Path], label: str, candidates: list, badly_named: list) -> None:
@@ -457,7 +460,11 @@ def _checked(ds: Dataset) -> Dataset:
     findings: list[Finding] = []
     counts = ds.class_counts()
     nonempty = [c for c, n in counts.items() if n > 0]
-    if not ds.images:
+    if not ds.images and ds.loose:
+        findings.append(Finding("error", f"{ds.loose} unsorted photo(s) lie in {ds.root}, and "
+                                         "no class folder has images yet: label them on the "
+                                         "Label page (or: python -m app label FOLDER)"))
+    elif not ds.images:
         findings.append(Finding("error", f"no usable images found in {ds.root} "
                                          "(expected one sub-folder of images per class)"))
     elif len(nonempty) < 2:

@@ -196,3 +196,11 @@ def test_leftovers_of_a_dead_export_are_removed_and_nothing_else(tmp_path):
     assert sorted(removed) == sorted([gone, stale_meta])
     assert live.exists() and foreign.exists() and users.exists()
     assert _SCRATCH.match(gone.name) and "model.keras" in MODEL_FILES
+
+
+def test_loose_photos_without_class_folders_are_offered_for_labelling(tmp_path):
+    for i in range(3):
+        make_image(tmp_path / "d" / f"photo{i}.jpg", COLOURS["red"], seed=i)
+    ds = scan_dataset(tmp_path / "d")
+    assert len(ds.errors) == 1 and "3 unsorted photo(s)" in ds.errors[0].message
+    assert "Label page" in ds.errors[0].message
