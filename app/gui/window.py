@@ -24,7 +24,7 @@ from app.core.export import clean_leftovers, is_model_folder
 from app.core.paths import last_model_dir
 from app.gui.activity import ActivityLabel, progress_text, say_while
 from app.gui.closing import REMEMBERING, SAVING, quit_question, stops_on_quit
-from app.gui.errors import ErrorBanner, log, setup_logging
+from app.gui.errors import ErrorBanner, log, log_file, setup_logging
 from app.gui.fixes import Fixes
 from app.gui.labeling import Labeling
 from app.gui.pages.data import DataPage
@@ -135,6 +135,34 @@ class MainWindow(QMainWindow):
             action.setShortcut(f"Ctrl+{i + 1}")
             action.triggered.connect(lambda _=False, n=name: self.show_page(n))
             go.addAction(action)
+        help_menu = self.menuBar().addMenu("&Help")
+        keys = QAction("&Keys and steps", self)
+        keys.setShortcut(QKeySequence.StandardKey.HelpContents)  # F1
+        keys.triggered.connect(self.show_help)
+        about = QAction("&About Bottleneck Studio", self)
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(keys)
+        help_menu.addAction(about)
+
+    HELP = ("<b>From photos to a model</b><br>"
+            "1 Data: open a folder with one sub-folder per class (or a new, empty one).<br>"
+            "2 Label: drop unsorted photos; 1-9 file the selected photos under a class, Enter "
+            "accepts the suggestion, Space skips, Delete takes a photo out of a group, N makes "
+            "a class, Ctrl+Z undoes.<br>"
+            "3 Features: cache every photo once through the backbone.<br>"
+            "4 Train, 5 Evaluate (fix labels there), 6 Predict (drop photos; sort a folder).<br>"
+            "<br>Ctrl+1…Ctrl+6 go to a page, Ctrl+O opens a data folder, Ctrl+E exports.")
+
+    def show_help(self) -> None:
+        QMessageBox.information(self, "Keys and steps", self.HELP)
+
+    def show_about(self) -> None:
+        from app import __version__
+
+        QMessageBox.about(self, "About Bottleneck Studio",
+                          f"<b>Bottleneck Studio {__version__}</b><br>Retrain an image "
+                          "classifier on your own photos, on your own machine.<br>"
+                          f"Log file: {log_file()}")
 
     def _connect(self) -> None:
         self.data.choose_requested.connect(self.choose_folder)
