@@ -192,8 +192,12 @@ class MainWindow(QMainWindow):
         p = self.prefs
         if p.geometry is not None:
             self.restoreGeometry(p.geometry)
-        else:
-            self.resize(1280, 820)
+        else:  # fits the screen it opens on (a 1280x720 laptop too)
+            screen = self.screen().availableGeometry() if self.screen() else None
+            width, height = 1280, 820
+            if screen is not None:
+                width, height = min(width, screen.width()), min(height, screen.height() - 30)
+            self.resize(width, max(height, self.minimumSizeHint().height()))
         if p.backbone:
             self.features.set_backbone(p.backbone)
         if p.weights_file:

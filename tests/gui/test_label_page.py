@@ -69,3 +69,44 @@ def test_label_an_unsorted_pile_with_the_keyboard(qtbot, window, tmp_path):
     assert taken_out.split("/")[-1] not in filed
     view = _view_ready(qtbot, window, view)
     assert len(view.pool.paths) == 12 - len(members[1:])
+
+
+def test_after_filing_the_next_photo_is_current_and_nothing_filed_stays_selected(qtbot):
+    from app.gui.pages.label import PhotoGrid
+
+    grid = PhotoGrid("")
+    qtbot.addWidget(grid)
+    grid.set_photos([(f"/p/{i}.jpg", "") for i in range(4)])
+    grid.setCurrentRow(0)
+    grid.item(0).setSelected(True)
+    grid.mark_filed({"/p/0.jpg"}, "a")
+    assert grid.currentRow() == 1 and grid.selected_paths() == ["/p/1.jpg"]
+    grid.item(1).setSelected(True)
+    grid.item(2).setSelected(True)
+    grid.mark_filed({"/p/1.jpg", "/p/2.jpg"}, "b")
+    assert grid.currentRow() == 3 and grid.selected_paths() == ["/p/3.jpg"]
+    assert [grid.item(i).isSelected() for i in range(3)] == [False, False, False]
+
+
+def test_a_refresh_never_moves_a_waiting_photo(qtbot):
+    """Photos the user is about to label keep their places when the queue is refreshed."""
+    import numpy as np
+
+    from app.core.labeling import Ask, LabelingView, Pool, Queue
+    from app.gui.pages.label import LabelPage
+
+    page = LabelPage()
+    qtbot.addWidget(page)
+
+    def view(paths, asks):
+        pool = Pool(["a"], [], np.zeros(0, np.int64), np.zeros((0, 2)), paths,
+                    [str(i) for i in range(len(paths))], np.zeros((len(paths), 2)))
+        return LabelingView(pool, None, Queue([Ask(paths.index(p), "uncertain")
+                                               for p in asks]), [], False)
+
+    paths = [f"/p/{i}.jpg" for i in range(6)]
+    page.show_view(view(paths, paths[:3]), None)
+    page.queue.mark_filed({paths[0]}, "a")
+    rest = paths[1:]
+    page.show_view(view(rest, [paths[5], paths[4], paths[1]]), None)
+    assert page.queue.paths == [paths[1], paths[2], paths[5]]

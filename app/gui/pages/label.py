@@ -51,6 +51,8 @@ class PhotoGrid(QListWidget):
         self.setMovement(QListWidget.Movement.Static)
         self.setWordWrap(True)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.setDragEnabled(False)  # photos dropped on a grid are the page's (icon mode
+        self.setAcceptDrops(False)  # would take them as an internal move and refuse them)
         self.setToolTip(tip)
         self.paths: list[str] = []
 
@@ -72,23 +74,30 @@ class PhotoGrid(QListWidget):
                 self.item(i).setIcon(QIcon(pixmap))
 
     def mark_filed(self, paths: set[str], cls: str) -> None:
-        """Say on the photos just filed where they went (until the next refresh)."""
+        """Say on the photos just filed where they went (until the next refresh); they can no
+        longer be selected, and the next photo not filed yet becomes the current one."""
+        row = self.currentRow()
         for i in range(self.count()):
             item = self.item(i)
             path = item.data(Qt.ItemDataRole.UserRole)
             if path in paths:
+                item.setSelected(False)
                 item.setText(f"{shown(Path(path).name)}\n→ {shown(cls)}")
                 item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsSelectable)
-        if self.currentItem() is not None and not self.currentItem().flags() & \
-                Qt.ItemFlag.ItemIsSelectable:
-            for i in range(self.currentRow() + 1, self.count()):
-                if self.item(i).flags() & Qt.ItemFlag.ItemIsSelectable:
-                    self.setCurrentRow(i)
-                    break
+        later = [i for i in range(self.count()) if self._open(i)]
+        after = [i for i in later if i >= row] or later
+        self.clearSelection()
+        if after:
+            self.setCurrentRow(after[0])
+
+    def _open(self, row: int) -> bool:
+        return bool(self.item(row).flags() & Qt.ItemFlag.ItemIsSelectable)
 
     def selected_paths(self) -> list[str]:
+        """The selected photos not filed yet (else the current one, if not filed)."""
         items = self.selectedItems() or ([self.currentItem()] if self.currentItem() else [])
-        return [i.data(Qt.ItemDataRole.UserRole) for i in items]
+        return [i.data(Qt.ItemDataRole.UserRole) for i in items
+                if i.flags() & Qt.ItemFlag.ItemIsSelectable]
 
     def keyPressEvent(self, event) -> None:  # noqa: N802
         key, text = event.key(), event.text()
@@ -244,9 +253,14 @@ class LabelPage(QWidget):
                               f"{shown(cls)} {rough}{sug.confidence[i]:.0%}")
         reason = {"typical of a group without labels": "typical", "uncertain": "unsure",
                   "random": "random"}
-        self.queue.set_photos([(pool.paths[a.index],
-                                f"{captions[pool.paths[a.index]]} · {reason[a.reason]}")
-                               for a in view.queue.asks])
+        why = {pool.paths[a.index]: reason[a.reason] for a in view.queue.asks}
+        # the photos still waiting in the grid keep their places: a refresh never moves a
+        # photo under the user's fingers; new asks come after them
+        waiting = [p for i, p in enumerate(self.queue.paths)
+                   if self.queue._open(i) and p in captions]
+        order = waiting + [p for p in why if p not in set(waiting)]
+        self.queue.set_photos([(p, f"{captions[p]} · {why.get(p, 'asked before')}")
+                               for p in order[:max(len(why), len(waiting))]])
         self.group_pick.blockSignals(True)
         self.group_pick.clear()
         for n, g in enumerate(view.groups, 1):
