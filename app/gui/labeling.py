@@ -16,6 +16,7 @@ from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import QFileDialog, QInputDialog
 
 from app.core.labels import LabelError, create_class, label_many, undo_move
+from app.gui.activity import progress_text
 from app.gui.pages.label import ICON, LabelPage
 from app.gui.widgets import dialog_folder
 
@@ -103,8 +104,11 @@ class Labeling(QObject):
                            progress=progress, cancel=cancel)
 
         self.since_refresh = 0
-        self.worker = self.win.jobs.start("preparing the photos to label", job,
-                                          on_result=lambda view: self._show(view, root))
+        self.worker = self.win.jobs.start(
+            "preparing the photos to label", job,
+            on_result=lambda view: self._show(view, root),
+            on_progress=lambda p: self.page.summary.setText(
+                progress_text("reading and caching the photos", p)))
         self.page.summary.setText("Reading and caching the photos…")
         return self.worker
 
@@ -158,13 +162,19 @@ class Labeling(QObject):
     def ask_new_class(self) -> None:
         if self._refused():
             return
-        name, ok = QInputDialog.getText(self.win, "New class", "Name of the new class:")
+        grid = self.page.current_grid()
+        photos = list(grid.paths) if grid is self.page.group_grid else grid.selected_paths()
+        name, ok = QInputDialog.getText(
+            self.win, "New class", f"Name of the new class (the {len(photos)} selected "
+            "photo(s) go into it):" if photos else "Name of the new class:")
         if ok and name.strip():
             try:
                 create_class(self.data_dir, name.strip())
             except LabelError as exc:
                 self.win.banner.show_warning(str(exc))
                 return
+            if photos:
+                self.assign(photos, name.strip())
             self.refresh()
 
     def undo(self) -> None:

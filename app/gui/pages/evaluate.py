@@ -135,7 +135,7 @@ class EvaluatePage(QWidget):
         self.confusion.setMinimumHeight(120)
         self.per_class.setMinimumHeight(120)
         layout = QVBoxLayout(self)
-        layout.addWidget(heading("4  Evaluate"))
+        layout.addWidget(heading("5  Evaluate"))
         self.note = hint("Train a model first; its scores on the held-out test images show "
                          "here.")
         layout.addWidget(self.note)

@@ -111,7 +111,7 @@ class FeaturesPage(QWidget):
         self.skipped.setToolTip("Files that were left out, and why")
 
         layout = QVBoxLayout(self)
-        layout.addWidget(heading("2  Features"))
+        layout.addWidget(heading("3  Features"))
         layout.addWidget(hint("Every image goes through the backbone once; the features are "
                               "cached, so training (and training again) never waits for it. "
                               "Cancel at any time: what was computed is kept."))

@@ -4,8 +4,9 @@ It shows what :func:`app.core.labeling.refresh` computed (the queue with suggest
 groups, the classes) and turns keys and clicks into requests; the controller
 (``app.gui.labeling``) files the photos and asks for a refresh. Keys on a grid: 1-9 file the
 selected photos (on the Groups tab: every photo left in the group) under the class shown beside
-that digit, Enter accepts the suggestion, Space skips to the next photo, N makes a new class,
-Delete takes a photo out of the group shown, Ctrl+Z undoes.
+that digit, Enter accepts the suggestion, Space skips to the next photo, N makes a new class
+and files the selected photos (the group) in it, Delete takes a photo out of the group shown,
+Ctrl+Z undoes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from app.core.errors import shown
 from app.gui.widgets import heading, hint
 
 ICON = 112
+GROUP_ICON = 72  # smaller: a whole group of ~40 on one screen, to check before naming it
 
 
 class PhotoGrid(QListWidget):
@@ -42,11 +44,11 @@ class PhotoGrid(QListWidget):
     key_skip = Signal()
     key_remove = Signal()
 
-    def __init__(self, tip: str) -> None:
+    def __init__(self, tip: str, icon: int = ICON) -> None:
         super().__init__()
         self.setViewMode(QListWidget.ViewMode.IconMode)
-        self.setIconSize(QSize(ICON, ICON))
-        self.setGridSize(QSize(ICON + 40, ICON + 48))
+        self.setIconSize(QSize(icon, icon))
+        self.setGridSize(QSize(icon + 40, icon + 48))
         self.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.setMovement(QListWidget.Movement.Static)
         self.setWordWrap(True)
@@ -140,7 +142,8 @@ class LabelPage(QWidget):
         add_folder.setToolTip("Choose a folder of unsorted photos to label")
         add_folder.clicked.connect(self.add_folder_requested)
         self.new_class = QPushButton("New class… (N)")
-        self.new_class.setToolTip("Make a new class folder in the data folder")
+        self.new_class.setToolTip("Make a new class folder in the data folder and file the "
+                                  "selected photos (on Groups: the group) in it")
         self.new_class.clicked.connect(self.new_class_requested)
         self.undo = QPushButton("Undo (Ctrl+Z)")
         self.undo.setToolTip("Put the last photo filed back where it was")
@@ -159,8 +162,9 @@ class LabelPage(QWidget):
 
         self.queue = PhotoGrid("The photos to label next, most useful first: 1-9 file the "
                                "selected ones, Enter accepts the suggestion, Space skips")
-        self.group_grid = PhotoGrid("A group of alike photos, most typical first: Delete "
-                                    "takes a photo out, then a digit files the rest")
+        self.group_grid = PhotoGrid("A group of alike photos, most typical first (the least "
+                                    "typical quarter is marked 'check'): Delete takes a photo "
+                                    "out, then a digit files the rest", icon=GROUP_ICON)
         self.group_pick = QComboBox()
         self.group_pick.setToolTip("Which group of alike photos to show")
         self.group_pick.currentIndexChanged.connect(self._show_group)
@@ -212,7 +216,7 @@ class LabelPage(QWidget):
         middle.addLayout(left)
         middle.addWidget(self.tabs, 1)
         layout = QVBoxLayout(self)
-        layout.addWidget(heading("Label"))
+        layout.addWidget(heading("2  Label"))
         layout.addWidget(hint("Drop unsorted photos here. Name a group, or label the photos the "
                               "app asks about: it suggests the rest and learns from every "
                               "label. Photos are filed in the data folder's class folders "
@@ -281,9 +285,11 @@ class LabelPage(QWidget):
         if view is None or i is None or i >= len(view.groups):
             self.group_grid.set_photos([])
             return
-        members = view.groups[i].members[:60]
-        self.group_grid.set_photos([(view.pool.paths[m], self._captions[view.pool.paths[m]])
-                                    for m in members])
+        members = view.groups[i].members[:80]
+        check = set(members[len(members) - len(members) // 4:]) if len(members) >= 8 else set()
+        self.group_grid.set_photos([(view.pool.paths[m],
+                                     ("check · " if m in check else "")
+                                     + self._captions[view.pool.paths[m]]) for m in members])
 
     def shown_paths(self) -> list[str]:
         return self.queue.paths + self.group_grid.paths

@@ -84,7 +84,7 @@ class PredictPage(QWidget):
         self.table.setColumnWidth(1, 260)
         self.table.setToolTip("Drop images or a folder anywhere on this page")
         layout = QVBoxLayout(self)
-        layout.addWidget(heading("5  Predict"))
+        layout.addWidget(heading("6  Predict"))
         layout.addWidget(hint("Drop one or many images, or a folder, anywhere on this page."))
         layout.addWidget(self.model)
         layout.addLayout(row)

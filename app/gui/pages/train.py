@@ -145,7 +145,7 @@ class TrainPage(QWidget):
         body.addLayout(left)
         body.addLayout(right, 1)
         layout = QVBoxLayout(self)
-        layout.addWidget(heading("3  Train"))
+        layout.addWidget(heading("4  Train"))
         layout.addWidget(hint("Solid lines: training images; dashed: validation images. "
                               "Main output in blue, auxiliary outputs in orange and green. "
                               "The dotted red line marks the best epoch, the one the model "
