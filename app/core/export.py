@@ -55,6 +55,7 @@ from app.core.calibration import softmax
 from app.core.errors import UserError, bad_name_reason, shown
 from app.core.head import main_branch
 from app.core.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
+from app.core.jobs import process_alive
 from app.core.training import HISTORY_KEYS, SplitData, TrainResult
 from app.core.trust import Trust, main_outputs
 from app.core.unknown import threshold_origin
@@ -157,16 +158,6 @@ def _scratch(folder: Path, kind: str, ext: str = "") -> Path:
     return folder.parent / f".{folder.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True
-    return True
-
-
 def clean_leftovers(parent: str | Path) -> list[Path]:
     """Remove what a killed export left in ``parent``: hidden scratch folders and files of
     this app's own naming whose writing process is dead, and that hold nothing but the files
@@ -179,7 +170,7 @@ def clean_leftovers(parent: str | Path) -> list[Path]:
         return removed
     for path in entries:
         m = _SCRATCH.match(path.name)
-        if m is None or _alive(int(m["pid"])) or path.is_symlink():
+        if m is None or process_alive(int(m["pid"])) or path.is_symlink():
             continue
         try:
             if m["kind"] == "metadata":

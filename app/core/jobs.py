@@ -7,6 +7,7 @@ Jobs are plain functions that take ``progress`` (a callable receiving :class:`Pr
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -105,3 +106,15 @@ def long_lived_objects() -> Iterator[None]:
             if _pauses == 0 and _threshold is not None:
                 gc.freeze()
                 gc.set_threshold(*_threshold)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with ``pid`` lives (one we may not signal counts as
+    alive): who may remove a leftover file, or take over a claim, asks this."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, OSError):
+        return True
+    return True

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from app.core.errors import UserError, os_error_message, shown
+from app.core.jobs import process_alive
 
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite3"
@@ -152,16 +153,6 @@ def _sqlite_message(exc: sqlite3.Error, path: Path, what: str) -> str:
         return (f"{what}: the cache file {shown(path)} is damaged ({text}); caching again "
                 "moves it aside and rebuilds it")
     return f"{what}: {text} ({shown(path)})"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
@@ -386,7 +377,7 @@ class FeatureStore:
                 if not m or not entry.is_file(follow_symlinks=False) or m["host"] != host:
                     continue
                 pid = int(m["pid"])
-                if pid != os.getpid() and not _pid_alive(pid):
+                if pid != os.getpid() and not process_alive(pid):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                         removed += 1
