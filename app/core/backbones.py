@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.core.errors import UserError
+from app.core.errors import UserError, shown
 from app.core.imaging import PREPROCESS_VERSION
 from app.core.jobs import CancelToken, ProgressCallback, no_progress
 
@@ -170,14 +170,80 @@ def _build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback
     elif weights == "none":
         source = None
     else:
-        source = str(Path(weights).expanduser())
+        return _from_file(spec, ctor, str(Path(weights).expanduser()), weights)
     try:
         model = ctor(weights=source)
     except (ValueError, OSError) as exc:
+        fits = _which_backbone_fits(source) if source and weights != "imagenet" else ""
         raise BackboneError(
-            f"cannot load weights {weights!r} into {spec.title}: {exc}") from exc
+            f"cannot load weights {shown(weights)!r} into {spec.title}: "
+            + (fits or str(exc).splitlines()[0][:200])) from exc
     model.trainable = False
     return model
+
+
+def _from_file(spec: BackboneSpec, ctor, path: str, shown_as: str) -> keras.Model:
+    """The backbone with a local weights file's weights, every one of them: a file of another
+    shape is refused (Keras loads a file with extra layers, a 1000-class top say, with only a
+    warning and leaves the layers it could not match at random values)."""
+    import warnings
+
+    model = ctor(weights=None)
+    have = _weights_in_file(path)
+    try:
+        if have is None or have != model.count_params():
+            raise ValueError("the file does not hold this backbone's weights")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            model.load_weights(path)
+        if any("freshly-initialized" in str(w.message) for w in seen):
+            raise ValueError("some of its layers did not match this backbone's")
+    except (ValueError, OSError) as exc:
+        fits = _which_backbone_fits(path)
+        raise BackboneError(f"cannot load weights {shown(shown_as)!r} into {spec.title}: "
+                            + (fits or str(exc).splitlines()[0][:200])) from exc
+    model.trainable = False
+    return model
+
+
+def _weights_in_file(path: str) -> int | None:
+    """How many numbers a Keras ``.weights.h5`` file holds (None: not such a file)."""
+    try:
+        import h5py
+
+        total = [0]
+        with h5py.File(path, "r") as fh:
+            fh.visititems(lambda _k, v: total.__setitem__(
+                0, total[0] + (v.size if isinstance(v, h5py.Dataset) else 0)))
+        return total[0]
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def _which_backbone_fits(path: str) -> str:
+    """Why a weights file did not load, in a person's words: which backbone (without its
+    ImageNet top) holds exactly as many weights as the file, or that none does. Builds each
+    backbone once with random weights, only on this error path."""
+    import keras
+
+    have = _weights_in_file(path)
+    if have is None:
+        return "the file is not a Keras weights file (.weights.h5)"
+    for other in BACKBONES.values():
+        if other.name == "tiny":
+            continue
+        size = (other.image_size, other.image_size, 3)
+        model = getattr(keras.applications, other.constructor)(include_top=False,
+                                                               weights=None, input_shape=size)
+        count = model.count_params()
+        keras.backend.clear_session()
+        if count == have:
+            return (f"the file holds weights for {other.title} (without its ImageNet top): "
+                    f"choose that backbone")
+        if 1_000_000 < have - count < 3_000_000 and (have - count) % 1000 == 0:
+            return (f"the file holds {other.title} with its 1000-class ImageNet top: use the "
+                    f"file without the top (include_top=False)")
+    return f"it fits none of the backbones ({have:,} weights in the file)"
 
 
 def _tiny_backbone(size: tuple[int, int, int]) -> keras.Model:

@@ -80,3 +80,23 @@ def test_backbone_build_turns_unavailable_weights_into_a_backbone_error(monkeypa
         build_backbone(get_spec("mobilenet"), "imagenet")
     with pytest.raises(BackboneError, match="no ImageNet weights"):
         build_backbone(get_spec("tiny"), "imagenet")
+
+
+@pytest.mark.slow
+def test_a_weights_file_of_another_shape_is_refused_with_what_it_fits(tmp_path):
+    """Keras loads a file holding extra layers (the 1000-class top) with only a warning and
+    leaves what it could not match random: the app refuses it and says what the file is."""
+    import keras
+
+    from app.core.backbones import BackboneError, build_extractor, get_spec
+
+    with_top = tmp_path / "mobilenet_top.weights.h5"
+    keras.applications.MobileNet(weights=None, include_top=True).save_weights(with_top)
+    no_top = tmp_path / "mobilenet.weights.h5"
+    keras.applications.MobileNet(weights=None, include_top=False,
+                                 input_shape=(224, 224, 3)).save_weights(no_top)
+    with pytest.raises(BackboneError, match="1000-class ImageNet top"):
+        build_extractor(get_spec("mobilenet"), str(with_top))
+    with pytest.raises(BackboneError, match="holds weights for MobileNet v1"):
+        build_extractor(get_spec("mobilenet_v2"), str(no_top))
+    assert build_extractor(get_spec("mobilenet"), str(no_top)) is not None
