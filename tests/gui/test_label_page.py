@@ -51,12 +51,16 @@ def test_label_an_unsorted_pile_with_the_keyboard(qtbot, window, tmp_path):
     assert not filed.exists() and moves(data) == []
     view = _view_ready(qtbot, window, view)
 
-    # a group: take one photo out with Delete, then one digit names the rest
+    # a group: take one photo out with Delete, then one digit names the rest (two groups of
+    # the eleven photos, chosen on the page, so that the group holds several)
     page.tabs.setCurrentIndex(1)
+    page.group_count.setCurrentIndex(page.group_count.findData(2))
+    view = _view_ready(qtbot, window, view)
+    assert len(view.groups) == 2
     groups = page.group_grid
     page.group_pick.setCurrentIndex(0)
     members = list(groups.paths)
-    assert len(members) >= 2
+    assert len(members) >= 3
     groups.setFocus()
     groups.setCurrentRow(0)
     groups.item(0).setSelected(True)
