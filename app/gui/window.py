@@ -178,6 +178,8 @@ class MainWindow(QMainWindow):
         self.labeling = Labeling(self)
         self.predict.predict_requested.connect(self.predict_paths)
         self.predict.open_model_requested.connect(self.choose_model)
+        self.predict.sort_requested.connect(self.choose_sort_folder)
+        self.predict.undo_sort_requested.connect(self.undo_sort)
         self.predict.saved.connect(lambda path: self.statusBar().showMessage(
             f"Predictions saved to {path}", 10000))
         self.session.predictor_changed.connect(self.predict.set_model)
@@ -537,6 +539,56 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("The model changed while those images were being "
                                          "classified: add them again for the new model's "
                                          "answers.", 10000)
+
+    # --- sorting a folder by the answers ------------------------------------------------
+    def choose_sort_folder(self) -> None:
+        out = QFileDialog.getExistingDirectory(self, "Sort the photos into this folder",
+                                               dialog_folder(self.predict.save_dir))
+        if out:
+            self.sort_predictions(out)
+
+    def sort_predictions(self, out: str) -> bool:
+        """Copy the listed photos into ``out``/<class>/ and ``out``/_unknown/ by their answers,
+        after a preview of the counts; True when done."""
+        from app.core.labels import sort_into, sort_plan
+
+        plan = sort_plan([r.prediction for r in self.predict.results])
+        counts = plan.counts()
+        if not counts:
+            self.banner.show_warning("None of the photos listed has an answer to sort by.")
+            return False
+        lines = "\n".join(f"{folder}: {n}" for folder, n in counts.items())
+        skipped = f"\n({len(plan.errors)} without an answer stay where they are)" \
+            if plan.errors else ""
+        if not self.confirm_sort(f"Copy {sum(counts.values())} photo(s) into {out}?\n\n"
+                                 f"{lines}{skipped}"):
+            return False
+        done, refused = sort_into(out, plan)
+        for _path, why in refused[:3]:
+            self.banner.show_warning(why)
+        self._sorted_into = out
+        self.predict.undo_sort.setEnabled(bool(done))
+        self.statusBar().showMessage(f"Copied {len(done)} photo(s) into {out}"
+                                     + (f"; {len(refused)} refused" if refused else ""), 10000)
+        return True
+
+    def confirm_sort(self, text: str) -> bool:
+        return QMessageBox.question(self, "Sort into folder", text) == \
+            QMessageBox.StandardButton.Yes
+
+    def undo_sort(self) -> None:
+        from app.core.labels import LabelError, undo_all
+
+        out = getattr(self, "_sorted_into", None)
+        if not out:
+            return
+        try:
+            undone = undo_all(out)
+        except LabelError as exc:
+            self.banner.show_warning(str(exc))
+            return
+        self.predict.undo_sort.setEnabled(False)
+        self.statusBar().showMessage(f"Removed {len(undone)} copied photo(s) from {out}", 10000)
 
     # --- window events ------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:  # noqa: N802

@@ -82,3 +82,23 @@ def test_dialogs_start_in_the_users_folders_and_export_beside_the_data(tmp_path)
     models = tmp_path / "models"
     models.mkdir()
     assert export_suggestion(str(models), data) == str(models / "photos-model")
+
+
+def test_sort_the_listed_photos_into_a_folder_preview_then_undo(qtbot, window, tmp_path):
+    cat = make_image(tmp_path / "cam" / "cat.png", (90, 90, 90))
+    flower = make_image(tmp_path / "cam" / "flower.png", (200, 200, 40))
+    window.session.apply_model(UnknownFirst(), "fake-model")
+    predict(qtbot, window, [cat, flower])
+    asked = []
+    window.confirm_sort = lambda text: asked.append(text) or False  # "No": nothing happens
+    out = tmp_path / "sorted"
+    assert not window.sort_predictions(str(out))
+    assert "_unknown: 1" in asked[0] and "daisy: 1" in asked[0] and not out.exists()
+    window.confirm_sort = lambda text: True
+    assert window.sort_predictions(str(out))
+    assert (out / "_unknown" / "cat.png").exists() and (out / "daisy" / "flower.png").exists()
+    assert cat.exists() and flower.exists()  # copies
+    assert window.predict.undo_sort.isEnabled()
+    window.predict.undo_sort.click()
+    assert not (out / "_unknown" / "cat.png").exists() and not (out / "daisy" /
+                                                              "flower.png").exists()

@@ -32,6 +32,8 @@ class PredictPage(QWidget):
     predict_requested = Signal(list)  # paths (files or folders)
     open_model_requested = Signal()
     saved = Signal(str)  # the CSV file written
+    sort_requested = Signal()
+    undo_sort_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -55,6 +57,16 @@ class PredictPage(QWidget):
         self.save = QPushButton("Save &CSV…")
         self.save.setToolTip("Save the results as a CSV file")
         self.save.clicked.connect(self._save)
+        self.sort = QPushButton("&Sort into folder…")
+        self.sort.setToolTip("Copy the photos listed into a folder's <class>/ and _unknown/ "
+                             "sub-folders by these answers (a preview of the counts first; "
+                             "never overwrites; undoable)")
+        self.sort.clicked.connect(self.sort_requested)
+        self.undo_sort = QPushButton("&Undo sort")
+        self.undo_sort.setToolTip("Remove the copies the last sort made (only copies still "
+                                  "unchanged)")
+        self.undo_sort.setEnabled(False)
+        self.undo_sort.clicked.connect(self.undo_sort_requested)
         self.clear = QPushButton("C&lear")
         self.clear.setToolTip("Empty the list")
         self.clear.clicked.connect(lambda: self.show_results([]))
@@ -70,6 +82,8 @@ class PredictPage(QWidget):
         row.addStretch(0)
         row.addWidget(self.copy)
         row.addWidget(self.save)
+        row.addWidget(self.sort)
+        row.addWidget(self.undo_sort)
         row.addWidget(self.clear)
 
         self.table = QTableWidget(0, 3)
@@ -144,7 +158,7 @@ class PredictPage(QWidget):
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        for w in (self.copy, self.save, self.clear):
+        for w in (self.copy, self.save, self.sort, self.clear):
             w.setEnabled(bool(self.results))
 
     def _choose(self) -> None:
