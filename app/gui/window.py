@@ -473,10 +473,22 @@ class MainWindow(QMainWindow):
             self.banner.show_warning("Train a model first: only a model trained in this "
                                      "window can be exported.")
             return
-        start = export_suggestion(self.prefs.last_model_folder, self.session.data_dir)
-        folder, _ = QFileDialog.getSaveFileName(self, "Export model folder", start)
+        start = Path(export_suggestion(self.prefs.last_model_folder, self.session.data_dir))
+        if start.is_dir():  # a save dialog would open inside it and nest a second copy
+            if is_model_folder(start) and self.confirm_replace(
+                    f"{start} holds a model this app exported earlier. Replace it with this "
+                    "one? (No: choose another folder)"):
+                self.export_to(str(start))
+                return
+            start = next(start.with_name(f"{start.name}-{n}") for n in range(2, 1000)
+                         if not start.with_name(f"{start.name}-{n}").exists())
+        folder, _ = QFileDialog.getSaveFileName(self, "Export model folder", str(start))
         if folder:
             self.export_to(folder)
+
+    def confirm_replace(self, text: str) -> bool:
+        return QMessageBox.question(self, "Replace the model?", text) == \
+            QMessageBox.StandardButton.Yes
 
     def export_to(self, folder: str) -> Worker | None:
         try:

@@ -64,3 +64,31 @@ def test_left_out_classes_show_on_the_train_page(qtbot, window, tmp_path):
     assert window.train.warnings.isVisibleTo(window.train)
     assert "purple" in window.train.warnings.text()
     assert "left out" in window.train.warnings.text()
+
+
+def test_a_second_export_asks_to_replace_and_never_nests(qtbot, window, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    data = make_dataset(tmp_path / "photos", per_class=12)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    train(qtbot, window, epochs=1)
+    first = tmp_path / "photos-model"
+    export(qtbot, window, first)
+    assert window.prefs.last_model_folder == str(tmp_path)
+
+    starts = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda *a, **k: (starts.append(a[2]), ("", ""))[1])
+    asked = []
+    window.confirm_replace = lambda text: asked.append(text) or False
+    window.choose_export()  # No: the dialog opens beside it, on a new name
+    assert asked and str(first) in asked[0]
+    assert starts == [str(tmp_path / "photos-model-2")]
+    window.confirm_replace = lambda text: True
+    before = (first / "metadata.json").stat().st_mtime_ns
+    window.choose_export()  # Yes: replaced in place, no dialog, nothing nested
+    qtbot.waitUntil(lambda: (first / "metadata.json").stat().st_mtime_ns != before,
+                    timeout=60000)
+    qtbot.waitUntil(lambda: "Exporting" not in window.activity.text(), timeout=60000)
+    assert len(starts) == 1 and not (first / "photos-model").exists() and is_model_folder(first)
