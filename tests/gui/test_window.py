@@ -39,7 +39,8 @@ def test_settings_persist(qtbot, gui_settings):
     qtbot.addWidget(first)
     first.features.set_backbone("mobilenet")
     first.features.set_weights("/tmp/some.weights.h5")
-    first.train.set_settings(TrainSettings(epochs=7, aux_weight=0.5))
+    first.train.set_settings(TrainSettings(epochs=7, aux_weight=0.5, mode="finetune",
+                                           warmup_epochs=3))
     first.prefs.last_folder = "/tmp/photos"
     first.close()
 
@@ -49,6 +50,8 @@ def test_settings_persist(qtbot, gui_settings):
     assert second.features.weights_value() == "/tmp/some.weights.h5"
     assert second.train.settings().epochs == 7
     assert second.train.settings().aux_weight == 0.5
+    assert second.train.settings().warmup_epochs == 3  # the window had no field: it was lost
+    assert second.train.fields["warmup_epochs"].isEnabled()  # fine-tune only
     assert second.prefs.last_folder == "/tmp/photos"
     second.close()
 
