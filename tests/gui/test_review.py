@@ -192,3 +192,32 @@ def test_a_shipped_journal_is_listed_greyed_and_never_undone(qtbot, window, tmp_
     assert "never undone" in item.text() and ".ssh" in item.text()
     assert not item.flags() & Qt.ItemFlag.ItemIsEnabled
     assert not page.undo.isEnabled() and page.tabs.tabText(3) == "Moves (0)"
+
+
+def test_the_confusion_matrix_is_one_tab_stop_and_opens_a_cell_from_the_keyboard(qtbot):
+    from types import SimpleNamespace
+
+    from PySide6.QtWidgets import QApplication
+
+    from app.gui.pages.evaluate import EvaluatePage
+
+    page = EvaluatePage()
+    qtbot.addWidget(page)
+    labels = [f"c{i}" for i in range(17)]
+    ev = SimpleNamespace(count=17, main_accuracy=1.0, balanced_accuracy=1.0,
+                         aux1_accuracy=None, aux2_accuracy=None, labels=labels,
+                         confusion=[[int(i == j) for j in range(17)] for i in range(17)],
+                         per_class={}, misclassified=[], calibration=None, reliability=None)
+    page.show_evaluation(ev)
+    page.show()
+    qtbot.waitExposed(page)
+    opened = []
+    page.cell_wanted.connect(lambda t, p: opened.append((t, p)))
+    page.confusion.setFocus()
+    page.confusion.setCurrentCell(2, 3)
+    qtbot.keyClick(page.confusion, Qt.Key.Key_Space)
+    page.confusion.setCurrentCell(4, 4)
+    qtbot.keyClick(page.confusion, Qt.Key.Key_Return)
+    assert opened == [("c2", "c3"), ("c4", "c4")]
+    qtbot.keyClick(page.confusion, Qt.Key.Key_Tab)  # leaves the matrix at once
+    assert QApplication.focusWidget() is not page.confusion

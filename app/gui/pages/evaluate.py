@@ -4,7 +4,7 @@ confusion-matrix cell, the hardest training images, and the moves made so far (u
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -86,8 +86,12 @@ class EvaluatePage(QWidget):
         self.confusion.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.confusion.setToolTip("Rows: true class; columns: predicted class. Darker = more "
                                   "images; the diagonal is what the model gets right. Click a "
-                                  "cell to see its images.")
+                                  "cell (or Enter / Space on it) to see its images.")
         self.confusion.cellClicked.connect(self._cell_clicked)
+        # keyboard: one Tab stop (arrows move between cells), Enter or Space opens a cell
+        self.confusion.setTabKeyNavigation(False)
+        self.confusion.cellActivated.connect(self._cell_clicked)
+        self.confusion.installEventFilter(self)
         self.per_class = QTableWidget(0, 4)
         self.per_class.setHorizontalHeaderLabels(["Class", "Precision", "Recall", "Images"])
         self.per_class.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -222,6 +226,14 @@ class EvaluatePage(QWidget):
             self.moves.addItem(item)
         self.undo.setEnabled(bool(state.moves))
         self.tabs.setTabText(3, f"Moves ({len(state.moves)})")
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802
+        """Space on the confusion matrix opens the current cell, as Enter does."""
+        if (watched is self.confusion and event.type() == QEvent.Type.KeyPress
+                and event.key() == Qt.Key.Key_Space):
+            self._cell_clicked(self.confusion.currentRow(), self.confusion.currentColumn())
+            return True
+        return super().eventFilter(watched, event)
 
     def _cell_clicked(self, row: int, column: int) -> None:
         if row < len(self.labels) and column < len(self.labels):
