@@ -197,6 +197,8 @@ def test_a_shipped_journal_is_listed_greyed_and_never_undone(qtbot, window, tmp_
 def test_the_confusion_matrix_is_one_tab_stop_and_opens_a_cell_from_the_keyboard(qtbot):
     from types import SimpleNamespace
 
+    from PySide6.QtCore import QEvent
+    from PySide6.QtGui import QKeyEvent
     from PySide6.QtWidgets import QApplication
 
     from app.gui.pages.evaluate import EvaluatePage
@@ -219,5 +221,7 @@ def test_the_confusion_matrix_is_one_tab_stop_and_opens_a_cell_from_the_keyboard
     page.confusion.setCurrentCell(4, 4)
     qtbot.keyClick(page.confusion, Qt.Key.Key_Return)
     assert opened == [("c2", "c3"), ("c4", "c4")]
-    qtbot.keyClick(page.confusion, Qt.Key.Key_Tab)  # leaves the matrix at once
-    assert QApplication.focusWidget() is not page.confusion
+    page.confusion.event(QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Tab,
+                                   Qt.KeyboardModifier.NoModifier))
+    assert (page.confusion.currentRow(), page.confusion.currentColumn()) == (4, 4)
+    assert QApplication.focusWidget() is not page.confusion  # Tab left the matrix
