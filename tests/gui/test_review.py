@@ -225,3 +225,22 @@ def test_the_confusion_matrix_is_one_tab_stop_and_opens_a_cell_from_the_keyboard
                                    Qt.KeyboardModifier.NoModifier))
     assert (page.confusion.currentRow(), page.confusion.currentColumn()) == (4, 4)
     assert QApplication.focusWidget() is not page.confusion  # Tab left the matrix
+
+
+def test_the_reliability_diagram_shows_how_many_images_each_bin_holds(qtbot):
+    from app.gui.pages.trust_panel import TrustPanel
+
+    panel = TrustPanel()
+    qtbot.addWidget(panel)
+
+    def b(conf, acc, n):
+        return {"confidence": conf, "accuracy": acc, "count": n}
+
+    bins = {"before": [b(0.55, 0.5, 3), b(0.95, 0.8, 40)],
+            "after": [b(0.35, 1.0, 2), b(0.85, 0.84, 41), b(0.0, 0.0, 0)]}
+    panel.show_calibration({"temperature": 1.4, "ece_before": 0.1, "ece_after": 0.04}, bins)
+    sizes = panel.curves["after"].opts["symbolSize"]
+    assert len(sizes) == 2 and sizes[0] < sizes[1]  # a bin of 2 images is a small dot
+    assert [lab.toPlainText() for lab in panel.count_labels] == ["2", "41"]
+    panel.show_calibration(None, {"before": [], "after": [b(0.9, 0.9, 5)]})
+    assert [lab.toPlainText() for lab in panel.count_labels] == ["5"]  # the old ones are gone

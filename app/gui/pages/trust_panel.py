@@ -61,13 +61,14 @@ class TrustPanel(QWidget):
         import pyqtgraph as pg
 
         self.plot = pg.PlotWidget()
+        self.count_labels: list = []
         self.plot.setBackground(None)
         self.plot.setMinimumHeight(160)
         item = self.plot.getPlotItem()
         item.setLabel("bottom", "confidence (how sure it says it is)")
         item.setLabel("left", "accuracy")
         item.setXRange(0, 1, padding=0.02)
-        item.setYRange(0, 1, padding=0.05)
+        item.setYRange(0, 1.12, padding=0)  # room for the counts above the top bins
         item.showGrid(x=True, y=True, alpha=0.2)
         item.setMouseEnabled(False, False)
         item.hideButtons()
@@ -92,11 +93,27 @@ class TrustPanel(QWidget):
         "after"} reliability bins (app.core.calibration.reliability)."""
         if self.plot is None:
             self._build_plot()
+        import pyqtgraph as pg
+
+        for label in self.count_labels:
+            self.plot.removeItem(label)
+        self.count_labels = []
         for key in ("before", "after"):
             table = (bins or {}).get(key) or []
             used = [b for b in table if b["count"]]
+            most = max([b["count"] for b in used] + [1])
+            # a bin's dot grows with its images: a far-off bin of 2 images must not look
+            # like the verdict (the calibrated line looked worse while its error dropped)
             self.curves[key].setData([b["confidence"] for b in used],
-                                     [b["accuracy"] for b in used])
+                                     [b["accuracy"] for b in used],
+                                     symbolSize=[4 + 10 * (b["count"] / most) ** 0.5
+                                                 for b in used])
+            if key == "after":
+                for b in used:
+                    label = pg.TextItem(str(b["count"]), color=AFTER, anchor=(0.5, 1.2))
+                    label.setPos(b["confidence"], b["accuracy"])
+                    self.plot.addItem(label)
+                    self.count_labels.append(label)
         if not calibration or calibration.get("ece_before") is None:
             self.ece.setText("No test images: calibration cannot be judged.")
             return
