@@ -466,7 +466,8 @@ def _checked(ds: Dataset) -> Dataset:
                                          "Label page (or: python -m app label FOLDER)"))
     elif not ds.images:
         findings.append(Finding("error", f"no usable images found in {ds.root} "
-                                         "(expected one sub-folder of images per class)"))
+                                         "(expected one sub-folder of images per class; to "
+                                         "start from unsorted photos, use the Label page)"))
     elif len(nonempty) < 2:
         findings.append(Finding("warning", f"only one class with images ({nonempty[0]!r}); "
                                            "a classifier needs at least two class folders"))

@@ -107,3 +107,14 @@ def test_reading_a_new_folder_counts_its_files(qtbot, window, tmp_path):
     assert [s[:2] for s in shown] == [(64, 90), (90, 90)]
     assert shown[-1][2] == "90 / 90 files read"
     assert "reading files… 90/90" in shown[-1][3]
+
+
+def test_a_single_class_folder_says_training_needs_two(tmp_path):
+    from app.core.dataset import scan_dataset
+    from app.gui.pages.data import report_html
+
+    one = make_dataset(tmp_path / "one", per_class=3, classes=("red",))
+    text = report_html(scan_dataset(one))
+    assert "training needs two classes" in text and "go on to <b>Features</b>" not in text
+    two = make_dataset(tmp_path / "two", per_class=3, classes=("red", "green"))
+    assert "go on to <b>Features</b>" in report_html(scan_dataset(two))

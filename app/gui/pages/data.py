@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.dataset import Dataset
+from app.core.dataset import Dataset, DatasetError
 from app.gui.session import ScanResult, summarize
 from app.gui.widgets import folder_urls, heading, hint
 
@@ -135,7 +135,13 @@ def report_html(ds: Dataset) -> str:
             extra = f" <i>({shown}{more})</i>"
         lines.append(f"<b>{mark}:</b> {_escape(f.message)}{extra}")
     if not ds.errors:
-        lines.append("You can go on to <b>Features</b>.")
+        try:
+            ds.for_training()
+            lines.append("You can go on to <b>Features</b>.")
+        except DatasetError:
+            lines.append("Its features can be cached, but training needs two classes with 2 "
+                         "or more images each: add a class folder, or label photos on the "
+                         "<b>Label</b> page.")
     return "<br>".join(lines)
 
 
