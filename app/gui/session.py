@@ -413,13 +413,15 @@ class Session(QObject):
         return self.retraining
 
 
-def predictions_csv(results: list[Predicted], sep: str = ",") -> str:
+def predictions_csv(results: list[Predicted], sep: str = ",", top_k: int | None = None) -> str:
     """path, label_1, probability_1, …, unknown, score, error — one row per file (unknown
-    and score empty when the model has no unknown test)."""
+    and score empty when the model has no unknown test); ``top_k`` labels a row (default:
+    as many as the answers hold)."""
     import csv
     import io
 
     k = max((len(r.prediction.top) for r in results), default=0)
+    k = k if top_k is None else min(k, top_k)
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=sep, lineterminator="\n")
     header = ["path"]

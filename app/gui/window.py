@@ -40,6 +40,7 @@ from app.gui.widgets import dialog_folder, local_paths
 from app.gui.worker import Jobs, Worker
 
 PAGES = ("Data", "Label", "Features", "Train", "Evaluate", "Predict")
+MAX_TOP = 20  # answers kept per image: the Predict page's "top k" shows any k up to this
 
 
 class MainWindow(QMainWindow):
@@ -533,7 +534,7 @@ class MainWindow(QMainWindow):
     def predict_paths(self, paths: list[str]) -> Worker | None:
         self.show_page("Predict")
         try:
-            job = self.session.predict_job(paths, self.predict.top_k.value())
+            job = self.session.predict_job(paths, MAX_TOP)  # the page shows its top k
         except RuntimeError as exc:
             self.banner.show_warning(str(exc))
             return None

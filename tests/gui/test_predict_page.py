@@ -102,3 +102,37 @@ def test_sort_the_listed_photos_into_a_folder_preview_then_undo(qtbot, window, t
     window.predict.undo_sort.click()
     assert not (out / "_unknown" / "cat.png").exists() and not (out / "daisy" /
                                                               "flower.png").exists()
+
+
+def test_top_k_redraws_every_row_and_the_csv_and_unknown_rows_read_as_none(qtbot, window,
+                                                                           tmp_path):
+    cat = make_image(tmp_path / "cat.png", (90, 90, 90))
+    flower = make_image(tmp_path / "flower.png", (200, 200, 40))
+    window.session.apply_model(UnknownFirst(), "fake-model")
+    page = window.predict
+    predict(qtbot, window, [cat, flower])
+    assert len(page.table.cellWidget(1, 2).findChildren(QProgressBar)) == 2
+    assert page.table.cellWidget(0, 2).findChildren(QProgressBar) == []  # unknown: no bars
+    page.top_k.setValue(1)  # the rows already shown follow
+    assert len(page.table.cellWidget(1, 2).findChildren(QProgressBar)) == 1
+    out = tmp_path / "answers.csv"
+    page.save_csv(str(out))
+    header = out.read_text().splitlines()[0].split(",")
+    assert header == ["path", "label_1", "probability_1", "unknown", "score", "error"]
+
+
+def test_save_csv_never_suggests_a_folder_of_the_training_data(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    from app.gui.pages.predict import PredictPage
+
+    page = PredictPage()
+    qtbot.addWidget(page)
+    data = tmp_path / "photos"
+    (data / "red").mkdir(parents=True)
+    page.data_dir, page.images_dir, page.save_dir = str(data), str(data / "red"), ""
+    starts = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda *a, **k: (starts.append(a[2]), ("", ""))[1])
+    page._save()
+    assert starts == [str(tmp_path / "predictions.csv")]

@@ -30,8 +30,8 @@ ICON = 96
 
 
 def entry_caption(e: dict) -> str:
-    """predicted label, then the folder label it was filed under."""
-    return f"{e['predicted']}\n(is {e['true']})"
+    """What the model answered, then the class folder the image is filed under."""
+    return f"predicted: {e['predicted']}\nfolder: {e['true']}"
 
 
 class ImageGrid(QWidget):

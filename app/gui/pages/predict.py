@@ -50,7 +50,8 @@ class PredictPage(QWidget):
         self.top_k.setRange(1, 20)
         self.top_k.setValue(3)
         self.top_k.setPrefix("top ")
-        self.top_k.setToolTip("How many labels to show per image")
+        self.top_k.setToolTip("How many labels to show per image (every row, and the CSV)")
+        self.top_k.valueChanged.connect(lambda _v: self.refresh())
         self.copy = QPushButton("&Copy")
         self.copy.setToolTip("Copy the results as tab-separated text")
         self.copy.clicked.connect(self._copy)
@@ -150,9 +151,10 @@ class PredictPage(QWidget):
             name = QTableWidgetItem(pred.path.rsplit("/", 1)[-1])
             name.setToolTip(pred.path)
             self.table.setItem(row, 1, name)
-            self.table.setCellWidget(row, 2, _labels(pred))
-            extra = 22 if pred.unknown else 0
-            self.table.setRowHeight(row, max(80, 26 * max(1, len(pred.top)) + 8 + extra))
+            k = self.top_k.value()
+            self.table.setCellWidget(row, 2, _labels(pred, k))
+            lines = 2 if pred.unknown else min(k, len(pred.top))
+            self.table.setRowHeight(row, max(80, 26 * max(1, lines) + 8))
         if len(results) > old:
             self.table.scrollToBottom()
         self._update_buttons()
@@ -170,10 +172,15 @@ class PredictPage(QWidget):
             self.predict_requested.emit(paths)
 
     def _copy(self) -> None:
-        QGuiApplication.clipboard().setText(predictions_csv(self.results, "\t"))
+        QGuiApplication.clipboard().setText(predictions_csv(self.results, "\t",
+                                                            self.top_k.value()))
 
     def _save(self) -> None:
-        start = Path(dialog_folder(self.save_dir, self.images_dir)) / "predictions.csv"
+        folder = Path(dialog_folder(self.save_dir, self.images_dir))
+        data = Path(self.data_dir).resolve() if self.data_dir else None
+        if data is not None and (folder.resolve() == data or data in folder.resolve().parents):
+            folder = data.parent  # never suggest a class folder of the training data
+        start = folder / "predictions.csv"
         path, _ = QFileDialog.getSaveFileName(self, "Save predictions", str(start),
                                               "CSV (*.csv)")
         if path:
@@ -182,7 +189,7 @@ class PredictPage(QWidget):
     def save_csv(self, path: str) -> None:
         """Write the list as CSV to ``path`` and say where it went."""
         with open(path, "w", encoding="utf-8", newline="") as f:
-            f.write(predictions_csv(self.results))
+            f.write(predictions_csv(self.results, top_k=self.top_k.value()))
         self.save_dir = str(Path(path).parent)
         self.saved_note.setText(f"✔ Saved {len(self.results)} rows to {path}")
         self.saved_note.setVisible(True)
@@ -203,7 +210,10 @@ class PredictPage(QWidget):
             self.predict_requested.emit(paths)
 
 
-def _labels(pred) -> QWidget:
+def _labels(pred, k: int = 3) -> QWidget:
+    """The answer: the top ``k`` classes as bars; for an unknown image one readable line that
+    says it is none of the classes and what it resembles (a 98% bar under an "Unknown"
+    heading read as a confident answer)."""
     box = QWidget()
     layout = QVBoxLayout(box)
     layout.setContentsMargins(4, 4, 4, 4)
@@ -220,15 +230,20 @@ def _labels(pred) -> QWidget:
                          f"({best['probability']:.0%})")
         unknown.setToolTip("This image does not look like the training classes enough "
                            "(its score is below the threshold set on the Evaluate page); "
-                           "the bars show what it resembles most")
+                           "the closest classes are what it resembles, not an answer")
         layout.addWidget(unknown)
-    for t in pred.top:
+        rest = ", ".join(f"{t['label']} {t['probability']:.0%}" for t in pred.top[1:k])
+        if rest:
+            others = QLabel(f"then {rest}")
+            others.setStyleSheet("color: #444;")
+            layout.addWidget(others)
+        return box
+    for t in pred.top[:k]:
         bar = QProgressBar()
         bar.setRange(0, 1000)
         bar.setValue(int(round(t["probability"] * 1000)))
         bar.setFormat(f"{t['label']}  {t['probability']:.1%}")
         bar.setTextVisible(True)
         bar.setMaximumHeight(22)
-        bar.setEnabled(not pred.unknown)  # greyed: what it resembles, not an answer
         layout.addWidget(bar)
     return box
