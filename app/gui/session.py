@@ -106,6 +106,7 @@ class Session(QObject):
         self.predictor = None  # app.core.predict.Predictor, once built or loaded
         self.predictor_source = ""
         self.generation = 0  # bumped whenever the model behind predictions changes
+        self.stopped_run = None  # a stopped run not (yet) chosen over the current model
         self.review = None  # app.core.review.Review of the current trained model
         self.device = ""
         self._scan_ticket = 0
@@ -204,14 +205,31 @@ class Session(QObject):
         return job
 
     def apply_training(self, outcome: RunOutcome) -> bool:
-        """The trained run becomes the session's run and its model the current one."""
+        """The trained run becomes the session's run and its model the current one, unless
+        it was stopped and there is a model already: a stopped run never replaces the user's
+        model unasked (it waits in :attr:`stopped_run` for :meth:`adopt`)."""
         if outcome.base is not self.retraining:
             return False
         run = self.retraining = outcome.run
+        self.stopped_run = None
         if run.result is not None and run.result.epochs_run > 0:
-            self._set_model(run, None, "the model just trained")
+            if run.result.cancelled and self.model is not None:
+                self.stopped_run = run
+            else:
+                self._set_model(run, None, "the model just trained")
         self.trained.emit(run)
         return True
+
+    def adopt(self, run) -> None:
+        """The user chose the stopped run over the model they had."""
+        if run is self.stopped_run:
+            self.stopped_run = None
+            self._set_model(run, None, "the stopped run, chosen over the earlier model")
+
+    def model_accuracy(self) -> float | None:
+        """The current model's test accuracy, when known."""
+        ev = getattr(self.model, "evaluation", None)
+        return None if ev is None else ev.main_accuracy
 
     @property
     def trained_run(self) -> Retraining | None:

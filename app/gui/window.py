@@ -361,11 +361,31 @@ class MainWindow(QMainWindow):
         self.train.show_warnings(list(getattr(run, "training_warnings", [])))
         if run.cache is not None:
             self.features.show_result(run.cache)
+        if self.session.stopped_run is run and not self._quitting:
+            if self.confirm_use_stopped(self._stopped_question(run)):
+                self.session.adopt(run)
+            else:
+                self.statusBar().showMessage("Kept the model you had; the stopped run was "
+                                             "not saved", 10000)
+        self.train.export.setEnabled(self.session.trained_run is run)
         if self.session.trained_run is run:
             self.save_last_model(run)
             if not self._quitting and run.evaluation is not None:
                 self.evaluate.show_evaluation(run.evaluation)
                 self.fixes.start_review()
+
+    def _stopped_question(self, run) -> str:
+        def acc(value) -> str:
+            return "" if value is None else f" ({value:.1%})"
+
+        new = acc(run.evaluation.main_accuracy if run.evaluation is not None else None)
+        return (f"Training was stopped after {run.result.epochs_run} epoch(s). Use the stopped "
+                f"run{new} instead of the current model{acc(self.session.model_accuracy())}? "
+                "(No keeps the model you had.)")
+
+    def confirm_use_stopped(self, text: str) -> bool:
+        return QMessageBox.question(self, "Use the stopped run?", text) == \
+            QMessageBox.StandardButton.Yes
 
     def _remember_run(self, run) -> None:
         """Measured time per epoch (per training image) and the layers a fine-tune run

@@ -107,3 +107,34 @@ def test_retry_skipped_files(qtbot, window, tmp_path):
     cache = window.session.retraining.cache
     assert cache.retried == 1  # tried again (and still truncated, so skipped again)
     assert [s.path.rsplit("/", 1)[-1] for s in cache.skipped] == ["truncated.jpg"]
+
+
+def test_a_stopped_run_never_replaces_the_model_unasked(qtbot, window, tmp_path):
+    from tests.gui.conftest import train
+
+    open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=8))
+    use_tiny(window)
+    train(qtbot, window, epochs=2)
+    first = window.session.model
+    assert first is window.session.trained_run and first.result.epochs_run == 2
+    generation = window.session.generation
+    asked = []
+
+    def stop_after_first_epoch(answer):
+        window.confirm_use_stopped = lambda text: asked.append(text) or answer
+        window.train.fields["epochs"].setValue(500)
+        window.train.fields["early_stopping"].setValue(0)
+        window.train.start.click()
+        qtbot.waitUntil(lambda: len(window.train.history) >= 1, timeout=90000)
+        window.train.stop.click()
+        wait_idle(qtbot, window, 90000)
+
+    stop_after_first_epoch(False)
+    assert asked and asked[0].startswith("Training was stopped after")
+    assert "instead of the current model" in asked[0]
+    assert window.session.model is first and window.session.generation == generation
+    assert not window.train.export.isEnabled()  # the curves shown are not the current model's
+    stop_after_first_epoch(True)
+    stopped = window.session.model
+    assert stopped is not first and stopped.result.cancelled
+    assert window.session.generation > generation and window.train.export.isEnabled()
