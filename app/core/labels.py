@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 from app.core import journal
 from app.core.errors import bad_name_reason, os_error_message, shown
 from app.core.feeds import SplitData
+from app.core.jobs import process_alive
 from app.core.journal import JOURNAL, JournalState, LabelError, Move, check_relative
 
 __all__ = ["JOURNAL", "LabelError", "Move", "create_class", "excluded", "hardest",
@@ -175,6 +177,23 @@ def create_class(data_dir: str | Path, name: str) -> Path:
     return folder
 
 
+_COPYING = re.compile(r"^\..+\.(?P<pid>\d+)-[0-9a-f]{8}\.copy$")
+
+
+def _clean_dead_copies(folder: Path) -> None:
+    """Remove half-made copies (hidden, of this app's own naming) whose writer died: a kill
+    during a copy must not leave litter in the user's class folder. Nothing else."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        m = _COPYING.match(entry.name)
+        if m and entry.is_file(follow_symlinks=False) and not process_alive(int(m["pid"])):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
 def label_image(data_dir: str | Path, image: str | Path, new_class: str,
                 copy: bool | None = None) -> Move:
     """File an unsorted photo under ``new_class`` of ``data_dir``: a photo inside the data
@@ -195,7 +214,8 @@ def label_image(data_dir: str | Path, image: str | Path, new_class: str,
     if dst.exists() or dst.is_symlink():
         raise LabelError(f"{shown(dst)} already exists; nothing was changed (rename one of "
                          "them)")
-    tmp = dst.with_name(f".{image.name}.{uuid.uuid4().hex[:8]}.copy")
+    _clean_dead_copies(dst.parent)
+    tmp = dst.with_name(f".{image.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.copy")
     try:
         shutil.copyfile(image, tmp)
         move = Move(str(image), target, op="copy", digest=_digest(tmp))

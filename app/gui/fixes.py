@@ -156,4 +156,9 @@ class Fixes(QObject):
             f"({n} image{'s' if n != 1 else ''} excluded)", 10000)
 
     def open(self, entry: dict) -> None:
-        QDesktopServices.openUrl(QUrl.fromLocalFile(entry["path"]))
+        """Open the image in the desktop's viewer; say so when there is none (it did nothing,
+        silently, on a machine without an image viewer)."""
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(entry["path"])):
+            self.win.banner.show_warning(f"No program to open {entry['path']} with was found "
+                                         "on this computer; double-click the thumbnail to see "
+                                         "it large here.")

@@ -214,3 +214,17 @@ def test_sorting_a_folder_by_prediction_previews_files_and_undoes(tmp_path):
     assert len(undo_all(out)) == 2
     assert not (out / "green" / "p1.jpg").exists() and not (out / "_unknown" / "p2.jpg").exists()
     assert (out / "red" / "p0.jpg").read_bytes() == b"already there"
+
+
+def test_a_copy_killed_half_way_leaves_no_litter_after_the_next_label(tmp_path):
+    import subprocess
+
+    data = make_dataset(tmp_path / "d", per_class=1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    litter = data / "red" / f".x.jpg.{dead.pid}-0123abcd.copy"
+    litter.write_bytes(b"half")
+    mine = data / "red" / ".notes.copy"  # not of the app's naming: stays
+    mine.write_text("user's")
+    label_image(data, make_image(tmp_path / "a.jpg", COLOURS["red"]), "red")
+    assert not litter.exists() and mine.exists()

@@ -244,3 +244,11 @@ def test_the_reliability_diagram_shows_how_many_images_each_bin_holds(qtbot):
     assert [lab.toPlainText() for lab in panel.count_labels] == ["2", "41"]
     panel.show_calibration(None, {"before": [], "after": [b(0.9, 0.9, 5)]})
     assert [lab.toPlainText() for lab in panel.count_labels] == ["5"]  # the old ones are gone
+
+
+def test_open_says_so_when_no_program_opens_the_image(qtbot, window, monkeypatch, tmp_path):
+    from PySide6.QtGui import QDesktopServices
+
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: False)  # no image viewer
+    window.fixes.open({"path": str(tmp_path / "a.jpg")})
+    assert window.banner.isVisible() and "No program to open" in window.banner.text.text()
