@@ -55,7 +55,7 @@ from app.core.calibration import softmax
 from app.core.errors import UserError, bad_name_reason, shown
 from app.core.head import main_branch
 from app.core.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
-from app.core.jobs import process_alive
+from app.core.jobs import dead_leftovers
 from app.core.training import HISTORY_KEYS, SplitData, TrainResult
 from app.core.trust import Trust, main_outputs
 from app.core.unknown import threshold_origin
@@ -164,14 +164,8 @@ def clean_leftovers(parent: str | Path) -> list[Path]:
     an export writes. Anything else, a live export's included, is left alone. Returns what
     was removed."""
     removed = []
-    try:
-        entries = list(Path(parent).iterdir())
-    except OSError:
-        return removed
-    for path in entries:
-        m = _SCRATCH.match(path.name)
-        if m is None or process_alive(int(m["pid"])) or path.is_symlink():
-            continue
+    for entry, m in dead_leftovers(parent, _SCRATCH):
+        path = Path(entry.path)
         try:
             if m["kind"] == "metadata":
                 if path.is_file() and m["ext"]:

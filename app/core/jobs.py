@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -118,3 +120,24 @@ def process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError, OSError):
         return True
     return True
+
+
+def dead_leftovers(folder: str | os.PathLike, pattern: re.Pattern
+                   ) -> list[tuple[os.DirEntry, re.Match]]:
+    """The entries of ``folder`` named by ``pattern`` (this app's naming for work in progress,
+    with the writer's ``pid``, and ``host`` where the name carries one) whose writer, a
+    process of this machine, is dead; links never. What to remove of them is the caller's."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    host = socket.gethostname()
+    found = []
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if (m is None or entry.is_symlink()
+                or ("host" in pattern.groupindex and m["host"] != host)
+                or process_alive(int(m["pid"]))):
+            continue
+        found.append((entry, m))
+    return found

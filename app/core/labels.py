@@ -25,7 +25,7 @@ import numpy as np
 from app.core import journal
 from app.core.errors import bad_name_reason, os_error_message, shown
 from app.core.feeds import SplitData
-from app.core.jobs import process_alive
+from app.core.jobs import dead_leftovers
 from app.core.journal import JOURNAL, JournalState, LabelError, Move, check_relative
 
 __all__ = ["JOURNAL", "LabelError", "Move", "create_class", "excluded", "hardest",
@@ -183,13 +183,8 @@ _COPYING = re.compile(r"^\..+\.(?P<pid>\d+)-[0-9a-f]{8}\.copy$")
 def _clean_dead_copies(folder: Path) -> None:
     """Remove half-made copies (hidden, of this app's own naming) whose writer died: a kill
     during a copy must not leave litter in the user's class folder. Nothing else."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        m = _COPYING.match(entry.name)
-        if m and entry.is_file(follow_symlinks=False) and not process_alive(int(m["pid"])):
+    for entry, _m in dead_leftovers(folder, _COPYING):
+        if entry.is_file(follow_symlinks=False):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from app.core.errors import UserError, os_error_message, shown
-from app.core.jobs import process_alive
+from app.core.jobs import dead_leftovers, process_alive
 
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite3"
@@ -368,16 +368,12 @@ class FeatureStore:
         root = self.dir / SHARDS
         if not root.is_dir():
             return 0
-        host, removed = socket.gethostname(), 0
+        removed = 0
         for folder in root.iterdir():
             if not folder.is_dir():
                 continue
-            for entry in os.scandir(folder):
-                m = _PARTIAL.match(entry.name)
-                if not m or not entry.is_file(follow_symlinks=False) or m["host"] != host:
-                    continue
-                pid = int(m["pid"])
-                if pid != os.getpid() and not process_alive(pid):
+            for entry, _m in dead_leftovers(folder, _PARTIAL):
+                if entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                         removed += 1
@@ -859,11 +855,6 @@ class FeatureStore:
         if now - at > CLAIM_STALE_SECONDS:
             return False
         host, pid, _ = owner.split(":", 2)
-        if host == socket.gethostname():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                return False
-            except (PermissionError, ValueError):
-                return True
+        if host == socket.gethostname() and pid.isdigit():
+            return process_alive(int(pid))
         return True
