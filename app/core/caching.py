@@ -25,7 +25,7 @@ from app.core.finetune import features_key
 from app.core.imaging import PREPROCESS_VERSION, ImageError, load_rgb
 from app.core.jobs import CancelToken, Progress, ProgressCallback, RateMeter, no_progress
 from app.core.paths import user_cache_dir
-from app.core.store import CUT, TAPS, FeatureBatch, FeatureStore, StoreError, finite_rows
+from app.core.store import CUT, TAPS, FeatureBatch, FeatureStore, NonFiniteFeatures, StoreError
 
 if TYPE_CHECKING:
     import keras
@@ -370,30 +370,35 @@ class _Runner:
             bad.update((d, reason) for d, reason, _ in failures)
             if arrays:
                 feats = self._predict(np.stack(arrays))
-                ok = finite_rows(*feats)
-                if not ok.all():
-                    digests, feats = self._drop_non_finite(digests, feats, ok, bad)
-            if digests:
-                if self.cut:
-                    self.store.put_arrays(self.key, digests, feats[0])
-                else:
-                    self.store.put_features(self.key, FeatureBatch(digests, *feats))
+                try:  # the store checks every row is finite: the one place that does
+                    self._put(digests, feats)
+                except NonFiniteFeatures as exc:
+                    digests, feats = self._drop_non_finite(digests, feats, exc.digests, bad)
+                    if digests:
+                        self._put(digests, feats)
                 computed.update(digests)
             report: Progress = meter.report("cache", len(computed) + len(bad),
                                             f"{Path(paths[chunk[-1][0]]).name}")
             progress(report)
         return deferred
 
-    def _drop_non_finite(self, digests: list[str], feats: list[np.ndarray], ok: np.ndarray,
+    def _put(self, digests: list[str], feats: list[np.ndarray]) -> None:
+        if self.cut:
+            self.store.put_arrays(self.key, digests, feats[0])
+        else:
+            self.store.put_features(self.key, FeatureBatch(digests, *feats))
+
+    def _drop_non_finite(self, digests: list[str], feats: list[np.ndarray], lost: list[str],
                          bad: dict[str, str]) -> tuple[list[str], list[np.ndarray]]:
         """Report images whose features overflow float16 (inf) or are NaN as skipped, and
         remember them for this model key only: the same image through the same backbone gives
         the same numbers, while another backbone may do fine."""
         reason = (f"its features from the {self.spec.name} backbone are not finite numbers "
                   "(inf or NaN, e.g. values beyond float16's range): not cached")
-        lost = [(d, reason) for d, o in zip(digests, ok) if not o]
-        self.store.mark_unusable(self.key, lost)
-        bad.update(lost)
+        self.store.mark_unusable(self.key, [(d, reason) for d in lost])
+        bad.update((d, reason) for d in lost)
+        gone = set(lost)
+        ok = np.array([d not in gone for d in digests], bool)
         return [d for d, o in zip(digests, ok) if o], [f[ok] for f in feats]
 
     def _predict(self, pixels: np.ndarray) -> list[np.ndarray]:
