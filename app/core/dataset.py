@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from app.core.errors import SettingsError, UserError, bad_name_reason, shown
+from app.core.errors import SettingsError, UserError, bad_name_reason, shown, undecodable
 from app.core.imaging import IMAGE_SUFFIXES, PREPROCESS_VERSION, sniff_format
 from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
 from app.core.store import FeatureStore
@@ -90,9 +90,8 @@ class SplitSpec:
         if len(parts) != 3:
             raise SettingsError("a split has three parts: train/validation/test")
         total = sum(parts)
-        if not all(math.isfinite(p) and p >= 0 for p in parts) or not total > 0 \
-                or not parts[0] > 0:
-            raise SettingsError(f"a split's parts must be finite numbers >= 0 with train > 0, "
+        if not all(math.isfinite(p) for p in parts) or not total > 0:  # the rest: __post_init__
+            raise SettingsError(f"a split's parts must be finite numbers with a total above 0, "
                                 f"got {text!r}")
         return cls(*(p / total for p in parts))
 
@@ -272,8 +271,12 @@ def scan_dataset(
     walk = _Walk(root)
     refused: list[Finding] = []
     class_dirs = []
+    loose = 0  # image files lying in the folder itself, beside the class folders
     for p in sorted(root.iterdir(), key=lambda p: p.name):
-        if p.name.startswith(".") or not p.is_dir():
+        if p.name.startswith("."):
+            continue
+        if not p.is_dir():
+            loose += p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
             continue
         reason = bad_name_reason(p.name)
         if reason is None and p.is_symlink() and _is_system(p.resolve()):
@@ -293,8 +296,6 @@ def scan_dataset(
         _collect(_walk(class_dir, walk, linked_out), class_dir.name, candidates, badly_named)
     images, skipped = _read(candidates, badly_named, store, split, progress, cancel,
                             retry_skipped)
-    loose = sum(1 for p in root.iterdir() if not p.name.startswith(".")
-                and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     return _checked(Dataset(root, [p.name for p in class_dirs], images, skipped, [], split,
                             refused + _link_findings(walk), loose))
 
@@ -306,7 +307,7 @@ def _collect(paths: Iterator[Path], label: str, candidates: list, badly_named: l
         except OSError:
             continue
         text = str(path)
-        if bad_name_reason(text) == "its name is not valid UTF-8":
+        if undecodable(text):
             badly_named.append(Skipped(shown(text), "its name is not valid UTF-8 (the "
                                                      "cache cannot record it): rename it"))
             continue
@@ -415,11 +416,13 @@ def scan_inbox(folder: str | Path | list, store: FeatureStore | None = None,
                             progress, cancel, False)
     ds = Dataset(root, [INBOX], images, skipped, [], SplitSpec(1.0, 0.0, 0.0),
                  _link_findings(walk))
-    ds.findings = list(ds.scan_findings)
-    if skipped:
-        ds.findings.append(Finding("warning", f"{len(skipped)} file(s) skipped as unreadable",
-                                   tuple(s.path for s in skipped)))
+    ds.findings = [*ds.scan_findings, *_skipped_findings(skipped)]
     return ds
+
+
+def _skipped_findings(skipped: list[Skipped]) -> list[Finding]:
+    return [Finding("warning", f"{len(skipped)} file(s) skipped as unreadable",
+                    tuple(s.path for s in skipped))] if skipped else []
 
 
 def _link_findings(walk: _Walk) -> list[Finding]:
@@ -499,8 +502,6 @@ def _checked(ds: Dataset) -> Dataset:
                 f"the same image is in classes {', '.join(map(repr, labels))}",
                 tuple(r.path for r in recs),
             ))
-    if ds.skipped:
-        findings.append(Finding("warning", f"{len(ds.skipped)} file(s) skipped as unreadable",
-                                tuple(s.path for s in ds.skipped)))
+    findings += _skipped_findings(ds.skipped)
     ds.findings = [*ds.scan_findings, *findings]
     return ds

@@ -21,7 +21,7 @@ def shown(text: object) -> str:
     (newlines, escape sequences) and undecodable bytes of a file name are written as escapes
     (``\\n``, ``\\x1b``, ``\\udcff``) instead of reaching the terminal raw."""
     s = str(text)
-    if all(ch.isprintable() or ch == " " for ch in s) and not _has_surrogates(s):
+    if all(ch.isprintable() or ch == " " for ch in s) and not undecodable(s):
         return s
     out = []
     for ch in s:
@@ -32,7 +32,9 @@ def shown(text: object) -> str:
     return "".join(out)
 
 
-def _has_surrogates(s: str) -> bool:
+def undecodable(s: str) -> bool:
+    """Whether ``s`` (a file name from the file system) holds bytes that are not UTF-8
+    (Python carries them as lone surrogates, which SQLite and terminals refuse)."""
     return any(0xD800 <= ord(ch) <= 0xDFFF for ch in s)
 
 
@@ -40,7 +42,7 @@ def bad_name_reason(name: str) -> str | None:
     """Why ``name`` (a class folder or file name) cannot be used as a label, or None: names with
     control characters or bytes that are not UTF-8 would break ``labels.txt`` (one class a line)
     and every place that shows the name."""
-    if _has_surrogates(name):
+    if undecodable(name):
         return "its name is not valid UTF-8"
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
         return "its name holds a control character (a newline, tab or escape)"
