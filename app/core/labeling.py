@@ -75,10 +75,17 @@ def _assign(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> np.ndarray
                            for i in range(0, len(x), chunk)]) if len(x) else np.zeros(0, int)
 
 
-def typicality(x: np.ndarray, assign: np.ndarray, neighbours: int = TYPICAL_NEIGHBOURS
-               ) -> np.ndarray:
-    """Per row: 1 / mean cosine distance to its nearest rows in the same group (TypiClust)."""
+def typicality(x: np.ndarray, assign: np.ndarray, neighbours: int = TYPICAL_NEIGHBOURS,
+               rows: np.ndarray | None = None) -> np.ndarray:
+    """Per row: 1 / mean cosine distance to its nearest rows in the same group (TypiClust).
+    ``rows``: compute only these rows' values (the others stay 0; each is the one computed
+    without ``rows``, up to float32 rounding: the rows it is measured against do not
+    change)."""
     out = np.zeros(len(x), np.float64)
+    wanted = None
+    if rows is not None:
+        wanted = np.zeros(len(x), bool)
+        wanted[rows] = True
     for g in np.unique(assign):
         idx = np.flatnonzero(assign == g)
         if len(idx) == 1:
@@ -88,8 +95,9 @@ def typicality(x: np.ndarray, assign: np.ndarray, neighbours: int = TYPICAL_NEIG
         else:
             ref = idx
         m = min(neighbours, len(ref) - 1)
-        for s in range(0, len(idx), 1024):
-            part = idx[s:s + 1024]
+        todo = idx if wanted is None else idx[wanted[idx]]
+        for s in range(0, len(todo), 1024):
+            part = todo[s:s + 1024]
             dist = 1 - x[part] @ x[ref].T
             dist[part[:, None] == ref[None, :]] = np.inf
             near = np.partition(dist, m - 1, axis=1)[:, :m]
@@ -302,7 +310,7 @@ def next_batch(pool: np.ndarray, labelled: np.ndarray, model: LabelModel | None,
         _, assign = kmeans(both, len(labelled) + batch, seed)
         lab_groups = set(assign[:len(labelled)].tolist())
         pool_assign = assign[len(labelled):]
-        typ = typicality(both, assign)[len(labelled):]
+        typ = typicality(both, assign, rows=np.arange(len(labelled), len(both)))[len(labelled):]
         sizes = np.bincount(assign, minlength=assign.max() + 1)
         open_groups = [g for g in np.argsort(-sizes, kind="stable")
                        if g not in lab_groups and sizes[g] >= MIN_GROUP]
@@ -323,7 +331,8 @@ def next_batch(pool: np.ndarray, labelled: np.ndarray, model: LabelModel | None,
         else:
             candidates = free[np.argsort(sug.margin, kind="stable")[:want * 5]]
             if hard:  # a weak model's doubts are often outliers: only the denser half
-                dens = typicality(pool, np.zeros(len(pool), np.int64))[candidates]
+                dens = typicality(pool, np.zeros(len(pool), np.int64),
+                                  rows=candidates)[candidates]
                 candidates = candidates[dens >= np.median(dens)]
         for i in _farthest_first(pool, candidates, labelled, want):
             taken.add(i)
@@ -388,17 +397,16 @@ def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str
     with FeatureStore(cache_dir) as store:
         data = scan_dataset(data_dir, store, progress=progress, cancel=cancel)
         pile = scan_inbox(inbox or data_dir, store, progress, cancel, loose_only=inbox is None)
-    skipped = list(data.skipped) + list(pile.skipped)
     key = None
     if data.images:
         result, data = CacheJob(data, backbone, weights, cache_dir).run(progress, cancel)
-        key, skipped = result.model_key, list(data.skipped) + list(pile.skipped)
+        key = result.model_key
     known = {r.digest for r in data.images}
     pile.images = [r for r in pile.images if r.digest not in known]
     if pile.images:
         result, pile = CacheJob(pile, backbone, weights, cache_dir).run(progress, cancel)
         key = result.model_key
-        skipped += [s for s in pile.skipped if s not in skipped]
+    skipped = list(data.skipped) + list(pile.skipped)  # caching adds what did not decode
     feats = {}
     if key is not None:
         with FeatureStore(cache_dir) as store:
