@@ -87,11 +87,11 @@ def _key() -> bytes:
     return bytes.fromhex(path.read_text("ascii").strip())
 
 
-def _mac(root: Path, entry: dict) -> str:
+def _mac(root: Path, entry: dict, key: bytes) -> str:
     fields = {k: entry.get(k) for k in ("op", "id", "source", "target", "time", "ref",
                                         "digest")}
     message = json.dumps([str(root), fields], sort_keys=True, ensure_ascii=True)
-    return hmac.new(_key(), message.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
 def check_relative(root: Path, rel: object, loose: bool = False) -> str:
@@ -127,6 +127,7 @@ def read(root: Path) -> JournalState:
         log.warning("%s", os_error_message(exc, f"the move journal of {root} cannot be read"))
         return state
     done: dict[str, Move] = {}
+    key = _key()  # read once: every line is checked against it
     for line in raw.decode("utf-8", "replace").splitlines():
         if not line.strip():
             continue
@@ -143,7 +144,7 @@ def read(root: Path) -> JournalState:
                 state.malformed += 1
             continue
         if not hmac.compare_digest(entry["mac"].encode("utf-8", "replace"),
-                                   _mac(root, entry).encode()):
+                                   _mac(root, entry, key).encode()):
             state.foreign.append(entry)
             continue
         if entry["op"] in ("move", "copy"):
@@ -182,7 +183,7 @@ def append(root: Path, op: str, move: Move | None = None, ref: str = "") -> str:
             entry["digest"] = move.digest
     if ref:
         entry["ref"] = ref
-    entry["mac"] = _mac(root, entry)
+    entry["mac"] = _mac(root, entry, _key())
     text = json.dumps(entry, ensure_ascii=False) + "\n"
     path = root / JOURNAL
     try:
