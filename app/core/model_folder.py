@@ -185,24 +185,17 @@ def _nullable(check: Checker) -> Checker:
     return inner
 
 
-def _string(v: Any, field: str) -> None:
-    if not isinstance(v, str):
-        raise _fail(field, "a string", v)
+def _of_type(kind: type, wants: str) -> Checker:
+    def inner(v: Any, field: str) -> None:
+        if not isinstance(v, kind):
+            raise _fail(field, wants, v)
+    return inner
 
 
-def _obj(v: Any, field: str) -> None:
-    if not isinstance(v, dict):
-        raise _fail(field, "an object", v)
-
-
-def _boolean(v: Any, field: str) -> None:
-    if not isinstance(v, bool):
-        raise _fail(field, "true or false", v)
-
-
-def _list(v: Any, field: str) -> None:
-    if not isinstance(v, list):
-        raise _fail(field, "a list", v)
+_string = _of_type(str, "a string")
+_obj = _of_type(dict, "an object")
+_boolean = _of_type(bool, "true or false")
+_list = _of_type(list, "a list")
 
 
 def _int_range(lo: int, hi: int) -> Checker:
