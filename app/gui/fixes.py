@@ -93,11 +93,7 @@ class Fixes(QObject):
 
     # --- fixing labels ------------------------------------------------------------------
     def _refused(self) -> bool:
-        if self.win.heavy is not None:
-            self.win.banner.show_warning(f"Stop {self.win.heavy.name} before moving files in "
-                                         "the data folder.")
-            return True
-        return False
+        return self.win.refused_while_busy("moving files in the data folder")
 
     def move(self, entry: dict, new_class: str) -> None:
         if self._refused():

@@ -136,11 +136,8 @@ class Labeling(QObject):
 
     # --- filing -------------------------------------------------------------------------------
     def _refused(self) -> bool:
-        if self.win.heavy is not None:
-            self.win.banner.show_warning(f"Stop {self.win.heavy.name} before filing photos in "
-                                         "the data folder.")
-            return True
-        return self.data_dir is None
+        return self.win.refused_while_busy("filing photos in the data folder") \
+            or self.data_dir is None
 
     def assign(self, paths: list[str], cls: str) -> None:
         if self._refused():

@@ -264,10 +264,17 @@ class MainWindow(QMainWindow):
             self.open_model(str(model), show=False,
                             source=f"the last model trained, reopened from {model}")
 
+    def refused_while_busy(self, action: str) -> bool:
+        """True (and says why) while caching or training runs: files and folders stay as
+        they are until it ends."""
+        if self.heavy is None:
+            return False
+        self.banner.show_warning(f"Stop {self.heavy.name} before {action}.")
+        return True
+
     def load_folder(self, folder: str, show: bool = True) -> None:
         """Read ``folder`` (in the background); ``show``: go to the Data page."""
-        if self.heavy is not None:
-            self.banner.show_warning(f"Stop {self.heavy.name} before opening another folder.")
+        if self.refused_while_busy("opening another folder"):
             return
         self.prefs.last_folder = folder
         if show:
