@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from app import __version__
-from app.core.errors import SettingsError, os_error_message, shown
-from app.core.jobs import Cancelled, CancelToken, Progress
-from app.core.training import TrainSettings as TrainDefaults
+from app.core.base.errors import SettingsError, os_error_message, shown
+from app.core.base.jobs import Cancelled, CancelToken, Progress
+from app.core.training.fit import TrainSettings as TrainDefaults
 
 EXIT_OK, EXIT_CANCELLED, EXIT_USAGE = 0, 1, 2
 
@@ -93,7 +93,7 @@ def _clock(seconds: float) -> str:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    from app.core.backbones import BACKBONES, DEFAULT_BACKBONE
+    from app.core.features.backbones import BACKBONES, DEFAULT_BACKBONE
 
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=sorted(BACKBONES),
                    help=f"frozen ImageNet CNN (default {DEFAULT_BACKBONE})")
@@ -234,13 +234,13 @@ def _backbone_batch(text: str) -> int:
 
 
 def _split(text: str):
-    from app.core.dataset import SplitSpec
+    from app.core.intake.dataset import SplitSpec
 
     return SplitSpec.parse(text)
 
 
 def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
-    from app.core.caching import CacheJob
+    from app.core.features.caching import CacheJob
 
     job = CacheJob(args.data_dir, args.backbone, args.weights, args.cache_dir,
                    args.batch_size, _split(args.split), retry_skipped=args.retry_skipped,
@@ -275,9 +275,9 @@ def cmd_cache(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     from pathlib import Path
 
-    from app.core.export import FORMATS, ExportError, check_destination
-    from app.core.retrain import Retraining
-    from app.core.training import TrainSettings
+    from app.core.delivery.export import FORMATS, ExportError, check_destination
+    from app.core.pipeline.retrain import Retraining
+    from app.core.training.fit import TrainSettings
 
     out = Path(args.out).expanduser().absolute()
     check_destination(out)  # refused before any work, and again right before the swap
@@ -296,9 +296,9 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         mode=args.mode, backbone_lr_scale=args.backbone_lr_scale, augment=args.augment,
         warmup_epochs=args.warmup_epochs)
     run = Retraining(args.data_dir, args.backbone, args.weights, args.cache_dir, settings)
-    from app.core.dataset import scan_dataset
-    from app.core.paths import user_cache_dir
-    from app.core.store import FeatureStore
+    from app.core.base.paths import user_cache_dir
+    from app.core.intake.dataset import scan_dataset
+    from app.core.storage.store import FeatureStore
 
     with FeatureStore(args.cache_dir or user_cache_dir()) as store:
         run.dataset = scan_dataset(args.data_dir, store, split, bar, cancel)
@@ -370,7 +370,7 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 
 
 def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
-    from app.core.retrain import evaluate_model_dir
+    from app.core.pipeline.retrain import evaluate_model_dir
 
     ev = evaluate_model_dir(args.model_dir, args.data_dir, args.split, bar, cancel)
     if args.json:
@@ -406,10 +406,10 @@ def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken
 
 
 def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
-    from app.core.predict import Predictor
+    from app.core.delivery.predict import Predictor
 
     if args.sort_into and args.undo:
-        from app.core.labels import undo_all
+        from app.core.intake.labels import undo_all
 
         undone = undo_all(args.sort_into)
         bar.line(f"undone: {len(undone)} photo(s) filed in {args.sort_into}")
@@ -439,8 +439,8 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
 def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     from pathlib import Path
 
-    from app.core import labeling
-    from app.core.labels import LabelError, create_class, label_image, undo_move
+    from app.core.intake.labels import LabelError, create_class, label_image, undo_move
+    from app.core.pipeline import labeling
 
     doc: dict = {"done": []}
     if args.undo:
@@ -519,7 +519,7 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 
 
 def _sort(args: argparse.Namespace, preds, bar: ProgressBar) -> int:
-    from app.core.labels import sort_into, sort_plan
+    from app.core.intake.labels import sort_into, sort_plan
 
     plan = sort_plan(preds)
     doc = {"plan": plan.counts(), "errors": [{"path": p, "error": e} for p, e in plan.errors]}
@@ -564,7 +564,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, ProgressBar, CancelToken], int
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """What ends a command with one ``error:`` line: the core's one family of expected
     errors (the window turns the same family into its banner)."""
-    from app.core.errors import UserError
+    from app.core.base.errors import UserError
 
     return (UserError,)
 

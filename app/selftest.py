@@ -93,8 +93,8 @@ def _run(work: Path) -> None:
     _say(f"data ok ({len(files)} images in {len(CLASSES)} classes)")
 
     _step("cache")
-    from app.core.retrain import Retraining
-    from app.core.training import TrainSettings
+    from app.core.pipeline.retrain import Retraining
+    from app.core.training.fit import TrainSettings
 
     run = Retraining(data, backbone="tiny", weights="none", cache_dir=cache,
                      settings=TrainSettings(epochs=1, aux_weight=0.3, early_stopping=0))
@@ -123,7 +123,7 @@ def _run(work: Path) -> None:
     _say(f"export ok ({out.name}/model.keras)")
 
     _step("predict")
-    from app.core.predict import Predictor
+    from app.core.delivery.predict import Predictor
 
     exported = Predictor.from_dir(out).predict(files, top_k=len(CLASSES))
     in_app = run.predictor().predict(files, top_k=len(CLASSES))

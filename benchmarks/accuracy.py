@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core.retrain import Retraining  # noqa: E402
-from app.core.training import TrainSettings  # noqa: E402
+from app.core.pipeline.retrain import Retraining  # noqa: E402
+from app.core.training.fit import TrainSettings  # noqa: E402
 
 
 def configs(finetune_epochs: int) -> dict[str, dict]:

@@ -52,10 +52,10 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from app.core.backbones import BackboneSpec, build_extractor, get_spec  # noqa: E402
-from app.core.caching import DEFAULT_BATCH, cache_features  # noqa: E402
-from app.core.imaging import IMAGE_SUFFIXES, load_rgb  # noqa: E402
-from app.core.jobs import Progress  # noqa: E402
+from app.core.base.jobs import Progress  # noqa: E402
+from app.core.features.backbones import BackboneSpec, build_extractor, get_spec  # noqa: E402
+from app.core.features.caching import DEFAULT_BATCH, cache_features  # noqa: E402
+from app.core.intake.imaging import IMAGE_SUFFIXES, load_rgb  # noqa: E402
 
 if TYPE_CHECKING:
     import keras

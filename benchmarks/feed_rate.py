@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from app.core.feeds import FeatureSource, SplitData, make_feed  # noqa: E402
-from app.core.retrain import Retraining, load_splits  # noqa: E402
-from app.core.store import CUT  # noqa: E402
-from app.core.training import TrainSettings, train_head  # noqa: E402
+from app.core.pipeline.retrain import Retraining, load_splits  # noqa: E402
+from app.core.storage.store import CUT  # noqa: E402
+from app.core.training.feeds import FeatureSource, SplitData, make_feed  # noqa: E402
+from app.core.training.fit import TrainSettings, train_head  # noqa: E402
 
 
 def feed_epoch(split: SplitData, inputs, n_classes: int, host_float32: bool) -> float:

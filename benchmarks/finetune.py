@@ -31,17 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from app.core.backbones import build_backbone, get_spec, scaling_layer  # noqa: E402
-from app.core.finetune import (  # noqa: E402
+from app.core.features.backbones import build_backbone, get_spec, scaling_layer  # noqa: E402
+from app.core.features.finetune import (  # noqa: E402
     CUTS,
     build_finetune_model,
     build_top,
     cut_tensor,
     scaled_optimizer,
 )
-from app.core.head import HeadShape, build_head  # noqa: E402
-from app.core.retrain import Retraining  # noqa: E402
-from app.core.training import TrainSettings, _optimizer  # noqa: E402
+from app.core.pipeline.retrain import Retraining  # noqa: E402
+from app.core.training.fit import TrainSettings, _optimizer  # noqa: E402
+from app.core.training.head import HeadShape, build_head  # noqa: E402
 
 
 def macs(model) -> dict[str, int]:
@@ -101,7 +101,7 @@ def _decoding_feed(paths, onehot, size, settings, shuffle):
 
     import keras
 
-    from app.core.imaging import load_rgb
+    from app.core.intake.imaging import load_rgb
 
     class Decoding(keras.utils.PyDataset):
         def __init__(self):

@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from app.core.backbones import get_spec  # noqa: E402
-from app.core.caching import CacheJob, _Runner  # noqa: E402
-from app.core.device import compute_precision, configure  # noqa: E402
-from app.core.imaging import IMAGE_SUFFIXES, load_rgb  # noqa: E402
-from app.core.jobs import CancelToken, no_progress  # noqa: E402
+from app.core.base.device import compute_precision, configure  # noqa: E402
+from app.core.base.jobs import CancelToken, no_progress  # noqa: E402
+from app.core.features.backbones import get_spec  # noqa: E402
+from app.core.features.caching import CacheJob, _Runner  # noqa: E402
+from app.core.intake.imaging import IMAGE_SUFFIXES, load_rgb  # noqa: E402
 
 
 class GpuSampler:

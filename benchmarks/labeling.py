@@ -1,6 +1,7 @@
 """How many labels the app needs: an oracle labels what the app asks for, through the same code
-the window uses (app.core.labeling: groups, suggestions, queue, the retrained model), and the
-test accuracy after N labels is printed for the app's order and for random order, side by side.
+the window uses (app.core.pipeline.labeling: groups, suggestions, queue, the retrained model),
+and the test accuracy after N labels is printed for the app's order and for random order,
+side by side.
 
 The pool is the data folder's training split (its labels hidden from the app), the model is
 judged on the test split. A label is one photo the oracle looked at. The app's queue starts
@@ -26,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.core import labeling  # noqa: E402
-from app.core.caching import CacheJob  # noqa: E402
-from app.core.retrain import load_splits  # noqa: E402
+from app.core.features.caching import CacheJob  # noqa: E402
+from app.core.pipeline.retrain import load_splits  # noqa: E402
 
 SHOW = 8  # typical photos a group shows
 CHECKPOINTS = (20, 40, 60, 80, 100, 120, 140, 160, 190, 250, 360)

@@ -73,9 +73,9 @@ def _dir_bytes(folder: Path) -> int:
 
 
 def child(step: str, data: str, cache: str) -> dict:
-    from app.core.caching import CacheJob
-    from app.core.dataset import scan_dataset
-    from app.core.store import FeatureStore
+    from app.core.features.caching import CacheJob
+    from app.core.intake.dataset import scan_dataset
+    from app.core.storage.store import FeatureStore
 
     t0 = time.perf_counter()
     if step == "scan":
@@ -98,8 +98,8 @@ def child(step: str, data: str, cache: str) -> dict:
         return {"cache_warm_s": round(time.perf_counter() - t0, 1),
                 "warm_computed": res.computed, "warm_peak_mb": _peak_mb()}
     if step == "train":
-        from app.core.retrain import Retraining
-        from app.core.training import TrainSettings
+        from app.core.pipeline.retrain import Retraining
+        from app.core.training.fit import TrainSettings
 
         first: list[float] = []
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core.caching import CacheJob  # noqa: E402
+from app.core.features.caching import CacheJob  # noqa: E402
 
 
 def main() -> int:

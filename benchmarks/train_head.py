@@ -1,6 +1,6 @@
 """Seconds per epoch of head training, measured side by side in one run.
 
-1. ours: ``app.core.training.train_head`` on cached features streamed from the store in
+1. ours: ``app.core.training.fit.train_head`` on cached features streamed from the store in
    shuffled batches (streams metrics, cancel checks, best-weights tracking);
 2. plain: the very same head compiled the same way and trained with a bare ``model.fit`` on
    every feature held in memory as float32 arrays, what training did before streaming (the
@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from app.core.backbones import build_extractor, get_spec  # noqa: E402
-from app.core.head import HeadShape, build_head  # noqa: E402
-from app.core.imaging import load_rgb  # noqa: E402
-from app.core.retrain import Retraining, load_splits  # noqa: E402
-from app.core.training import TrainSettings, _optimizer, train_head  # noqa: E402
+from app.core.features.backbones import build_extractor, get_spec  # noqa: E402
+from app.core.intake.imaging import load_rgb  # noqa: E402
+from app.core.pipeline.retrain import Retraining, load_splits  # noqa: E402
+from app.core.training.fit import TrainSettings, _optimizer, train_head  # noqa: E402
+from app.core.training.head import HeadShape, build_head  # noqa: E402
 
 
 def _compile(model, settings: TrainSettings, steps: int):

@@ -43,7 +43,7 @@ def fill_cut(cache: Path, n: int) -> None:
     """N synthetic cut tensors in the store's float16 shards (skipped when already there)."""
     import numpy as np
 
-    from app.core.store import CUT, FeatureStore
+    from app.core.storage.store import CUT, FeatureStore
 
     with FeatureStore(cache) as store:
         have = len(store.cached_digests(CUT_KEY))
@@ -64,7 +64,7 @@ def fill(cache: Path, n: int) -> None:
     """N synthetic rows (skipped when the store already has them)."""
     import numpy as np
 
-    from app.core.store import FeatureBatch, FeatureStore
+    from app.core.storage.store import FeatureBatch, FeatureStore
 
     with FeatureStore(cache) as store:
         if len(store.cached_digests(KEY)) >= n:
@@ -90,10 +90,10 @@ def child(cache: str, n: int, in_memory: bool, mode: str = "head", epochs: int =
 
     import numpy as np
 
-    from app.core.feeds import FeatureSource, SplitData
-    from app.core.jobs import Cancelled, CancelToken
-    from app.core.store import CUT
-    from app.core.training import TrainSettings, train_head
+    from app.core.base.jobs import Cancelled, CancelToken
+    from app.core.storage.store import CUT
+    from app.core.training.feeds import FeatureSource, SplitData
+    from app.core.training.fit import TrainSettings, train_head
 
     digests = [f"{i:032x}" for i in range(n)]
     labels = np.arange(n) % CLASSES
@@ -109,7 +109,7 @@ def child(cache: str, n: int, in_memory: bool, mode: str = "head", epochs: int =
         data[name] = d
     backbone = None
     if mode == "finetune":
-        from app.core.backbones import get_spec
+        from app.core.features.backbones import get_spec
 
         backbone = (get_spec("mobilenet"), "none")
     cancel, seen = CancelToken(), [0]

@@ -30,12 +30,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.core.calibration import ece, fit_temperature, softmax  # noqa: E402
-from app.core.feeds import SplitData  # noqa: E402
-from app.core.retrain import Retraining, load_splits  # noqa: E402
-from app.core.training import TrainSettings, train_head  # noqa: E402
-from app.core.trust import main_outputs  # noqa: E402
-from app.core.unknown import METHODS, auroc, fit_detector  # noqa: E402
+from app.core.pipeline.retrain import Retraining, load_splits  # noqa: E402
+from app.core.training.feeds import SplitData  # noqa: E402
+from app.core.training.fit import TrainSettings, train_head  # noqa: E402
+from app.core.trust.calibration import ece, fit_temperature, softmax  # noqa: E402
+from app.core.trust.fit import main_outputs  # noqa: E402
+from app.core.trust.unknown import METHODS, auroc, fit_detector  # noqa: E402
 
 
 def _subset(split: SplitData, keep: np.ndarray, relabel: dict[int, int]) -> SplitData:
@@ -48,9 +48,9 @@ def _subset(split: SplitData, keep: np.ndarray, relabel: dict[int, int]) -> Spli
 
 def foreign_split(folder: str, backbone: str, weights: str) -> SplitData:
     """Every image under ``folder`` decoded by the app and through the app's extractor."""
-    from app.core.backbones import build_extractor, get_spec
-    from app.core.imaging import load_rgb
-    from app.core.predict import expand_paths
+    from app.core.delivery.predict import expand_paths
+    from app.core.features.backbones import build_extractor, get_spec
+    from app.core.intake.imaging import load_rgb
 
     spec = get_spec(backbone)
     paths = [str(p) for p in expand_paths([folder])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QLabel, QStatusBar, QWidget
 
-from app.core.jobs import Progress
+from app.core.base.jobs import Progress
 from app.gui.worker import Worker
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from app.core.paths import user_data_dir
+from app.core.base.paths import user_data_dir
 
 LOG_NAME = "bottleneck-studio.log"
 log = logging.getLogger("app.gui")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices
 
-from app.core.labels import LabelError
+from app.core.intake.labels import LabelError
 from app.gui.pages.image_grid import ImageGrid
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class Fixes(QObject):
     def _reviewed(self, outcome) -> None:
         if not self.session.apply_review(outcome):
             return  # another model since
-        from app.core.review import ThresholdScale
+        from app.core.pipeline.review import ThresholdScale
 
         review = outcome.review
         self.page.show_review(review)
@@ -78,7 +78,7 @@ class Fixes(QObject):
             self.win.remember_threshold()
 
     def show_cell(self, true: str, predicted: str) -> None:
-        from app.core.review import cell_images
+        from app.core.pipeline.review import cell_images
 
         review = self.session.review
         if review is None:

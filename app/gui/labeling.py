@@ -1,10 +1,10 @@
 """The Label page's controller: the unsorted photos, one refresh task at a time, and filing.
 
-A refresh (scan, cache, fit, suggest, queue, group: ``app.core.labeling.refresh``) runs in the
-generic worker with frozen inputs and returns a view; starting another cancels the previous
-one and disconnects it, so a stale view never arrives. Filing a photo is one rename or copy on
-the GUI thread (``app.core.labels``), journaled and undoable; after every ``RETRAIN_EVERY``
-labels (and after an undo or a bulk accept) the model and the queue are refreshed.
+A refresh (scan, cache, fit, suggest, queue, group:
+``app.core.pipeline.labeling.refresh``) runs in the generic worker with frozen inputs and
+returns a view; starting another cancels the previous one and disconnects it, so a stale
+view never arrives. Filing a photo is one rename or copy on the GUI thread
+(``app.core.intake.labels``), journaled and undoable; after every ``RETRAIN_EVERY`` labels (and after an undo or a bulk accept) the model and the queue are refreshed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PySide6.QtCore import QObject
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import QFileDialog, QInputDialog
 
-from app.core.labels import LabelError, create_class, label_many, undo_move
+from app.core.intake.labels import LabelError, create_class, label_many, undo_move
 from app.gui.activity import progress_text
 from app.gui.pages.label import ICON, LabelPage
 from app.gui.widgets import dialog_folder
@@ -98,7 +98,7 @@ class Labeling(QObject):
             self.worker.cancel()
 
         def job(progress, cancel):
-            from app.core.labeling import refresh
+            from app.core.pipeline.labeling import refresh
 
             return refresh(root, inbox, backbone, weights, cache_dir, groups=groups,
                            progress=progress, cancel=cancel)

@@ -26,12 +26,12 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
-from app.core.dataset import Dataset, scan_dataset
-from app.core.jobs import CancelToken, ProgressCallback, long_lived_objects
-from app.core.paths import user_cache_dir
-from app.core.retrain import Retraining
-from app.core.store import FeatureStore
-from app.core.training import TrainSettings
+from app.core.base.jobs import CancelToken, ProgressCallback, long_lived_objects
+from app.core.base.paths import user_cache_dir
+from app.core.intake.dataset import Dataset, scan_dataset
+from app.core.pipeline.retrain import Retraining
+from app.core.storage.store import FeatureStore
+from app.core.training.fit import TrainSettings
 from app.gui import thumbnails
 
 CLASS_THUMBS = 4
@@ -63,7 +63,7 @@ class ScanResult:
 
 @dataclass
 class Predicted:
-    prediction: Any  # app.core.predict.Prediction
+    prediction: Any  # app.core.delivery.predict.Prediction
     image: QImage | None
 
 
@@ -72,7 +72,7 @@ class PredictOutcome:
     """What a predict job returns: the predictor it used (built if it had to) and its answers,
     with the model generation they belong to."""
 
-    predictor: Any  # app.core.predict.Predictor
+    predictor: Any  # app.core.delivery.predict.Predictor
     results: list[Predicted]
     generation: int
 
@@ -80,7 +80,7 @@ class PredictOutcome:
 @dataclass
 class ReviewOutcome:
     run: Retraining
-    review: Any  # app.core.review.Review
+    review: Any  # app.core.pipeline.review.Review
 
 
 @dataclass
@@ -103,11 +103,11 @@ class Session(QObject):
         self.cache_dir = cache_dir
         self.retraining: Retraining | None = None  # the data side: dataset, cache
         self.model: Retraining | str | None = None  # a trained snapshot, or a model folder
-        self.predictor = None  # app.core.predict.Predictor, once built or loaded
+        self.predictor = None  # app.core.delivery.predict.Predictor, once built or loaded
         self.predictor_source = ""
         self.generation = 0  # bumped whenever the model behind predictions changes
         self.stopped_run = None  # a stopped run not (yet) chosen over the current model
-        self.review = None  # app.core.review.Review of the current trained model
+        self.review = None  # app.core.pipeline.review.Review of the current trained model
         self.device = ""
         self._scan_ticket = 0
         self._summary: tuple[Dataset, DataSummary] | None = None
@@ -256,7 +256,7 @@ class Session(QObject):
             raise RuntimeError("train a model first")
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> ReviewOutcome:
-            from app.core.review import review
+            from app.core.pipeline.review import review
 
             return ReviewOutcome(run, review(run))
 
@@ -272,7 +272,7 @@ class Session(QObject):
     def set_unknown_threshold(self, threshold: float) -> dict | None:
         """Use ``threshold`` for "unknown" answers from now on (and in the next export);
         returns what it does on the validation images, None without a detector."""
-        from app.core.review import threshold_effect
+        from app.core.pipeline.review import threshold_effect
 
         run, detector = self.trained_run, None
         if run is not None and run.trust is not None:
@@ -309,14 +309,14 @@ class Session(QObject):
     def move_image(self, path: str, new_class: str):
         """Move ``path`` into the class folder ``new_class`` of the data folder (a real file
         move, journaled); returns the core Move. Raises LabelError (nothing changed)."""
-        from app.core.labels import LabelError, move_image
+        from app.core.intake.labels import LabelError, move_image
 
         if self.data_dir is None:
             raise LabelError("open the data folder first")
         return move_image(self.data_dir, path, new_class)
 
     def undo_move(self):
-        from app.core.labels import LabelError, undo_move
+        from app.core.intake.labels import LabelError, undo_move
 
         if self.data_dir is None:
             raise LabelError("open the data folder first")
@@ -325,13 +325,13 @@ class Session(QObject):
     def moves(self):
         """The data folder's journal: moves in effect, and lines this app did not write
         there (shown, never undone)."""
-        from app.core.labels import JournalState, journal_state
+        from app.core.intake.labels import JournalState, journal_state
 
         return JournalState() if self.data_dir is None else journal_state(self.data_dir)
 
     def exclude(self, entry: dict, exclude: bool = True) -> None:
         """Leave ``entry``'s image (by content) out of the next training runs."""
-        from app.core.labels import LabelError, set_excluded
+        from app.core.intake.labels import LabelError, set_excluded
 
         digest = entry.get("digest") or self._digest_of(entry["path"])
         if self.data_dir is None or not digest:
@@ -340,7 +340,7 @@ class Session(QObject):
                      entry["path"], exclude)
 
     def excluded(self) -> dict[str, str]:
-        from app.core.labels import excluded
+        from app.core.intake.labels import excluded
 
         if self.data_dir is None:
             return {}
@@ -376,7 +376,7 @@ class Session(QObject):
 
     def open_model_job(self, folder: str) -> Job:
         def job(progress: ProgressCallback, cancel: CancelToken):
-            from app.core.predict import Predictor
+            from app.core.delivery.predict import Predictor
 
             with self._building:
                 return Predictor.from_dir(folder)
@@ -405,7 +405,7 @@ class Session(QObject):
                     if isinstance(model, Retraining):
                         built = model.predictor()
                     else:
-                        from app.core.predict import Predictor
+                        from app.core.delivery.predict import Predictor
 
                         built = Predictor.from_dir(model)
             preds = built.predict(paths, top_k=top_k, progress=progress, cancel=cancel)

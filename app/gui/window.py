@@ -20,8 +20,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.export import clean_leftovers, is_model_folder
-from app.core.paths import last_model_dir
+from app.core.base.paths import last_model_dir
+from app.core.delivery.export import clean_leftovers, is_model_folder
 from app.gui.activity import ActivityLabel, progress_text, say_while
 from app.gui.closing import REMEMBERING, SAVING, quit_question, stops_on_quit
 from app.gui.errors import ErrorBanner, log, log_file, setup_logging
@@ -233,7 +233,7 @@ class MainWindow(QMainWindow):
         def load(progress, cancel):
             import pyqtgraph  # noqa: F401  (the Train page's plots, off the launch path)
 
-            from app.core import device
+            from app.core.base import device
 
             return device.configure()
 
@@ -484,7 +484,7 @@ class MainWindow(QMainWindow):
         threshold, folder = run.trust.detector.threshold, last_model_dir()
 
         def job(progress, cancel) -> bool:
-            from app.core.export import set_unknown_threshold
+            from app.core.delivery.export import set_unknown_threshold
 
             return set_unknown_threshold(folder, threshold)
 
@@ -590,7 +590,7 @@ class MainWindow(QMainWindow):
     def sort_predictions(self, out: str) -> bool:
         """Copy the listed photos into ``out``/<class>/ and ``out``/_unknown/ by their answers,
         after a preview of the counts; True when done."""
-        from app.core.labels import sort_into, sort_plan
+        from app.core.intake.labels import sort_into, sort_plan
 
         plan = sort_plan([r.prediction for r in self.predict.results])
         counts = plan.counts()
@@ -617,7 +617,7 @@ class MainWindow(QMainWindow):
             QMessageBox.StandardButton.Yes
 
     def undo_sort(self) -> None:
-        from app.core.labels import LabelError, undo_all
+        from app.core.intake.labels import LabelError, undo_all
 
         out = getattr(self, "_sorted_into", None)
         if not out:

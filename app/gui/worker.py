@@ -17,8 +17,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal
 
-from app.core.errors import UserError, os_error_message
-from app.core.jobs import Cancelled, CancelToken, Progress
+from app.core.base.errors import UserError, os_error_message
+from app.core.base.jobs import Cancelled, CancelToken, Progress
 
 log = logging.getLogger("app.gui")
 

@@ -107,7 +107,7 @@ def test_warm_run_never_imports_tensorflow(tmp_path):
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
     script = (
         "import sys, json\n"
-        "from app.core.caching import cache_features\n"
+        "from app.core.features.caching import cache_features\n"
         f"r = cache_features({str(data)!r}, 'tiny', 'none', {str(tmp_path / 'c')!r})\n"
         "print(json.dumps([r.computed, r.reused, 'tensorflow' in sys.modules,"
         " 'keras' in sys.modules]))\n"

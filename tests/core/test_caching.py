@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from app.core.backbones import build_backbone, get_spec, model_key
-from app.core.caching import CacheJob, cache_features
-from app.core.dataset import DatasetError, scan_dataset
-from app.core.jobs import CancelToken
-from app.core.store import FeatureStore
+from app.core.base.jobs import CancelToken
+from app.core.features.backbones import build_backbone, get_spec, model_key
+from app.core.features.caching import CacheJob, cache_features
+from app.core.intake.dataset import DatasetError, scan_dataset
+from app.core.storage.store import FeatureStore
 from tests.conftest import make_image
 
 
@@ -30,8 +30,8 @@ def test_cold_then_warm_then_incremental(dataset_dir, cache_dir):
 def test_features_have_tap_shapes_and_match_a_direct_forward_pass(dataset_dir, cache_dir):
     result = _cache(dataset_dir, cache_dir)
     ds = scan_dataset(dataset_dir)
-    from app.core.backbones import build_extractor
-    from app.core.imaging import load_rgb
+    from app.core.features.backbones import build_extractor
+    from app.core.intake.imaging import load_rgb
 
     spec = get_spec("tiny")
     model = build_extractor(spec, "none")
@@ -121,9 +121,9 @@ def test_out_of_memory_halves_the_batch_until_every_image_is_computed(dataset_di
                                                                       monkeypatch):
     """A GPU that only fits 4 images: 16 -> 8 -> 4 halves twice; every image still gets its
     features, equal to a direct forward pass."""
-    from app.core import caching
-    from app.core.backbones import build_extractor
-    from app.core.imaging import load_rgb
+    from app.core.features import caching
+    from app.core.features.backbones import build_extractor
+    from app.core.intake.imaging import load_rgb
 
     batches = []
 
@@ -153,7 +153,7 @@ def test_out_of_memory_halves_the_batch_until_every_image_is_computed(dataset_di
 
 
 def test_other_errors_are_not_mistaken_for_out_of_memory(dataset_dir, cache_dir, monkeypatch):
-    from app.core import caching
+    from app.core.features import caching
 
     class Broken:
         def __init__(self, model):
@@ -169,7 +169,7 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(dataset_dir, cache_dir,
 
 
 def test_a_batch_is_one_transaction(cache_dir):
-    from app.core.store import FeatureBatch
+    from app.core.storage.store import FeatureBatch
 
     with FeatureStore(cache_dir) as store:
         store.db.execute("CREATE TRIGGER boom BEFORE INSERT ON features WHEN NEW.digest='c' "
@@ -197,7 +197,7 @@ def test_a_transient_read_failure_is_retried_next_run(dataset_dir, cache_dir, tm
 
 
 def test_retry_skipped_tries_remembered_bad_files_again(dataset_dir, cache_dir):
-    from app.core.imaging import PREPROCESS_VERSION
+    from app.core.intake.imaging import PREPROCESS_VERSION
 
     with FeatureStore(cache_dir) as store:
         ds = scan_dataset(dataset_dir, store)
@@ -227,7 +227,7 @@ def test_model_key_names_backend_and_precision(dataset_dir, cache_dir, monkeypat
 
 def test_a_wrong_precision_guess_rekeys_before_storing(dataset_dir, cache_dir, monkeypatch):
     """The key's precision is guessed without TensorFlow; the device's truth wins."""
-    from app.core import device
+    from app.core.base import device
 
     monkeypatch.setattr(device.os.path, "exists", lambda p: p == "/dev/nvidia0")
     monkeypatch.setattr(device, "_configured", None)

@@ -4,14 +4,14 @@ how much, and the exported model outputs the calibrated probabilities itself."""
 import numpy as np
 import pytest
 
-from app.core.backbones import get_spec
-from app.core.calibration import ece, fit_temperature, reliability, safe_temperature, softmax
-from app.core.export import classifier_model
-from app.core.imaging import load_rgb
-from app.core.predict import Predictor, read_metadata
-from app.core.retrain import Retraining, evaluate_head, evaluate_model_dir
-from app.core.training import TrainSettings
-from app.core.trust import Trust
+from app.core.delivery.export import classifier_model
+from app.core.delivery.predict import Predictor, read_metadata
+from app.core.features.backbones import get_spec
+from app.core.intake.imaging import load_rgb
+from app.core.pipeline.retrain import Retraining, evaluate_head, evaluate_model_dir
+from app.core.training.fit import TrainSettings
+from app.core.trust.calibration import ece, fit_temperature, reliability, safe_temperature, softmax
+from app.core.trust.fit import Trust
 from tests.conftest import make_dataset
 
 

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from app.core import caching
-from app.core import store as store_module
-from app.core.backbones import get_spec, model_key
-from app.core.caching import CacheJob
-from app.core.dataset import scan_dataset
-from app.core.store import FeatureStore, StoreError
+from app.core.features import caching
+from app.core.features.backbones import get_spec, model_key
+from app.core.features.caching import CacheJob
+from app.core.intake.dataset import scan_dataset
+from app.core.storage import store as store_module
+from app.core.storage.store import FeatureStore, StoreError
 
 
 def test_a_store_that_cannot_be_opened_says_so(tmp_path):

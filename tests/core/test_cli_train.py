@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app.core.training import HISTORY_KEYS
+from app.core.training.fit import HISTORY_KEYS
 from tests.conftest import make_dataset
 
 pytestmark = pytest.mark.slow

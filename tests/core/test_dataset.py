@@ -3,8 +3,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from app.core.dataset import DatasetError, SplitSpec, scan_dataset
-from app.core.store import FeatureStore
+from app.core.intake.dataset import DatasetError, SplitSpec, scan_dataset
+from app.core.storage.store import FeatureStore
 from tests.conftest import COLOURS, make_dataset, make_image
 
 
@@ -114,12 +114,12 @@ def test_store_makes_a_warm_scan_read_no_image(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "d", per_class=3)
     with FeatureStore(tmp_path / "c") as store:
         first = scan_dataset(root, store)
-        import app.core.dataset as dataset_mod
+        import app.core.intake.dataset as dataset_mod
 
         def boom(path):
             raise AssertionError(f"read {path} again")
 
-        monkeypatch.setattr(dataset_mod, "_digest_file", boom)
+        monkeypatch.setattr(dataset_mod, "digest_file", boom)
         second = scan_dataset(root, store)
     assert [r.digest for r in first.images] == [r.digest for r in second.images]
 

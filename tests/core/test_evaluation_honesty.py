@@ -4,7 +4,7 @@ than 5 test images is flagged, so "100% on 34 images" reads as what it is."""
 import numpy as np
 import pytest
 
-from app.core.evaluation import score, wilson
+from app.core.trust.evaluation import score, wilson
 
 
 @pytest.mark.parametrize("k,n,low,high", [

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.core.export import ExportError
-from app.core.predict import ModelDirError, Predictor, read_metadata
-from app.core.retrain import Retraining, evaluate_model_dir
-from app.core.training import TrainSettings
+from app.core.delivery.export import ExportError
+from app.core.delivery.predict import ModelDirError, Predictor, read_metadata
+from app.core.pipeline.retrain import Retraining, evaluate_model_dir
+from app.core.training.fit import TrainSettings
 from tests.conftest import make_dataset, make_image
 
 
@@ -70,7 +70,7 @@ def test_exported_model_predicts_like_the_app(trained):
 def test_parity_check_catches_wrong_preprocessing(trained, monkeypatch, tmp_path):
     import keras
 
-    import app.core.backbones as backbones
+    import app.core.features.backbones as backbones
 
     run, _, _ = trained
     monkeypatch.setattr(backbones, "scaling_layer",
@@ -148,7 +148,7 @@ def test_export_replaces_only_a_model_folder_of_ours(trained, tmp_path):
 def test_a_failed_export_leaves_the_old_model(trained, monkeypatch, tmp_path):
     import keras
 
-    import app.core.backbones as backbones
+    import app.core.features.backbones as backbones
 
     run, _, _ = trained
     target = tmp_path / "model"
@@ -164,7 +164,7 @@ def test_a_failed_export_leaves_the_old_model(trained, monkeypatch, tmp_path):
 def test_a_crash_between_renames_never_leaves_neither(trained, monkeypatch, tmp_path):
     """Without an atomic exchange, the old model is renamed aside before the new one moves
     in; if the second rename fails, the old one comes back."""
-    import app.core.export as export
+    import app.core.delivery.export as export
 
     run, _, _ = trained
     target = tmp_path / "model"
@@ -189,7 +189,7 @@ def test_a_crash_between_renames_never_leaves_neither(trained, monkeypatch, tmp_
 
 
 def test_export_says_when_parity_could_not_be_checked(tmp_path):
-    from app.core.dataset import SplitSpec, scan_dataset
+    from app.core.intake.dataset import SplitSpec, scan_dataset
 
     data = make_dataset(tmp_path / "photos", per_class=6)
     run = Retraining(data, "tiny", "none", tmp_path / "cache", TrainSettings(epochs=1))

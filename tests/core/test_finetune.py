@@ -4,12 +4,12 @@ uses, the cut is cached once and streamed, and the exported model answers as the
 import numpy as np
 import pytest
 
-from app.core.feeds import FeatureSource
-from app.core.jobs import CancelToken
-from app.core.predict import Predictor, read_metadata
-from app.core.retrain import Retraining
-from app.core.store import FeatureStore
-from app.core.training import TrainSettings
+from app.core.base.jobs import CancelToken
+from app.core.delivery.predict import Predictor, read_metadata
+from app.core.pipeline.retrain import Retraining
+from app.core.storage.store import FeatureStore
+from app.core.training.feeds import FeatureSource
+from app.core.training.fit import TrainSettings
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def test_the_cut_is_cached_once_in_shards_and_the_backbone_never_runs_again(
     with FeatureStore(cache_dir) as store:
         assert store.db.execute("SELECT count(*) FROM features").fetchone()[0] == 0
         assert store.db.execute("SELECT count(*) FROM arrays").fetchone()[0] == 36
-    import app.core.finetune as finetune
+    import app.core.features.finetune as finetune
 
     monkeypatch.setattr(finetune, "build_cut_extractor",
                         lambda *a, **k: pytest.fail("the frozen part ran again"))
@@ -63,7 +63,7 @@ def test_the_cut_is_cached_once_in_shards_and_the_backbone_never_runs_again(
 
 def test_training_streams_batches_never_whole_splits(dataset_dir, cache_dir, monkeypatch):
     """With no RAM budget, every read is one batch: memory does not grow with the dataset."""
-    import app.core.feeds as feeds
+    import app.core.training.feeds as feeds
 
     monkeypatch.setattr(feeds, "RAM_BUDGET_BYTES", 0)
     reads = []
@@ -86,8 +86,8 @@ def test_training_streams_batches_never_whole_splits(dataset_dir, cache_dir, mon
 def test_the_feed_hands_the_stored_float16_to_the_model(dataset_dir, cache_dir):
     """Cut tensors go to the model as the store keeps them; the model casts them on its device
     (on the host that cast was most of a GPU epoch). The answers are those of float32 input."""
-    from app.core.feeds import make_feed
-    from app.core.store import CUT
+    from app.core.storage.store import CUT
+    from app.core.training.feeds import make_feed
 
     run = _run(dataset_dir, cache_dir, epochs=1)
     run.run_training()
@@ -169,8 +169,8 @@ def test_warm_up_must_leave_epochs_for_the_blocks():
 
 def test_the_stated_feature_shapes_are_the_extractors():
     """The window estimates cache sizes from these tables without building a model."""
-    from app.core.backbones import BACKBONES, build_extractor
-    from app.core.finetune import CUT_SHAPES, TAP_SHAPES, build_cut_extractor
+    from app.core.features.backbones import BACKBONES, build_extractor
+    from app.core.features.finetune import CUT_SHAPES, TAP_SHAPES, build_cut_extractor
 
     for name, spec in BACKBONES.items():
         taps = build_extractor(spec, "none").outputs

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from app import cli
-from app.core.dataset import SplitSpec, scan_dataset
-from app.core.errors import SettingsError, shown
-from app.core.export import _SCRATCH, MODEL_FILES, clean_leftovers
-from app.core.training import TrainingDiverged, TrainSettings, train_head
+from app.core.base.errors import SettingsError, shown
+from app.core.delivery.export import _SCRATCH, MODEL_FILES, clean_leftovers
+from app.core.intake.dataset import SplitSpec, scan_dataset
+from app.core.training.fit import TrainingDiverged, TrainSettings, train_head
 from tests.conftest import COLOURS, make_dataset, make_image
 from tests.core.test_training import _synthetic
 
@@ -37,7 +37,7 @@ def test_a_link_into_a_system_folder_is_never_followed(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=2)
     os.symlink("/etc", data / "red" / "etc")
     os.symlink("/etc", data / "etc")
-    from app.core.store import FeatureStore
+    from app.core.storage.store import FeatureStore
 
     with FeatureStore(tmp_path / "cache") as store:
         ds = scan_dataset(data, store)
@@ -75,7 +75,7 @@ def test_a_file_name_that_is_not_utf8_is_skipped_by_name_the_rest_cached(tmp_pat
     raw = os.path.join(os.fsencode(data / "red"), b"caf\xe9.jpg")
     with open(raw, "wb") as fh:
         fh.write((data / "red" / "red_000.jpg").read_bytes())
-    from app.core.store import FeatureStore
+    from app.core.storage.store import FeatureStore
 
     with FeatureStore(tmp_path / "cache") as store:
         ds = scan_dataset(data, store)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.core.imaging import ImageError, load_rgb, sniff_format
+from app.core.intake.imaging import ImageError, load_rgb, sniff_format
 
 SIZE = (32, 32)
 

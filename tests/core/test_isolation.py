@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from app.core.isolation import ChildFailed, run_isolated
-from app.core.jobs import Cancelled, CancelToken
-from app.core.retrain import Retraining
-from app.core.training import TrainSettings
+from app.core.base.isolation import ChildFailed, run_isolated
+from app.core.base.jobs import Cancelled, CancelToken
+from app.core.pipeline.retrain import Retraining
+from app.core.training.fit import TrainSettings
 
 pytestmark = pytest.mark.slow
 
@@ -63,16 +63,16 @@ def test_cancel_before_the_first_epoch_ends_leaves_no_model(dataset_dir, cache_d
 def test_a_failure_in_the_child_is_raised_with_its_message():
     """An expected error stays one of the UserError family (one line for the user); a bug
     stays a failure with the child's traceback."""
-    from app.core.errors import UserError
-    from app.core.isolation import ChildRefused
+    from app.core.base.errors import UserError
+    from app.core.base.isolation import ChildRefused
 
     with pytest.raises(ChildRefused, match="is not a folder") as info:
-        run_isolated("app.core.caching:cache_features",
+        run_isolated("app.core.features.caching:cache_features",
                      {"data": "/nonexistent-folder-for-test", "backbone": "tiny",
                       "weights": "none"})
     assert isinstance(info.value, UserError)
     with pytest.raises(ChildFailed, match="unexpected keyword"):
-        run_isolated("app.core.caching:cache_features", {"data": "/x", "no_such": 1})
+        run_isolated("app.core.features.caching:cache_features", {"data": "/x", "no_such": 1})
 
 
 def test_the_child_ends_when_its_parent_dies(tmp_path):
@@ -85,7 +85,7 @@ def test_the_child_ends_when_its_parent_dies(tmp_path):
 
     pid_file = tmp_path / "child.pid"
     parent = subprocess.Popen([sys.executable, "-c", (
-        "from app.core.isolation import run_isolated\n"
+        "from app.core.base.isolation import run_isolated\n"
         f"run_isolated('tests.core.test_isolation:_run_forever', {{'pid_file': {str(pid_file)!r}}})"
     )], cwd=os.getcwd())
     deadline = time.monotonic() + 120

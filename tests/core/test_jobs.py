@@ -3,7 +3,7 @@ GIL while it walks every object: a window's event loop waits) and are frozen aft
 
 import gc
 
-from app.core.jobs import long_lived_objects
+from app.core.base.jobs import long_lived_objects
 
 
 def _full_passes_while_building(n: int, paused: bool) -> tuple[int, int]:

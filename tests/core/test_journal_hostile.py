@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.core import journal
-from app.core.labels import (
+from app.core.intake import journal
+from app.core.intake.labels import (
     JOURNAL,
     LabelError,
     excluded,

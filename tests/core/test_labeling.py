@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from app import cli
-from app.core import journal, labeling
-from app.core.labels import (
+from app.core.intake import journal
+from app.core.intake.labels import (
     LabelError,
     create_class,
     label_image,
@@ -19,6 +19,7 @@ from app.core.labels import (
     moves,
     undo_move,
 )
+from app.core.pipeline import labeling
 from tests.conftest import COLOURS, make_dataset, make_image
 
 
@@ -191,8 +192,8 @@ def test_label_from_the_command_line_queue_assign_and_undo(tmp_path):
 
 
 def test_sorting_a_folder_by_prediction_previews_files_and_undoes(tmp_path):
-    from app.core.labels import sort_into, sort_plan, undo_all
-    from app.core.predict import Prediction
+    from app.core.delivery.predict import Prediction
+    from app.core.intake.labels import sort_into, sort_plan, undo_all
 
     photos = [make_image(tmp_path / "camera" / f"p{i}.jpg", COLOURS["red"], seed=i)
               for i in range(4)]

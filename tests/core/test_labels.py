@@ -5,10 +5,11 @@ features; the hardest training images are where the mislabelled ones are."""
 import numpy as np
 import pytest
 
-from app.core.feeds import SplitData
-from app.core.labels import LabelError, hardest, move_image, moves, set_excluded, undo_move
-from app.core.retrain import Retraining
-from app.core.training import TrainSettings
+from app.core.intake.labels import LabelError, move_image, moves, set_excluded, undo_move
+from app.core.pipeline.retrain import Retraining
+from app.core.training.feeds import SplitData
+from app.core.training.fit import TrainSettings
+from app.core.trust.evaluation import hardest
 from tests.conftest import COLOURS, make_dataset, make_image
 
 

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from app.core import unknown as unknown_mod
-from app.core.errors import UserError
-from app.core.evaluation import score
-from app.core.model_folder import NEEDED_ARRAYS, validate_metadata
-from app.core.predict import NAN_ANSWER, ModelDirError, Predictor, read_metadata
-from app.core.unknown import UnknownDetector, fit_detector
+from app.core.base.errors import UserError
+from app.core.delivery.predict import NAN_ANSWER, ModelDirError, Predictor, read_metadata
+from app.core.storage.model_folder import NEEDED_ARRAYS, validate_metadata
+from app.core.trust import unknown as unknown_mod
+from app.core.trust.evaluation import score
+from app.core.trust.unknown import UnknownDetector, fit_detector
 from tests.conftest import COLOURS, make_dataset, make_image
 
 # What the exporter writes (export_model and UnknownDetector.metadata), trimmed of the long
@@ -375,7 +375,7 @@ def mutated_metadata(draw) -> dict:
 
 def _assert_safe_to_use(meta: dict) -> None:
     """What a metadata.json that passed promises to everything downstream."""
-    from app.core.dataset import SplitSpec
+    from app.core.intake.dataset import SplitSpec
 
     w, h = meta["image_size"]
     assert all(isinstance(s, int) and 16 <= s <= 2048 for s in (w, h))
@@ -471,8 +471,8 @@ def test_fuzzed_unknown_npz_is_a_clean_error_or_finite(tmp_path, content):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
-    from app.core.retrain import Retraining
-    from app.core.training import TrainSettings
+    from app.core.pipeline.retrain import Retraining
+    from app.core.training.fit import TrainSettings
 
     data = make_dataset(root / "photos", per_class=8)
     run = Retraining(data, "tiny", "none", root / "cache", TrainSettings(epochs=1, batch_size=8))
@@ -538,7 +538,7 @@ def test_a_real_export_fits_the_schema_and_its_arrays_the_model(exported, tmp_pa
 @pytest.mark.slow
 def test_evaluate_reports_every_image_it_skipped(exported, tmp_path, capsys):
     from app.cli import main
-    from app.core.retrain import evaluate_model_dir
+    from app.core.pipeline.retrain import evaluate_model_dir
 
     folder, data = exported
     photos = tmp_path / "photos"

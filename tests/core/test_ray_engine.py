@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from app.core.caching import CacheJob
-from app.core.dataset import scan_dataset
-from app.core.store import FeatureStore
+from app.core.features.caching import CacheJob
+from app.core.intake.dataset import scan_dataset
+from app.core.storage.store import FeatureStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 ray = pytest.importorskip("ray")
@@ -42,7 +42,7 @@ def test_ray_fills_the_store_the_local_engine_then_reuses(dataset_dir, cache_dir
 
 
 def test_a_cancelled_ray_run_resumes_with_what_was_merged(dataset_dir, cache_dir, local_ray):
-    from app.core.jobs import CancelToken
+    from app.core.base.jobs import CancelToken
 
     token = CancelToken()
 
@@ -73,9 +73,10 @@ def test_a_shard_written_but_not_merged_is_merged_at_the_next_start(dataset_dir,
                                                                     local_ray):
     """A job killed after an actor wrote its Parquet shard but before the merge: the next run
     merges that shard and computes only the rest; a file the app did not write is left alone."""
-    from app.core import device, ray_engine
-    from app.core.backbones import get_spec
-    from app.core.finetune import features_key
+    from app.core.base import device
+    from app.core.features import ray_engine
+    from app.core.features.backbones import get_spec
+    from app.core.features.finetune import features_key
 
     device.configure()
     key = features_key(get_spec("tiny"), "none", "head", device.compute_signature())
@@ -104,7 +105,7 @@ def test_a_shard_written_but_not_merged_is_merged_at_the_next_start(dataset_dir,
 OUTLIVES = """
 import threading, sys
 import ray
-from app.core.ray_engine import RaySession
+from app.core.features.ray_engine import RaySession
 
 def job():  # what the window's worker thread does: start Ray, run, end
     with RaySession(None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.core.review import ThresholdScale, cell_images, threshold_effect
+from app.core.pipeline.review import ThresholdScale, cell_images, threshold_effect
 
 
 def test_threshold_effect_counts_the_scores_below_it():

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.core.imaging import load_rgb
-from app.core.predict import Predictor, read_metadata
-from app.core.retrain import Retraining
-from app.core.standalone_predict import decode
-from app.core.training import TrainSettings
+from app.core.delivery.predict import Predictor, read_metadata
+from app.core.delivery.standalone_predict import decode
+from app.core.intake.imaging import load_rgb
+from app.core.pipeline.retrain import Retraining
+from app.core.training.fit import TrainSettings
 from tests.conftest import COLOURS, make_image
 
 pytestmark = pytest.mark.slow

@@ -13,11 +13,11 @@ import traceback
 import numpy as np
 import pytest
 
-from app.core import caching
-from app.core import store as store_module
-from app.core.caching import CacheJob, cache_features
-from app.core.dataset import scan_dataset
-from app.core.store import (
+from app.core.features import caching
+from app.core.features.caching import CacheJob, cache_features
+from app.core.intake.dataset import scan_dataset
+from app.core.storage import store as store_module
+from app.core.storage.store import (
     CorruptFeatures,
     FeatureBatch,
     FeatureStore,
@@ -199,7 +199,7 @@ def test_a_damaged_shard_is_found_before_reuse(dataset_dir, cache_dir, damage):
 
 @pytest.mark.parametrize("damage", ["header", "features", "files"])
 def test_a_damaged_database_is_moved_aside_and_rebuilt(dataset_dir, cache_dir, damage):
-    from app.core.retrain import load_splits
+    from app.core.pipeline.retrain import load_splits
 
     first = _cache(dataset_dir, cache_dir)
     path = cache_dir / store_module.DB_NAME

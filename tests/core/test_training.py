@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from app.core.jobs import CancelToken
-from app.core.retrain import Retraining
-from app.core.training import HISTORY_KEYS, SplitData, TrainSettings, sample_weights, train_head
+from app.core.base.jobs import CancelToken
+from app.core.pipeline.retrain import Retraining
+from app.core.training.fit import HISTORY_KEYS, SplitData, TrainSettings, sample_weights, train_head
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_aux_outputs_train_and_every_metric_streams_each_epoch(cached_run):
 
 
 def test_training_uses_only_cached_features(cached_run, monkeypatch):
-    import app.core.backbones as backbones
+    import app.core.features.backbones as backbones
 
     def forbidden(*a, **k):
         raise AssertionError("training ran the backbone")
@@ -129,7 +129,7 @@ def test_bad_settings_are_refused_with_a_message(bad):
 def test_a_head_answers_only_on_the_features_it_was_trained_on(cached_run, tmp_path):
     """Another weights file gives features of the same width: pairing the old head with them
     would answer wrong in silence, so it is refused."""
-    from app.core.backbones import build_backbone, get_spec
+    from app.core.features.backbones import build_backbone, get_spec
 
     cached_run.settings = TrainSettings(epochs=1, batch_size=8)
     cached_run.run_training()

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from app.core.predict import Predictor, read_metadata
-from app.core.retrain import Retraining, evaluate_model_dir
-from app.core.training import TrainSettings
-from app.core.unknown import METHODS, auroc, fit_detector
+from app.core.delivery.predict import Predictor, read_metadata
+from app.core.pipeline.retrain import Retraining, evaluate_model_dir
+from app.core.training.fit import TrainSettings
+from app.core.trust.unknown import METHODS, auroc, fit_detector
 from tests.conftest import COLOURS, make_dataset, make_image
 
 
@@ -121,8 +121,8 @@ def test_scoring_many_images_holds_a_chunk_of_similarities_at_a_time(method):
 def test_the_folders_predict_py_scores_as_the_app_does(method, tmp_path, monkeypatch):
     """The exported predict.py's own numpy scoring (no app import) against the detector
     saved, loaded back and scored in the app: same scores, same flags."""
-    from app.core import standalone_predict
-    from app.core.unknown import UnknownDetector
+    from app.core.delivery import standalone_predict
+    from app.core.trust.unknown import UnknownDetector
 
     rng = np.random.default_rng(1)
     centres = rng.normal(0, 1, (3, 24))
@@ -151,7 +151,7 @@ def test_model_folders_with_what_their_score_needs_or_a_clear_error(tmp_path):
     old.save(tmp_path)
     with np.load(tmp_path / "unknown.npz") as arrays:
         assert set(arrays.files) == {"reference"}
-    from app.core.unknown import UnknownDetector
+    from app.core.trust.unknown import UnknownDetector
     assert UnknownDetector.load(tmp_path, old.metadata()).method == "knn"
     meta = {**old.metadata(), "method": "relative_knn"}  # says relative, lacks the density
     with pytest.raises(ValueError, match="density"):

@@ -3,8 +3,8 @@ import urllib.error
 
 import pytest
 
-from app.core import weights as w
-from app.core.backbones import BackboneError, build_backbone, get_spec
+from app.core.features import weights as w
+from app.core.features.backbones import BackboneError, build_backbone, get_spec
 
 
 class FakeResponse(io.BytesIO):
@@ -88,7 +88,7 @@ def test_a_weights_file_of_another_shape_is_refused_with_what_it_fits(tmp_path):
     leaves what it could not match random: the app refuses it and says what the file is."""
     import keras
 
-    from app.core.backbones import BackboneError, build_extractor, get_spec
+    from app.core.features.backbones import BackboneError, build_extractor, get_spec
 
     with_top = tmp_path / "mobilenet_top.weights.h5"
     keras.applications.MobileNet(weights=None, include_top=True).save_weights(with_top)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from app.core.export import is_model_folder
-from app.core.paths import last_model_dir
+from app.core.base.paths import last_model_dir
+from app.core.delivery.export import is_model_folder
 from app.gui.closing import quit_question
 from tests.conftest import make_dataset
 from tests.gui.conftest import close_window, open_folder, use_tiny, wait_idle

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.ray_engine import RayUnavailable
-from app.core.retrain import Retraining
+from app.core.features.ray_engine import RayUnavailable
+from app.core.pipeline.retrain import Retraining
 from app.gui.pages import compute_on
 from app.gui.pages.compute_on import INSTALL_RAY
 from tests.conftest import make_dataset

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.core.export import is_model_folder
+from app.core.delivery.export import is_model_folder
 from tests.conftest import make_dataset, make_image
 from tests.gui.conftest import open_folder, train, use_tiny
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import Qt
 
-from app.core.labels import create_class, moves
+from app.core.intake.labels import create_class, moves
 from tests.conftest import make_dataset
 from tests.gui.conftest import open_folder, use_tiny
 
@@ -96,7 +96,7 @@ def test_a_refresh_never_moves_a_waiting_photo(qtbot):
     """Photos the user is about to label keep their places when the queue is refreshed."""
     import numpy as np
 
-    from app.core.labeling import Ask, LabelingView, Pool, Queue
+    from app.core.pipeline.labeling import Ask, LabelingView, Pool, Queue
     from app.gui.pages.label import LabelPage
 
     page = LabelPage()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QLabel, QProgressBar
 
-from app.core.predict import Prediction
+from app.core.delivery.predict import Prediction
 from app.gui.widgets import dialog_folder
 from app.gui.window import export_suggestion
 from tests.conftest import make_image

@@ -11,7 +11,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel
 
-from app.core.labels import excluded
+from app.core.intake.labels import excluded
 from tests.conftest import make_dataset
 from tests.gui.conftest import close_window, open_folder, train, use_tiny
 from tests.gui.test_path import drop
@@ -98,7 +98,7 @@ def test_moved_threshold_is_kept_for_the_next_start(qtbot, new_window, tmp_path)
     left the slider at, not the fitted one."""
     import json
 
-    from app.core.paths import last_model_dir
+    from app.core.base.paths import last_model_dir
 
     win = new_window()
     trained(qtbot, win, tmp_path)
@@ -180,7 +180,7 @@ def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path
 def test_a_shipped_journal_is_listed_greyed_and_never_undone(qtbot, window, tmp_path):
     import json
 
-    from app.core.labels import JOURNAL
+    from app.core.intake.labels import JOURNAL
 
     data = make_dataset(tmp_path / "photos", per_class=2)
     (data / JOURNAL).write_text(json.dumps(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from app.core.jobs import CancelToken
-from app.core.predict import Prediction
-from app.core.retrain import Retraining
+from app.core.base.jobs import CancelToken
+from app.core.delivery.predict import Prediction
+from app.core.pipeline.retrain import Retraining
 from app.gui.session import Session
 from tests.conftest import make_image
 

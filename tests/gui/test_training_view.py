@@ -11,7 +11,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor, QPalette
 
-from app.core.training import TrainSettings
+from app.core.training.fit import TrainSettings
 from app.gui.epoch_clock import EpochClock
 from app.gui.pages.train import TrainPage, epoch_text
 from app.gui.pages.train_mode import FINETUNE_TEXT, HEAD_TEXT, TrainContext

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 
-from app.core.paths import user_data_dir
-from app.core.training import TrainSettings
+from app.core.base.paths import user_data_dir
+from app.core.training.fit import TrainSettings
 from app.gui.window import MainWindow
 from tests.conftest import make_dataset
 from tests.gui.conftest import close_window, open_folder, use_tiny
@@ -74,7 +74,7 @@ def test_closing_during_caching_cancels_waits_and_keeps_the_cache(qtbot, window,
     assert asked and asked[0].startswith("Caching is running — stop and quit?")
     assert "already saved" in asked[0]
     assert worker.isFinished() and worker.is_cancelled
-    from app.core.caching import CacheJob
+    from app.core.features.caching import CacheJob
 
     result, _ = CacheJob(data, "tiny", "none", tmp_path / "cache").run()
     assert result.reused > 0
@@ -110,7 +110,7 @@ def test_reading_a_new_folder_counts_its_files(qtbot, window, tmp_path):
 
 
 def test_a_single_class_folder_says_training_needs_two(tmp_path):
-    from app.core.dataset import scan_dataset
+    from app.core.intake.dataset import scan_dataset
     from app.gui.pages.data import report_html
 
     one = make_dataset(tmp_path / "one", per_class=3, classes=("red",))

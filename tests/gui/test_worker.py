@@ -6,7 +6,7 @@ import threading
 
 from PySide6.QtCore import QThread
 
-from app.core.jobs import Progress
+from app.core.base.jobs import Progress
 from app.gui.worker import Jobs
 
 
@@ -32,7 +32,7 @@ def test_result_and_progress_arrive_on_gui_thread(qtbot):
 def test_error_becomes_a_message(qtbot):
     """An expected error (the UserError family) is its one line; anything else is a bug and
     says what kind of exception it was."""
-    from app.core.dataset import DatasetError
+    from app.core.intake.dataset import DatasetError
 
     jobs = Jobs()
 

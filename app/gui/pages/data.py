@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.dataset import Dataset, DatasetError
+from app.core.intake.dataset import Dataset, DatasetError
 from app.gui.session import ScanResult, summarize
 from app.gui.widgets import folder_urls, heading, hint
 

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.errors import shown
+from app.core.base.errors import shown
 from app.gui.pages.image_grid import ImageDialog, ImageGrid  # noqa: F401  (ImageDialog: API)
 from app.gui.pages.trust_panel import TrustPanel
 from app.gui.widgets import heading, hint, percent
@@ -213,7 +213,7 @@ class EvaluatePage(QWidget):
         self.tabs.setCurrentWidget(self.cell)
 
     def show_moves(self, state) -> None:
-        """``state``: the data folder's journal (app.core.journal.JournalState)."""
+        """``state``: the data folder's journal (app.core.intake.journal.JournalState)."""
         self.moves.clear()
         for m in state.moves:
             self.moves.addItem(f"{m.source}  →  {m.target}")

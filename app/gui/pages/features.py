@@ -20,8 +20,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.backbones import BACKBONES, DEFAULT_BACKBONE
-from app.core.jobs import Progress
+from app.core.base.jobs import Progress
+from app.core.features.backbones import BACKBONES, DEFAULT_BACKBONE
 from app.gui.pages.compute_on import ComputeOn
 from app.gui.pages.train_mode import size_text
 from app.gui.widgets import duration, heading, hint

@@ -1,6 +1,6 @@
 """The Label page: unsorted photos in, a sorted data folder out, with the keyboard.
 
-It shows what :func:`app.core.labeling.refresh` computed (the queue with suggestions, the
+It shows what :func:`app.core.pipeline.labeling.refresh` computed (the queue with suggestions, the
 groups, the classes) and turns keys and clicks into requests; the controller
 (``app.gui.labeling``) files the photos and asks for a refresh. Keys on a grid: 1-9 file the
 selected photos (on the Groups tab: every photo left in the group) under the class shown beside
@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.errors import shown
+from app.core.base.errors import shown
 from app.gui.widgets import heading, hint
 
 ICON = 112
@@ -234,7 +234,7 @@ class LabelPage(QWidget):
         return self.queue if self.tabs.currentIndex() == 0 else self.group_grid
 
     def show_view(self, view, data_dir: Path | None) -> None:
-        """Show one refresh (app.core.labeling.LabelingView)."""
+        """Show one refresh (app.core.pipeline.labeling.LabelingView)."""
         self.view = view
         pool = view.pool
         self.classes = list(pool.classes)

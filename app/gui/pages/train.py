@@ -18,8 +18,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.jobs import Progress
-from app.core.training import TrainSettings
+from app.core.base.jobs import Progress
+from app.core.training.fit import TrainSettings
 from app.gui.epoch_clock import EpochClock
 from app.gui.pages.train_mode import ModeBox, TrainContext, seconds_text
 from app.gui.widgets import heading, hint

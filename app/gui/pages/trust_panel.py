@@ -10,7 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
 
-from app.core.unknown import KNN_K
+from app.core.trust.unknown import KNN_K
 
 BEFORE, AFTER = "#ff7f0e", "#1f77b4"
 
@@ -42,7 +42,7 @@ class TrustPanel(QWidget):
         self.reset.clicked.connect(self._reset)
         self.effect = QLabel("")
         self.effect.setWordWrap(True)
-        self.scale = None  # app.core.review.ThresholdScale
+        self.scale = None  # app.core.pipeline.review.ThresholdScale
         self.default = None
         self.method: str | None = None
         self._layout = QVBoxLayout(self)
@@ -90,7 +90,7 @@ class TrustPanel(QWidget):
 
     def show_calibration(self, calibration: dict | None, bins: dict | None) -> None:
         """``calibration``: {"temperature", "ece_before", "ece_after"}; ``bins``: {"before",
-        "after"} reliability bins (app.core.calibration.reliability)."""
+        "after"} reliability bins (app.core.trust.calibration.reliability)."""
         if self.plot is None:
             self._build_plot()
         import pyqtgraph as pg

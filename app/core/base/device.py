@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.core.errors import SettingsError
+from app.core.base.errors import SettingsError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

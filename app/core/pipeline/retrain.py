@@ -10,23 +10,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.backbones import get_spec, key_precision, key_signature
-from app.core.caching import DEFAULT_BATCH, CacheJob, CacheResult
-from app.core.calibration import log_probs_as_logits, softmax
-from app.core.dataset import SPLITS, Dataset, scan_dataset
-from app.core.evaluation import Evaluation, score
-from app.core.feeds import FeatureSource, SplitData
-from app.core.finetune import features_key
-from app.core.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
-from app.core.paths import user_cache_dir
-from app.core.store import FeatureStore
-from app.core.training import TrainResult, TrainSettings, build_model, predict_split, train_head
-from app.core.trust import Trust, fit_trust, main_outputs
-from app.core.unknown import DEFAULT_METHOD
+from app.core.base.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
+from app.core.base.paths import user_cache_dir
+from app.core.features.backbones import get_spec, key_precision, key_signature
+from app.core.features.caching import DEFAULT_BATCH, CacheJob, CacheResult
+from app.core.features.finetune import features_key
+from app.core.intake.dataset import SPLITS, Dataset, scan_dataset
+from app.core.storage.store import FeatureStore
+from app.core.training.feeds import FeatureSource, SplitData
+from app.core.training.fit import TrainResult, TrainSettings, build_model, predict_split, train_head
+from app.core.trust.calibration import log_probs_as_logits, softmax
+from app.core.trust.evaluation import Evaluation, score
+from app.core.trust.fit import Trust, fit_trust, main_outputs
+from app.core.trust.unknown import DEFAULT_METHOD
 
 if TYPE_CHECKING:
-    from app.core.export import ExportReport
-    from app.core.predict import Predictor
+    from app.core.delivery.export import ExportReport
+    from app.core.delivery.predict import Predictor
 
 
 def load_splits(dataset: Dataset, model_key: str, cache_dir: str | Path | None = None
@@ -84,7 +84,7 @@ class Retraining:
     result: TrainResult | None = None
     evaluation: Evaluation | None = None
     trust: Trust | None = None  # temperature fitted on the validation split after training
-    unknown_method: str = DEFAULT_METHOD  # the "unknown" score (app.core.unknown.METHODS)
+    unknown_method: str = DEFAULT_METHOD  # the "unknown" score (app.core.trust.unknown.METHODS)
     training_warnings: list[str] = field(default_factory=list)  # classes left out
 
     def run_cache(self, progress: ProgressCallback = no_progress,
@@ -108,7 +108,7 @@ class Retraining:
             self.run_cache(progress, cancel)
             if self.cache.cancelled:
                 raise Cancelled()
-        from app.core.labels import excluded
+        from app.core.intake.labels import excluded
 
         dataset = self.dataset
         left_out = excluded(self.cache_dir or user_cache_dir(), dataset.root)
@@ -143,12 +143,12 @@ class Retraining:
         """
         import tempfile
 
-        from app.core.isolation import run_isolated
+        from app.core.base.isolation import run_isolated
 
         dataset = self._ensure_cached(progress, cancel)
         with tempfile.TemporaryDirectory(prefix="bottleneck-train-") as tmp:
             weights = str(Path(tmp) / "trained.weights.h5")
-            out = run_isolated("app.core.retrain:train_in_child", {
+            out = run_isolated("app.core.pipeline.retrain:train_in_child", {
                 "dataset": dataset, "model_key": self.cache.model_key,
                 "cache_dir": self.cache_dir, "settings": self.settings,
                 "backbone": self._backbone(), "weights_file": weights,
@@ -186,7 +186,7 @@ class Retraining:
     def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",),
                trust: Trust | None = None) -> ExportReport:
         """``trust``: a snapshot of this run's (the window's slider moves the live one)."""
-        from app.core.export import export_model
+        from app.core.delivery.export import export_model
 
         result = self._trained()
         trust = trust or self.trust or Trust(note="no calibration was fitted")
@@ -218,7 +218,7 @@ class Retraining:
     def hardest_training_images(self, n: int = 20) -> list[dict]:
         """The training images with the highest loss under the trained model (calibrated),
         hardest first: where mislabelled photos usually are."""
-        from app.core.labels import hardest
+        from app.core.trust.evaluation import hardest
 
         result = self._trained()
         train = self.splits["train"]
@@ -228,8 +228,8 @@ class Retraining:
 
     def predictor(self) -> Predictor:
         """The in-app classifier (backbone + main head in memory), without exporting."""
-        from app.core.export import classifier_model
-        from app.core.predict import Predictor
+        from app.core.delivery.export import classifier_model
+        from app.core.delivery.predict import Predictor
 
         result = self._trained()
         spec = get_spec(result.backbone)
@@ -267,8 +267,8 @@ def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str =
     """Evaluate an exported model on the images of ``data_dir`` (its ``split``, or all).
     Images that cannot be scored (the scan skipped them, they do not decode, the model
     answers NaN) are listed in the result's ``skipped`` with why, never dropped silently."""
-    from app.core.dataset import SplitSpec
-    from app.core.predict import ModelDirError, Predictor
+    from app.core.delivery.predict import ModelDirError, Predictor
+    from app.core.intake.dataset import SplitSpec
 
     predictor = Predictor.from_dir(model_dir)  # metadata checked against the schema
     fractions = predictor.metadata.get("split_fractions")

@@ -19,13 +19,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec, key_precision
-from app.core.dataset import Dataset, Skipped, SplitSpec, scan_dataset
-from app.core.finetune import features_key
-from app.core.imaging import PREPROCESS_VERSION, ImageError, load_rgb
-from app.core.jobs import CancelToken, Progress, ProgressCallback, RateMeter, no_progress
-from app.core.paths import user_cache_dir
-from app.core.store import CUT, TAPS, FeatureBatch, FeatureStore, NonFiniteFeatures, StoreError
+from app.core.base.jobs import CancelToken, Progress, ProgressCallback, RateMeter, no_progress
+from app.core.base.paths import user_cache_dir
+from app.core.features.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec, key_precision
+from app.core.features.finetune import features_key
+from app.core.intake.dataset import Dataset, Skipped, SplitSpec, scan_dataset
+from app.core.intake.imaging import PREPROCESS_VERSION, ImageError, load_rgb
+from app.core.storage.store import (
+    CUT,
+    TAPS,
+    FeatureBatch,
+    FeatureStore,
+    NonFiniteFeatures,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -89,7 +96,7 @@ class CacheJob:
     def _on_ray(self, spec: BackboneSpec, store: FeatureStore, first_path: dict[str, str],
                 progress: ProgressCallback, cancel: CancelToken):
         """The same job with the backbone on Ray: what the store has is filtered out first."""
-        from app.core import ray_engine
+        from app.core.features import ray_engine
 
         with ray_engine.RaySession(self.ray_address) as session:
             gpus = session.gpus()
@@ -236,7 +243,7 @@ class _ClaimHeartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        from app.core import store as store_module
+        from app.core.storage import store as store_module
 
         with FeatureStore(self.dir) as store:
             while not self._stop.wait(store_module.CLAIM_REFRESH_SECONDS):
@@ -266,7 +273,7 @@ class _Runner:
     @property
     def model(self) -> keras.Model:
         if self._model is None:
-            from app.core import device as dev
+            from app.core.base import device as dev
 
             self.device = dev.configure()
             precision = key_precision(self.key)
@@ -286,8 +293,8 @@ class _Runner:
                cancel: CancelToken, cut: bool = False) -> keras.Model:
         import keras
 
-        from app.core.backbones import build_extractor
-        from app.core.finetune import build_cut_extractor
+        from app.core.features.backbones import build_extractor
+        from app.core.features.finetune import build_cut_extractor
 
         build = build_cut_extractor if cut else build_extractor
         if precision == "float32":
@@ -403,7 +410,7 @@ class _Runner:
 
     def _predict(self, pixels: np.ndarray) -> list[np.ndarray]:
         """Run the backbone on a batch, halving the batch on GPU out-of-memory."""
-        from app.core.device import is_out_of_memory
+        from app.core.base.device import is_out_of_memory
 
         outs: list[list[np.ndarray]] = []
         start = 0

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from app.core.calibration import ece, reliability
+from app.core.training.feeds import SplitData
+from app.core.trust.calibration import ece, reliability
 
 FEW_IMAGES = 5  # a class with fewer images than this in the split is flagged
 Z_95 = 1.959963984540054
@@ -133,3 +134,17 @@ def wilson(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+def hardest(classes: list[str], data: SplitData, probs: np.ndarray, n: int = 20) -> list[dict]:
+    """The ``n`` images of ``data`` with the highest loss (-log probability of their label):
+    ``{"path", "label", "predicted", "confidence", "loss"}``, hardest first."""
+    if not len(data):
+        return []
+    p_true = probs[np.arange(len(data)), data.labels]
+    loss = -np.log(np.maximum(p_true, 1e-12))
+    order = np.argsort(-loss, kind="stable")[:n]
+    return [{"path": data.paths[i], "label": classes[data.labels[i]],
+             "predicted": classes[int(probs[i].argmax())],
+             "confidence": round(float(probs[i].max()), 4), "loss": round(float(loss[i]), 4)}
+            for i in order]

@@ -1,7 +1,7 @@
 """The fine-tune mode: GoogLeNet's auxiliary classifiers on *trainable* backbone blocks.
 
 Each backbone has a **cut**: the frozen part below it runs once per image and its spatial
-output is cached (:data:`app.core.store.CUT`); the blocks above it train, starting from the
+output is cached (:data:`app.core.storage.store.CUT`); the blocks above it train, starting from the
 ImageNet weights. ``aux1`` and ``aux2`` hang on trainable blocks with trainable blocks between
 them and the main output, so their loss (weight 0.3) sends gradient into layers the main output
 uses: the aux weight changes the main classifier, as in the paper. BatchNorm in the trainable
@@ -21,8 +21,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.core.backbones import AUX_POOL, BackboneSpec, build_backbone, model_key, scaling_layer
-from app.core.store import CUT
+from app.core.features.backbones import (
+    AUX_POOL,
+    BackboneSpec,
+    build_backbone,
+    model_key,
+    scaling_layer,
+)
+from app.core.storage.store import CUT
 
 if TYPE_CHECKING:
     import keras
@@ -110,12 +116,12 @@ def cut_tensor(spec: BackboneSpec, base: keras.Model):
 def build_cut_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None,
                         progress=None, cancel=None) -> keras.Model:
     """Pixels (0..255) -> ``[cut tensor (N, h, w, c)]``: the frozen part, scaling inside."""
-    from app.core.device import configure
+    from app.core.base.device import configure
 
     configure()
     import keras
 
-    from app.core.jobs import no_progress
+    from app.core.base.jobs import no_progress
 
     base = backbone if backbone is not None else build_backbone(
         spec, weights, progress or no_progress, cancel)

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.core.errors import UserError, os_error_message, shown
-from app.core.jobs import dead_leftovers, process_alive
+from app.core.base.errors import UserError, os_error_message, shown
+from app.core.base.jobs import dead_leftovers, process_alive
 
 SCHEMA_VERSION = 1
 DB_NAME = "features.sqlite3"

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.core.errors import SettingsError
-from app.core.model_folder import (
+from app.core.base.errors import SettingsError
+from app.core.storage.model_folder import (
     UNKNOWN,
     ModelDirError,
     check_schema,

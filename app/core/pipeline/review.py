@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.calibration import softmax
-from app.core.trust import main_outputs
+from app.core.trust.calibration import softmax
+from app.core.trust.fit import main_outputs
 
 if TYPE_CHECKING:
-    from app.core.retrain import Retraining
+    from app.core.pipeline.retrain import Retraining
 
 HARDEST = 60  # training images listed by default
 SLIDER_STEPS = 1000

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.core.errors import UserError, shown
-from app.core.imaging import PREPROCESS_VERSION
-from app.core.jobs import CancelToken, ProgressCallback, no_progress
+from app.core.base.errors import UserError, shown
+from app.core.base.jobs import CancelToken, ProgressCallback, no_progress
+from app.core.intake.imaging import PREPROCESS_VERSION
 
 if TYPE_CHECKING:
     import keras
@@ -110,9 +110,10 @@ def weights_fingerprint(spec: BackboneSpec, weights: str) -> str:
 
 def model_key(spec: BackboneSpec, weights: str, signature: str | None = None) -> str:
     """The cache key of features from ``spec`` with ``weights`` after our decoding, computed
-    with ``signature`` (Keras backend and precision, :func:`app.core.device.compute_signature`):
-    mixed-precision GPU rows are never mistaken for float32 CPU rows."""
-    from app.core.device import compute_signature
+    with ``signature`` (Keras backend and precision,
+    :func:`app.core.base.device.compute_signature`): mixed-precision GPU rows are never
+    mistaken for float32 CPU rows."""
+    from app.core.base.device import compute_signature
 
     return (f"{spec.name}|{weights_fingerprint(spec, weights)}|prep{PREPROCESS_VERSION}"
             f"|{signature or compute_signature()}")
@@ -132,10 +133,10 @@ def build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback 
                    cancel: CancelToken | None = None) -> keras.Model:
     """The bare Keras backbone (no top), weights loaded, frozen.
 
-    ImageNet weights come from :mod:`app.core.weights` (bundled, cached, or downloaded with
+    ImageNet weights come from :mod:`app.core.features.weights` (bundled, cached, or downloaded with
     progress reports of stage ``download``).
     """
-    from app.core.device import configure
+    from app.core.base.device import configure
 
     configure()
     with _BUILD_LOCK:  # random weights come from the global seed: one build at a time
@@ -160,7 +161,7 @@ def _build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback
     ctor = functools.partial(getattr(keras.applications, spec.constructor), include_top=False,
                              input_shape=size)
     if weights == "imagenet":
-        from app.core.weights import WeightsUnavailable, imagenet_weights
+        from app.core.features.weights import WeightsUnavailable, imagenet_weights
 
         try:
             source: str | None = str(imagenet_weights(
@@ -283,7 +284,7 @@ def build_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | No
                     progress: ProgressCallback = no_progress,
                     cancel: CancelToken | None = None) -> keras.Model:
     """Pixels (0..255) -> ``[main (N, C), aux1 (N, h, w, c), aux2 (N, h, w, c)]``."""
-    from app.core.device import configure
+    from app.core.base.device import configure
 
     configure()
     import keras
@@ -314,7 +315,7 @@ def build_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | No
 def build_image_model(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None
                       ) -> keras.Model:
     """Pixels (0..255) -> the main tap only: the front half of an exported classifier."""
-    from app.core.device import configure
+    from app.core.base.device import configure
 
     configure()
     import keras

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from app.core.errors import SettingsError, UserError, bad_name_reason, shown, undecodable
-from app.core.imaging import IMAGE_SUFFIXES, PREPROCESS_VERSION, sniff_format
-from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
-from app.core.store import FeatureStore
+from app.core.base.errors import SettingsError, UserError, bad_name_reason, shown, undecodable
+from app.core.base.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
+from app.core.intake.imaging import IMAGE_SUFFIXES, PREPROCESS_VERSION, sniff_format
+from app.core.storage.store import FeatureStore
 
 SPLITS = ("train", "validation", "test")
 MIN_IMAGES_ERROR = 2
@@ -238,7 +238,7 @@ def _walk(folder: Path, walk: _Walk, outside: bool = False) -> Iterator[Path]:
             yield path
 
 
-def _digest_file(path: Path) -> tuple[str, str | None]:
+def digest_file(path: Path) -> tuple[str, str | None]:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         head = f.read(64)
@@ -346,7 +346,7 @@ def _read(candidates: list[tuple[str, str, int, int]], skipped: list[Skipped],
                     cancel.raise_if_cancelled()
                 # a bounded window of files in flight, not one future per file
                 for j in itertools.islice(ahead, IN_FLIGHT - len(futures)):
-                    futures[j] = pool.submit(_digest_file, Path(candidates[j][0]))
+                    futures[j] = pool.submit(digest_file, Path(candidates[j][0]))
                 path, _, size, mtime_ns = candidates[i]
                 try:
                     digest, fmt = futures.pop(i).result()

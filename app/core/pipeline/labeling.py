@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.core.calibration import fit_temperature, softmax
+from app.core.trust.calibration import fit_temperature, softmax
 
 KEEP_KNOWN = 0.95  # share of labelled photos whose nearest-neighbour similarity stays "known"
 RANDOM_SHARE = 0.1  # of each batch, asked at random
@@ -386,11 +386,11 @@ def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str
     """Scan and cache (the same store, keyed by content) the data folder and the unsorted
     photos: ``inbox`` a folder, or None for the photos lying loose in the data folder beside
     its class folders. Bad files are skipped with their reasons."""
-    from app.core.caching import CacheJob
-    from app.core.dataset import scan_dataset, scan_inbox
-    from app.core.jobs import no_progress
-    from app.core.paths import user_cache_dir
-    from app.core.store import FeatureStore
+    from app.core.base.jobs import no_progress
+    from app.core.base.paths import user_cache_dir
+    from app.core.features.caching import CacheJob
+    from app.core.intake.dataset import scan_dataset, scan_inbox
+    from app.core.storage.store import FeatureStore
 
     progress = progress or no_progress
     cache_dir = cache_dir or user_cache_dir()

@@ -50,15 +50,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app import __version__
-from app.core.backbones import BackboneSpec, build_image_model, weights_fingerprint
-from app.core.calibration import softmax
-from app.core.errors import UserError, bad_name_reason, shown
-from app.core.head import main_branch
-from app.core.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
-from app.core.jobs import dead_leftovers
-from app.core.training import HISTORY_KEYS, SplitData, TrainResult
-from app.core.trust import Trust, main_outputs
-from app.core.unknown import threshold_origin
+from app.core.base.errors import UserError, bad_name_reason, shown
+from app.core.base.jobs import dead_leftovers
+from app.core.features.backbones import BackboneSpec, build_image_model, weights_fingerprint
+from app.core.intake.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
+from app.core.training.fit import HISTORY_KEYS, SplitData, TrainResult
+from app.core.training.head import main_branch
+from app.core.trust.calibration import softmax
+from app.core.trust.fit import Trust, main_outputs
+from app.core.trust.unknown import threshold_origin
 
 if TYPE_CHECKING:
     import keras
@@ -240,7 +240,7 @@ def _decoded_pair(paths: list[str], image_size: tuple[int, int], limit: int
                   ) -> tuple[np.ndarray, np.ndarray] | None:
     """The first ``limit`` decodable images, decoded the app's way and the plain way (no JPEG
     ``draft``), as two float32 batches; None when none decodes."""
-    from app.core.standalone_predict import decode
+    from app.core.delivery.standalone_predict import decode
 
     ours, plain = [], []
     for path in paths[:limit]:
@@ -323,7 +323,7 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
     The model is the backbone (its top blocks as fine-tuned, in the fine-tune mode) with the
     main head, calibrated with ``trust``'s temperature. ``precision`` is the one the cached
     features were computed in (sets the tolerance)."""
-    from app.core.device import configure
+    from app.core.base.device import configure
 
     configure()
     import keras

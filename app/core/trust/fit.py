@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core.calibration import safe_temperature, softmax
-from app.core.feeds import SplitData
-from app.core.head import logits_branch
-from app.core.training import TrainResult
-from app.core.unknown import DEFAULT_METHOD, UnknownDetector, fit_detector, reference_rows
+from app.core.training.feeds import SplitData
+from app.core.training.fit import TrainResult
+from app.core.training.head import logits_branch
+from app.core.trust.calibration import safe_temperature, softmax
+from app.core.trust.unknown import DEFAULT_METHOD, UnknownDetector, fit_detector, reference_rows
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from app.core.errors import UserError, bad_name_reason, shown
+from app.core.base.errors import UserError, bad_name_reason, shown
 
 SUPPORTED_MODEL_FORMATS = (1,)
 META_FILE = "metadata.json"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.core.store import CUT, FeatureStore
+from app.core.storage.store import CUT, FeatureStore
 
 RAM_BUDGET_BYTES = 512 << 20  # rows kept in memory across epochs; the rest is re-read
 

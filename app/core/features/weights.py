@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.errors import UserError
-from app.core.jobs import CancelToken, Progress, ProgressCallback, no_progress
+from app.core.base.errors import UserError
+from app.core.base.jobs import CancelToken, Progress, ProgressCallback, no_progress
 
 _lock = threading.Lock()
 _requests: dict[str, WeightsRequest] = {}
@@ -107,7 +107,7 @@ def locate(request: WeightsRequest) -> Path | None:
 def download(request: WeightsRequest, progress: ProgressCallback = no_progress,
              cancel: CancelToken | None = None, timeout: float = 30.0) -> Path:
     """Fetch ``request`` into Keras' cache with progress; atomic, hash-checked, cancellable."""
-    from app.core.jobs import RateMeter
+    from app.core.base.jobs import RateMeter
 
     target = keras_cache_dir(request.cache_subdir) / request.fname
     target.parent.mkdir(parents=True, exist_ok=True)

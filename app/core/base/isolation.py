@@ -18,8 +18,8 @@ import time
 import traceback
 from typing import Any
 
-from app.core.errors import UserError
-from app.core.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
+from app.core.base.errors import UserError
+from app.core.base.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
 
 POLL_SECONDS = 0.05
 EXIT_ORPHANED = 3

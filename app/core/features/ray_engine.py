@@ -1,11 +1,11 @@
 """Caching on a Ray cluster: a thin adapter around the app's own decode function and extractor.
 
 Ray Data reads the list of images still missing from the store, decodes them with
-:func:`app.core.imaging.load_rgb` in CPU tasks, and runs them through the same extractor
-(:func:`app.core.backbones.build_extractor` or the fine-tune cut) in an actor pool, one actor
-per GPU (or one on the CPU): the model loads once per actor. Each actor writes its results as
-a Parquet shard keyed by content digest into ``ray-results/`` beside the store (written to a
-temporary name, then renamed, so a shard is whole or absent) and returns only a small manifest;
+:func:`app.core.intake.imaging.load_rgb` in CPU tasks, and runs them through the same extractor
+(:func:`app.core.features.backbones.build_extractor` or the fine-tune cut) in an actor pool,
+one actor per GPU (or one on the CPU): the model loads once per actor. Each actor writes its
+results as a Parquet shard keyed by content digest into ``ray-results/`` beside the store
+(written to a temporary name, then renamed, so a shard is whole or absent) and returns only a small manifest;
 this process merges each shard into the same store in one transaction, then deletes it, so the
 window, ``train`` and the local engine reuse the rows. A job killed after a shard was written
 but before it was merged finds it at the next start and merges it without computing those
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.core.backbones import get_spec
-from app.core.errors import UserError
-from app.core.jobs import CancelToken, ProgressCallback, RateMeter
-from app.core.store import CUT, TAPS, FeatureBatch, FeatureStore
+from app.core.base.errors import UserError
+from app.core.base.jobs import CancelToken, ProgressCallback, RateMeter
+from app.core.features.backbones import get_spec
+from app.core.storage.store import CUT, TAPS, FeatureBatch, FeatureStore
 
 RESULTS = "ray-results"
 WRITTEN_BY = b"Bottleneck Studio ray shard"
@@ -128,7 +128,7 @@ def signature_on_worker(gpus: int) -> str:
 
     @ray.remote(num_gpus=1 if gpus else 0)
     def signature() -> str:
-        from app.core import device
+        from app.core.base import device
 
         device.configure()
         return device.compute_signature()
@@ -138,7 +138,7 @@ def signature_on_worker(gpus: int) -> str:
 
 def decode_batch(batch: dict, size: tuple[int, int]) -> dict:
     """Ray task: the app's decode function on a batch of paths; failures become reasons."""
-    from app.core.imaging import ImageError, load_rgb
+    from app.core.intake.imaging import ImageError, load_rgb
 
     n = len(batch["path"])
     pixels = np.zeros((n, size[1], size[0], 3), np.uint8)
@@ -189,7 +189,7 @@ def merge_shard(store: FeatureStore, key: str, path: Path, cut: bool, spec_name:
     A file that is not such a shard is left alone."""
     import pyarrow.parquet as pq
 
-    from app.core.imaging import PREPROCESS_VERSION
+    from app.core.intake.imaging import PREPROCESS_VERSION
 
     try:
         table = pq.read_table(path)
@@ -207,7 +207,7 @@ def merge_shard(store: FeatureStore, key: str, path: Path, cut: bool, spec_name:
         arrays = {n: np.stack([np.frombuffer(b, np.float16).reshape(shapes[n])
                                for b, o in zip(cols[n], ok) if o]) for n in names}
         if store.model_spec(key) is None:
-            from app.core.backbones import get_spec
+            from app.core.features.backbones import get_spec
 
             spec = get_spec(spec_name)
             store.register_model(key, {"backbone": spec.name, "shapes": shapes,
@@ -253,8 +253,8 @@ class Extractor:
 
     def __init__(self, backbone: str, weights: str, precision: str, cut: bool, key: str,
                  out_dir: str) -> None:
-        from app.core import device
-        from app.core.caching import _Runner
+        from app.core.base import device
+        from app.core.features.caching import _Runner
 
         device.configure()
         self.model = _Runner._build(get_spec(backbone), weights, precision,
@@ -293,7 +293,7 @@ def compute(todo: list[str], paths: dict[str, str], backbone: str, weights: str,
     Returns the digests computed and the failures (digest -> reason); failures of content
     are remembered as bad, transient ones are not, as the local engine does."""
     ray = _import_ray()
-    from app.core.backbones import key_precision
+    from app.core.features.backbones import key_precision
 
     spec = get_spec(backbone)
     folder = results_dir(store, key)

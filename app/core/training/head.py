@@ -30,7 +30,7 @@ class HeadShape:
 
 def build_head(shape: HeadShape) -> keras.Model:
     """A functional model: dict of tap arrays -> dict of softmax outputs named after OUTPUTS."""
-    from app.core.device import configure
+    from app.core.base.device import configure
 
     configure()
     import keras

@@ -5,7 +5,7 @@ hardest (highest loss), where mislabelled photos usually are.
 
 The cache is keyed by content, so after a move or an exclusion retraining computes no
 features again. What a move may touch, and what a journal from someone else may not, is in
-:mod:`app.core.journal`.
+:mod:`app.core.intake.journal`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from app.core.base.errors import bad_name_reason, os_error_message, shown
+from app.core.base.jobs import dead_leftovers
+from app.core.intake import journal
+from app.core.intake.journal import JOURNAL, JournalState, LabelError, Move, check_relative
 
-from app.core import journal
-from app.core.errors import bad_name_reason, os_error_message, shown
-from app.core.feeds import SplitData
-from app.core.jobs import dead_leftovers
-from app.core.journal import JOURNAL, JournalState, LabelError, Move, check_relative
-
-__all__ = ["JOURNAL", "LabelError", "Move", "create_class", "excluded", "hardest",
+__all__ = ["JOURNAL", "LabelError", "Move", "create_class", "excluded",
            "journal_state", "label_image", "label_many", "move_image", "moves", "set_excluded",
            "sort_into", "sort_plan", "undo_all", "undo_move"]
 
@@ -147,9 +144,9 @@ def undo_move(data_dir: str | Path) -> Move:
 
 
 def _digest(path: Path) -> str:
-    from app.core.dataset import _digest_file
+    from app.core.intake.dataset import digest_file
 
-    return _digest_file(path)[0]
+    return digest_file(path)[0]
 
 
 def _remove_copy(root: Path, move: Move) -> None:
@@ -306,20 +303,6 @@ def set_excluded(cache_dir: str | Path, data_dir: str | Path, digest: str, path:
                 tmp.unlink()
             raise LabelError(os_error_message(exc, f"{shown(file)} could not be written")
                              + "; exclusions are unchanged") from exc
-
-
-def hardest(classes: list[str], data: SplitData, probs: np.ndarray, n: int = 20) -> list[dict]:
-    """The ``n`` images of ``data`` with the highest loss (-log probability of their label):
-    ``{"path", "label", "predicted", "confidence", "loss"}``, hardest first."""
-    if not len(data):
-        return []
-    p_true = probs[np.arange(len(data)), data.labels]
-    loss = -np.log(np.maximum(p_true, 1e-12))
-    order = np.argsort(-loss, kind="stable")[:n]
-    return [{"path": data.paths[i], "label": classes[data.labels[i]],
-             "predicted": classes[int(probs[i].argmax())],
-             "confidence": round(float(probs[i].max()), 4), "loss": round(float(loss[i]), 4)}
-            for i in order]
 
 
 def label_many(data_dir: str | Path, photos: list[str | Path], new_class: str,

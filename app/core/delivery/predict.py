@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.errors import shown
-from app.core.imaging import IMAGE_SUFFIXES, ImageError, load_rgb, sniff_format
-from app.core.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
-from app.core.model_folder import (
+from app.core.base.errors import shown
+from app.core.base.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
+from app.core.intake.imaging import IMAGE_SUFFIXES, ImageError, load_rgb, sniff_format
+from app.core.storage.model_folder import (
     META_FILE,
     MODEL_FILE,
     SUPPORTED_MODEL_FORMATS,
@@ -25,7 +25,7 @@ from app.core.model_folder import (
     regular_file,
     validate_metadata,
 )
-from app.core.unknown import UnknownDetector, feature_width
+from app.core.trust.unknown import UnknownDetector, feature_width
 
 if TYPE_CHECKING:
     import keras
@@ -101,7 +101,7 @@ class Predictor:
         folder = Path(model_dir).expanduser()
         meta = read_metadata(folder)
         model_path = regular_file(folder, MODEL_FILE, MODEL_FILE)
-        from app.core.device import configure
+        from app.core.base.device import configure
 
         configure()
         import keras

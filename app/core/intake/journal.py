@@ -31,8 +31,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from app.core.errors import UserError, os_error_message
-from app.core.paths import user_config_dir
+from app.core.base.errors import UserError, os_error_message
+from app.core.base.paths import user_config_dir
 
 JOURNAL = ".bottleneck-studio-moves.jsonl"  # in the data folder (hidden: never a class)
 KEY_FILE = "journal.key"

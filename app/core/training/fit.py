@@ -5,7 +5,7 @@ off). After every epoch, and at most every ``stream_interval`` seconds within a 
 progress callback receives the metrics of main, aux1 and aux2 on the training and validation
 splits. Cancelling stops after the current batch and keeps the best weights of the epochs that
 finished (an epoch cut short does not count; with none finished there is no model:
-:class:`~app.core.jobs.Cancelled`).
+:class:`~app.core.base.jobs.Cancelled`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.errors import SettingsError, UserError
-from app.core.feeds import SplitData, make_feed
-from app.core.head import OUTPUTS, HeadShape, build_head
-from app.core.jobs import Cancelled, CancelToken, Progress, ProgressCallback, no_progress
-from app.core.store import CUT
+from app.core.base.errors import SettingsError, UserError
+from app.core.base.jobs import Cancelled, CancelToken, Progress, ProgressCallback, no_progress
+from app.core.storage.store import CUT
+from app.core.training.feeds import SplitData, make_feed
+from app.core.training.head import OUTPUTS, HeadShape, build_head
 
 if TYPE_CHECKING:
     import keras
@@ -176,8 +176,8 @@ def build_model(settings: TrainSettings, shape_of, backbone: tuple | None = None
         shape = shape_of(None)
         head = build_head(shape)
         return head, head, None, None, shape
-    from app.core.backbones import build_backbone
-    from app.core.finetune import build_finetune_model
+    from app.core.features.backbones import build_backbone
+    from app.core.features.finetune import build_finetune_model
 
     if backbone is None:
         raise SettingsError("the fine-tune mode needs the backbone")
@@ -199,7 +199,7 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     """Train a fresh head (and, in the fine-tune mode, the backbone's top blocks with
     ``backbone`` = (spec, weights)); returns it with the best weights (lowest validation main
     loss). Features stream from the splits in shuffled batches."""
-    from app.core.device import configure
+    from app.core.base.device import configure
 
     configure()
     import keras
@@ -225,7 +225,7 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     optimizer = _optimizer(settings, steps_per_epoch * settings.epochs)
     layer_names: list[str] = []
     if finetune:
-        from app.core.finetune import scaled_optimizer, trainable_layer_names
+        from app.core.features.finetune import scaled_optimizer, trainable_layer_names
 
         layer_names = trainable_layer_names(top)
         optimizer = scaled_optimizer(

@@ -1,0 +1,1 @@
+"""Answers out: the model folder's export, prediction, the standalone predict.py."""

@@ -1,0 +1,1 @@
+"""The stages joined: cache -> train -> trust -> evaluate, review, labeling."""

@@ -1,0 +1,1 @@
+"""How far an answer can be trusted: calibration, the unknown score, evaluation."""
