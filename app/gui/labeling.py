@@ -1,10 +1,11 @@
 """The Label page's controller: the unsorted photos, one refresh task at a time, and filing.
 
-A refresh (scan, cache, fit, suggest, queue, group:
-``app.core.pipeline.labeling.refresh``) runs in the generic worker with frozen inputs and
-returns a view; starting another cancels the previous one and disconnects it, so a stale
-view never arrives. Filing a photo is one rename or copy on the GUI thread
-(``app.core.intake.labels``), journaled and undoable; after every ``RETRAIN_EVERY`` labels (and after an undo or a bulk accept) the model and the queue are refreshed.
+A refresh (scan, cache, fit, suggest, queue, group: ``app.core.pipeline.labeling.refresh``) runs
+in the generic worker with frozen inputs and returns a view; starting another cancels the
+previous one and disconnects it, so a stale view never arrives. Filing a photo is one rename or
+copy on the GUI thread (``app.core.intake.labels``), journaled and undoable; after every
+``RETRAIN_EVERY`` labels (and after an undo or a bulk accept) the model and the queue are
+refreshed.
 """
 
 from __future__ import annotations

@@ -2,20 +2,20 @@
 
 Ray Data reads the list of images still missing from the store, decodes them with
 :func:`app.core.intake.imaging.load_rgb` in CPU tasks, and runs them through the same extractor
-(:func:`app.core.features.backbones.build_extractor` or the fine-tune cut) in an actor pool,
-one actor per GPU (or one on the CPU): the model loads once per actor. Each actor writes its
-results as a Parquet shard keyed by content digest into ``ray-results/`` beside the store
-(written to a temporary name, then renamed, so a shard is whole or absent) and returns only a small manifest;
+(:func:`app.core.features.backbones.build_extractor` or the fine-tune cut) in an actor pool, one
+actor per GPU (or one on the CPU): the model loads once per actor. Each actor writes its results
+as a Parquet shard keyed by content digest into ``ray-results/`` beside the store (written to a
+temporary name, then renamed, so a shard is whole or absent) and returns only a small manifest;
 this process merges each shard into the same store in one transaction, then deletes it, so the
 window, ``train`` and the local engine reuse the rows. A job killed after a shard was written
-but before it was merged finds it at the next start and merges it without computing those
-images again. The model key's backend and precision are asked of a worker with the actor's
-resources, not guessed here.
+but before it was merged finds it at the next start and merges it without computing those images
+again. The model key's backend and precision are asked of a worker with the actor's resources,
+not guessed here.
 
-Workers read the images and weights files by the paths this process sees and write their
-shards into the cache folder: on a cluster both need a shared filesystem mounted at the same
-place. Ray is an optional extra
-(``pip install "bottleneck-studio[cluster]"``); nothing here imports it at module load.
+Workers read the images and weights files by the paths this process sees and write their shards
+into the cache folder: on a cluster both need a shared filesystem mounted at the same place. Ray
+is an optional extra (``pip install "bottleneck-studio[cluster]"``); nothing here imports it at
+module load.
 """
 
 from __future__ import annotations
