@@ -32,14 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from app.core.features.backbones import build_backbone, get_spec, scaling_layer  # noqa: E402
-from app.core.features.finetune import (  # noqa: E402
-    CUTS,
+from app.core.features.cuts import CUTS, cut_tensor  # noqa: E402
+from app.core.pipeline.retrain import Retraining  # noqa: E402
+from app.core.training.finetune_top import (  # noqa: E402
     build_finetune_model,
     build_top,
-    cut_tensor,
     scaled_optimizer,
 )
-from app.core.pipeline.retrain import Retraining  # noqa: E402
 from app.core.training.fit import TrainSettings, _optimizer  # noqa: E402
 from app.core.training.head import HeadShape, build_head  # noqa: E402
 

@@ -5,8 +5,9 @@ One run, per mode (pooled taps for ``head``, the cut for ``finetune``):
 1. the app's cache, cold (``cache_features`` into a fresh folder): images per second, the
    GPU's utilisation sampled by ``nvidia-smi`` every 100 ms over the steady part (after the
    first 20% of the images) and how long the main thread waited for decoded batches;
-2. the backbone alone: the same compiled extractor (``_Runner``, same batch and precision) on
-   batches decoded beforehand, so nothing waits for decoding: the limit the cache can reach.
+2. the backbone alone: the same compiled extractor (``keras_extractor``, same batch and
+   precision) on batches decoded beforehand, so nothing waits for decoding: the limit the
+   cache can reach.
 
 If the cache's rate is near the limit and the utilisation is near the limit's, decoding
 keeps up; if not, the cache is decode-bound and the ratio says by how much. Files are read
@@ -37,7 +38,8 @@ import numpy as np  # noqa: E402
 from app.core.base.device import compute_precision, configure  # noqa: E402
 from app.core.base.jobs import CancelToken, no_progress  # noqa: E402
 from app.core.features.backbones import get_spec  # noqa: E402
-from app.core.features.caching import CacheJob, _Runner  # noqa: E402
+from app.core.features.caching import CacheJob  # noqa: E402
+from app.core.features.extract import keras_extractor  # noqa: E402
 from app.core.intake.imaging import IMAGE_SUFFIXES, load_rgb  # noqa: E402
 
 
@@ -103,8 +105,8 @@ def backbone_alone(paths: list[Path], args, mode: str, gpu: GpuSampler) -> dict:
     spec = get_spec(args.backbone)
     size = spec.input_size
     pixels = np.stack([load_rgb(p, size) for p in paths[: args.batch * 8]]).astype(np.float32)
-    model = _Runner._build(spec, args.weights, compute_precision(), no_progress, CancelToken(),
-                           cut=mode == "finetune")
+    model = keras_extractor(spec, args.weights, compute_precision(), mode == "finetune",
+                            no_progress, CancelToken()).model
     batches = [pixels[i:i + args.batch] for i in range(0, len(pixels), args.batch)]
     batches = [b for b in batches if len(b) == args.batch]
     for b in batches[:2]:

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 
 from app.core.base.jobs import CancelToken
-from app.core.features.backbones import build_backbone, get_spec, model_key
+from app.core.features.backbones import build_backbone, get_spec
 from app.core.features.caching import CacheJob, cache_features
+from app.core.features.extract import keras_extractor
+from app.core.features.keys import model_key
 from app.core.intake.dataset import DatasetError, scan_dataset
 from app.core.storage.store import FeatureStore
 from tests.conftest import make_image
@@ -121,26 +123,23 @@ def test_out_of_memory_halves_the_batch_until_every_image_is_computed(dataset_di
                                                                       monkeypatch):
     """A GPU that only fits 4 images: 16 -> 8 -> 4 halves twice; every image still gets its
     features, equal to a direct forward pass."""
-    from app.core.features import caching
     from app.core.features.backbones import build_extractor
     from app.core.intake.imaging import load_rgb
 
     batches = []
 
     class SmallGpu:
-        def __init__(self, model):
-            self.model, self.outputs = model, model.outputs
+        def __init__(self, inner):
+            self.inner, self.names, self.shapes = inner, inner.names, inner.shapes
 
-        def predict_on_batch(self, x):
+        def predict(self, x):
             batches.append(len(x))
             if len(x) > 4:
                 raise RuntimeError("RESOURCE_EXHAUSTED: OOM when allocating tensor")
-            return self.model.predict_on_batch(x)
+            return self.inner.predict(x)
 
-    real_build = caching._Runner._build
-    monkeypatch.setattr(caching._Runner, "_build",
-                        staticmethod(lambda *a: SmallGpu(real_build(*a))))
-    result = _cache(dataset_dir, cache_dir, batch_size=16)
+    result = _cache(dataset_dir, cache_dir, batch_size=16,
+                    extractor=lambda *a: SmallGpu(keras_extractor(*a)))
     assert (result.computed, result.to_compute, len(result.skipped)) == (36, 0, 0)
     assert batches[:3] == [16, 8, 4] and set(batches[3:]) == {4}
     ds = scan_dataset(dataset_dir)
@@ -153,19 +152,17 @@ def test_out_of_memory_halves_the_batch_until_every_image_is_computed(dataset_di
 
 
 def test_other_errors_are_not_mistaken_for_out_of_memory(dataset_dir, cache_dir, monkeypatch):
-    from app.core.features import caching
 
     class Broken:
-        def __init__(self, model):
-            self.outputs = model.outputs
+        def __init__(self, inner):
+            self.names, self.shapes = inner.names, inner.shapes
 
-        def predict_on_batch(self, x):
+        def predict(self, x):
             raise ValueError("shapes do not match")
 
-    real_build = caching._Runner._build
-    monkeypatch.setattr(caching._Runner, "_build", staticmethod(lambda *a: Broken(real_build(*a))))
     with pytest.raises(ValueError, match="shapes do not match"):
-        _cache(dataset_dir, cache_dir, batch_size=8)
+        _cache(dataset_dir, cache_dir, batch_size=8,
+               extractor=lambda *a: Broken(keras_extractor(*a)))
 
 
 def test_a_batch_is_one_transaction(cache_dir):

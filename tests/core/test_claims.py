@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from app.core.features import caching
-from app.core.features.backbones import get_spec, model_key
+from app.core.features.backbones import get_spec
 from app.core.features.caching import CacheJob
+from app.core.features.extract import keras_extractor
+from app.core.features.keys import model_key
 from app.core.intake.dataset import scan_dataset
 from app.core.storage import store as store_module
 from app.core.storage.store import FeatureStore, StoreError
@@ -45,17 +46,16 @@ def test_a_live_claim_is_refreshed_while_its_owner_is_slow(dataset_dir, cache_di
     monkeypatch.setattr(store_module, "CLAIM_STALE_SECONDS", 0.6)
     monkeypatch.setattr(store_module, "CLAIM_REFRESH_SECONDS", 0.1)
     release = threading.Event()
-    real_build = caching._Runner._build
 
     def slow_build(*args):
         release.wait(30)
-        return real_build(*args)
+        return keras_extractor(*args)
 
-    monkeypatch.setattr(caching._Runner, "_build", staticmethod(slow_build))
     key = model_key(get_spec("tiny"), "none")
     outcome = {}
     job = threading.Thread(target=lambda: outcome.update(
-        result=CacheJob(dataset_dir, "tiny", "none", cache_dir, batch_size=8).run()[0]))
+        result=CacheJob(dataset_dir, "tiny", "none", cache_dir, batch_size=8,
+                        extractor=slow_build).run()[0]))
     job.start()
     try:
         with FeatureStore(cache_dir) as other:

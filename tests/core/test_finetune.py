@@ -51,7 +51,7 @@ def test_the_cut_is_cached_once_in_shards_and_the_backbone_never_runs_again(
     with FeatureStore(cache_dir) as store:
         assert store.db.execute("SELECT count(*) FROM features").fetchone()[0] == 0
         assert store.db.execute("SELECT count(*) FROM arrays").fetchone()[0] == 36
-    import app.core.features.finetune as finetune
+    import app.core.features.cuts as finetune
 
     monkeypatch.setattr(finetune, "build_cut_extractor",
                         lambda *a, **k: pytest.fail("the frozen part ran again"))
@@ -170,7 +170,7 @@ def test_warm_up_must_leave_epochs_for_the_blocks():
 def test_the_stated_feature_shapes_are_the_extractors():
     """The window estimates cache sizes from these tables without building a model."""
     from app.core.features.backbones import BACKBONES, build_extractor
-    from app.core.features.finetune import CUT_SHAPES, TAP_SHAPES, build_cut_extractor
+    from app.core.features.cuts import CUT_SHAPES, TAP_SHAPES, build_cut_extractor
 
     for name, spec in BACKBONES.items():
         taps = build_extractor(spec, "none").outputs

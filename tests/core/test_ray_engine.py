@@ -74,16 +74,16 @@ def test_a_shard_written_but_not_merged_is_merged_at_the_next_start(dataset_dir,
     """A job killed after an actor wrote its Parquet shard but before the merge: the next run
     merges that shard and computes only the rest; a file the app did not write is left alone."""
     from app.core.base import device
-    from app.core.features import ray_engine
     from app.core.features.backbones import get_spec
-    from app.core.features.finetune import features_key
+    from app.core.features.engines import ray as ray_engine
+    from app.core.features.keys import features_key
 
     device.configure()
     key = features_key(get_spec("tiny"), "none", "head", device.compute_signature())
     first = scan_dataset(dataset_dir).images[:8]
     with FeatureStore(cache_dir) as store:
         folder = ray_engine.results_dir(store, key)
-    actor = ray_engine.Extractor("tiny", "none", "float32", False, key, str(folder))
+    actor = ray_engine.ExtractActor("tiny", "none", "float32", False, key, str(folder))
     batch = ray_engine.decode_batch({"digest": [r.digest for r in first],
                                      "path": [r.path for r in first]},
                                     get_spec("tiny").input_size)
@@ -105,7 +105,7 @@ def test_a_shard_written_but_not_merged_is_merged_at_the_next_start(dataset_dir,
 OUTLIVES = """
 import threading, sys
 import ray
-from app.core.features.ray_engine import RaySession
+from app.core.features.engines.ray import RaySession
 
 def job():  # what the window's worker thread does: start Ray, run, end
     with RaySession(None):

@@ -15,6 +15,7 @@ import pytest
 
 from app.core.features import caching
 from app.core.features.caching import CacheJob, cache_features
+from app.core.features.extract import keras_extractor
 from app.core.intake.dataset import scan_dataset
 from app.core.storage import store as store_module
 from app.core.storage.store import (
@@ -58,11 +59,11 @@ def test_non_finite_features_are_refused_before_anything_is_written(cache_dir):
 class _Overflowing:
     """The tiny backbone, except that a plain white image's features overflow float16."""
 
-    def __init__(self, model):
-        self.model, self.outputs = model, model.outputs
+    def __init__(self, inner):
+        self.inner, self.names, self.shapes = inner, inner.names, inner.shapes
 
-    def predict_on_batch(self, x):
-        res = self.model.predict_on_batch(x)
+    def predict(self, x):
+        res = self.inner.predict(x)
         flat = x.reshape(len(x), -1)
         white = (flat == flat.max()).all(axis=1) & (flat.max(axis=1) > 0)
         return [np.asarray(r) + np.where(white, 1e6, 0).reshape(-1, *[1] * (r.ndim - 1))
@@ -72,10 +73,7 @@ class _Overflowing:
 def test_an_image_whose_features_overflow_is_skipped_and_remembered(dataset_dir, cache_dir,
                                                                    monkeypatch):
     make_image(dataset_dir / "red" / "white.png", (255, 255, 255), noise=0)
-    real_build = caching._Runner._build
-    monkeypatch.setattr(caching._Runner, "_build",
-                        staticmethod(lambda *a: _Overflowing(real_build(*a))))
-    first = _cache(dataset_dir, cache_dir)
+    first = _cache(dataset_dir, cache_dir, extractor=lambda *a: _Overflowing(keras_extractor(*a)))
     assert (first.images, first.computed, first.to_compute) == (36, 36, 0)
     assert [s.path.rsplit("/", 1)[1] for s in first.skipped] == ["white.png"]
     assert "not finite" in first.skipped[0].reason
@@ -83,12 +81,10 @@ def test_an_image_whose_features_overflow_is_skipped_and_remembered(dataset_dir,
         feats = store.load_features(first.model_key, [
             r.digest for r in scan_dataset(dataset_dir).images if "white" not in r.path])
         assert np.isfinite(feats.main).all() and np.isfinite(feats.aux1).all()
-    monkeypatch.setattr(caching._Runner, "_build",
-                        staticmethod(lambda *a: pytest.fail("nothing should be computed")))
-    again = _cache(dataset_dir, cache_dir)
+    again = _cache(dataset_dir, cache_dir,
+                   extractor=lambda *a: pytest.fail("nothing should be computed"))
     assert (again.computed, again.reused) == (0, 36)
     assert [s.reason for s in again.skipped] == [first.skipped[0].reason]
-    monkeypatch.setattr(caching._Runner, "_build", staticmethod(real_build))
     retried = _cache(dataset_dir, cache_dir, retry_skipped=True)  # a real backbone copes
     assert (retried.retried, retried.computed, retried.skipped) == (1, 1, [])
 

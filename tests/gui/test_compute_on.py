@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.features.ray_engine import RayUnavailable
+from app.core.features.engines.ray import RayUnavailable
 from app.core.pipeline.retrain import Retraining
 from app.gui.pages import compute_on
 from app.gui.pages.compute_on import INSTALL_RAY

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 from app.core.base.errors import UserError, shown
 from app.core.base.jobs import CancelToken, ProgressCallback, no_progress
-from app.core.intake.imaging import PREPROCESS_VERSION
 
 if TYPE_CHECKING:
     import keras
@@ -106,27 +105,6 @@ def weights_fingerprint(spec: BackboneSpec, weights: str) -> str:
             f"weights file {path} not found; give 'imagenet', 'none' or a .weights.h5 file"
         )
     return f"file:{_file_digest(path)}"
-
-
-def model_key(spec: BackboneSpec, weights: str, signature: str | None = None) -> str:
-    """The cache key of features from ``spec`` with ``weights`` after our decoding, computed
-    with ``signature`` (Keras backend and precision,
-    :func:`app.core.base.device.compute_signature`): mixed-precision GPU rows are never
-    mistaken for float32 CPU rows."""
-    from app.core.base.device import compute_signature
-
-    return (f"{spec.name}|{weights_fingerprint(spec, weights)}|prep{PREPROCESS_VERSION}"
-            f"|{signature or compute_signature()}")
-
-
-def key_signature(key: str) -> str:
-    """The backend-precision part of a model key (or of a cut key, which extends one)."""
-    return key.split("|")[3]
-
-
-def key_precision(key: str) -> str:
-    """The compute precision a model key was made with ('float32' or 'mixed_float16')."""
-    return key_signature(key).rsplit("-", 1)[-1]
 
 
 def build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback = no_progress,

@@ -1,45 +1,30 @@
 """The caching job: every image through the frozen backbone once, features into the store.
 
-Decoding runs in a thread pool a few batches ahead of the backbone (Pillow releases the GIL),
-so the backbone rarely waits. Each batch is committed on its own: a killed or cancelled run
-resumes where it stopped. With nothing to compute, Keras is never imported.
+The job scans the data folder, filters out what the store already holds (and checks it), and
+hands the rest to an engine: this process (:mod:`.engines.local`) or a Ray cluster
+(:mod:`.engines.ray`), both calling the same decode function and the same extractor
+(:mod:`.extract`). With nothing to compute, Keras is never imported.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.base.jobs import CancelToken, Progress, ProgressCallback, RateMeter, no_progress
+from app.core.base.jobs import CancelToken, ProgressCallback, no_progress
 from app.core.base.paths import user_cache_dir
-from app.core.features.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec, key_precision
-from app.core.features.finetune import features_key
+from app.core.features.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec
+from app.core.features.engines.local import LocalEngine, PrecisionChanged
+from app.core.features.extract import ExtractorFactory, keras_extractor
 from app.core.intake.dataset import Dataset, Skipped, SplitSpec, scan_dataset
-from app.core.intake.imaging import PREPROCESS_VERSION, ImageError, load_rgb
-from app.core.storage.store import (
-    CUT,
-    TAPS,
-    FeatureBatch,
-    FeatureStore,
-    NonFiniteFeatures,
-    StoreError,
-)
-
-if TYPE_CHECKING:
-    import keras
+from app.core.intake.imaging import PREPROCESS_VERSION
+from app.core.storage.store import CUT, FeatureStore
 
 DEFAULT_BATCH = 32
-PREFETCH_BATCHES = 3
-WAIT_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -89,31 +74,19 @@ class CacheJob:
     workers: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
     retry_skipped: bool = False  # try images remembered as undecodable again
     mode: str = "head"  # "head": pooled taps | "finetune": the cut tensor
-    engine: str = "local"  # "local": this process | "ray": a Ray cluster (ray_engine.py)
+    engine: str = "local"  # "local": this process | "ray": a Ray cluster (engines/)
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray on this machine
     read_only: bool | None = None  # never write the cache (None: when it is not writable)
+    extractor: ExtractorFactory = keras_extractor  # pixels -> features (features/extract.py)
 
-    def _on_ray(self, spec: BackboneSpec, store: FeatureStore, first_path: dict[str, str],
-                progress: ProgressCallback, cancel: CancelToken):
-        """The same job with the backbone on Ray: what the store has is filtered out first."""
-        from app.core.features import ray_engine
+    def _engine(self, spec: BackboneSpec, store: FeatureStore):
+        if self.engine == "ray":
+            from app.core.features.engines.ray import RayEngine
 
-        with ray_engine.RaySession(self.ray_address) as session:
-            gpus = session.gpus()
-            signature = ray_engine.signature_on_worker(gpus)
-            key = features_key(spec, self.weights, self.mode, signature)
-            # shards a killed job wrote but did not merge count as computed already
-            ray_engine.merge_leftovers(store, key, self.mode == "finetune", spec.name)
-            cached, damaged, unusable = _reusable(store, key, first_path)
-            todo = [d for d in first_path if d not in cached and d not in unusable]
-            computed, bad = set(), dict(unusable)
-            if todo:
-                computed, more_bad = ray_engine.compute(
-                    todo, first_path, spec.name, self.weights, key, store, self.batch_size,
-                    progress, cancel, gpus, cut=self.mode == "finetune")
-                bad.update(more_bad)
-        where = f"{gpus} GPU(s)" if gpus else "CPU"
-        return key, cached, computed, bad, f"Ray ({where}, {signature})", damaged
+            return RayEngine(spec, self.weights, self.mode, store, self.batch_size,
+                             self.ray_address)
+        return LocalEngine(spec, self.weights, self.mode, store, self.batch_size, self.workers,
+                           self.extractor)
 
     def run(self, progress: ProgressCallback = no_progress,
             cancel: CancelToken | None = None) -> tuple[CacheResult, Dataset]:
@@ -137,28 +110,22 @@ class CacheJob:
             first_path: dict[str, str] = {}
             for r in ds.images:
                 first_path.setdefault(r.digest, r.path)
-            if self.engine == "ray":
-                key, cached, computed, bad, device, damaged = self._on_ray(
-                    spec, store, first_path, progress, cancel)
-            for _attempt in range(2 if self.engine == "local" else 0):
-                # a second pass only when the precision guess was wrong
-                key = features_key(spec, self.weights, self.mode)
-                cached, damaged, unusable = _reusable(store, key, first_path)
-                todo = [d for d in first_path if d not in cached and d not in unusable]
-                device = "none (nothing to compute)"
-                computed: set[str] = set()
-                bad: dict[str, str] = dict(unusable)
-                if not todo:
-                    break
-                runner = _Runner(spec, self.weights, key, store, self.batch_size, self.workers,
-                                 progress, cancel, cut=self.mode == "finetune")
-                try:
-                    computed, failed = runner.compute(todo, first_path, progress, cancel)
+            with self._engine(spec, store) as engine:
+                for _attempt in range(2):  # a second pass only when the precision guess was wrong
+                    key = engine.model_key()
+                    cached, damaged, unusable = _reusable(store, key, first_path)
+                    todo = [d for d in first_path if d not in cached and d not in unusable]
+                    computed: set[str] = set()
+                    bad: dict[str, str] = dict(unusable)
+                    if not todo:
+                        break
+                    try:
+                        computed, failed = engine.compute(todo, first_path, progress, cancel)
+                    except PrecisionChanged:
+                        continue
                     bad.update(failed)
-                except _PrecisionChanged:
-                    continue
-                device = runner.device
-                break
+                    break
+                device = engine.device
             if bad:
                 ds = ds.without(bad)
             disk = _disk_bytes(store, key, len(first_path))
@@ -221,222 +188,3 @@ def _disk_bytes(store: FeatureStore, key: str, images: int) -> int:
     return per_image * images
 
 
-class _PrecisionChanged(Exception):
-    """The device turned out to compute in another precision than the model key assumed."""
-
-
-class _ClaimHeartbeat:
-    """Keeps this process's claims fresh while it computes (its own connection, own thread),
-    so a slow weights download or a long batch is never taken over by another process."""
-
-    def __init__(self, store: FeatureStore, key: str) -> None:
-        self.dir, self.owner, self.key = store.dir, store.owner, key
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="claim-heartbeat", daemon=True)
-
-    def __enter__(self) -> _ClaimHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        from app.core.storage import store as store_module
-
-        with FeatureStore(self.dir) as store:
-            while not self._stop.wait(store_module.CLAIM_REFRESH_SECONDS):
-                # a full disk is reported by the writer; stale claims are only taken over
-                with contextlib.suppress(StoreError):
-                    store.refresh_claims(self.key, self.owner)
-
-
-class _Runner:
-    """The backbone and the decode pool for one run.
-
-    The backbone is built on first use, after the first batches were handed to the decode
-    pool, so TensorFlow's import and the model build overlap the first decodes.
-    """
-
-    def __init__(self, spec: BackboneSpec, weights: str, key: str, store: FeatureStore,
-                 batch_size: int, workers: int, progress: ProgressCallback,
-                 cancel: CancelToken, cut: bool = False) -> None:
-        self.spec, self.weights, self.key, self.store = spec, weights, key, store
-        self.cut = cut  # the fine-tune cut (one tensor, into shards) instead of the taps
-        self.batch_size = max(1, batch_size)
-        self.workers = workers
-        self.progress, self.cancel = progress, cancel
-        self.device = "none (nothing could be decoded)"
-        self._model: keras.Model | None = None
-
-    @property
-    def model(self) -> keras.Model:
-        if self._model is None:
-            from app.core.base import device as dev
-
-            self.device = dev.configure()
-            precision = key_precision(self.key)
-            if dev.compute_precision() != precision:
-                raise _PrecisionChanged()
-            self._model = self._build(self.spec, self.weights, precision, self.progress,
-                                      self.cancel, self.cut)
-            names = (CUT,) if self.cut else TAPS
-            shapes = {t: list(o.shape[1:]) for t, o in zip(names, self._model.outputs)}
-            self.store.register_model(self.key, {
-                "backbone": self.spec.name, "shapes": shapes,
-                "image_size": self.spec.image_size, "prep": PREPROCESS_VERSION})
-        return self._model
-
-    @staticmethod
-    def _build(spec: BackboneSpec, weights: str, precision: str, progress: ProgressCallback,
-               cancel: CancelToken, cut: bool = False) -> keras.Model:
-        import keras
-
-        from app.core.features.backbones import build_extractor
-        from app.core.features.finetune import build_cut_extractor
-
-        build = build_cut_extractor if cut else build_extractor
-        if precision == "float32":
-            return build(spec, weights, progress=progress, cancel=cancel)
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(precision)
-        try:
-            return build(spec, weights, progress=progress, cancel=cancel)
-        finally:
-            keras.config.set_dtype_policy(previous)
-
-    def compute(self, todo: list[str], paths: dict[str, str], progress: ProgressCallback,
-                cancel: CancelToken) -> tuple[set[str], dict[str, str]]:
-        """Compute ``todo``; digests another process is computing are waited for."""
-        meter = RateMeter(len(todo))
-        computed: set[str] = set()
-        bad: dict[str, str] = {}
-        remaining = todo
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool, \
-                _ClaimHeartbeat(self.store, self.key):
-            try:
-                while remaining and not cancel.cancelled:
-                    deferred = self._pass(remaining, paths, pool, meter, computed, bad,
-                                          progress, cancel)
-                    if not deferred:
-                        break
-                    progress(meter.report("cache", len(computed) + len(bad),
-                                          f"waiting for another process ({len(deferred)} images)"))
-                    time.sleep(WAIT_POLL_SECONDS)
-                    done_elsewhere = self.store.cached_digests(self.key, deferred)
-                    remaining = [d for d in deferred if d not in done_elsewhere]
-            except BaseException:
-                # the first error is the one to report: a full disk fails the cleanup too
-                with contextlib.suppress(StoreError):
-                    self.store.release_claims(self.key)
-                raise
-            self.store.release_claims(self.key)
-        return computed, bad
-
-    def _pass(self, todo: list[str], paths: dict[str, str], pool: ThreadPoolExecutor,
-              meter: RateMeter, computed: set[str], bad: dict[str, str],
-              progress: ProgressCallback, cancel: CancelToken) -> list[str]:
-        size = self.spec.input_size
-        deferred: list[str] = []
-        inflight: deque[list[tuple[str, Future]]] = deque()
-        next_start = 0
-
-        def submit_next() -> None:
-            nonlocal next_start
-            while next_start < len(todo) and not cancel.cancelled:
-                chunk = todo[next_start : next_start + self.batch_size]
-                next_start += len(chunk)
-                mine = self.store.claim(self.key, chunk)
-                ours = set(mine)
-                deferred.extend(d for d in chunk if d not in ours)
-                if mine:
-                    inflight.append([(d, pool.submit(load_rgb, paths[d], size)) for d in mine])
-                    return
-
-        for _ in range(PREFETCH_BATCHES):
-            submit_next()
-        while inflight:
-            if cancel.cancelled:
-                for chunk in inflight:
-                    for _, fut in chunk:
-                        fut.cancel()
-                break
-            chunk = inflight.popleft()
-            submit_next()
-            digests, arrays, failures = [], [], []
-            for d, fut in chunk:
-                try:
-                    arrays.append(fut.result())
-                    digests.append(d)
-                except ImageError as exc:
-                    failures.append((d, str(exc), exc.transient))
-            permanent = [(d, reason) for d, reason, transient in failures if not transient]
-            if permanent:  # only content that is really bad is remembered
-                self.store.mark_bad(PREPROCESS_VERSION, permanent)
-            bad.update((d, reason) for d, reason, _ in failures)
-            if arrays:
-                feats = self._predict(np.stack(arrays))
-                try:  # the store checks every row is finite: the one place that does
-                    self._put(digests, feats)
-                except NonFiniteFeatures as exc:
-                    digests, feats = self._drop_non_finite(digests, feats, exc.digests, bad)
-                    if digests:
-                        self._put(digests, feats)
-                computed.update(digests)
-            report: Progress = meter.report("cache", len(computed) + len(bad),
-                                            f"{Path(paths[chunk[-1][0]]).name}")
-            progress(report)
-        return deferred
-
-    def _put(self, digests: list[str], feats: list[np.ndarray]) -> None:
-        if self.cut:
-            self.store.put_arrays(self.key, digests, feats[0])
-        else:
-            self.store.put_features(self.key, FeatureBatch(digests, *feats))
-
-    def _drop_non_finite(self, digests: list[str], feats: list[np.ndarray], lost: list[str],
-                         bad: dict[str, str]) -> tuple[list[str], list[np.ndarray]]:
-        """Report images whose features overflow float16 (inf) or are NaN as skipped, and
-        remember them for this model key only: the same image through the same backbone gives
-        the same numbers, while another backbone may do fine."""
-        reason = (f"its features from the {self.spec.name} backbone are not finite numbers "
-                  "(inf or NaN, e.g. values beyond float16's range): not cached")
-        self.store.mark_unusable(self.key, [(d, reason) for d in lost])
-        bad.update((d, reason) for d in lost)
-        gone = set(lost)
-        ok = np.array([d not in gone for d in digests], bool)
-        return [d for d, o in zip(digests, ok) if o], [f[ok] for f in feats]
-
-    def _predict(self, pixels: np.ndarray) -> list[np.ndarray]:
-        """Run the backbone on a batch, halving the batch on GPU out-of-memory."""
-        from app.core.base.device import is_out_of_memory
-
-        outs: list[list[np.ndarray]] = []
-        start = 0
-        while start < len(pixels):
-            part = pixels[start : start + self.batch_size]
-            try:
-                res = self._predict_padded(part)
-            except Exception as exc:
-                if not is_out_of_memory(exc) or self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                continue  # the same images again, in smaller batches
-            if not outs:
-                outs = [[] for _ in res]
-            for o, r in zip(outs, res):
-                o.append(r)
-            start += len(part)
-        with np.errstate(over="ignore"):  # beyond float16's range: inf, then reported
-            return [np.concatenate(o).astype(np.float16) for o in outs]
-
-    def _predict_padded(self, part: np.ndarray) -> list[np.ndarray]:
-        # A fixed batch shape keeps one compiled graph for the whole run.
-        n = len(part)
-        x = np.zeros((self.batch_size, *part.shape[1:]), np.float32)
-        x[:n] = part
-        res = self.model.predict_on_batch(x)
-        if not isinstance(res, (list, tuple)):
-            res = [res]  # a one-output model (the cut extractor)
-        return [np.asarray(r)[:n] for r in res]

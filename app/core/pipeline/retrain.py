@@ -12,9 +12,9 @@ import numpy as np
 
 from app.core.base.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
 from app.core.base.paths import user_cache_dir
-from app.core.features.backbones import get_spec, key_precision, key_signature
+from app.core.features.backbones import get_spec
 from app.core.features.caching import DEFAULT_BATCH, CacheJob, CacheResult
-from app.core.features.finetune import features_key
+from app.core.features.keys import features_key, key_precision, key_signature
 from app.core.intake.dataset import SPLITS, Dataset, scan_dataset
 from app.core.storage.store import FeatureStore
 from app.core.training.feeds import FeatureSource, SplitData

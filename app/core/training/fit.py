@@ -177,7 +177,7 @@ def build_model(settings: TrainSettings, shape_of, backbone: tuple | None = None
         head = build_head(shape)
         return head, head, None, None, shape
     from app.core.features.backbones import build_backbone
-    from app.core.features.finetune import build_finetune_model
+    from app.core.training.finetune_top import build_finetune_model
 
     if backbone is None:
         raise SettingsError("the fine-tune mode needs the backbone")
@@ -225,7 +225,7 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     optimizer = _optimizer(settings, steps_per_epoch * settings.epochs)
     layer_names: list[str] = []
     if finetune:
-        from app.core.features.finetune import scaled_optimizer, trainable_layer_names
+        from app.core.training.finetune_top import scaled_optimizer, trainable_layer_names
 
         layer_names = trainable_layer_names(top)
         optimizer = scaled_optimizer(

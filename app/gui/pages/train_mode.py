@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.features.finetune import CUTS, feature_bytes_per_image
+from app.core.features.cuts import CUTS, feature_bytes_per_image
 from app.gui.widgets import duration
 
 HEAD_TEXT = ("New classifiers on cached features: fast; the two auxiliary outputs are probes "

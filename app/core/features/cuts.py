@@ -1,4 +1,5 @@
-"""The fine-tune mode: GoogLeNet's auxiliary classifiers on *trainable* backbone blocks.
+"""The fine-tune mode's cut: where the frozen backbone stops and GoogLeNet's auxiliary
+classifiers on *trainable* blocks begin (those blocks: :mod:`app.core.training.finetune_top`).
 
 Each backbone has a **cut**: the frozen part below it runs once per image and its spatial
 output is cached (:data:`app.core.storage.store.CUT`); the blocks above it train, starting from the
@@ -21,14 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.core.features.backbones import (
-    AUX_POOL,
-    BackboneSpec,
-    build_backbone,
-    model_key,
-    scaling_layer,
-)
-from app.core.storage.store import CUT
+from app.core.features.backbones import BackboneSpec, build_backbone, scaling_layer
 
 if TYPE_CHECKING:
     import keras
@@ -89,20 +83,7 @@ def feature_bytes_per_image(backbone: str, mode: str) -> int:
     return sum(2 * math.prod(s) for s in shapes)
 
 
-def cut_key(spec: BackboneSpec, weights: str, signature: str | None = None) -> str:
-    """The store key of ``spec``'s cut tensors: the model key plus the cut."""
-    return f"{model_key(spec, weights, signature)}|cut:{CUTS[spec.name].cut}"
-
-
-def features_key(spec: BackboneSpec, weights: str, mode: str, signature: str | None = None
-                 ) -> str:
-    """What a mode trains from: pooled taps (``head``) or the cut tensor (``finetune``)."""
-    if mode == "finetune":
-        return cut_key(spec, weights, signature)
-    return model_key(spec, weights, signature)
-
-
-def _tensor(base: keras.Model, name: str):
+def tensor_at(base: keras.Model, name: str):
     if name.startswith(INPUT_OF):
         return base.get_layer(name[len(INPUT_OF):]).input
     return base.get_layer(name).output
@@ -110,7 +91,7 @@ def _tensor(base: keras.Model, name: str):
 
 def cut_tensor(spec: BackboneSpec, base: keras.Model):
     """The symbolic tensor of ``base`` at ``spec``'s cut."""
-    return _tensor(base, CUTS[spec.name].cut)
+    return tensor_at(base, CUTS[spec.name].cut)
 
 
 def build_cut_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None,
@@ -134,67 +115,3 @@ def build_cut_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model 
     return model
 
 
-def build_top(spec: BackboneSpec, base: keras.Model) -> keras.Model:
-    """Cut tensor -> ``[aux1 map, aux2 map, final map]``, sharing ``base``'s layers (so
-    training it fine-tunes ``base``)."""
-    import keras
-
-    c = CUTS[spec.name]
-    return keras.Model(_tensor(base, c.cut),
-                       [_tensor(base, c.aux[0]), _tensor(base, c.aux[1]), base.output],
-                       name=f"{spec.name}_top")
-
-
-def trainable_layer_names(top: keras.Model) -> list[str]:
-    """The backbone layers that train in the fine-tune mode (those with weights)."""
-    return [layer.name for layer in top.layers if layer.weights]
-
-
-def build_finetune_model(spec: BackboneSpec, base: keras.Model, shape_of, build_head):
-    """The training model: cut tensor -> top blocks (BatchNorm in inference mode) -> pooled
-    taps -> GoogLeNet head. ``shape_of(tap_shapes)`` gives the head's HeadShape.
-
-    Returns ``(model, head, top)``.
-    """
-    import keras
-    from keras import layers
-
-    top = build_top(spec, base)
-    base.trainable = True
-    cut_in = keras.Input(top.input.shape[1:], name=CUT)
-    a1, a2, final = top(cut_in, training=False)
-    taps = {
-        "main": layers.GlobalAveragePooling2D(name="main_tap")(final),
-        "aux1": layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux1_tap")(a1),
-        "aux2": layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux2_tap")(a2),
-    }
-    shape = shape_of({k: tuple(v.shape[1:]) for k, v in taps.items()})
-    head = build_head(shape)
-    outputs = head({k: taps[k] for k in ("main", *shape.aux_outputs)})
-    return keras.Model({CUT: cut_in}, outputs, name="finetune"), head, top
-
-
-def scaled_optimizer(optimizer: keras.optimizers.Optimizer, slow: keras.Model, scale: float,
-                     frozen_steps: int = 0):
-    """``optimizer`` with the learning rate of ``slow``'s variables multiplied by ``scale``
-    (Keras 3 has no per-variable learning rate; its update step is per variable), and zero for
-    the first ``frozen_steps`` steps: the new heads warm up on the pretrained blocks before those
-    move, so that a random head's first large gradients do not wreck them (Keras'
-    transfer-learning guide trains the head first, then unfreezes)."""
-    from keras import ops
-
-    slow_paths = {v.path for v in slow.trainable_variables}
-    base_cls = type(optimizer)
-
-    class Scaled(base_cls):
-        def update_step(self, gradient, variable, learning_rate):
-            index = self._get_variable_index(variable)
-            if self._trainable_variables[index].path in slow_paths:
-                learning_rate = learning_rate * scale
-                if frozen_steps:
-                    learning_rate = ops.where(self.iterations < frozen_steps,
-                                              ops.zeros_like(learning_rate), learning_rate)
-            return super().update_step(gradient, variable, learning_rate)
-
-    scaled = Scaled.from_config(optimizer.get_config())
-    return scaled

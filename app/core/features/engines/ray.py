@@ -34,7 +34,9 @@ import numpy as np
 
 from app.core.base.errors import UserError
 from app.core.base.jobs import CancelToken, ProgressCallback, RateMeter
-from app.core.features.backbones import get_spec
+from app.core.features.backbones import BackboneSpec, get_spec
+from app.core.features.extract import keras_extractor, output_names, register, remember_failures
+from app.core.features.keys import features_key, key_precision
 from app.core.storage.store import CUT, TAPS, FeatureBatch, FeatureStore
 
 RESULTS = "ray-results"
@@ -189,7 +191,6 @@ def merge_shard(store: FeatureStore, key: str, path: Path, cut: bool, spec_name:
     A file that is not such a shard is left alone."""
     import pyarrow.parquet as pq
 
-    from app.core.intake.imaging import PREPROCESS_VERSION
 
     try:
         table = pq.read_table(path)
@@ -199,7 +200,7 @@ def merge_shard(store: FeatureStore, key: str, path: Path, cut: bool, spec_name:
     if meta.get(b"written_by") != WRITTEN_BY or meta.get(b"model_key") != key.encode():
         return [], []
     shapes = json.loads(meta[b"shapes"])
-    names = (CUT,) if cut else TAPS
+    names = output_names(cut)
     cols = table.to_pydict()
     ok = [not e for e in cols["error"]]
     good = [d for d, o in zip(cols["digest"], ok) if o]
@@ -207,21 +208,14 @@ def merge_shard(store: FeatureStore, key: str, path: Path, cut: bool, spec_name:
         arrays = {n: np.stack([np.frombuffer(b, np.float16).reshape(shapes[n])
                                for b, o in zip(cols[n], ok) if o]) for n in names}
         if store.model_spec(key) is None:
-            from app.core.features.backbones import get_spec
-
-            spec = get_spec(spec_name)
-            store.register_model(key, {"backbone": spec.name, "shapes": shapes,
-                                       "image_size": spec.image_size,
-                                       "prep": PREPROCESS_VERSION})
+            register(store, key, get_spec(spec_name), shapes)
         if cut:
             store.put_arrays(key, good, arrays[CUT])
         else:
             store.put_features(key, FeatureBatch(good, *(arrays[t] for t in TAPS)))
     failures = [(d, e, t) for d, e, t, o in
                 zip(cols["digest"], cols["error"], cols["transient"], ok) if not o]
-    permanent = [(d, e) for d, e, t in failures if not t]
-    if permanent:
-        store.mark_bad(PREPROCESS_VERSION, permanent)
+    remember_failures(store, failures)
     path.unlink()
     return good, failures
 
@@ -246,7 +240,7 @@ def merge_leftovers(store: FeatureStore, key: str, cut: bool, spec_name: str
     return good, failures
 
 
-class Extractor:
+class ExtractActor:
     """Ray actor: builds the extractor once (in the precision the key names), then maps
     batches of pixels to features, written as one Parquet shard per batch; returns the
     manifest (digest, shard, error, transient)."""
@@ -254,12 +248,11 @@ class Extractor:
     def __init__(self, backbone: str, weights: str, precision: str, cut: bool, key: str,
                  out_dir: str) -> None:
         from app.core.base import device
-        from app.core.features.caching import _Runner
 
         device.configure()
-        self.model = _Runner._build(get_spec(backbone), weights, precision,
-                                    lambda _: None, CancelToken(), cut)
-        self.names = (CUT,) if cut else TAPS
+        self.extractor = keras_extractor(get_spec(backbone), weights, precision, cut,
+                                         lambda _: None, CancelToken())
+        self.names = self.extractor.names
         self.key, self.out_dir = key, Path(out_dir)
 
     def features(self, batch: dict) -> dict:
@@ -267,10 +260,9 @@ class Extractor:
         out = {"digest": batch["digest"], "error": batch["error"],
                "transient": batch["transient"]}
         if ok.any():
-            res = self.model.predict_on_batch(batch["pixels"][ok].astype(np.float32))
-            res = res if isinstance(res, (list, tuple)) else [res]
+            res = self.extractor.predict(batch["pixels"][ok].astype(np.float32))
         for k, name in enumerate(self.names):
-            shape = tuple(self.model.outputs[k].shape[1:])
+            shape = self.extractor.shapes[name]
             arr = np.zeros((len(ok), *shape), np.float16)
             if ok.any():
                 arr[ok] = np.asarray(res[k]).astype(np.float16)
@@ -293,14 +285,13 @@ def compute(todo: list[str], paths: dict[str, str], backbone: str, weights: str,
     Returns the digests computed and the failures (digest -> reason); failures of content
     are remembered as bad, transient ones are not, as the local engine does."""
     ray = _import_ray()
-    from app.core.features.backbones import key_precision
 
     spec = get_spec(backbone)
     folder = results_dir(store, key)
     ds = ray.data.from_items([{"digest": d, "path": paths[d]} for d in todo])
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": spec.input_size},
                         batch_size=batch_size, batch_format="numpy")
-    ds = ds.map_batches(Extractor, fn_constructor_kwargs={
+    ds = ds.map_batches(ExtractActor, fn_constructor_kwargs={
         "backbone": backbone, "weights": weights, "precision": key_precision(key), "cut": cut,
         "key": key, "out_dir": str(folder)},
         batch_size=batch_size, batch_format="numpy", concurrency=max(1, gpus),
@@ -321,3 +312,39 @@ def compute(todo: list[str], paths: dict[str, str], backbone: str, weights: str,
     computed.update(good)
     bad.update((d, e) for d, e, _ in failures)
     return computed, bad
+
+
+class RayEngine:
+    """The caching job's engine on a Ray cluster: the same decode function and extractor as
+    the local engine, the rows merged into the same store. The model key carries the backend
+    and precision a worker computes in, asked once per job."""
+
+    def __init__(self, spec: BackboneSpec, weights: str, mode: str, store: FeatureStore,
+                 batch_size: int, address: str | None) -> None:
+        self.spec, self.weights, self.mode, self.store = spec, weights, mode, store
+        self.cut = mode == "finetune"
+        self.batch_size, self.address = batch_size, address
+        self.key = self.device = ""
+        self.gpus = 0
+
+    def __enter__(self) -> RayEngine:
+        self._session = RaySession(self.address).__enter__()
+        self.gpus = self._session.gpus()
+        signature = signature_on_worker(self.gpus)
+        self.key = features_key(self.spec, self.weights, self.mode, signature)
+        # shards a killed job wrote but did not merge count as computed already
+        merge_leftovers(self.store, self.key, self.cut, self.spec.name)
+        where = f"{self.gpus} GPU(s)" if self.gpus else "CPU"
+        self.device = f"Ray ({where}, {signature})"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._session.__exit__(*exc)
+
+    def model_key(self) -> str:
+        return self.key
+
+    def compute(self, todo: list[str], paths: dict[str, str], progress: ProgressCallback,
+                cancel: CancelToken) -> tuple[set[str], dict[str, str]]:
+        return compute(todo, paths, self.spec.name, self.weights, self.key, self.store,
+                       self.batch_size, progress, cancel, self.gpus, cut=self.cut)

@@ -1,0 +1,244 @@
+"""The local engine: decode in a thread pool a few batches ahead, the extractor in this
+process, every batch committed to the store on its own (a killed or cancelled run resumes
+where it stopped).
+
+The extractor is built on first use, after the first batches were handed to the decode pool,
+so TensorFlow's import and the model build overlap the first decodes. Digests another process
+claimed are waited for, and this process's claims are kept fresh while it computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from app.core.base.jobs import CancelToken, Progress, ProgressCallback, RateMeter
+from app.core.features.backbones import BackboneSpec
+from app.core.features.extract import (
+    Extractor,
+    ExtractorFactory,
+    keras_extractor,
+    register,
+    remember_failures,
+)
+from app.core.features.keys import features_key, key_precision
+from app.core.intake.imaging import ImageError, load_rgb
+from app.core.storage.store import FeatureBatch, FeatureStore, NonFiniteFeatures, StoreError
+
+PREFETCH_BATCHES = 3
+WAIT_POLL_SECONDS = 0.5
+
+
+class PrecisionChanged(Exception):
+    """The device turned out to compute in another precision than the model key assumed."""
+
+
+class _ClaimHeartbeat:
+    """Keeps this process's claims fresh while it computes (its own connection, own thread),
+    so a slow weights download or a long batch is never taken over by another process."""
+
+    def __init__(self, store: FeatureStore, key: str) -> None:
+        self.dir, self.owner, self.key = store.dir, store.owner, key
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="claim-heartbeat", daemon=True)
+
+    def __enter__(self) -> _ClaimHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        from app.core.storage import store as store_module
+
+        with FeatureStore(self.dir) as store:
+            while not self._stop.wait(store_module.CLAIM_REFRESH_SECONDS):
+                # a full disk is reported by the writer; stale claims are only taken over
+                with contextlib.suppress(StoreError):
+                    store.refresh_claims(self.key, self.owner)
+
+
+class LocalEngine:
+    """The extractor and the decode pool for one run in this process."""
+
+    def __init__(self, spec: BackboneSpec, weights: str, mode: str, store: FeatureStore,
+                 batch_size: int, workers: int,
+                 extractor: ExtractorFactory = keras_extractor) -> None:
+        self.spec, self.weights, self.mode, self.store = spec, weights, mode, store
+        self.cut = mode == "finetune"  # the fine-tune cut (one tensor, into shards)
+        self.batch_size = max(1, batch_size)
+        self.workers = workers
+        self.factory = extractor
+        self.device = "none (nothing to compute)"
+        self.key = ""
+        self._extractor: Extractor | None = None
+        self._progress: ProgressCallback = lambda _: None
+        self._cancel = CancelToken()
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def model_key(self) -> str:
+        """The key this process's rows get: its backend and precision as configured now."""
+        self.key = features_key(self.spec, self.weights, self.mode)
+        return self.key
+
+    @property
+    def extractor(self) -> Extractor:
+        if self._extractor is None:
+            from app.core.base import device as dev
+
+            self.device = dev.configure()
+            precision = key_precision(self.key)
+            if dev.compute_precision() != precision:
+                raise PrecisionChanged()
+            self._extractor = self.factory(self.spec, self.weights, precision, self.cut,
+                                           self._progress, self._cancel)
+            register(self.store, self.key, self.spec, self._extractor.shapes)
+        return self._extractor
+
+    def compute(self, todo: list[str], paths: dict[str, str], progress: ProgressCallback,
+                cancel: CancelToken) -> tuple[set[str], dict[str, str]]:
+        """Compute ``todo`` under :meth:`model_key`'s key; digests another process is
+        computing are waited for. Raises :class:`PrecisionChanged` before computing anything
+        when the device computes in another precision than the key assumed."""
+        self._progress, self._cancel = progress, cancel
+        if self.device.startswith("none"):
+            self.device = "none (nothing could be decoded)"
+        meter = RateMeter(len(todo))
+        computed: set[str] = set()
+        bad: dict[str, str] = {}
+        remaining = todo
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool, \
+                _ClaimHeartbeat(self.store, self.key):
+            try:
+                while remaining and not cancel.cancelled:
+                    deferred = self._pass(remaining, paths, pool, meter, computed, bad,
+                                          progress, cancel)
+                    if not deferred:
+                        break
+                    progress(meter.report("cache", len(computed) + len(bad),
+                                          f"waiting for another process ({len(deferred)} images)"))
+                    time.sleep(WAIT_POLL_SECONDS)
+                    done_elsewhere = self.store.cached_digests(self.key, deferred)
+                    remaining = [d for d in deferred if d not in done_elsewhere]
+            except BaseException:
+                # the first error is the one to report: a full disk fails the cleanup too
+                with contextlib.suppress(StoreError):
+                    self.store.release_claims(self.key)
+                raise
+            self.store.release_claims(self.key)
+        return computed, bad
+
+    def _pass(self, todo: list[str], paths: dict[str, str], pool: ThreadPoolExecutor,
+              meter: RateMeter, computed: set[str], bad: dict[str, str],
+              progress: ProgressCallback, cancel: CancelToken) -> list[str]:
+        size = self.spec.input_size
+        deferred: list[str] = []
+        inflight: deque[list[tuple[str, Future]]] = deque()
+        next_start = 0
+
+        def submit_next() -> None:
+            nonlocal next_start
+            while next_start < len(todo) and not cancel.cancelled:
+                chunk = todo[next_start : next_start + self.batch_size]
+                next_start += len(chunk)
+                mine = self.store.claim(self.key, chunk)
+                ours = set(mine)
+                deferred.extend(d for d in chunk if d not in ours)
+                if mine:
+                    inflight.append([(d, pool.submit(load_rgb, paths[d], size)) for d in mine])
+                    return
+
+        for _ in range(PREFETCH_BATCHES):
+            submit_next()
+        while inflight:
+            if cancel.cancelled:
+                for chunk in inflight:
+                    for _, fut in chunk:
+                        fut.cancel()
+                break
+            chunk = inflight.popleft()
+            submit_next()
+            digests, arrays, failures = [], [], []
+            for d, fut in chunk:
+                try:
+                    arrays.append(fut.result())
+                    digests.append(d)
+                except ImageError as exc:
+                    failures.append((d, str(exc), exc.transient))
+            remember_failures(self.store, failures)
+            bad.update((d, reason) for d, reason, _ in failures)
+            if arrays:
+                feats = self._predict(np.stack(arrays))
+                try:  # the store checks every row is finite: the one place that does
+                    self._put(digests, feats)
+                except NonFiniteFeatures as exc:
+                    digests, feats = self._drop_non_finite(digests, feats, exc.digests, bad)
+                    if digests:
+                        self._put(digests, feats)
+                computed.update(digests)
+            report: Progress = meter.report("cache", len(computed) + len(bad),
+                                            f"{Path(paths[chunk[-1][0]]).name}")
+            progress(report)
+        return deferred
+
+    def _put(self, digests: list[str], feats: list[np.ndarray]) -> None:
+        if self.cut:
+            self.store.put_arrays(self.key, digests, feats[0])
+        else:
+            self.store.put_features(self.key, FeatureBatch(digests, *feats))
+
+    def _drop_non_finite(self, digests: list[str], feats: list[np.ndarray], lost: list[str],
+                         bad: dict[str, str]) -> tuple[list[str], list[np.ndarray]]:
+        """Report images whose features overflow float16 (inf) or are NaN as skipped, and
+        remember them for this model key only: the same image through the same backbone gives
+        the same numbers, while another backbone may do fine."""
+        reason = (f"its features from the {self.spec.name} backbone are not finite numbers "
+                  "(inf or NaN, e.g. values beyond float16's range): not cached")
+        self.store.mark_unusable(self.key, [(d, reason) for d in lost])
+        bad.update((d, reason) for d in lost)
+        gone = set(lost)
+        ok = np.array([d not in gone for d in digests], bool)
+        return [d for d, o in zip(digests, ok) if o], [f[ok] for f in feats]
+
+    def _predict(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """Run the backbone on a batch, halving the batch on GPU out-of-memory."""
+        from app.core.base.device import is_out_of_memory
+
+        outs: list[list[np.ndarray]] = []
+        start = 0
+        while start < len(pixels):
+            part = pixels[start : start + self.batch_size]
+            try:
+                res = self._predict_padded(part)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                continue  # the same images again, in smaller batches
+            if not outs:
+                outs = [[] for _ in res]
+            for o, r in zip(outs, res):
+                o.append(r)
+            start += len(part)
+        with np.errstate(over="ignore"):  # beyond float16's range: inf, then reported
+            return [np.concatenate(o).astype(np.float16) for o in outs]
+
+    def _predict_padded(self, part: np.ndarray) -> list[np.ndarray]:
+        # A fixed batch shape keeps one compiled graph for the whole run.
+        n = len(part)
+        x = np.zeros((self.batch_size, *part.shape[1:]), np.float32)
+        x[:n] = part
+        return [r[:n] for r in self.extractor.predict(x)]
