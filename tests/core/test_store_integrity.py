@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from app.core.features import caching
+from app.core.features.engines import local as local_engine
 from app.core.features.caching import CacheJob, cache_features
 from app.core.features.extract import keras_extractor
 from app.core.intake.dataset import scan_dataset
@@ -285,6 +286,7 @@ def test_a_full_disk_while_caching_reports_the_first_failure(dataset_dir, cache_
                             "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
 
     monkeypatch.setattr(caching, "FeatureStore", FullDisk)
+    monkeypatch.setattr(local_engine, "FeatureStore", FullDisk)  # its writer's connection
     with pytest.raises(StoreError, match="the disk holding the cache is full") as err:
         _cache(dataset_dir, cache_dir)
     assert "\n" not in str(err.value)

@@ -15,16 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.base.errors import SettingsError
 from app.core.base.jobs import CancelToken, ProgressCallback, no_progress
 from app.core.base.paths import user_cache_dir
 from app.core.features.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec
 from app.core.features.engines.local import LocalEngine, PrecisionChanged
-from app.core.features.extract import ExtractorFactory, keras_extractor
+from app.core.features.extract import Decoder, ExtractorFactory, keras_extractor
 from app.core.intake.dataset import Dataset, Skipped, SplitSpec, scan_dataset
-from app.core.intake.imaging import PREPROCESS_VERSION
+from app.core.intake.imaging import PREPROCESS_VERSION, load_rgb
 from app.core.storage.store import CUT, FeatureStore
 
 DEFAULT_BATCH = 32
+
+
+def default_workers() -> int:
+    """Decode threads: one per core (Pillow releases the GIL while it decodes), at least 2."""
+    return max(2, os.cpu_count() or 2)
 
 
 @dataclass
@@ -71,22 +77,27 @@ class CacheJob:
     cache_dir: str | Path | None = None
     batch_size: int = DEFAULT_BATCH
     split: SplitSpec | None = None
-    workers: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
+    workers: int = field(default_factory=lambda: default_workers())
     retry_skipped: bool = False  # try images remembered as undecodable again
     mode: str = "head"  # "head": pooled taps | "finetune": the cut tensor
     engine: str = "local"  # "local": this process | "ray": a Ray cluster (engines/)
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray on this machine
     read_only: bool | None = None  # never write the cache (None: when it is not writable)
     extractor: ExtractorFactory = keras_extractor  # pixels -> features (features/extract.py)
+    decoder: Decoder = load_rgb  # file -> pixels, in the local engine's decode threads
 
     def _engine(self, spec: BackboneSpec, store: FeatureStore):
         if self.engine == "ray":
             from app.core.features.engines.ray import RayEngine
 
+            if self.decoder is not load_rgb or self.extractor is not keras_extractor:
+                raise SettingsError("the Ray engine decodes and extracts on its workers "
+                                    "with the app's own decoder and extractor")
+
             return RayEngine(spec, self.weights, self.mode, store, self.batch_size,
                              self.ray_address)
         return LocalEngine(spec, self.weights, self.mode, store, self.batch_size, self.workers,
-                           self.extractor)
+                           self.extractor, self.decoder)
 
     def run(self, progress: ProgressCallback = no_progress,
             cancel: CancelToken | None = None) -> tuple[CacheResult, Dataset]:

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.core.features.backbones import BackboneSpec, build_backbone, scaling_layer
+from app.core.features.backbones import BackboneSpec, build_backbone, pixel_input
 
 if TYPE_CHECKING:
     import keras
@@ -107,9 +107,8 @@ def build_cut_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model 
     base = backbone if backbone is not None else build_backbone(
         spec, weights, progress or no_progress, cancel)
     lower = keras.Model(base.input, cut_tensor(spec, base), name=f"{spec.name}_cut")
-    inp = keras.Input((spec.image_size, spec.image_size, 3), name="pixels")
-    scale = scaling_layer(spec)
-    out = lower(scale(inp) if scale is not None else inp)
+    inp, x = pixel_input(spec)
+    out = lower(x)
     model = keras.Model(inp, [out], name=f"{spec.name}_cut_extractor")
     model.trainable = False
     return model

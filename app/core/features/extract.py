@@ -40,6 +40,9 @@ class Extractor(Protocol):
 # (spec, weights, precision, cut, progress, cancel) -> Extractor
 ExtractorFactory = Callable[[BackboneSpec, str, str, bool, ProgressCallback, CancelToken],
                             Extractor]
+# (path, (width, height)) -> (height, width, 3) uint8, or raises ImageError: load_rgb's
+# contract. Pixels from another decoder are other features: it must not share a model key.
+Decoder = Callable[[str, tuple[int, int]], np.ndarray]
 
 
 def output_names(cut: bool) -> tuple[str, ...]:

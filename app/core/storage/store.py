@@ -45,6 +45,7 @@ from app.core.base.errors import UserError, os_error_message, shown
 from app.core.base.jobs import dead_leftovers, process_alive
 
 SCHEMA_VERSION = 1
+PAGE_SIZE = 16384  # for new cache files
 DB_NAME = "features.sqlite3"
 CLAIM_STALE_SECONDS = 120.0
 CLAIM_REFRESH_SECONDS = 20.0
@@ -128,8 +129,12 @@ def finite_rows(*arrays: np.ndarray) -> np.ndarray:
     the precision the store keeps."""
     ok = np.ones(len(arrays[0]) if arrays else 0, bool)
     for a in arrays:
-        a16 = np.asarray(a).astype(np.float16, copy=False)
-        ok &= np.isfinite(a16.reshape(len(a16), -1)).all(axis=1)
+        with np.errstate(over="ignore"):  # beyond float16's range is inf: not finite
+            a16 = np.ascontiguousarray(a, np.float16)
+        # inf and NaN are the float16 values whose exponent bits are all ones; testing the
+        # bits is ~10x faster than np.isfinite on float16 (which numpy emulates)
+        bits = a16.view(np.uint16).reshape(len(a16), -1) & 0x7FFF
+        ok &= bits.max(axis=1, initial=0) < 0x7C00
     return ok
 
 
@@ -192,7 +197,8 @@ class FeatureStore:
     """
 
     def __init__(self, cache_dir: str | Path, timeout: float = 60.0,
-                 read_only: bool | None = None, check: bool = False) -> None:
+                 read_only: bool | None = None, check: bool = False,
+                 owner: str | None = None) -> None:
         self.dir = Path(cache_dir)
         self.path = self.dir / DB_NAME
         self.notes: list[str] = []  # one line each, for the caller to show (a file moved aside)
@@ -207,7 +213,9 @@ class FeatureStore:
         elif not self.path.is_file():
             raise StoreError(f"the cache folder {shown(self.dir)} is read-only and holds no "
                              "feature cache yet")
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # who holds this connection's claims; another connection of the same job (its
+        # writer thread) passes the job's owner, so that its writes release the job's claims
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.db: sqlite3.Connection | None = None
         try:
             self._open(timeout, check)
@@ -266,6 +274,9 @@ class FeatureStore:
                                           isolation_level=None, uri=True)
         else:
             self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            # a new file only (an existing one keeps its page size): a row is ~35 KB of
+            # blobs, and 16 KB pages write it ~1.6x faster than 4 KB ones
+            self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)

@@ -10,6 +10,7 @@ claimed are waited for, and this process's claims are kept fresh while it comput
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections import deque
@@ -21,6 +22,7 @@ import numpy as np
 from app.core.base.jobs import CancelToken, Progress, ProgressCallback, RateMeter
 from app.core.features.backbones import BackboneSpec
 from app.core.features.extract import (
+    Decoder,
     Extractor,
     ExtractorFactory,
     keras_extractor,
@@ -32,6 +34,8 @@ from app.core.intake.imaging import ImageError, load_rgb
 from app.core.storage.store import FeatureBatch, FeatureStore, NonFiniteFeatures, StoreError
 
 PREFETCH_BATCHES = 3
+CLAIM_BATCHES = 4  # batches claimed in one transaction
+WRITE_AHEAD_BATCHES = 2  # computed batches waiting for the writer, at most
 WAIT_POLL_SECONDS = 0.5
 
 
@@ -66,20 +70,81 @@ class _ClaimHeartbeat:
                     store.refresh_claims(self.key, self.owner)
 
 
+class _Writer:
+    """The store's writes on their own thread and connection (SQLite releases the GIL), so the
+    next batch decodes and computes while this one is written. Batches are written in the
+    order given; ``close`` writes what was handed over (a cancel included: it is computed
+    work), then re-raises the first error the thread met. ``computed`` and ``bad`` are the
+    thread's own until ``close`` returns."""
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.engine = engine
+        self.computed: set[str] = set()
+        self.bad: dict[str, str] = {}
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=WRITE_AHEAD_BATCHES)
+        self._thread = threading.Thread(target=self._run, name="feature-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, digests: list[str], feats: list[np.ndarray]) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self._queue.put((digests, feats), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        store = None
+        try:  # its own connection: SQLite's belong to the thread that opened them
+            store = FeatureStore(self.engine.store.dir, owner=self.engine.store.owner)
+        except BaseException as exc:
+            self.error = exc
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain: the first error is the one reported
+            try:
+                self._write(store, *item)
+            except BaseException as exc:
+                self.error = exc
+        if store is not None:
+            store.close()
+
+    def _write(self, store: FeatureStore, digests: list[str], feats: list[np.ndarray]) -> None:
+        try:  # the store checks every row is finite: the one place that does
+            self.engine._put(store, digests, feats)
+        except NonFiniteFeatures as exc:
+            digests, feats = self.engine._drop_non_finite(store, digests, feats, exc.digests,
+                                                          self.bad)
+            if digests:
+                self.engine._put(store, digests, feats)
+        self.computed.update(digests)
+
+
 class LocalEngine:
     """The extractor and the decode pool for one run in this process."""
 
     def __init__(self, spec: BackboneSpec, weights: str, mode: str, store: FeatureStore,
                  batch_size: int, workers: int,
-                 extractor: ExtractorFactory = keras_extractor) -> None:
+                 extractor: ExtractorFactory = keras_extractor,
+                 decoder: Decoder = load_rgb) -> None:
         self.spec, self.weights, self.mode, self.store = spec, weights, mode, store
         self.cut = mode == "finetune"  # the fine-tune cut (one tensor, into shards)
         self.batch_size = max(1, batch_size)
         self.workers = workers
-        self.factory = extractor
+        self.factory, self.decoder = extractor, decoder
         self.device = "none (nothing to compute)"
         self.key = ""
         self._extractor: Extractor | None = None
+        self._pixels: np.ndarray | None = None
         self._progress: ProgressCallback = lambda _: None
         self._cancel = CancelToken()
 
@@ -112,7 +177,8 @@ class LocalEngine:
                 cancel: CancelToken) -> tuple[set[str], dict[str, str]]:
         """Compute ``todo`` under :meth:`model_key`'s key; digests another process is
         computing are waited for. Raises :class:`PrecisionChanged` before computing anything
-        when the device computes in another precision than the key assumed."""
+        when the device computes in another precision than the key assumed. Returns the
+        digests whose features are now stored, and the failures (digest -> reason)."""
         self._progress, self._cancel = progress, cancel
         if self.device.startswith("none"):
             self.device = "none (nothing could be decoded)"
@@ -124,8 +190,16 @@ class LocalEngine:
                 _ClaimHeartbeat(self.store, self.key):
             try:
                 while remaining and not cancel.cancelled:
-                    deferred = self._pass(remaining, paths, pool, meter, computed, bad,
-                                          progress, cancel)
+                    writer = _Writer(self)
+                    try:
+                        deferred = self._pass(remaining, paths, pool, meter, writer, bad,
+                                              progress, cancel)
+                    finally:
+                        try:
+                            writer.close()  # what was handed over is written, even on error
+                        finally:
+                            computed.update(writer.computed)
+                            bad.update(writer.bad)
                     if not deferred:
                         break
                     progress(meter.report("cache", len(computed) + len(bad),
@@ -142,24 +216,30 @@ class LocalEngine:
         return computed, bad
 
     def _pass(self, todo: list[str], paths: dict[str, str], pool: ThreadPoolExecutor,
-              meter: RateMeter, computed: set[str], bad: dict[str, str],
+              meter: RateMeter, writer: _Writer, bad: dict[str, str],
               progress: ProgressCallback, cancel: CancelToken) -> list[str]:
+        """One pass over ``todo``: claim a batch, decode it in the pool (a few batches ahead),
+        compute it here, hand it to the writer. Returns the digests another process holds."""
         size = self.spec.input_size
         deferred: list[str] = []
         inflight: deque[list[tuple[str, Future]]] = deque()
         next_start = 0
+        claimed: deque[str] = deque()  # claimed, not submitted yet
+        handed = 0  # images computed and handed to the writer
 
         def submit_next() -> None:
             nonlocal next_start
-            while next_start < len(todo) and not cancel.cancelled:
-                chunk = todo[next_start : next_start + self.batch_size]
+            while not claimed and next_start < len(todo) and not cancel.cancelled:
+                # claims are taken a few batches at a time: one transaction, not one a batch
+                chunk = todo[next_start : next_start + CLAIM_BATCHES * self.batch_size]
                 next_start += len(chunk)
                 mine = self.store.claim(self.key, chunk)
                 ours = set(mine)
                 deferred.extend(d for d in chunk if d not in ours)
-                if mine:
-                    inflight.append([(d, pool.submit(load_rgb, paths[d], size)) for d in mine])
-                    return
+                claimed.extend(mine)
+            if claimed and not cancel.cancelled:
+                batch = [claimed.popleft() for _ in range(min(self.batch_size, len(claimed)))]
+                inflight.append([(d, pool.submit(self.decoder, paths[d], size)) for d in batch])
 
         for _ in range(PREFETCH_BATCHES):
             submit_next()
@@ -171,43 +251,49 @@ class LocalEngine:
                 break
             chunk = inflight.popleft()
             submit_next()
-            digests, arrays, failures = [], [], []
+            digests: list[str] = []
+            failures: list[tuple[str, str, bool]] = []
+            pixels = self._batch_buffer(len(chunk), size)
             for d, fut in chunk:
                 try:
-                    arrays.append(fut.result())
+                    pixels[len(digests)] = fut.result()  # one copy, into the batch
                     digests.append(d)
                 except ImageError as exc:
                     failures.append((d, str(exc), exc.transient))
             remember_failures(self.store, failures)
             bad.update((d, reason) for d, reason, _ in failures)
-            if arrays:
-                feats = self._predict(np.stack(arrays))
-                try:  # the store checks every row is finite: the one place that does
-                    self._put(digests, feats)
-                except NonFiniteFeatures as exc:
-                    digests, feats = self._drop_non_finite(digests, feats, exc.digests, bad)
-                    if digests:
-                        self._put(digests, feats)
-                computed.update(digests)
-            report: Progress = meter.report("cache", len(computed) + len(bad),
+            if digests:
+                writer.put(digests, self._predict(pixels[:len(digests)]))
+                handed += len(digests)
+            report: Progress = meter.report("cache", handed + len(bad),
                                             f"{Path(paths[chunk[-1][0]]).name}")
             progress(report)
         return deferred
 
-    def _put(self, digests: list[str], feats: list[np.ndarray]) -> None:
-        if self.cut:
-            self.store.put_arrays(self.key, digests, feats[0])
-        else:
-            self.store.put_features(self.key, FeatureBatch(digests, *feats))
+    def _batch_buffer(self, n: int, size: tuple[int, int]) -> np.ndarray:
+        """The decoded batch's pixels, in one uint8 buffer reused from batch to batch (fresh
+        memory costs a page fault per 4 KB: more than the copy). Safe to reuse: the extractor
+        returns new arrays, and only those go on to the writer."""
+        shape = (max(n, self.batch_size), size[1], size[0], 3)
+        if self._pixels is None or self._pixels.shape != shape:
+            self._pixels = np.zeros(shape, np.uint8)
+        return self._pixels[:n]
 
-    def _drop_non_finite(self, digests: list[str], feats: list[np.ndarray], lost: list[str],
-                         bad: dict[str, str]) -> tuple[list[str], list[np.ndarray]]:
+    def _put(self, store: FeatureStore, digests: list[str], feats: list[np.ndarray]) -> None:
+        if self.cut:
+            store.put_arrays(self.key, digests, feats[0])
+        else:
+            store.put_features(self.key, FeatureBatch(digests, *feats))
+
+    def _drop_non_finite(self, store: FeatureStore, digests: list[str], feats: list[np.ndarray],
+                         lost: list[str], bad: dict[str, str]
+                         ) -> tuple[list[str], list[np.ndarray]]:
         """Report images whose features overflow float16 (inf) or are NaN as skipped, and
         remember them for this model key only: the same image through the same backbone gives
         the same numbers, while another backbone may do fine."""
         reason = (f"its features from the {self.spec.name} backbone are not finite numbers "
                   "(inf or NaN, e.g. values beyond float16's range): not cached")
-        self.store.mark_unusable(self.key, [(d, reason) for d in lost])
+        store.mark_unusable(self.key, [(d, reason) for d in lost])
         bad.update((d, reason) for d in lost)
         gone = set(lost)
         ok = np.array([d not in gone for d in digests], bool)
@@ -234,11 +320,14 @@ class LocalEngine:
                 o.append(r)
             start += len(part)
         with np.errstate(over="ignore"):  # beyond float16's range: inf, then reported
-            return [np.concatenate(o).astype(np.float16) for o in outs]
+            return [(o[0] if len(o) == 1 else np.concatenate(o)).astype(np.float16, copy=False)
+                    for o in outs]
 
     def _predict_padded(self, part: np.ndarray) -> list[np.ndarray]:
         # A fixed batch shape keeps one compiled graph for the whole run.
         n = len(part)
-        x = np.zeros((self.batch_size, *part.shape[1:]), np.float32)
-        x[:n] = part
-        return [r[:n] for r in self.extractor.predict(x)]
+        if n < self.batch_size:
+            x = np.zeros((self.batch_size, *part.shape[1:]), part.dtype)
+            x[:n] = part
+            part = x
+        return [r[:n] if len(r) != n else r for r in self.extractor.predict(part)]

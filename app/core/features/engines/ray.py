@@ -260,7 +260,7 @@ class ExtractActor:
         out = {"digest": batch["digest"], "error": batch["error"],
                "transient": batch["transient"]}
         if ok.any():
-            res = self.extractor.predict(batch["pixels"][ok].astype(np.float32))
+            res = self.extractor.predict(batch["pixels"][ok])
         for k, name in enumerate(self.names):
             shape = self.extractor.shapes[name]
             arr = np.zeros((len(ok), *shape), np.float16)
