@@ -7,6 +7,7 @@ import pytest
 
 from app.core.base.isolation import ChildFailed, run_isolated
 from app.core.base.jobs import Cancelled, CancelToken
+from app.core.features.caching import cache_features
 from app.core.pipeline.retrain import Retraining
 from app.core.training.fit import TrainSettings
 
@@ -67,12 +68,22 @@ def test_a_failure_in_the_child_is_raised_with_its_message():
     from app.core.base.isolation import ChildRefused
 
     with pytest.raises(ChildRefused, match="is not a folder") as info:
-        run_isolated("app.core.features.caching:cache_features",
+        run_isolated(cache_features,
                      {"data": "/nonexistent-folder-for-test", "backbone": "tiny",
                       "weights": "none"})
     assert isinstance(info.value, UserError)
     with pytest.raises(ChildFailed, match="unexpected keyword"):
-        run_isolated("app.core.features.caching:cache_features", {"data": "/x", "no_such": 1})
+        run_isolated(cache_features, {"data": "/x", "no_such": 1})
+
+
+def test_a_target_the_child_cannot_import_is_refused_before_any_process_starts():
+    def local_function(progress, cancel):
+        return 1
+
+    with pytest.raises(TypeError, match="module-level function"):
+        run_isolated(local_function, {})
+    with pytest.raises(TypeError, match="module-level function"):
+        run_isolated(lambda progress, cancel: 1, {})
 
 
 def test_the_child_ends_when_its_parent_dies(tmp_path):
@@ -86,7 +97,8 @@ def test_the_child_ends_when_its_parent_dies(tmp_path):
     pid_file = tmp_path / "child.pid"
     parent = subprocess.Popen([sys.executable, "-c", (
         "from app.core.base.isolation import run_isolated\n"
-        f"run_isolated('tests.core.test_isolation:_run_forever', {{'pid_file': {str(pid_file)!r}}})"
+        "from tests.core.test_isolation import _run_forever\n"
+        f"run_isolated(_run_forever, {{'pid_file': {str(pid_file)!r}}})"
     )], cwd=os.getcwd())
     deadline = time.monotonic() + 120
     while not pid_file.exists() or not pid_file.read_text():

@@ -16,6 +16,7 @@ import queue as queue_module
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from app.core.base.errors import UserError
@@ -34,14 +35,17 @@ class ChildRefused(UserError):
     one line here, so the caller reports it as it would in-process."""
 
 
-def run_isolated(target: str, kwargs: dict[str, Any], progress: ProgressCallback = no_progress,
+def run_isolated(target: Callable[..., Any], kwargs: dict[str, Any],
+                 progress: ProgressCallback = no_progress,
                  cancel: CancelToken | None = None) -> Any:
-    """Call ``target`` ('package.module:function') as ``fn(progress=, cancel=, **kwargs)``
-    in a spawned child process and return its result."""
+    """Call ``target`` (a module-level function) as ``target(progress=, cancel=, **kwargs)``
+    in a spawned child process and return its result. The child imports it by its module
+    and name, which are checked here, before any process starts."""
+    target_name = _importable_name(target)
     ctx = multiprocessing.get_context("spawn")
     messages = ctx.Queue()
     stop = ctx.Event()
-    child = ctx.Process(target=_child_main, args=(target, kwargs, messages, stop),
+    child = ctx.Process(target=_child_main, args=(target_name, kwargs, messages, stop),
                         name="bottleneck-studio-job", daemon=True)
     child.start()
     try:
@@ -73,6 +77,16 @@ def run_isolated(target: str, kwargs: dict[str, Any], progress: ProgressCallback
         if child.is_alive():
             child.kill()
             child.join()
+
+
+def _importable_name(fn: Callable[..., Any]) -> str:
+    """'package.module:function' for a function the child can import by name."""
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or not name or "." in name or "<" in name:
+        raise TypeError(f"run_isolated needs a module-level function, not {fn!r}")
+    if getattr(importlib.import_module(module), name, None) is not fn:
+        raise TypeError(f"{module}:{name} is not importable as {fn!r}")
+    return f"{module}:{name}"
 
 
 class _RemoteTraceback(Exception):

@@ -4,7 +4,7 @@ the test split, export."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,13 +125,14 @@ class Retraining:
     def run_training(self, progress: ProgressCallback = no_progress,
                      cancel: CancelToken | None = None) -> TrainResult:
         dataset = self._ensure_cached(progress, cancel)
-        splits = load_splits(dataset, self.cache.model_key, self.cache_dir)
-        result = self._stamp(train_head(splits["train"], splits["validation"], dataset.classes,
-                                        self.settings, progress, cancel, self._backbone()))
-        self.splits, self.result = splits, result
-        self.trust = fit_trust(result, splits, self.unknown_method)
-        self.evaluation = evaluate_head(result, splits["test"], self.trust)
-        return result
+        judged = train_and_judge(dataset, self.cache.model_key, self.cache_dir, self.settings,
+                                 self._backbone(), progress, cancel, self.unknown_method)
+        return self._adopt(judged)
+
+    def _adopt(self, judged: Judged) -> TrainResult:
+        self.splits, self.result = judged.splits, self._stamp(judged.result)
+        self.trust, self.evaluation = judged.trust, judged.evaluation
+        return self.result
 
     def run_training_isolated(self, progress: ProgressCallback = no_progress,
                               cancel: CancelToken | None = None) -> TrainResult:
@@ -148,22 +149,18 @@ class Retraining:
         dataset = self._ensure_cached(progress, cancel)
         with tempfile.TemporaryDirectory(prefix="bottleneck-train-") as tmp:
             weights = str(Path(tmp) / "trained.weights.h5")
-            out = run_isolated("app.core.pipeline.retrain:train_in_child", {
+            judged: Judged = run_isolated(train_in_child, {
                 "dataset": dataset, "model_key": self.cache.model_key,
                 "cache_dir": self.cache_dir, "settings": self.settings,
                 "backbone": self._backbone(), "weights_file": weights,
                 "unknown_method": self.unknown_method}, progress, cancel)
-            model, head, base, _, shape = build_model(self.settings, lambda _: out["shape"],
-                                                      self._backbone())
+            shape = judged.result.shape
+            model, head, base, _, _ = build_model(self.settings, lambda _: shape,
+                                                  self._backbone())
             model.load_weights(weights)
-        self.splits = load_splits(dataset, self.cache.model_key, self.cache_dir)
-        self.result = self._stamp(TrainResult(
-            head, dataset.classes, self.settings, out["history"], out["best_epoch"],
-            out["epochs_run"], out["cancelled"], out["seconds"], shape, model=model, base=base,
-            trainable_backbone_layers=out["trainable_backbone_layers"],
-            stopped_early=out["stopped_early"]))
-        self.evaluation, self.trust = out["evaluation"], out["trust"]
-        return self.result
+        judged.result = replace(judged.result, head=head, model=model, base=base)
+        judged.splits = load_splits(dataset, self.cache.model_key, self.cache_dir)
+        return self._adopt(judged)
 
     def _backbone(self) -> tuple:
         return (get_spec(self.backbone), self.weights)
@@ -239,26 +236,47 @@ class Retraining:
         return Predictor(model, result.classes, spec.input_size, unknown=trust.detector)
 
 
-def train_in_child(dataset: Dataset, model_key: str, cache_dir: str | Path | None,
-                   settings: TrainSettings, backbone: tuple, weights_file: str,
-                   progress: ProgressCallback = no_progress,
-                   cancel: CancelToken | None = None,
-                   unknown_method: str = DEFAULT_METHOD) -> dict:
-    """The child-process half of :meth:`Retraining.run_training_isolated`: everything it
-    returns pickles; the trained model (head, and top blocks when fine-tuning) is saved to
-    ``weights_file``."""
+@dataclass
+class Judged:
+    """One training run and what was learned about it: the splits it read, the trained
+    result, its trust (temperature, unknown detector, fitted on validation) and its
+    evaluation on the test split."""
+
+    splits: dict[str, SplitData] | None
+    result: TrainResult
+    trust: Trust
+    evaluation: Evaluation
+
+
+def train_and_judge(dataset: Dataset, model_key: str, cache_dir: str | Path | None,
+                    settings: TrainSettings, backbone: tuple,
+                    progress: ProgressCallback = no_progress,
+                    cancel: CancelToken | None = None,
+                    unknown_method: str = DEFAULT_METHOD) -> Judged:
+    """load -> train -> trust -> evaluate, the one pipeline both the in-process and the
+    child-process training run."""
     splits = load_splits(dataset, model_key, cache_dir)
     result = train_head(splits["train"], splits["validation"], dataset.classes, settings,
                         progress, cancel, backbone)
     trust = fit_trust(result, splits, unknown_method)
-    evaluation = evaluate_head(result, splits["test"], trust)
-    result.model.save_weights(weights_file)
-    return {"history": result.history, "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run, "cancelled": result.cancelled,
-            "seconds": result.seconds, "evaluation": evaluation, "shape": result.shape,
-            "trust": trust,
-            "trainable_backbone_layers": result.trainable_backbone_layers,
-            "stopped_early": result.stopped_early}
+    return Judged(splits, result, trust, evaluate_head(result, splits["test"], trust))
+
+
+def train_in_child(dataset: Dataset, model_key: str, cache_dir: str | Path | None,
+                   settings: TrainSettings, backbone: tuple, weights_file: str,
+                   progress: ProgressCallback = no_progress,
+                   cancel: CancelToken | None = None,
+                   unknown_method: str = DEFAULT_METHOD) -> Judged:
+    """The child-process half of :meth:`Retraining.run_training_isolated`: the trained
+    model (head, and top blocks when fine-tuning) is saved to ``weights_file``; what comes
+    back is the same :class:`Judged`, without its Keras models and splits (they do not
+    pickle; the parent rebuilds them)."""
+    judged = train_and_judge(dataset, model_key, cache_dir, settings, backbone, progress,
+                             cancel, unknown_method)
+    judged.result.model.save_weights(weights_file)
+    judged.result = replace(judged.result, head=None, model=None, base=None)
+    judged.splits = None
+    return judged
 
 
 def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str = "test",
