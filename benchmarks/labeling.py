@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core import labeling  # noqa: E402
+from app.core.pipeline import labeling  # noqa: E402
 from app.core.features.caching import CacheJob  # noqa: E402
 from app.core.pipeline.retrain import load_splits  # noqa: E402
 
