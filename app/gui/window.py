@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.base.errors import os_error_message, shown
 from app.core.base.paths import last_model_dir
 from app.core.delivery.export import clean_leftovers, is_model_folder
 from app.gui.activity import ActivityLabel, progress_text, say_while
@@ -118,6 +119,7 @@ class MainWindow(QMainWindow):
         file = self.menuBar().addMenu("&File")
         for text, keys, slot in (
             ("Open &data folder…", QKeySequence.StandardKey.Open, self.choose_folder),
+            ("&New data folder…", QKeySequence.StandardKey.New, self.new_data_folder),
             ("Open &model folder…", "Ctrl+Shift+O", self.choose_model),
             ("&Export model…", "Ctrl+E", self.choose_export),
             (None, None, None),
@@ -167,6 +169,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.data.choose_requested.connect(self.choose_folder)
+        self.data.new_requested.connect(self.new_data_folder)
         self.data.folder_dropped.connect(self.load_folder)
         self.features.start_requested.connect(self.start_caching)
         self.features.retry_requested.connect(lambda: self.start_caching(retry_skipped=True))
@@ -252,6 +255,32 @@ class MainWindow(QMainWindow):
                                                   dialog_folder(self.prefs.last_folder))
         if folder:
             self.load_folder(folder)
+
+    def new_data_folder(self) -> None:
+        """Create an empty data folder and open it on the Label page: classes are created
+        there, by name, as photos are labelled."""
+        if self.refused_while_busy("starting a new data folder"):
+            return
+        start = Path(dialog_folder(self.prefs.last_folder))
+        suggested = start.parent / "my-photos" if start.is_dir() else start / "my-photos"
+        path, _ = QFileDialog.getSaveFileName(
+            self, "New data folder (its name)", str(suggested), "",
+            options=QFileDialog.Option.ShowDirsOnly)
+        if not path:
+            return
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            self.banner.show_warning(f"{shown(folder)} is a file, not a folder: choose "
+                                     "another name.")
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.banner.show_warning(os_error_message(exc, f"{shown(folder)} could not be "
+                                                           "created"))
+            return
+        self.load_folder(str(folder), show=False)
+        self.show_page("Label")
 
     def reopen_last(self, folder: str | None = None) -> None:
         """Open ``folder`` (else the last data folder) and the last trained model, if any."""

@@ -114,3 +114,30 @@ def test_a_refresh_never_moves_a_waiting_photo(qtbot):
     rest = paths[1:]
     page.show_view(view(rest, [paths[5], paths[4], paths[1]]), None)
     assert page.queue.paths == [paths[1], paths[2], paths[5]]
+
+
+def test_new_data_folder_creates_it_and_opens_it_for_labelling(qtbot, window, tmp_path,
+                                                             monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    target = tmp_path / "projects" / "my-flowers"
+    asked = []
+
+    def save_dialog(parent, caption, start, *args, **kwargs):
+        asked.append(start)
+        return str(target), ""
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", save_dialog)
+    window.data.new.click()
+    qtbot.waitUntil(lambda: window.session.data_dir is not None
+                    and str(window.session.data_dir) == str(target), timeout=20000)
+    assert target.is_dir() and list(target.iterdir()) == []
+    assert window.stack.currentWidget() is window.label
+    assert asked and asked[0].endswith("my-photos")
+
+    # a name that is a file is refused in one line; nothing is created or opened
+    (tmp_path / "a-file").write_text("x")
+    target = tmp_path / "a-file"
+    window.data.new.click()
+    assert window.banner.isVisible() and "is a file" in window.banner.text.text()
+    assert str(window.session.data_dir) != str(target)

@@ -24,6 +24,7 @@ from app.gui.widgets import folder_urls, heading, hint
 
 class DataPage(QWidget):
     choose_requested = Signal()
+    new_requested = Signal()
     folder_dropped = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -33,6 +34,10 @@ class DataPage(QWidget):
         self.choose.setToolTip("A folder with one sub-folder of photos per class "
                                "(you can also drop a folder onto the window)")
         self.choose.clicked.connect(self.choose_requested)
+        self.new = QPushButton("&New data folder…")
+        self.new.setToolTip("Start from unsorted photos: an empty folder, classes created as "
+                            "you label on the Label page")
+        self.new.clicked.connect(self.new_requested)
         self.folder = QLabel("No folder yet — choose one, or drop a folder here.")
         self.folder.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.busy = QProgressBar()
@@ -41,6 +46,7 @@ class DataPage(QWidget):
         self.busy.setVisible(False)
         top = QHBoxLayout()
         top.addWidget(self.choose)
+        top.addWidget(self.new)
         top.addWidget(self.folder, 1)
         top.addWidget(self.busy)
 
@@ -76,6 +82,7 @@ class DataPage(QWidget):
         self.busy.setRange(0, 0)
         self.busy.setVisible(True)
         self.choose.setEnabled(False)
+        self.new.setEnabled(False)
 
     def show_reading(self, done: int, total: int) -> None:
         """A new folder's files being read: how many of how many."""
@@ -87,6 +94,7 @@ class DataPage(QWidget):
     def set_idle(self) -> None:
         self.busy.setVisible(False)
         self.choose.setEnabled(True)
+        self.new.setEnabled(True)
 
     def show_scan(self, result: ScanResult) -> None:
         ds = result.dataset
