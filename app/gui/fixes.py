@@ -1,27 +1,45 @@
 """Wiring of the Evaluate page's review side to the session: the review job after training,
 the unknown threshold, confusion cells, thumbnails a page at a time, and fixing labels (move
 with undo, exclude, open). It starts jobs and applies their results on the GUI thread; the
-computing is in app.core."""
+computing is in app.core.
+
+It is handed what it works with (the session, the Evaluate page, the job runner, the banner,
+the status bar) and says what the window must do by its signals: remember the threshold,
+read the data folder again, re-flag the Predict list."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, QTimer, QUrl
+from PySide6.QtCore import QObject, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 
 from app.core.intake.labels import LabelError
 from app.gui.pages.image_grid import ImageGrid
 
 if TYPE_CHECKING:
-    from app.gui.window import MainWindow
+    from collections.abc import Callable
+
+    from PySide6.QtWidgets import QStatusBar
+
+    from app.gui.errors import ErrorBanner
+    from app.gui.pages.evaluate import EvaluatePage
+    from app.gui.session import Session
+    from app.gui.worker import Jobs
 
 
 class Fixes(QObject):
-    def __init__(self, win: MainWindow) -> None:
-        super().__init__(win)
-        self.win, self.session, self.page = win, win.session, win.evaluate
+    threshold_resting = Signal()  # the slider rests at a new threshold: remember it
+    folder_changed = Signal(str)  # files moved in this data folder: read it again
+    threshold_changed = Signal()  # answers already shown must be flagged again
+
+    def __init__(self, parent: QObject, session: Session, page: EvaluatePage, jobs: Jobs,
+                 banner: ErrorBanner, status: QStatusBar, refused_while_busy: Callable[[str], bool]
+                 ) -> None:
+        super().__init__(parent)
+        self.session, self.page, self.jobs = session, page, jobs
+        self.banner, self.status, self._busy = banner, status, refused_while_busy
         self.review_worker = None
         page = self.page
         for grid in page.grids:
@@ -33,7 +51,7 @@ class Fixes(QObject):
         page.undo_requested.connect(self.undo)
         page.trust.threshold_moved.connect(self.set_threshold)
         self._remember = QTimer(self, singleShot=True, interval=400)  # once the slider rests
-        self._remember.timeout.connect(win.remember_threshold)
+        self._remember.timeout.connect(self.threshold_resting)
         self.session.dataset_changed.connect(lambda _ds: self.page.show_moves(
             self.session.moves()))
 
@@ -43,7 +61,7 @@ class Fixes(QObject):
             job = self.session.review_job()
         except RuntimeError:
             return None
-        self.review_worker = self.win.jobs.start("reviewing the model", job,
+        self.review_worker = self.jobs.start("reviewing the model", job,
                                                  on_result=self._reviewed)
         return self.review_worker
 
@@ -68,32 +86,31 @@ class Fixes(QObject):
     def set_threshold(self, threshold: float) -> None:
         self.page.trust.show_effect(self.session.set_unknown_threshold(threshold))
         self._remember.start()
-        if self.session.reflag(self.win.predict.results):
-            self.win.predict.refresh()
+        self.threshold_changed.emit()
 
     def flush_threshold(self) -> None:
         """Write a threshold the slider moved to now, not after the pause (closing)."""
         if self._remember.isActive():
             self._remember.stop()
-            self.win.remember_threshold()
+            self.threshold_resting.emit()
 
     def show_cell(self, true: str, predicted: str) -> None:
         from app.core.pipeline.review import cell_images
 
         review = self.session.review
         if review is None:
-            self.win.statusBar().showMessage("The images behind each cell are still being "
+            self.status.showMessage("The images behind each cell are still being "
                                              "gathered…", 5000)
             return
         self.page.show_cell(true, predicted, cell_images(review.test, true, predicted))
 
     def load_thumbnails(self, grid: ImageGrid, ticket: int, start: int, entries: list) -> None:
-        self.win.jobs.start("loading thumbnails", self.session.thumbnails_job(entries),
+        self.jobs.start("loading thumbnails", self.session.thumbnails_job(entries),
                             on_result=lambda out: grid.show_thumbnails(ticket, start, out))
 
     # --- fixing labels ------------------------------------------------------------------
     def _refused(self) -> bool:
-        return self.win.refused_while_busy("moving files in the data folder")
+        return self._busy("moving files in the data folder")
 
     def move(self, entry: dict, new_class: str) -> None:
         if self._refused():
@@ -101,12 +118,12 @@ class Fixes(QObject):
         try:
             move = self.session.move_image(entry["path"], new_class)
         except LabelError as exc:
-            self.win.banner.show_warning(str(exc))
+            self.banner.show_warning(str(exc))
             return
         root = self.session.data_dir
         self._relabel(str(root / move.source), str(root / move.target),
                       f"moved to {new_class}")
-        self.win.statusBar().showMessage(f"Moved {move.source} to {move.target}", 10000)
+        self.status.showMessage(f"Moved {move.source} to {move.target}", 10000)
         self.rescan()
 
     def undo(self) -> None:
@@ -115,11 +132,11 @@ class Fixes(QObject):
         try:
             move = self.session.undo_move()
         except LabelError as exc:
-            self.win.banner.show_warning(str(exc))
+            self.banner.show_warning(str(exc))
             return
         root = self.session.data_dir
         self._relabel(str(root / move.target), str(root / move.source), "")
-        self.win.statusBar().showMessage(f"Moved {move.target} back to {move.source}", 10000)
+        self.status.showMessage(f"Moved {move.target} back to {move.source}", 10000)
         self.rescan()
 
     def _relabel(self, old: str, new: str, note: str) -> None:
@@ -136,18 +153,18 @@ class Fixes(QObject):
         self.page.show_moves(self.session.moves())
         root = self.session.data_dir
         if root is not None:
-            self.win.load_folder(str(root), show=False)
+            self.folder_changed.emit(str(root))
 
     def exclude(self, entry: dict) -> None:
         try:
             self.session.exclude(entry)
         except LabelError as exc:
-            self.win.banner.show_warning(str(exc))
+            self.banner.show_warning(str(exc))
             return
         for grid in self.page.grids:
             grid.relabel(entry["path"], entry["path"], "excluded from training")
         n = len(self.session.excluded())
-        self.win.statusBar().showMessage(
+        self.status.showMessage(
             f"{Path(entry['path']).name} is left out of the next training runs "
             f"({n} image{'s' if n != 1 else ''} excluded)", 10000)
 
@@ -155,6 +172,6 @@ class Fixes(QObject):
         """Open the image in the desktop's viewer; say so when there is none (it did nothing,
         silently, on a machine without an image viewer)."""
         if not QDesktopServices.openUrl(QUrl.fromLocalFile(entry["path"])):
-            self.win.banner.show_warning(f"No program to open {entry['path']} with was found "
+            self.banner.show_warning(f"No program to open {entry['path']} with was found "
                                          "on this computer; double-click the thumbnail to see "
                                          "it large here.")

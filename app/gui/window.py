@@ -178,7 +178,11 @@ class MainWindow(QMainWindow):
         self.train.stop_requested.connect(lambda: self.cancel_heavy("training"))
         self.train.export_requested.connect(self.choose_export)
         self.evaluate.export_requested.connect(self.choose_export)
-        self.fixes = Fixes(self)
+        self.fixes = Fixes(self, self.session, self.evaluate, self.jobs, self.banner,
+                           self.statusBar(), self.refused_while_busy)
+        self.fixes.threshold_resting.connect(self.remember_threshold)
+        self.fixes.folder_changed.connect(lambda folder: self.load_folder(folder, show=False))
+        self.fixes.threshold_changed.connect(self._reflag_predictions)
         self.labeling = Labeling(self)
         self.predict.predict_requested.connect(self.predict_paths)
         self.predict.open_model_requested.connect(self.choose_model)
@@ -499,6 +503,10 @@ class MainWindow(QMainWindow):
             self.save_last_model(following)
         else:
             self.remember_threshold()
+
+    def _reflag_predictions(self) -> None:
+        if self.session.reflag(self.predict.results):
+            self.predict.refresh()
 
     def remember_threshold(self) -> Worker | None:
         """Write the "unknown" threshold now in use into the saved model, so the model reopened
