@@ -158,7 +158,7 @@ def test_what_the_exporter_writes_passes_and_optional_fields_stay_optional(tmp_p
     read_metadata(_folder(tmp_path / "c", none))
     old = _with("unknown.fitted_threshold", ...)  # folders of the last round lack it
     read_metadata(_folder(tmp_path / "d", old))
-    assert set(NEEDED_ARRAYS) == set(unknown_mod.METHODS)
+    assert NEEDED_ARRAYS == {n: s.arrays for n, s in unknown_mod.SCORES.items()}
 
 
 def test_metadata_is_checked_before_keras_or_the_model_is_touched(tmp_path, monkeypatch):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from app.core.features import caching
-from app.core.features.engines import local as local_engine
 from app.core.features.caching import CacheJob, cache_features
+from app.core.features.engines import local as local_engine
 from app.core.features.extract import keras_extractor
 from app.core.intake.dataset import scan_dataset
 from app.core.storage import store as store_module

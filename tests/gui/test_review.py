@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel
 
@@ -252,3 +253,25 @@ def test_open_says_so_when_no_program_opens_the_image(qtbot, window, monkeypatch
     monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: False)  # no image viewer
     window.fixes.open({"path": str(tmp_path / "a.jpg")})
     assert window.banner.isVisible() and "No program to open" in window.banner.text.text()
+
+
+@pytest.mark.parametrize("method, words", [
+    ("max_probability", "top probability"),
+    ("knn", "similarity to the nearest training images"),
+    ("relative_knn", "minus how alike those images are among themselves"),
+    ("mahalanobis", "Mahalanobis distance"),
+])
+def test_the_threshold_is_said_in_words_for_every_score(qtbot, method, words):
+    """Every unknown score has its own words in the window (mahalanobis had none)."""
+    import numpy as np
+
+    from app.core.pipeline.review import ThresholdScale
+    from app.gui.pages.trust_panel import TrustPanel
+
+    panel = TrustPanel()
+    qtbot.addWidget(panel)
+    scores = np.linspace(-3.0, 0.9, 50)
+    panel.set_threshold_range(ThresholdScale.for_scores(method, scores, 0.5), 0.5, method)
+    panel.show_effect({"threshold": 0.5, "fraction": 0.05, "count": 120, "flagged": 6})
+    assert words in panel.effect.text() and "120 validation images" in panel.effect.text()
+    assert f"{method} score" not in panel.effect.text()

@@ -48,8 +48,6 @@ from app.core.storage.model_folder import (
     regular_file,
 )
 
-METHODS = ("max_probability", "knn", "relative_knn", "mahalanobis")
-KNN_METHODS = ("knn", "relative_knn")  # scored against reference rows
 # Measured (benchmarks/unknown_scores.py, Oxford-17, MobileNet, 3 flower classes held out, 17
 # non-flower photos; the choice made by 30 random re-splits of the training and validation
 # images, the test split untouched): relative_knn separates photos of no flower at all
@@ -89,6 +87,168 @@ def shrunk_covariance(centred: np.ndarray) -> tuple[np.ndarray, float]:
     return (1 - shrinkage) * cov + shrinkage * mu * np.eye(d), shrinkage
 
 
+class Score:
+    """One "unknown" score: what it reads, what it keeps beside a model, how it is fitted and
+    computed, and how it is said (in ``metadata.json`` and in the window). Higher scores mean
+    more like the training classes."""
+
+    name = ""
+    reads_features = True  # False: only the calibrated probabilities
+    arrays: tuple[str, ...] = ()  # what it keeps in unknown.npz
+
+    def describe_arrays(self, k: int) -> dict[str, str]:
+        return {}
+
+    def how(self, k: int) -> str:  # metadata.json's "score"
+        raise NotImplementedError
+
+    def said(self, k: int) -> str:  # the window's words for it
+        raise NotImplementedError
+
+    def fit(self, det: UnknownDetector, feats: np.ndarray, labels: np.ndarray, n_classes: int,
+            rng: np.random.Generator, pool_training: bool) -> np.ndarray:
+        """Fill ``det``'s arrays from the training split; returns extra known-image scores
+        for the threshold (training images scored without themselves), possibly none."""
+        return np.zeros(0)
+
+    def score(self, det: UnknownDetector, feats: np.ndarray | None, probs: np.ndarray,
+              leave_out: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def width(self, det: UnknownDetector) -> int | None:
+        """The feature width a loaded detector's arrays expect (None: it reads none)."""
+        return None
+
+
+class MaxProbability(Score):
+    name, reads_features = "max_probability", False
+
+    def how(self, k: int) -> str:
+        return "the calibrated top-1 probability"
+
+    def said(self, k: int) -> str:
+        return "top probability"
+
+    def score(self, det, feats, probs, leave_out):
+        return np.asarray(probs, np.float64).max(axis=1)
+
+
+_REFERENCE = "training images' main-tap features divided by their length, float16 (N, D)"
+
+
+class Knn(Score):
+    name, arrays = "knn", ("reference",)
+
+    def describe_arrays(self, k: int) -> dict[str, str]:
+        return {"reference": _REFERENCE}
+
+    def how(self, k: int) -> str:
+        return (f"mean cosine similarity of the main-tap features (the model's layer "
+                f"'main_tap') to the {k} most similar rows of reference")
+
+    def said(self, k: int) -> str:
+        return f"similarity to the nearest training images (cosine, mean of {k})"
+
+    def fit(self, det, feats, labels, n_classes, rng, pool_training):
+        feats = np.asarray(feats, np.float32)
+        if len(feats) > MAX_REFERENCE_ROWS:
+            rows = rng.choice(len(feats), MAX_REFERENCE_ROWS, replace=False)
+            feats = feats[np.sort(rows)]
+        if not len(feats):
+            raise SettingsError("the training split is empty: no image to compare with")
+        det.reference = _normalise(feats).astype(np.float16).astype(np.float32)
+        self.fit_more(det)
+        if not pool_training or len(feats) <= det.k:  # too few to score one without itself
+            return np.zeros(0)
+        loo = np.sort(rng.choice(len(feats), min(LOO_ROWS, len(feats)), replace=False))
+        det.known_images = (f"the validation images and {len(loo)} training images "
+                            "(each scored without itself)")
+        return det.score(feats[loo], np.zeros((len(loo), 1)), leave_out=loo)
+
+    def fit_more(self, det: UnknownDetector) -> None:
+        pass
+
+    def score(self, det, feats, probs, leave_out):
+        return det._nearest(np.asarray(feats, np.float32), leave_out)[0].mean(axis=1) \
+            .astype(np.float64)
+
+    def width(self, det):
+        return None if det.reference is None else int(det.reference.shape[1])
+
+
+class RelativeKnn(Knn):
+    name, arrays = "relative_knn", ("reference", "density")
+
+    def describe_arrays(self, k: int) -> dict[str, str]:
+        return {"reference": _REFERENCE,
+                "density": f"for each row of reference, the mean cosine similarity of its "
+                           f"{k} most similar other rows, float16 (N,)"}
+
+    def how(self, k: int) -> str:
+        return super().how(k) + ", minus the mean of those rows' density"
+
+    def said(self, k: int) -> str:
+        return super().said(k) + " minus how alike those images are among themselves"
+
+    def fit_more(self, det):
+        det.density = _density(det)
+
+    def score(self, det, feats, probs, leave_out):
+        top, idx = det._nearest(np.asarray(feats, np.float32), leave_out)
+        density = np.asarray(det.density, np.float32)
+        return (top.mean(axis=1) - density[idx].mean(axis=1)).astype(np.float64)
+
+
+class Mahalanobis(Score):
+    name, arrays = "mahalanobis", ("means", "whitening")
+
+    def describe_arrays(self, k: int) -> dict[str, str]:
+        return {"means": "class means of the main-tap features, multiplied by whitening, "
+                         "float16 (C, D)",
+                "whitening": "W with W W^T = inverse of the shared (Ledoit-Wolf shrunk) "
+                             "covariance, float16 (D, D)"}
+
+    def how(self, k: int) -> str:
+        return ("minus the smallest squared distance between features @ whitening and a row "
+                "of means")
+
+    def said(self, k: int) -> str:
+        return "closeness to the nearest class centre (minus a Mahalanobis distance)"
+
+    def fit(self, det, feats, labels, n_classes, rng, pool_training):
+        feats = np.asarray(feats, np.float64)
+        labels = np.asarray(labels, np.int64)
+        present = [c for c in range(n_classes) if (labels == c).any()]
+        means = np.stack([feats[labels == c].mean(0) for c in present])
+        centred = feats - means[np.searchsorted(present, labels)]
+        cov, _ = shrunk_covariance(centred)
+        eigval, eigvec = np.linalg.eigh(cov)
+        w = eigvec / np.sqrt(np.maximum(eigval, eigval.max() * 1e-9))[None]
+        det.whitening = w.astype(np.float16).astype(np.float32)
+        det.means = (means @ w).astype(np.float16).astype(np.float32)
+        return np.zeros(0)
+
+    def score(self, det, feats, probs, leave_out):
+        z = np.asarray(feats, np.float32) @ np.asarray(det.whitening, np.float32)
+        means = np.asarray(det.means, np.float32)
+        dist = ((z ** 2).sum(1, keepdims=True) - 2 * z @ means.T + (means ** 2).sum(1)[None])
+        return -dist.min(axis=1).astype(np.float64)
+
+    def width(self, det):
+        return None if det.whitening is None else int(det.whitening.shape[0])
+
+
+SCORES: dict[str, Score] = {s.name: s for s in (MaxProbability(), Knn(), RelativeKnn(),
+                                                Mahalanobis())}
+METHODS = tuple(SCORES)
+
+
+def get_score(method: str) -> Score:
+    if method not in SCORES:
+        raise SettingsError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return SCORES[method]
+
+
 @dataclass
 class UnknownDetector:
     """A score for "looks like the training classes" and the threshold under which an image
@@ -111,27 +271,18 @@ class UnknownDetector:
         return float(self.fitted) if np.isfinite(self.fitted) else float(self.threshold)
 
     @property
+    def kind(self) -> Score:
+        return get_score(self.method)
+
+    @property
     def needs_features(self) -> bool:
-        return self.method != "max_probability"
+        return self.kind.reads_features
 
     def score(self, features: np.ndarray | None, probs: np.ndarray,
               leave_out: np.ndarray | None = None) -> np.ndarray:
         """One score per image (rows of ``features`` and calibrated ``probs``). knn scores only:
         ``leave_out[i]`` is the row of ``reference`` that image i is (scored without itself)."""
-        if self.method == "max_probability":
-            return np.asarray(probs, np.float64).max(axis=1)
-        feats = np.asarray(features, np.float32)
-        if self.method in KNN_METHODS:
-            top, idx = self._nearest(feats, leave_out)
-            if self.method == "knn":
-                return top.mean(axis=1).astype(np.float64)
-            density = np.asarray(self.density, np.float32)
-            return (top.mean(axis=1) - density[idx].mean(axis=1)).astype(np.float64)
-        w = np.asarray(self.whitening, np.float32)
-        z = feats @ w
-        means = np.asarray(self.means, np.float32)
-        dist = ((z ** 2).sum(1, keepdims=True) - 2 * z @ means.T + (means ** 2).sum(1)[None])
-        return -dist.min(axis=1).astype(np.float64)
+        return self.kind.score(self, features, probs, leave_out)
 
     def _nearest(self, feats: np.ndarray, leave_out: np.ndarray | None
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -160,29 +311,8 @@ class UnknownDetector:
 
     def metadata(self) -> dict:
         """What ``metadata.json`` says about the test (the arrays are in ``unknown.npz``)."""
-        arrays = {
-            "knn": {"reference": "training images' main-tap features divided by their "
-                                 "length, float16 (N, D)"},
-            "relative_knn": {"reference": "training images' main-tap features divided by "
-                                          "their length, float16 (N, D)",
-                             "density": f"for each row of reference, the mean cosine "
-                                        f"similarity of its {self.k} most similar other rows, "
-                                        f"float16 (N,)"},
-            "mahalanobis": {"means": "class means of the main-tap features, multiplied by "
-                                     "whitening, float16 (C, D)",
-                            "whitening": "W with W W^T = inverse of the shared (Ledoit-Wolf "
-                                         "shrunk) covariance, float16 (D, D)"},
-        }.get(self.method, {})
-        how = {
-            "max_probability": "the calibrated top-1 probability",
-            "knn": f"mean cosine similarity of the main-tap features (the model's layer "
-                   f"'main_tap') to the {self.k} most similar rows of reference",
-            "relative_knn": f"mean cosine similarity of the main-tap features (the model's "
-                            f"layer 'main_tap') to the {self.k} most similar rows of "
-                            f"reference, minus the mean of those rows' density",
-            "mahalanobis": "minus the smallest squared distance between features @ whitening "
-                           "and a row of means",
-        }[self.method]
+        arrays = self.kind.describe_arrays(self.k)
+        how = self.kind.how(self.k)
         return {"method": self.method, "threshold": float(self.threshold), "k": self.k,
                 "fitted_threshold": self.fitted_threshold,
                 "threshold_set_by": threshold_origin(self.threshold, self.fitted_threshold),
@@ -211,7 +341,7 @@ class UnknownDetector:
         if not isinstance(meta, dict):
             raise ModelDirError("metadata.json: unknown must be an object")
         method = meta.get("method")
-        if method not in METHODS:
+        if method not in SCORES:
             raise SettingsError(f"unknown-image method {method!r} not understood")
         check_schema(meta, UNKNOWN, "unknown.")
         if "threshold" not in meta:
@@ -226,7 +356,7 @@ class UnknownDetector:
             check_unknown_arrays(arrays, method, n_classes, name)
             for key, value in arrays.items():
                 setattr(det, key, value)
-        elif method != "max_probability":
+        elif SCORES[method].arrays:
             raise ModelDirError(f"metadata.json: unknown.file must name the arrays of "
                                 f"method {method}")
         return det
@@ -234,11 +364,7 @@ class UnknownDetector:
 
 def feature_width(det: UnknownDetector) -> int | None:
     """The feature width D a loaded detector's arrays expect (None: it reads no features)."""
-    if det.method in KNN_METHODS and det.reference is not None:
-        return int(det.reference.shape[1])
-    if det.method == "mahalanobis" and det.whitening is not None:
-        return int(det.whitening.shape[0])
-    return None
+    return det.kind.width(det)
 
 
 def threshold_origin(threshold: float, fitted: float) -> str:
@@ -253,37 +379,12 @@ def fit_detector(method: str, train_features: np.ndarray | None, train_labels: n
     """Build the ``method``'s score from the training split and set its threshold so that
     ``keep`` of the known images stay known: the validation split, plus (knn scores) training images
     scored leave-one-out. Needs at least one validation image."""
-    if method not in METHODS:
-        raise SettingsError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    score = get_score(method)
     det = UnknownDetector(method, k=k, keep=keep)
     extra = np.zeros(0)
-    if method in KNN_METHODS:
-        feats = np.asarray(train_features, np.float32)
-        rng = np.random.default_rng(seed)
-        if len(feats) > MAX_REFERENCE_ROWS:
-            rows = rng.choice(len(feats), MAX_REFERENCE_ROWS, replace=False)
-            feats = feats[np.sort(rows)]
-        if not len(feats):
-            raise SettingsError("the training split is empty: no image to compare with")
-        det.reference = _normalise(feats).astype(np.float16).astype(np.float32)
-        if method == "relative_knn":
-            det.density = _density(det)
-        if pool_training and len(feats) > k:  # enough to score one without itself
-            loo = np.sort(rng.choice(len(feats), min(LOO_ROWS, len(feats)), replace=False))
-            extra = det.score(feats[loo], np.zeros((len(loo), 1)), leave_out=loo)
-            det.known_images = (f"the validation images and {len(loo)} training images "
-                                "(each scored without itself)")
-    elif method == "mahalanobis":
-        feats = np.asarray(train_features, np.float64)
-        labels = np.asarray(train_labels, np.int64)
-        present = [c for c in range(n_classes) if (labels == c).any()]
-        means = np.stack([feats[labels == c].mean(0) for c in present])
-        centred = feats - means[np.searchsorted(present, labels)]
-        cov, _ = shrunk_covariance(centred)
-        eigval, eigvec = np.linalg.eigh(cov)
-        w = eigvec / np.sqrt(np.maximum(eigval, eigval.max() * 1e-9))[None]
-        det.whitening = w.astype(np.float16).astype(np.float32)
-        det.means = (means @ w).astype(np.float16).astype(np.float32)
+    if score.reads_features:
+        extra = score.fit(det, train_features, train_labels, n_classes,
+                          np.random.default_rng(seed), pool_training)
     if len(val_probs) == 0:
         raise SettingsError("the validation split is empty: no threshold can be set")
     scores = np.concatenate([det.score(val_features, val_probs), extra])

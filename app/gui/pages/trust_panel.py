@@ -10,7 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
 
-from app.core.trust.unknown import KNN_K
+from app.core.trust.unknown import KNN_K, SCORES
 
 BEFORE, AFTER = "#ff7f0e", "#1f77b4"
 
@@ -150,11 +150,8 @@ class TrustPanel(QWidget):
             return
         t = effect["threshold"]
         shown = _probability(t) if self.method == "max_probability" else f"{t:.3g}"
-        what = {"max_probability": "top probability",
-                "knn": f"similarity to the nearest training images (cosine, mean of {KNN_K})",
-                "relative_knn": f"similarity to the nearest training images (cosine, mean of "
-                                f"{KNN_K}) minus how alike those images are among themselves",
-                }.get(self.method, f"{self.method} score")
+        kind = SCORES.get(self.method)
+        what = kind.said(KNN_K) if kind is not None else f"{self.method} score"
         fraction = effect["fraction"]
         share = "—" if fraction is None else f"{fraction:.1%}"
         self.effect.setText(
