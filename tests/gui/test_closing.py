@@ -7,7 +7,6 @@ import json
 
 from app.core.base.paths import last_model_dir
 from app.core.delivery.export import is_model_folder
-from app.gui.closing import quit_question
 from tests.conftest import make_dataset
 from tests.gui.conftest import close_window, open_folder, use_tiny, wait_idle
 
@@ -71,11 +70,3 @@ def test_every_finished_training_run_is_kept_for_the_next_start(qtbot, window, t
     assert is_model_folder(last_model_dir())
     meta = json.loads((last_model_dir() / "metadata.json").read_text())
     assert meta["cancelled"] is False and meta["classes"] == ["blue", "green", "red"]
-
-
-def test_quit_questions():
-    assert quit_question(["prediction", "reading the folder"]) is None
-    assert quit_question(["caching"]).startswith("Caching is running — stop and quit?")
-    both = quit_question(["export", "training"])
-    assert both.startswith("Training is running — stop and quit?") and "exported" in both
-    assert "best model so far is kept" in both

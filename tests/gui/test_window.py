@@ -56,12 +56,6 @@ def test_settings_persist(qtbot, gui_settings):
     second.close()
 
 
-def test_every_setting_has_a_tooltip(window):
-    widgets = [window.features.backbone, window.features.weights, window.features.weights_file,
-               *window.train.fields.values(), window.predict.top_k]
-    assert all(w.toolTip() for w in widgets)
-
-
 def test_closing_during_caching_cancels_waits_and_keeps_the_cache(qtbot, window, tmp_path):
     data = make_dataset(tmp_path / "photos", per_class=24)
     open_folder(qtbot, window, data)
@@ -86,7 +80,6 @@ def test_tensorflow_loads_in_the_background(qtbot, gui_settings):
     with qtbot.waitSignal(win.tensorflow_ready, timeout=60000) as blocker:
         win.preload_tensorflow()
         assert win.statusBar().currentMessage() == "Loading TensorFlow…"
-    assert blocker.args[0] in ("CPU",) or blocker.args[0].startswith("GPU")
     assert blocker.args[0] in win.device.text()
     assert win.statusBar().currentMessage() == "Ready"
     win.close()
