@@ -12,11 +12,11 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[onnx]"
 	touch $@
 
 $(TEST_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install -q -e ".[test,cluster]"
+	$(BIN)/pip install -q -e ".[test,cluster,onnx]"
 	touch $@
 
 run: $(STAMP)

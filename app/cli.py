@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patience in epochs on validation main loss (0: off)")
     p.add_argument("--seed", type=int, default=TrainDefaults.seed)
     p.add_argument("--format", default="keras",
-                   help="comma-separated export formats: keras, savedmodel, tflite")
+                   help="comma-separated export formats: keras, savedmodel, tflite, onnx")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     p = sub.add_parser("evaluate", help="evaluate an exported model on a dataset folder")

@@ -368,9 +368,13 @@ class Session(QObject):
         if trust is not None:
             trust = dataclasses.replace(trust, detector=copy.copy(trust.detector))
 
+        from app.core.delivery.export import onnx_unavailable
+
+        formats = ("keras",) if onnx_unavailable() else ("keras", "onnx")
+
         def job(progress: ProgressCallback, cancel: CancelToken):
             with self._building:
-                return run.export(out_dir, trust=trust)
+                return run.export(out_dir, formats, trust=trust)
 
         return job
 

@@ -570,7 +570,8 @@ class MainWindow(QMainWindow):
         """The status bar says where; a warning says when parity could not be checked."""
         folder = report.folder
         self.prefs.last_model_folder = str(Path(folder).parent)
-        self.statusBar().showMessage(f"Model exported to {folder}", 10000)
+        forms = " and ".join({"keras": "Keras", "onnx": "ONNX"}.get(f, f) for f in report.formats)
+        self.statusBar().showMessage(f"Model exported to {folder} ({forms})", 10000)
         if report.parity_note:
             self.banner.show_warning(f"Model exported to {folder}, but: {report.parity_note}")
 

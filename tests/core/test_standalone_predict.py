@@ -100,3 +100,50 @@ def test_savedmodel_and_tflite_forms_record_their_plain_decode_deviation(tmp_pat
         assert got["images"] == plain["images"] == images > 0
         assert got["max_abs_diff"] > 0  # the plain decoding moves this form's answers too
         assert got["vs_keras_max_abs_diff"] < 1e-4 and got["vs_keras_top1_mismatches"] == 0
+
+
+NO_TENSORFLOW = ("import runpy, sys; sys.modules.update(app=None, keras=None, tensorflow=None); "
+                 "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def test_the_onnx_form_answers_like_the_app_with_onnx_runtime_alone(tmp_path):
+    """--format onnx: checked against the Keras model at export, and predict.py runs it with
+    ONNX Runtime in a process where importing Keras or TensorFlow fails."""
+    data = _big_dataset(tmp_path / "photos")
+    run = Retraining(data, "tiny", "none", tmp_path / "cache",
+                     TrainSettings(epochs=2, batch_size=8, learning_rate=3e-3))
+    run.run_training()
+    folder = run.export(tmp_path / "model", ("keras", "onnx")).folder
+    meta = read_metadata(folder)
+    assert (folder / "model.onnx").is_file() and meta["onnx"]["checked"] is True
+    assert meta["onnx"]["outputs"] == ["probabilities", "main_tap"]  # the unknown test's input
+    form = meta["preprocessing"]["plain_decode"]["other_forms"]["onnx"]
+    assert form["images"] == len(run.splits["validation"]) > 0
+    assert form["vs_keras_max_abs_diff"] < 1e-4 and form["vs_keras_top1_mismatches"] == 0
+
+    files = [str(p) for p in _odd_files(tmp_path / "new")]
+    for runtime in ("onnx", "auto"):
+        out = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(folder / "predict.py"),
+                              *files, "--top", "3", "--json", "--runtime", runtime],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        standalone = json.loads(out.stdout)
+        app = Predictor.from_dir(folder).predict(files, top_k=3)
+        for s, a in zip(standalone, app):
+            assert s["error"] is None and a.error is None
+            assert [t["label"] for t in s["top"]] == [t["label"] for t in a.top]
+            np.testing.assert_allclose([t["probability"] for t in s["top"]],
+                                       [t["probability"] for t in a.top], atol=1e-5)
+            assert s["unknown"] == a.unknown and s["score"] == pytest.approx(a.score, abs=1e-4)
+
+
+def test_an_onnx_form_that_disagrees_with_the_app_is_an_error():
+    from app.core.delivery.export import ExportError, _check_onnx
+
+    agrees = {"images": 8, "vs_keras_max_abs_diff": 2e-7, "vs_keras_top1_mismatches": 0}
+    assert _check_onnx(agrees, "float32") is True
+    with pytest.raises(ExportError, match="ONNX form disagrees"):
+        _check_onnx({**agrees, "vs_keras_max_abs_diff": 0.02}, "float32")
+    with pytest.raises(ExportError, match="ONNX form disagrees"):
+        _check_onnx({**agrees, "vs_keras_top1_mismatches": 1}, "float32")
+    assert _check_onnx({"images": 0}, "float32") is False  # nothing to compare: said so

@@ -42,7 +42,9 @@ def test_export_refuses_a_folder_that_is_not_ours_then_warns_when_parity_uncheck
     good = tmp_path / "model"
     export(qtbot, window, good)
     assert is_model_folder(good)
-    assert window.statusBar().currentMessage() == f"Model exported to {good}"
+    # the window writes the ONNX form too (checked against the app at export)
+    assert window.statusBar().currentMessage() == f"Model exported to {good} (Keras and ONNX)"
+    assert (good / "model.onnx").is_file()
     assert window.banner.isHidden()
 
     for record in window.session.trained_run.dataset.subset("validation"):

@@ -43,6 +43,8 @@ import re
 import shutil
 import sys
 import uuid
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,10 +67,11 @@ if TYPE_CHECKING:
 
 MODEL_FORMAT_VERSION = 1
 WRITTEN_BY = "Bottleneck Studio"
-FORMATS = ("keras", "savedmodel", "tflite")
+FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 # What an export writes; a folder holding anything else is not replaced.
 MODEL_FILES = frozenset({"model.keras", "labels.txt", "metadata.json", "history.csv",
-                         "history.json", "saved_model", "model.tflite", "unknown.npz",
+                         "history.json", "saved_model", "model.tflite", "model.onnx",
+                         "unknown.npz",
                          "predict.py"})
 STANDALONE_SCRIPT = Path(__file__).with_name("standalone_predict.py")
 PARITY_IMAGES = 64
@@ -101,10 +104,23 @@ class ExportReport:
     folder: Path
     parity: ParityReport | None
     parity_note: str = ""  # empty when checked and passed; else why it could not be checked
+    formats: tuple[str, ...] = ("keras",)  # the forms written
 
     @property
     def parity_checked(self) -> bool:
         return self.parity is not None and self.parity.images > 0
+
+
+def onnx_unavailable() -> str | None:
+    """Why this installation cannot write the ONNX form (None: it can)."""
+    import importlib.util
+
+    missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m)
+               is None]
+    if missing:
+        return (f"this installation lacks {', '.join(missing)} "
+                "(pip install \"bottleneck-studio[onnx]\")")
+    return None
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -371,6 +387,10 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
         predictors = {}
         if "savedmodel" in formats or "tflite" in formats:
             predictors = _export_tensorflow(model, staging, "tflite" in formats)
+        onnx_meta = None
+        if "onnx" in formats:
+            with_features = trust.detector is not None and trust.detector.needs_features
+            predictors["onnx"], onnx_meta = _export_onnx(model, staging, with_features)
         plain, forms = None, {}
         if validation is not None and len(validation):  # decoded once, for every form
             pair = _decoded_pair(validation.paths, spec.input_size, PARITY_IMAGES)
@@ -379,6 +399,8 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
             keras_ours = None if pair is None or not predictors else keras_predict(pair[0])
             forms = {name: plain_decode_deviation(fn, pair, reference=keras_ours)
                      for name, fn in predictors.items()}
+        if onnx_meta is not None:
+            onnx_meta["checked"] = _check_onnx(forms.get("onnx"), precision)
         for c in classes:  # one class a line: a newline in a name would shift every label
             if not isinstance(c, str) or not c or bad_name_reason(c):
                 raise ExportError(f"class name {shown(c)!r} cannot be written to labels.txt "
@@ -417,13 +439,14 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                            "images": parity.images, "max_abs_diff": parity.max_abs_diff,
                            "top1_mismatches": parity.top1_mismatches,
                            "tolerance": parity.tolerance})},
+            **({"onnx": onnx_meta} if onnx_meta is not None else {}),
             **(extra_metadata or {}),
         }
         (staging / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False),
                                                "utf-8")
         check_destination(out_dir)  # still ours, or still free, after the long work above
         _swap_in(staging, out_dir)
-        return ExportReport(out_dir, parity, note)
+        return ExportReport(out_dir, parity, note, tuple(formats))
     except ExportError:
         raise
     except Exception as exc:
@@ -490,6 +513,61 @@ def _export_tensorflow(model: keras.Model, folder: Path, tflite: bool) -> dict:
         (folder / "model.tflite").write_bytes(converter.convert())
         forms["tflite"] = lambda x: _tflite_predict(folder / "model.tflite", x)
     return forms
+
+
+def _export_onnx(model: keras.Model, folder: Path, with_features: bool
+                 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """``model.onnx`` by Keras' own ONNX export (tf2onnx underneath), and its predict function
+    (pixels -> probabilities) run by ONNX Runtime from the file written. ``with_features``:
+    a second output, the main tap, for the unknown test (what predict.py needs)."""
+    import keras
+    import onnxruntime as ort
+
+    from app.core.base.device import quiet_native_stderr
+
+    target = model
+    if with_features:
+        target = keras.Model(model.input, [model.output, model.get_layer("main_tap").output],
+                             name="bottleneck_studio_classifier_and_features")
+    # Keras exports only a model that has been called
+    target.predict_on_batch(np.zeros((1, *model.input.shape[1:]), np.float32))
+    path = folder / "model.onnx"
+    try:
+        with quiet_native_stderr(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf2onnx's numpy deprecation notes
+            target.export(str(path), format="onnx", verbose=False)
+    except Exception as exc:  # tf2onnx cannot convert an op: say so, write nothing
+        raise ExportError(f"the ONNX form could not be written: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    outputs = ["probabilities", "main_tap"] if with_features else ["probabilities"]
+    meta = {"file": "model.onnx", "input": name, "outputs": outputs,
+            "opset": int(next((o.version for o in _onnx_opsets(path)), 0)),
+            "runtime": f"onnxruntime {ort.__version__} (CPUExecutionProvider) at export"}
+    return (lambda x: np.asarray(session.run(None, {name: np.asarray(x, np.float32)})[0]),
+            meta)
+
+
+def _onnx_opsets(path: Path):
+    import onnx
+
+    return [o for o in onnx.load(str(path), load_external_data=False).opset_import
+            if o.domain in ("", "ai.onnx")]
+
+
+def _check_onnx(form: dict | None, precision: str) -> bool:
+    """The ONNX form must give the Keras model's answers (what the app answers) on the
+    validation images; a form that does not is an error, never a file left to be trusted."""
+    if not form or not form.get("images"):
+        return False  # no validation image to compare on: said in metadata ("checked": false)
+    tolerance = PARITY_TOLERANCE.get(precision, 3e-2)
+    diff = form.get("vs_keras_max_abs_diff")
+    if diff is None or diff > tolerance or form.get("vs_keras_top1_mismatches"):
+        raise ExportError(f"the ONNX form disagrees with the Keras model on {form['images']} "
+                          f"validation images (max probability difference {diff:.2g}, "
+                          f"tolerance {tolerance:g}); nothing was written")
+    return True
 
 
 def _tflite_predict(path: Path, x: np.ndarray) -> np.ndarray:

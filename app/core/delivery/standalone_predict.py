@@ -1,7 +1,14 @@
 #!/usr/bin/env python3
-"""Classify images with this model folder, without Bottleneck Studio (Pillow, numpy, Keras).
+"""Classify images with this model folder, without Bottleneck Studio (Pillow, numpy, and
+Keras or ONNX Runtime).
 
-    python predict.py IMAGE [IMAGE ...] [--top 3] [--json]
+    python predict.py IMAGE [IMAGE ...] [--top 3] [--json] [--runtime auto|keras|onnx]
+
+``--runtime onnx`` runs ``model.onnx`` (exported with ``--format onnx``) with ONNX Runtime
+alone: no TensorFlow, no Keras (``pip install onnxruntime pillow numpy``; on Windows
+``onnxruntime-directml``, on NVIDIA ``onnxruntime-gpu``: this script asks for the best
+execution provider installed). ``auto`` (the default) uses it when the folder has it and
+onnxruntime is installed, else ``model.keras`` with Keras.
 
 Images are decoded exactly as the app decodes them (``metadata.json``, "preprocessing"): JPEGs
 with Pillow's ``draft`` (DCT scaling) to the smallest size still at least the input size, EXIF
@@ -97,17 +104,52 @@ def unknown_scores(entry: dict, features: np.ndarray | None, probs: np.ndarray,
     return -dist.min(axis=1)
 
 
-def predict(paths: list[str], top: int = 3) -> list[dict]:
+def _onnx_available(meta: dict) -> bool:
+    if not (meta.get("onnx") or {}).get("file"):
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _onnx_model(meta: dict, needs_features: bool):
+    """model.onnx in ONNX Runtime, as a function pixels -> [probabilities(, main tap)]."""
+    import onnxruntime as ort
+
+    entry = meta["onnx"]
+    if needs_features and "main_tap" not in entry.get("outputs", []):
+        raise SystemExit("model.onnx was exported without the features the unknown test needs")
+    preferred = ("CUDAExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider",
+                 "CPUExecutionProvider")
+    have = ort.get_available_providers()
+    session = ort.InferenceSession(str(HERE / entry["file"]),
+                                   providers=[p for p in preferred if p in have])
+    name = session.get_inputs()[0].name
+    return lambda pixels: session.run(None, {name: pixels})
+
+
+def _keras_model(needs_features: bool):
     import keras
 
+    model = keras.saving.load_model(HERE / "model.keras", safe_mode=True)
+    if needs_features:
+        model = keras.Model(model.input, [model.output, model.get_layer("main_tap").output])
+    return lambda pixels: (lambda r: r if isinstance(r, (list, tuple)) else [r])(
+        model.predict_on_batch(pixels))
+
+
+def predict(paths: list[str], top: int = 3, runtime: str = "auto") -> list[dict]:
     meta = json.loads((HERE / "metadata.json").read_text("utf-8"))
     classes, (width, height) = meta["classes"], meta["image_size"]
-    model = keras.saving.load_model(HERE / "model.keras", safe_mode=True)
     unknown = meta.get("unknown") or {}
     needs_features = unknown.get("method") not in (None, "max_probability")
     arrays = unknown_arrays(unknown) if unknown.get("method") else {}
-    if needs_features:
-        model = keras.Model(model.input, [model.output, model.get_layer("main_tap").output])
+    if runtime == "auto":
+        runtime = "onnx" if _onnx_available(meta) else "keras"
+    model = (_onnx_model(meta, needs_features) if runtime == "onnx"
+             else _keras_model(needs_features))
     out = []
     for path in paths:
         entry = {"path": path, "top": [], "unknown": None, "score": None, "error": None}
@@ -117,9 +159,9 @@ def predict(paths: list[str], top: int = 3) -> list[dict]:
         except Exception as exc:  # one unreadable file never stops the others
             entry["error"] = f"{type(exc).__name__}: {exc}"
             continue
-        result = model.predict_on_batch(pixels)
-        probs, feats = (result if needs_features else (result, None))
-        probs = np.asarray(probs)
+        result = model(pixels)
+        probs = np.asarray(result[0])
+        feats = np.asarray(result[1]) if needs_features else None
         order = np.argsort(-probs[0])[:max(1, top)]
         entry["top"] = [{"label": classes[j], "probability": float(probs[0, j])} for j in order]
         if unknown.get("method"):
@@ -133,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", metavar="IMAGE")
     parser.add_argument("--top", type=int, default=3, help="how many labels per image")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument("--runtime", choices=("auto", "keras", "onnx"), default="auto",
+                        help="model.onnx with ONNX Runtime, or model.keras with Keras "
+                             "(auto: ONNX when the folder and onnxruntime have it)")
     args = parser.parse_args(argv)
-    results = predict(args.paths, args.top)
+    results = predict(args.paths, args.top, args.runtime)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     for r in results if not args.json else ():
