@@ -12,11 +12,11 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e ".[onnx]"
+	$(BIN)/pip install -q -e ".[onnx,litert]"
 	touch $@
 
 $(TEST_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install -q -e ".[test,cluster,onnx]"
+	$(BIN)/pip install -q -e ".[test,cluster,onnx,litert]"
 	touch $@
 
 run: $(STAMP)

@@ -100,6 +100,7 @@ def test_savedmodel_and_tflite_forms_record_their_plain_decode_deviation(tmp_pat
         assert got["images"] == plain["images"] == images > 0
         assert got["max_abs_diff"] > 0  # the plain decoding moves this form's answers too
         assert got["vs_keras_max_abs_diff"] < 1e-4 and got["vs_keras_top1_mismatches"] == 0
+    assert plain["other_forms"]["tflite"]["runtime"] == "LiteRT (ai-edge-litert)"
 
 
 NO_TENSORFLOW = ("import runpy, sys; sys.modules.update(app=None, keras=None, tensorflow=None); "

@@ -401,6 +401,8 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                      for name, fn in predictors.items()}
         if onnx_meta is not None:
             onnx_meta["checked"] = _check_onnx(forms.get("onnx"), precision)
+        if "tflite" in forms:
+            forms["tflite"]["runtime"] = tflite_interpreter()[1]
         for c in classes:  # one class a line: a newline in a name would shift every label
             if not isinstance(c, str) or not c or bad_name_reason(c):
                 raise ExportError(f"class name {shown(c)!r} cannot be written to labels.txt "
@@ -570,11 +572,26 @@ def _check_onnx(form: dict | None, precision: str) -> bool:
     return True
 
 
+def tflite_interpreter():
+    """LiteRT's interpreter (``ai-edge-litert``, what TensorFlow 2.21 says replaces
+    ``tf.lite.Interpreter``), else TensorFlow's own, its deprecation warning kept quiet; with
+    the name of the one used."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "LiteRT (ai-edge-litert)"
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, "tf.lite.Interpreter"
+
+
 def _tflite_predict(path: Path, x: np.ndarray) -> np.ndarray:
     """A TFLite model file's outputs for the batch ``x`` (one image at a time)."""
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter_class, _ = tflite_interpreter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tf.lite's "deprecated" note
+        interpreter = interpreter_class(model_path=str(path))
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     rows = []
