@@ -332,7 +332,9 @@ class MainWindow(QMainWindow):
             return  # another folder was asked for since
         self.data.show_scan(result)
         self.predict.data_dir = str(result.dataset.root)
+        self.features.forget_result()  # the last run's figures were another folder's
         self.features.show_skipped(result.dataset.skipped)
+        self.train.forget_status()
         self.statusBar().showMessage(f"{len(result.dataset.images)} images in "
                                      f"{len(result.dataset.classes)} classes", 5000)
 

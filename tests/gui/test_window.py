@@ -111,3 +111,30 @@ def test_a_single_class_folder_says_training_needs_two(tmp_path):
     assert "training needs two classes" in text and "go on to <b>Features</b>" not in text
     two = make_dataset(tmp_path / "two", per_class=3, classes=("red", "green"))
     assert "go on to <b>Features</b>" in report_html(scan_dataset(two))
+
+
+def test_features_shows_only_what_is_selected_now(qtbot, window, tmp_path):
+    """After a run, another backbone, weights, mode or folder is not what was cached: the
+    page stops saying "N images ready" for it (it said so of the old selection)."""
+    from tests.gui.conftest import wait_idle
+
+    data = make_dataset(tmp_path / "photos", per_class=4)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    worker = window.start_caching()
+    with qtbot.waitSignal(worker.done, timeout=180000):
+        pass
+    wait_idle(qtbot, window)
+    page = window.features
+    assert "12</b> images ready" in page.counts.text() and page.bar.value() == 1
+    page.set_weights("imagenet")
+    assert "images ready" not in page.counts.text() and page.bar.value() == 0
+    page.set_weights("none")
+    window.train.mode.changed.emit("finetune")
+    assert "images ready" not in page.counts.text()
+
+    window.train.show_error("the old folder's failure")
+    other = make_dataset(tmp_path / "other", per_class=3)
+    open_folder(qtbot, window, other)
+    assert "images ready" not in page.counts.text()
+    assert "old folder" not in window.train.status.text()

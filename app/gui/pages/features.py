@@ -65,6 +65,10 @@ class FeaturesPage(QWidget):
         file_row.addWidget(self.browse)
         self.weights.currentIndexChanged.connect(self._weights_changed)
         self._weights_changed()
+        # what is shown belongs to one folder, backbone, weights and mode: another is not it
+        self.backbone.currentIndexChanged.connect(lambda _i: self.forget_result())
+        self.weights.currentIndexChanged.connect(lambda _i: self.forget_result())
+        self.weights_file.textChanged.connect(lambda _t: self.forget_result())
 
         form = QFormLayout()
         form.addRow("&Backbone:", self.backbone)
@@ -166,8 +170,21 @@ class FeaturesPage(QWidget):
         if path:
             self.weights_file.setText(path)
 
+    def forget_result(self) -> None:
+        """Another folder, backbone, weights or mode than the last run's: its figures are not
+        this selection's (a new run says what is ready)."""
+        if getattr(self, "running", False) or not hasattr(self, "counts"):
+            return
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.rate.setText("")
+        self.counts.setText("Press Start to compute what is not cached yet for this folder, "
+                            "backbone and weights (what is cached already is reused).")
+
     def set_mode(self, mode: str) -> None:
         """What Start caches: what the Train page's mode trains from."""
+        if getattr(self, "mode", mode) != mode:
+            self.forget_result()
         self.mode = mode
         self.caches.setText(
             "Caches the backbone's cut tensor: what the <b>fine-tune</b> mode (Train page) "

@@ -246,6 +246,11 @@ class TrainPage(QWidget):
         self.warnings.setText("<br>".join(f"⚠ {_escape(w)}" for w in warnings))
         self.warnings.setVisible(bool(warnings))
 
+    def forget_status(self) -> None:
+        """A new folder: the last run's failure or result line was about another one."""
+        if not self.running:
+            self.status.setText("")
+
     def clear(self) -> None:
         self.ensure_plots()
         self.history = []
