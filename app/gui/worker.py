@@ -47,9 +47,9 @@ class Worker(QThread):
     receivers in the GUI thread through the event loop (queued connections)."""
 
     progressed = Signal(object)  # Progress
-    succeeded = Signal(object)  # the job's return value
+    succeeded = Signal(object)  # the job's return value (a cancelled job's partial result too)
     failed = Signal(str)  # a one-line message for the user
-    cancelled = Signal()
+    cancelled = Signal()  # the job stopped without a result (it raised Cancelled)
     done = Signal()  # always last, whatever happened
 
     def __init__(self, fn: JobFn, name: str = "job", parent: QObject | None = None) -> None:
@@ -74,10 +74,8 @@ class Worker(QThread):
         except Exception as exc:  # every failure becomes a message and a log entry
             log.error("%s failed:\n%s", self.name, traceback.format_exc())
             self.failed.emit(describe_error(exc))
-        else:
-            if self.token.cancelled:
-                self.cancelled.emit()
-            self.succeeded.emit(result)
+        else:  # a result, even after a cancel: it says itself what it holds (CacheResult's
+            self.succeeded.emit(result)  # "cancelled", TrainResult's), one signal, not two
         finally:
             self.done.emit()
 

@@ -68,3 +68,27 @@ def test_cancel_reaches_the_job(qtbot):
     jobs.cancel_all()
     qtbot.waitUntil(lambda: cancelled == [True])
     assert jobs.wait_all(5000)
+
+
+def test_a_cancelled_job_that_returns_a_result_emits_that_result_only(qtbot):
+    """A job that stops early and returns what it has (a cancelled caching run) is one
+    succeeded signal carrying a result that says so, never both cancelled and succeeded."""
+    jobs = Jobs()
+    started = threading.Event()
+
+    def job(progress, cancel):
+        started.set()
+        while not cancel.cancelled:
+            pass
+        return {"cancelled": True, "done": 3}
+
+    signals = []
+    worker = jobs.start("partial", job)
+    worker.cancelled.connect(lambda: signals.append("cancelled"))
+    worker.succeeded.connect(lambda result: signals.append(result))
+    assert started.wait(5)
+    with qtbot.waitSignal(worker.done, timeout=5000):
+        worker.cancel()
+    qtbot.waitUntil(lambda: bool(signals))
+    assert signals == [{"cancelled": True, "done": 3}]
+    assert jobs.wait_all(5000)
