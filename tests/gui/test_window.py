@@ -138,3 +138,22 @@ def test_features_shows_only_what_is_selected_now(qtbot, window, tmp_path):
     open_folder(qtbot, window, other)
     assert "images ready" not in page.counts.text()
     assert "old folder" not in window.train.status.text()
+
+
+def test_every_page_fits_a_laptop_screen_after_training(qtbot, window, tmp_path):
+    """1280x720 less a title bar: no page, filled with a trained model's review, asks for a
+    taller window (Evaluate asked for 786 px, its chart drawn over the threshold heading)."""
+    from tests.gui.conftest import train
+
+    data = make_dataset(tmp_path / "photos", per_class=10)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    train(qtbot, window, epochs=2)
+    qtbot.waitUntil(lambda: window.session.review is not None, timeout=60000)
+    for i, page in enumerate(window.pages):
+        window.nav.setCurrentRow(i)
+        qtbot.wait(10)  # let the page lay itself out (a real event loop turn, not a sleep)
+    sizes = {type(p).__name__: (p.minimumSizeHint().width(), p.minimumSizeHint().height())
+             for p in window.pages}
+    hint = window.minimumSizeHint()
+    assert hint.height() <= 720 - 30 and hint.width() <= 1280, (str(sizes), hint)

@@ -124,7 +124,7 @@ class EvaluatePage(QWidget):
         self.tabs.addTab(self.cell, "Confusion cell")
         self.tabs.addTab(self.hardest, "Hardest training images")
         self.tabs.addTab(fixes, "Moves")
-        self.tabs.setMinimumHeight(300)  # the same height whichever tab is open
+        self.tabs.setMinimumHeight(210)  # the same height whichever tab is open; 720 px fit
 
         tables = QHBoxLayout()
         left = QVBoxLayout()

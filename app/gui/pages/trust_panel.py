@@ -63,7 +63,7 @@ class TrustPanel(QWidget):
         self.plot = pg.PlotWidget()
         self.count_labels: list = []
         self.plot.setBackground(None)
-        self.plot.setMinimumHeight(160)
+        self.plot.setMinimumHeight(120)
         item = self.plot.getPlotItem()
         item.setLabel("bottom", "confidence (how sure it says it is)")
         item.setLabel("left", "accuracy")
