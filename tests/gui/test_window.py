@@ -150,7 +150,7 @@ def test_every_page_fits_a_laptop_screen_after_training(qtbot, window, tmp_path)
     use_tiny(window)
     train(qtbot, window, epochs=2)
     qtbot.waitUntil(lambda: window.session.review is not None, timeout=60000)
-    for i, page in enumerate(window.pages):
+    for i in range(len(window.pages)):
         window.nav.setCurrentRow(i)
         qtbot.wait(10)  # let the page lay itself out (a real event loop turn, not a sleep)
     sizes = {type(p).__name__: (p.minimumSizeHint().width(), p.minimumSizeHint().height())
