@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core.pipeline import labeling  # noqa: E402
 from app.core.features.caching import CacheJob  # noqa: E402
+from app.core.pipeline import labeling  # noqa: E402
 from app.core.pipeline.retrain import load_splits  # noqa: E402
 
 SHOW = 8  # typical photos a group shows
@@ -62,8 +62,9 @@ def run(order: str, pool_x, pool_y, test_x, test_y, n_classes, seed, batch, max_
     def record():
         while len(curve) < len(CHECKPOINTS) and len(labelled) >= CHECKPOINTS[len(curve)]:
             idx = np.array(labelled[:CHECKPOINTS[len(curve)]])
+            rest = np.setdiff1d(np.arange(len(pool_x)), idx)  # the photos still unlabelled
             model = labeling.fit_model(pool_x[idx], np.array([given[i] for i in idx]),
-                                       n_classes, seed=seed)
+                                       n_classes, seed=seed, pool=pool_x[rest])
             curve.append([CHECKPOINTS[len(curve)], round(accuracy(model, test_x, test_y), 4)])
 
     if order == "random":
@@ -84,7 +85,7 @@ def run(order: str, pool_x, pool_y, test_x, test_y, n_classes, seed, batch, max_
         free = np.array(sorted(set(range(len(pool_x))) - set(labelled)))
         idx = np.array(labelled)
         model = labeling.fit_model(pool_x[idx], np.array([given[i] for i in idx], np.int64),
-                                   n_classes, seed=seed) if len(idx) else None
+                                   n_classes, seed=seed, pool=pool_x[free]) if len(idx) else None
         q = labeling.next_batch(pool_x[free], pool_x[idx] if len(idx) else pool_x[:0], model,
                                 min(batch, max_labels - len(labelled)), seed=seed + len(idx))
         for i in q.indices:
