@@ -1,10 +1,12 @@
-"""Walk the five pages of the real window on a real dataset and save a screenshot of each.
+"""Walk the six pages of the real window on a real dataset and save a screenshot of each.
 
     .venv/bin/python scripts/screenshots.py /tmp/shots [--data DIR] [--weights FILE]
 
 Runs under Xvfb (re-executes itself with ``xvfb-run`` when there is no display), with MobileNet
 and a local weights file: caches the features (into a temporary cache), trains a few epochs,
-evaluates, predicts a few images and a broken file. Screenshots are PNGs; never commit them.
+evaluates, predicts a few images and a broken file, then labels a pile of unsorted photos in a
+new data folder. The window is 1280x720, a laptop's screen. The README's pictures
+(docs/screenshots/) come from this script: run it again when a page changes.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def walk(args) -> int:
     if args.dark:
         theme.apply_dark(app)
     win = MainWindow(settings=QSettings(str(tmp / "s.ini"), QSettings.Format.IniFormat))
-    win.resize(1500, 940)
+    win.resize(1280, 720)
     win.show()
 
     def run_until(cond, limit=900.0) -> None:
@@ -91,28 +93,49 @@ def walk(args) -> int:
     win.features.set_weights(args.weights)
     win.start_caching()
     run_until(lambda: win.heavy is None or win.features.bar.value() > 300)
-    shot("2a-features-running")
+    shot("3a-features-running")
     run_until(lambda: win.heavy is None)
-    shot("2-features")
+    shot("3-features")
 
     win.show_page("Train")
     win.train.fields["epochs"].setValue(args.epochs)
     win.start_training()
     run_until(lambda: win.heavy is None or len(win.train.history) >= 2)
-    shot("3a-train-running")
+    shot("4a-train-running")
     run_until(lambda: win.heavy is None)
-    shot("3-train")
+    shot("4-train")
 
     win.show_page("Evaluate")
     run_until(lambda: win.evaluate.wrong.has_icon(0) or not win.jobs.running, 60)
-    shot("4-evaluate")
+    shot("5-evaluate")
 
     broken = tmp / "broken.jpg"
     broken.write_bytes(b"this is not a photo")
     samples = sorted(Path(args.data).glob("*/*.jpg"))[::170][:6]
     win.predict_paths([str(p) for p in samples] + [str(broken)])
     run_until(lambda: win.predict.table.rowCount() > 0 and not win.predict.bar.isVisible())
-    shot("5-predict")
+    shot("6-predict")
+
+    # a new data folder with two classes of three photos, and a pile of unsorted photos
+    labelled, pile = tmp / "my-flowers", tmp / "unsorted"
+    classes = sorted(p for p in Path(args.data).iterdir() if p.is_dir())
+    for c in classes[:2]:
+        (labelled / c.name).mkdir(parents=True)
+        for f in sorted(c.glob("*.jpg"))[:3]:
+            shutil.copy(f, labelled / c.name / f.name)
+    pile.mkdir()
+    for c in classes[:5]:
+        for f in sorted(c.glob("*.jpg"))[3:15]:
+            shutil.copy(f, pile / f"{len(list(pile.iterdir())):04d}.jpg")
+    win.load_folder(str(labelled))
+    run_until(lambda: win.session.retraining is not None and win.data.choose.isEnabled())
+    win.labeling.add([str(pile)])
+    run_until(lambda: win.labeling.view is not None and win.labeling.worker is None)
+    end = time.monotonic() + 5  # the thumbnails load in the background
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.01)
+    shot("2-label")
     win.close()
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
