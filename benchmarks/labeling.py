@@ -84,9 +84,10 @@ def run(order: str, pool_x, pool_y, test_x, test_y, n_classes, seed, batch, max_
     while len(labelled) < max_labels:
         free = np.array(sorted(set(range(len(pool_x))) - set(labelled)))
         idx = np.array(labelled)
+        unlabelled = pool_x[free]  # one array: the model answers it with its cross-fitted logits
         model = labeling.fit_model(pool_x[idx], np.array([given[i] for i in idx], np.int64),
-                                   n_classes, seed=seed, pool=pool_x[free]) if len(idx) else None
-        q = labeling.next_batch(pool_x[free], pool_x[idx] if len(idx) else pool_x[:0], model,
+                                   n_classes, seed=seed, pool=unlabelled) if len(idx) else None
+        q = labeling.next_batch(unlabelled, pool_x[idx] if len(idx) else pool_x[:0], model,
                                 min(batch, max_labels - len(labelled)), seed=seed + len(idx))
         for i in q.indices:
             labelled.append(int(free[i]))

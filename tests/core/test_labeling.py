@@ -74,6 +74,9 @@ def test_suggestions_say_when_their_confidence_is_calibrated():
     many = labeling.fit_model(x[::2], y[::2], 3)
     sug = labeling.suggest(many, x[1::2])
     assert sug.calibrated and (sug.label == y[1::2]).mean() > 0.9
+    # none answered wrong out of fold: the temperature may soften, never sharpen (it went
+    # to its lower bound, 0.05, and every suggestion read 100%)
+    assert many.temperature >= 1.0
     idx, wrong = sug.confident(0.9)
     assert len(idx) and wrong == pytest.approx(float((1 - sug.confidence[idx]).sum()))
 
@@ -253,3 +256,21 @@ def test_the_unlabelled_photos_make_the_model_better_with_few_labels():
         gains.append((helped.probabilities(test).argmax(1) == ty).mean()
                      - (alone.probabilities(test).argmax(1) == ty).mean())
     assert min(gains) > 0 and np.mean(gains) > 0.03
+
+
+def test_the_pool_is_answered_by_a_model_it_did_not_teach():
+    """Self-training lends the surest unlabelled photos as labels; their suggestions come from
+    the model self-trained on the other half of the pool, so a photo's confidence is not
+    inflated by having taught the model that answers it."""
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(3, 32))
+    x = np.concatenate([c + rng.normal(size=(200, 32)) * 2.5 for c in centres])
+    y = np.repeat(np.arange(3), 200)
+    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), 4, replace=False)
+                          for c in range(3)])
+    pool = x[np.setdiff1d(np.arange(len(x)), idx)]
+    model = labeling.fit_model(x[idx], y[idx], 3, pool=pool)
+    own = labeling.suggest(model, pool)  # the array it was fitted with: cross-fitted answers
+    taught = labeling.suggest(model, pool.copy())  # the same rows, as new photos
+    assert own.confidence.mean() < taught.confidence.mean()
+    assert (own.label == taught.label).mean() > 0.8  # the same answers, less sure

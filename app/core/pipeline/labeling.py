@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.core.trust.calibration import fit_temperature, softmax
+from app.core.trust.calibration import safe_temperature, softmax
 
 KEEP_KNOWN = 0.95  # share of labelled photos whose nearest-neighbour similarity stays "known"
 RANDOM_SHARE = 0.1  # of each batch, asked at random
@@ -157,10 +157,16 @@ class LabelModel:
     calibrated: bool = False  # the temperature was fitted on out-of-fold answers
     oof_accuracy: float | None = None  # how often out-of-fold answers were right
     centre: np.ndarray | None = None  # the mean unit feature of every photo it knows of
+    pool: np.ndarray | None = None  # the unlabelled rows it was fitted with (the object)
+    pool_logits: np.ndarray | None = None  # their answers from the other half's model
 
     def logits(self, x: np.ndarray) -> np.ndarray:
+        """``x``'s logits; for the very pool array it was fitted with, the cross-fitted ones
+        (so a suggestion's confidence is not that of the model the photo itself taught)."""
         z = np.full((len(x), self.n_classes), -1e9, np.float64)
-        if len(self.classes) == 1:
+        if x is self.pool and self.pool_logits is not None:
+            z[:, self.classes] = self.pool_logits
+        elif len(self.classes) == 1:
             z[:, self.classes[0]] = 0.0
         else:
             z[:, self.classes] = centred(x, self.centre) @ self.weights + self.bias
@@ -218,13 +224,15 @@ def _fit_softmax(x: np.ndarray, y: np.ndarray, n: int, l2: float = 1e-3, steps: 
     return w * scale, b
 
 
-def _self_trained(x: np.ndarray, y: np.ndarray, n: int, pool: np.ndarray | None
+def _self_trained(x: np.ndarray, y: np.ndarray, n: int, pool: np.ndarray | None,
+                  first: tuple[np.ndarray, np.ndarray] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit on the labelled rows, then once more with the unlabelled rows it is surest of as
-    labels (the surer half of each suggested class, at most ``PSEUDO_ROWS``), weighing
-    ``PSEUDO_WEIGHT`` of the labels in all: self-training, which measured +4.7 points on
-    Oxford-17 and +1.3 on flowers5 at 120 random labels (README: docs/benchmarks.md)."""
-    w, b = _fit_softmax(x, y, n)
+    """Fit on the labelled rows (or start from ``first``, that fit), then once more with the
+    unlabelled rows it is surest of as labels (the surer half of each suggested class, at most
+    ``PSEUDO_ROWS``), weighing ``PSEUDO_WEIGHT`` of the labels in all: self-training, which
+    measured +4.7 points on Oxford-17 and +1.3 on flowers5 at 120 random labels
+    (docs/benchmarks.md)."""
+    w, b = first if first is not None else _fit_softmax(x, y, n)
     if pool is None or not len(pool):
         return w, b
     z = pool @ w + b
@@ -264,11 +272,23 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
     centre = known.mean(axis=0)
     cx = centred(x, centre)
     cpool = centred(pool, centre) if pool is not None and len(pool) else None
+    pool_logits = None
     if len(present) == 1:
         w, b = np.zeros((x.shape[1], 1)), np.zeros(1)
     else:
-        w, b = _self_trained(cx, yy, len(present), cpool)
-    model = LabelModel(w, b, present, n_classes, reference=ux, centre=centre)
+        first = _fit_softmax(cx, yy, len(present))
+        w, b = _self_trained(cx, yy, len(present), cpool, first)
+        if cpool is not None and len(cpool) > 1:
+            # the pool's own answers come from a model that did not lend it as labels: the
+            # half a photo is in is answered by the model self-trained on the other half
+            # (a photo lent as a label is answered too surely by the model it taught)
+            half = np.random.default_rng(seed).permutation(len(cpool)) % 2
+            pool_logits = np.empty((len(cpool), len(present)), np.float32)
+            for h in (0, 1):
+                hw, hb = _self_trained(cx, yy, len(present), cpool[half != h], first)
+                pool_logits[half == h] = cpool[half == h] @ hw + hb
+    model = LabelModel(w, b, present, n_classes, reference=ux, centre=centre,
+                       pool=pool if pool_logits is not None else None, pool_logits=pool_logits)
     counts = np.bincount(yy)
     if len(present) > 1 and len(y) >= 20 and counts.min() >= 2:
         rng = np.random.default_rng(seed)
@@ -278,10 +298,15 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
             train = fold != f
             if len(np.unique(yy[train])) < len(present):
                 break
-            fw, fb = _self_trained(cx[train], yy[train], len(present), cpool)
+            # held-out labels are answered like the pool is: by a model that never saw them
+            # and was self-trained on half the pool
+            fw, fb = _self_trained(cx[train], yy[train], len(present),
+                                   None if cpool is None else cpool[f % 2::2])
             oof[~train] = cx[~train] @ fw + fb
         else:
-            model.temperature = fit_temperature(oof, yy)
+            # never sharpened on thin evidence (fewer than 30 labels, or none answered
+            # wrong out of fold): T would shrink towards 0 and every suggestion read 100%
+            model.temperature, _ = safe_temperature(oof, yy)
             model.calibrated = True
             model.oof_accuracy = float((oof.argmax(axis=1) == yy).mean())
     if len(y) >= 3:
@@ -377,12 +402,12 @@ def next_batch(pool: np.ndarray, labelled: np.ndarray, model: LabelModel | None,
     want = batch - n_random - len(queue.asks)
     if want > 0:
         free = np.array([i for i in range(n) if i not in taken], np.int64)
-        sug = suggest(model, pool[free]) if model is not None and len(model.classes) > 1 \
-            else None
+        sug = suggest(model, pool) if model is not None and len(model.classes) > 1 \
+            else None  # the whole pool: the array the model was fitted with
         if sug is None:
             candidates = free[rng.permutation(len(free))[:want * 5]]
         else:
-            candidates = free[np.argsort(sug.margin, kind="stable")[:want * 5]]
+            candidates = free[np.argsort(sug.margin[free], kind="stable")[:want * 5]]
             if hard:  # a weak model's doubts are often outliers: only the denser half
                 dens = typicality(pool, np.zeros(len(pool), np.int64),
                                   rows=candidates)[candidates]
