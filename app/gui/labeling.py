@@ -44,14 +44,29 @@ class Labeling(QObject):
         page.accept_requested.connect(self.accept)
         page.groups_changed.connect(self._groups)
         self.dirty = True
+        self.filed = False  # photos filed since the data folder was last read
         win.session.dataset_changed.connect(self._changed)
-        win.stack.currentChanged.connect(lambda _i: self._changed())
+        win.stack.currentChanged.connect(lambda _i: self._page_changed())
 
     def _changed(self, *_args) -> None:
         """Work only for a user who is labelling: refresh when the page is shown."""
         self.dirty = True
         if self.win.stack.currentWidget() is self.page:
             self.refresh()
+
+    def _page_changed(self) -> None:
+        """Leaving the page after filing photos: the data folder is read again, so that the
+        other pages (counts, caching, training) see the photos filed; until it is read,
+        Features and Train say so instead of starting on the old list."""
+        if self.filed and self.win.stack.currentWidget() is not self.page \
+                and self.data_dir is not None:
+            self.filed = False
+            wait = "the data folder is being read again (photos were filed on the Label page)"
+            self.win.features.set_missing(wait)
+            self.win.train.set_missing(wait)
+            self.win.load_folder(str(self.data_dir), show=False)
+            return
+        self._changed()
 
     @property
     def data_dir(self) -> Path | None:
@@ -150,6 +165,7 @@ class Labeling(QObject):
         if self._refused():
             return
         done, refused = label_many(self.data_dir, paths, cls)
+        self.filed = self.filed or bool(done)
         for _path, why in refused:
             self.win.banner.show_warning(why)
         if done:
@@ -189,6 +205,7 @@ class Labeling(QObject):
         except LabelError as exc:
             self.win.banner.show_warning(str(exc))
             return
+        self.filed = True
         self.win.statusBar().showMessage(f"Undone: {move.target}", 8000)
         self.refresh()
 
@@ -206,6 +223,7 @@ class Labeling(QObject):
         for cls, photos in by_class.items():
             done, refused = label_many(self.data_dir, photos, cls)
             n += len(done)
+            self.filed = self.filed or bool(done)
             for _path, why in refused[:3]:
                 self.win.banner.show_warning(why)
         self.win.statusBar().showMessage(f"Filed {n} suggested photo(s) (about {wrong:.1f} "

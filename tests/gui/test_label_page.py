@@ -8,7 +8,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.core.intake.labels import create_class, moves
-from tests.conftest import make_dataset
+from tests.conftest import COLOURS, make_dataset, make_image
 from tests.gui.conftest import open_folder, use_tiny
 
 
@@ -141,3 +141,25 @@ def test_new_data_folder_creates_it_and_opens_it_for_labelling(qtbot, window, tm
     window.data.new.click()
     assert window.banner.isVisible() and "is a file" in window.banner.text.text()
     assert str(window.session.data_dir) != str(target)
+
+
+def test_photos_filed_on_the_label_page_are_what_training_gets(qtbot, window, tmp_path):
+    """Leaving the Label page after filing reads the data folder again; until then Train
+    says so instead of starting on the old list (it trained on the photos of before)."""
+    data = make_dataset(tmp_path / "data", per_class=3)
+    pile = tmp_path / "pile"
+    for i, (name, colour) in enumerate(COLOURS.items()):  # photos the data folder lacks
+        make_image(pile / f"new_{name}.png", colour, seed=500 + i)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    window.show_page("Label")
+    window.labeling.add([str(pile)])
+    view = _view_ready(qtbot, window)
+    before = len(window.session.retraining.dataset.images)
+    photos = [p for p in view.pool.paths if "red" in p or "blue" in p]
+    window.labeling.assign(photos, "red")
+    window.show_page("Train")
+    assert not window.train.start.isEnabled() and "read again" in window.train.need.text()
+    qtbot.waitUntil(lambda: len(window.session.retraining.dataset.images) == before + 2,
+                    timeout=60000)
+    qtbot.waitUntil(window.train.start.isEnabled, timeout=10000)
