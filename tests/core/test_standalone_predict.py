@@ -49,6 +49,19 @@ def _odd_files(folder):
     return [rotated, alpha, big]
 
 
+def _answers_like_the_app(standalone: list[dict], folder, files, score_tolerance: float):
+    """predict.py's JSON answers against the app's Predictor on the same files."""
+    app = Predictor.from_dir(folder).predict(files, top_k=3)
+    assert len(standalone) == len(app)
+    for s, a in zip(standalone, app):
+        assert s["error"] is None and a.error is None
+        assert [t["label"] for t in s["top"]] == [t["label"] for t in a.top]
+        np.testing.assert_allclose([t["probability"] for t in s["top"]],
+                                   [t["probability"] for t in a.top], atol=1e-5)
+        assert s["unknown"] == a.unknown
+        assert s["score"] == pytest.approx(a.score, abs=score_tolerance)
+
+
 def test_decode_is_the_apps_decoding_and_draft_matters(tmp_path):
     for path in _odd_files(tmp_path):
         np.testing.assert_array_equal(decode(path, (64, 64)), load_rgb(path, (64, 64)))
@@ -74,14 +87,7 @@ def test_predict_py_in_the_folder_answers_like_the_app(tmp_path):
                           "--top", "3", "--json"], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    standalone = json.loads(out.stdout)
-    app = Predictor.from_dir(folder).predict(files, top_k=3)
-    for s, a in zip(standalone, app):
-        assert s["error"] is None and a.error is None
-        assert [t["label"] for t in s["top"]] == [t["label"] for t in a.top]
-        np.testing.assert_allclose([t["probability"] for t in s["top"]],
-                                   [t["probability"] for t in a.top], atol=1e-5)
-        assert s["unknown"] == a.unknown and s["score"] == pytest.approx(a.score, abs=1e-5)
+    _answers_like_the_app(json.loads(out.stdout), folder, files, score_tolerance=1e-5)
 
 
 def test_savedmodel_and_tflite_forms_record_their_plain_decode_deviation(tmp_path):
@@ -128,14 +134,7 @@ def test_the_onnx_form_answers_like_the_app_with_onnx_runtime_alone(tmp_path):
                               *files, "--top", "3", "--json", "--runtime", runtime],
                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-2000:]
-        standalone = json.loads(out.stdout)
-        app = Predictor.from_dir(folder).predict(files, top_k=3)
-        for s, a in zip(standalone, app):
-            assert s["error"] is None and a.error is None
-            assert [t["label"] for t in s["top"]] == [t["label"] for t in a.top]
-            np.testing.assert_allclose([t["probability"] for t in s["top"]],
-                                       [t["probability"] for t in a.top], atol=1e-5)
-            assert s["unknown"] == a.unknown and s["score"] == pytest.approx(a.score, abs=1e-4)
+        _answers_like_the_app(json.loads(out.stdout), folder, files, score_tolerance=1e-4)
 
 
 def test_an_onnx_form_that_disagrees_with_the_app_is_an_error():
