@@ -136,8 +136,11 @@ def _keras_model(needs_features: bool):
     model = keras.saving.load_model(HERE / "model.keras", safe_mode=True)
     if needs_features:
         model = keras.Model(model.input, [model.output, model.get_layer("main_tap").output])
-    return lambda pixels: (lambda r: r if isinstance(r, (list, tuple)) else [r])(
-        model.predict_on_batch(pixels))
+    def run(pixels):
+        result = model.predict_on_batch(pixels)
+        return result if isinstance(result, (list, tuple)) else [result]
+
+    return run
 
 
 def predict(paths: list[str], top: int = 3, runtime: str = "auto") -> list[dict]:

@@ -268,10 +268,11 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
     remap = {c: i for i, c in enumerate(present)}
     yy = np.array([remap[int(c)] for c in y])
     ux = unit(x)
-    known = ux if pool is None or not len(pool) else np.concatenate([ux, unit(pool)])
+    upool = unit(pool) if pool is not None and len(pool) else None
+    known = ux if upool is None else np.concatenate([ux, upool])
     centre = known.mean(axis=0)
-    cx = centred(x, centre)
-    cpool = centred(pool, centre) if pool is not None and len(pool) else None
+    cx = unit(ux - centre)  # centred(), from the unit rows already at hand
+    cpool = None if upool is None else unit(upool - centre)
     pool_logits = None
     if len(present) == 1:
         w, b = np.zeros((x.shape[1], 1)), np.zeros(1)

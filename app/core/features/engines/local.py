@@ -330,4 +330,4 @@ class LocalEngine:
             x = np.zeros((self.batch_size, *part.shape[1:]), part.dtype)
             x[:n] = part
             part = x
-        return [r[:n] if len(r) != n else r for r in self.extractor.predict(part)]
+        return [r[:n] for r in self.extractor.predict(part)]
