@@ -16,6 +16,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+# Keras models are built (or loaded) one at a time in this process, whichever thread asks: a
+# random-weights backbone reseeds the global generator and draws its weights from it, which
+# any other build or load in between would also draw from (an export's parity check failed
+# so when two exports ran at once); and a model built over a trained run's layers (an export,
+# a predictor, a review's sub-model) adds nodes to layers another thread may be reading.
+KERAS_BUILDS = threading.RLock()
+
 
 class Cancelled(Exception):
     """Raised inside a job when its token was cancelled; callers see a partial result instead."""

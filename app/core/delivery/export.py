@@ -53,9 +53,10 @@ import numpy as np
 
 from app import __version__
 from app.core.base.errors import UserError, bad_name_reason, shown
-from app.core.base.jobs import dead_leftovers
+from app.core.base.jobs import KERAS_BUILDS, dead_leftovers
 from app.core.features.backbones import BackboneSpec, build_image_model, weights_fingerprint
 from app.core.intake.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
+from app.core.storage.model_folder import EVALUATION_FILE
 from app.core.training.fit import HISTORY_KEYS, SplitData, TrainResult
 from app.core.training.head import main_branch
 from app.core.trust.calibration import softmax
@@ -71,7 +72,7 @@ FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 # What an export writes; a folder holding anything else is not replaced.
 MODEL_FILES = frozenset({"model.keras", "labels.txt", "metadata.json", "history.csv",
                          "history.json", "saved_model", "model.tflite", "model.onnx",
-                         "unknown.npz",
+                         "unknown.npz", EVALUATION_FILE,
                          "predict.py"})
 STANDALONE_SCRIPT = Path(__file__).with_name("standalone_predict.py")
 PARITY_IMAGES = 64
@@ -164,6 +165,68 @@ def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
     return True
 
 
+def copy_model(source: str | Path, out_dir: str | Path,
+               threshold: float | None = None) -> ExportReport:
+    """Export a model folder that was opened, not trained here: its files (those an export
+    writes, nothing else) copied to ``out_dir``, answering "unknown" below ``threshold`` when
+    given. ``out_dir`` is refused as :func:`export_model` refuses it, and replaced the same
+    way (by rename). The model is not rebuilt: its parity is what the folder says."""
+    src, out_dir = Path(source).expanduser().absolute(), Path(out_dir).expanduser().absolute()
+    meta_path = src / "metadata.json"
+    try:
+        meta = json.loads(meta_path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{shown(src)} is not a model folder that can be copied ({exc})"
+                          ) from exc
+    if out_dir == src:
+        if threshold is not None:
+            set_unknown_threshold(src, threshold)
+        return ExportReport(out_dir, None, "", _forms_in(src))
+    check_destination(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {out_dir.parent}: {exc.strerror or exc}") from exc
+    clean_leftovers(out_dir.parent)
+    staging = _scratch(out_dir, "export")
+    try:
+        staging.mkdir(mode=0o777)
+        for entry in sorted(src.iterdir()):
+            if entry.name not in MODEL_FILES or entry.is_symlink():
+                continue  # only what an export writes, and never through a link
+            if entry.is_dir():
+                shutil.copytree(entry, staging / entry.name, symlinks=True)
+            elif entry.is_file():
+                shutil.copyfile(entry, staging / entry.name)
+        unknown = meta.get("unknown") if isinstance(meta, dict) else None
+        if threshold is not None and isinstance(unknown, dict) and unknown.get("method"):
+            unknown.setdefault("fitted_threshold", unknown.get("threshold"))
+            unknown["threshold"] = float(threshold)
+            unknown["threshold_set_by"] = threshold_origin(threshold,
+                                                           unknown["fitted_threshold"])
+        (staging / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False),
+                                               "utf-8")
+        check_destination(out_dir)
+        _swap_in(staging, out_dir)
+    except ExportError:
+        raise
+    except OSError as exc:
+        raise ExportError(f"copying the model to {out_dir} failed: {exc}") from exc
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    parity = meta.get("parity") if isinstance(meta, dict) else None
+    note = "" if isinstance(parity, dict) and parity.get("checked") else \
+        "its parity was not checked when it was exported"
+    return ExportReport(out_dir, None, note, _forms_in(out_dir))
+
+
+def _forms_in(folder: Path) -> tuple[str, ...]:
+    names = {"model.keras": "keras", "saved_model": "savedmodel", "model.tflite": "tflite",
+             "model.onnx": "onnx"}
+    return tuple(form for name, form in names.items() if (folder / name).exists())
+
+
 _SCRATCH = re.compile(r"^\.(?P<name>.+)\.(?P<kind>export|replaced|metadata)-(?P<pid>\d+)-"
                       r"[0-9a-f]{8}(?P<ext>\.json)?$")
 
@@ -219,9 +282,10 @@ def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
     (its logits divided by ``temperature``) as one model."""
     import keras
 
-    features = build_image_model(spec, weights, backbone)
-    probs = main_branch(head, temperature)(features.output)
-    return keras.Model(features.input, probs, name="bottleneck_studio_classifier")
+    with KERAS_BUILDS:  # over a trained run's layers, which a review may be reading
+        features = build_image_model(spec, weights, backbone)
+        probs = main_branch(head, temperature)(features.output)
+        return keras.Model(features.input, probs, name="bottleneck_studio_classifier")
 
 
 def check_parity(model: keras.Model, result: TrainResult, validation: SplitData,
@@ -333,12 +397,13 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                  validation: SplitData | None, trust: Trust | None = None,
                  extra_metadata: dict | None = None,
                  formats: tuple[str, ...] = ("keras",),
-                 precision: str = "float32") -> ExportReport:
+                 precision: str = "float32", evaluation: dict | None = None) -> ExportReport:
     """Write the model folder to ``out_dir`` once its parity check passed, replacing a model
     folder of ours there; any other non-empty folder raises :class:`ExportError` untouched.
     The model is the backbone (its top blocks as fine-tuned, in the fine-tune mode) with the
     main head, calibrated with ``trust``'s temperature. ``precision`` is the one the cached
-    features were computed in (sets the tolerance)."""
+    features were computed in (sets the tolerance). ``evaluation``: what the Evaluate page
+    shows of this model, kept as ``evaluation.json``."""
     from app.core.base.device import configure
 
     configure()
@@ -359,9 +424,11 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
         staging.mkdir(mode=0o777)  # the umask applies: a normal folder, not drwx------
         classes, history = result.classes, result.history
         trust = trust or Trust(note="no calibration was fitted")
-        model = classifier_model(spec, weights, result.head, result.base, trust.temperature)
-        model.save(staging / "model.keras")
-        reloaded = keras.saving.load_model(staging / "model.keras", safe_mode=True)
+        with KERAS_BUILDS:  # loading draws initial weights from the global generator too
+            model = classifier_model(spec, weights, result.head, result.base,
+                                     trust.temperature)
+            model.save(staging / "model.keras")
+            reloaded = keras.saving.load_model(staging / "model.keras", safe_mode=True)
         parity, note = None, ""
         if validation is None or not len(validation):
             note = ("parity could not be checked: the validation split is empty (add images "
@@ -410,6 +477,9 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                                   "); rename its folder")
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes), "utf-8")
         write_history(staging, history)
+        if evaluation is not None:
+            (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, allow_nan=False),
+                                                   "utf-8")
         meta = {
             "format_version": MODEL_FORMAT_VERSION,
             "written_by": WRITTEN_BY,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.core.base.errors import shown
-from app.core.base.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
+from app.core.base.jobs import KERAS_BUILDS, CancelToken, ProgressCallback, RateMeter, no_progress
 from app.core.intake.imaging import IMAGE_SUFFIXES, ImageError, load_rgb, sniff_format
 from app.core.storage.model_folder import (
     META_FILE,
@@ -91,7 +91,14 @@ class Predictor:
         self.model, self.classes, self.image_size = model, list(classes), tuple(image_size)
         self.metadata = metadata or {}
         self.unknown = unknown
+        # built here, once, so that predicting never changes the object (any thread may)
         self._with_features = None
+        if unknown is not None and unknown.needs_features:
+            import keras
+
+            with KERAS_BUILDS:
+                self._with_features = keras.Model(
+                    model.input, [model.output, model.get_layer("main_tap").output])
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Predictor:
@@ -107,7 +114,8 @@ class Predictor:
         import keras
 
         try:
-            model = keras.saving.load_model(model_path, safe_mode=True)
+            with KERAS_BUILDS:
+                model = keras.saving.load_model(model_path, safe_mode=True)
         except Exception as exc:
             raise ModelDirError(f"{shown(model_dir)}/model.keras cannot be loaded "
                                 f"({type(exc).__name__}: {shown(str(exc)[:200])})") from exc
@@ -154,19 +162,17 @@ class Predictor:
 
     def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and, when the unknown test needs them, main-tap features."""
-        if self.unknown is None or not self.unknown.needs_features:
-            return self.probabilities(pixels), None
         if self._with_features is None:
-            import keras
-
-            self._with_features = keras.Model(
-                self.model.input, [self.model.output, self.model.get_layer("main_tap").output])
+            return self.probabilities(pixels), None
         probs, feats = self._with_features.predict_on_batch(pixels.astype(np.float32))
         return np.asarray(probs), np.asarray(feats)
 
     def predict(self, paths: Iterable[str | Path], top_k: int = 3, batch_size: int = 32,
                 progress: ProgressCallback = no_progress,
-                cancel: CancelToken | None = None) -> list[Prediction]:
+                cancel: CancelToken | None = None,
+                threshold: float | None = None) -> list[Prediction]:
+        """Top-``top_k`` answers per image; with an unknown test, each answer's score and
+        whether it is below ``threshold`` (default: the one the model folder holds)."""
         files = expand_paths(paths)
         results = [Prediction(str(f)) for f in files]
         meter = RateMeter(len(files))
@@ -186,7 +192,7 @@ class Predictor:
                 scores = flags = None
                 if self.unknown is not None:
                     scores = self.unknown.score(feats, probs)
-                    flags = self.unknown.flags(scores)
+                    flags = self.unknown.flags(scores, threshold)
                 for n, (i, p) in enumerate(zip(idx, probs)):
                     if not np.isfinite(p).all() or (
                             scores is not None and not np.isfinite(scores[n])):

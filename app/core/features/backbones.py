@@ -15,19 +15,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.core.base.errors import UserError, shown
-from app.core.base.jobs import CancelToken, ProgressCallback, no_progress
+from app.core.base.jobs import KERAS_BUILDS, CancelToken, ProgressCallback, no_progress
 
 if TYPE_CHECKING:
     import keras
 
 RANDOM_WEIGHTS_SEED = 1234
-_BUILD_LOCK = threading.RLock()
 AUX_POOL = (5, 3)  # GoogLeNet: 5x5 average pool, stride 3
 
 _IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -117,7 +115,7 @@ def build_backbone(spec: BackboneSpec, weights: str, progress: ProgressCallback 
     from app.core.base.device import configure
 
     configure()
-    with _BUILD_LOCK:  # random weights come from the global seed: one build at a time
+    with KERAS_BUILDS:  # random weights come from the global seed: one build at a time
         return _build_backbone(spec, weights, progress, cancel)
 
 

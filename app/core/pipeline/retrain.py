@@ -181,12 +181,20 @@ class Retraining:
         return result
 
     def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",),
-               trust: Trust | None = None) -> ExportReport:
-        """``trust``: a snapshot of this run's (the window's slider moves the live one)."""
+               trust: Trust | None = None, review=None) -> ExportReport:
+        """``trust``: this run's with the unknown threshold the user chose (default: the
+        fitted one). The evaluation and ``review`` (default: made now) go into the folder,
+        so that the Evaluate page shows them when the folder is opened again."""
         from app.core.delivery.export import export_model
+        from app.core.pipeline.review import review as review_of
+        from app.core.pipeline.review import review_document
 
         result = self._trained()
         trust = trust or self.trust or Trust(note="no calibration was fitted")
+        evaluation = None
+        if self.evaluation is not None:
+            review = review or review_of(self)
+            evaluation = review_document(self.evaluation, review, str(self.dataset.root))
         return export_model(
             out_dir, spec=get_spec(result.backbone), weights=result.weights, result=result,
             trust=trust,
@@ -209,7 +217,7 @@ class Retraining:
                 "cancelled": result.cancelled,
                 "left_out_classes": sorted(set(self.dataset.classes) - set(result.classes)),
             },
-            formats=formats,
+            formats=formats, evaluation=evaluation,
         )
 
     def hardest_training_images(self, n: int = 20) -> list[dict]:

@@ -4,17 +4,32 @@ of every validation image, so that moving the threshold shows what it does on th
 
 One pass over the cached features of the three splits (:func:`review`, for a worker thread);
 the rest are small pure functions the GUI thread may call as a slider moves.
+
+An export writes the evaluation and the review beside the model (``evaluation.json``), so that
+a model folder opened later (the one kept at quit, or one received) shows on the Evaluate page
+what it showed when it was trained: :func:`saved_review` reads it back without trusting it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.core.base.errors import shown
+from app.core.storage.model_folder import (
+    EVALUATION_FILE,
+    ModelDirError,
+    read_json,
+    regular_file,
+)
 from app.core.trust.calibration import softmax
+from app.core.trust.evaluation import Evaluation
 from app.core.trust.fit import main_outputs
 
 if TYPE_CHECKING:
@@ -22,6 +37,8 @@ if TYPE_CHECKING:
 
 HARDEST = 60  # training images listed by default
 SLIDER_STEPS = 1000
+EVALUATION_VERSION = 1
+MAX_EVALUATION_BYTES = 256 * 2**20  # a 100k-image folder's test split is a few MB
 
 
 @dataclass
@@ -113,3 +130,179 @@ class ThresholdScale:
             return 0
         t = (threshold - self.lo) / (self.hi - self.lo)
         return int(round(min(1.0, max(0.0, t)) * self.steps))
+
+
+# --- the evaluation kept in a model folder ------------------------------------------------
+
+@dataclass
+class SavedReview:
+    """What a model folder's ``evaluation.json`` gives back: the test scores, the review and
+    when and on which data folder they were made."""
+
+    evaluation: Evaluation
+    review: Review
+    made: str = ""  # ISO time of the export
+    dataset: str = ""  # the data folder the model was trained on
+
+
+def review_document(evaluation: Evaluation, review_: Review | None, dataset: str) -> dict:
+    """``evaluation.json``'s content for an export."""
+    doc: dict[str, Any] = {
+        "evaluation_version": EVALUATION_VERSION,
+        "made": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "dataset": dataset, "evaluation": evaluation.as_dict()}
+    if review_ is not None:
+        scores = review_.validation_scores
+        doc["review"] = {
+            "test": review_.test, "hardest": review_.hardest, "method": review_.method,
+            "default_threshold": review_.default_threshold,
+            "validation_scores": None if scores is None else [float(v) for v in scores]}
+    return doc
+
+
+def saved_review(folder: str | Path, classes: list[str]) -> tuple[SavedReview | None, str]:
+    """The evaluation kept in ``folder`` for a model answering ``classes``; (None, why) when
+    there is none or it cannot be trusted (a folder from someone else is read like any
+    other input: every field checked, nothing from it executed)."""
+    folder = Path(folder)
+    if not (folder / EVALUATION_FILE).exists():
+        return None, ("this model folder holds no evaluation (exported before this version "
+                      "kept one): open its data folder and train again to see one")
+    try:
+        doc = read_json(regular_file(folder, EVALUATION_FILE, EVALUATION_FILE),
+                        MAX_EVALUATION_BYTES)
+        return _parse_saved(doc, list(classes)), ""
+    except ModelDirError as exc:
+        return None, str(exc)
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"{shown(folder)}/{EVALUATION_FILE} is damaged ({shown(str(exc)[:120])})"
+
+
+def _parse_saved(doc: Any, classes: list[str]) -> SavedReview:
+    if not isinstance(doc, dict) or doc.get("evaluation_version") != EVALUATION_VERSION:
+        raise ValueError("not an evaluation this version writes")
+    ev = doc["evaluation"]
+    if not isinstance(ev, dict) or ev.get("labels") != classes:
+        raise ValueError("its classes are not the model's")
+    n = len(classes)
+    known = {f.name for f in dataclasses.fields(Evaluation)}
+    fields = {k: v for k, v in ev.items() if k in known}
+    _count(fields["count"])
+    for key in ("main_accuracy", "balanced_accuracy", "aux1_accuracy", "aux2_accuracy",
+                "unknown_rate"):
+        _fraction(fields.get(key), key)
+    confusion = fields.get("confusion", [])
+    if len(confusion) != n or any(len(r) != n or not all(map(_is_count, r)) for r in confusion):
+        raise ValueError("its confusion matrix is not one count per pair of classes")
+    interval = fields.get("accuracy_interval")
+    if interval is not None and (len(interval) != 2 or not all(map(_is_fraction, interval))):
+        raise ValueError("accuracy_interval is not two fractions")
+    per_class = fields.get("per_class", {})
+    if not isinstance(per_class, dict) or not set(per_class) <= set(classes) or not all(
+            isinstance(v, dict) for v in per_class.values()):
+        raise ValueError("per_class does not name the model's classes")
+    for v in per_class.values():
+        for key in ("precision", "recall"):
+            _fraction(v.get(key), key)
+        _count(v.get("support", 0))
+    if not all(isinstance(c, str) and c in classes for c in fields.get("few_images", [])):
+        raise ValueError("few_images names a class the model does not have")
+    fields["misclassified"] = _entries(fields.get("misclassified", []), classes, "true")
+    fields["skipped"] = [{"path": str(e["path"]), "reason": str(e["reason"])}
+                         for e in fields.get("skipped", [])]
+    fields["calibration"] = _calibration(fields.get("calibration"))
+    fields["reliability"] = _reliability(fields.get("reliability"))
+    evaluation = Evaluation(**fields)
+    review_ = Review(list(classes))
+    rv = doc.get("review")
+    if isinstance(rv, dict):
+        review_.test = _entries(rv.get("test", []), classes, "true")
+        review_.hardest = _entries(rv.get("hardest", []), classes, "label")
+        for e in review_.hardest:
+            e["true"] = e["label"]
+        method, default = rv.get("method"), rv.get("default_threshold")
+        scores = rv.get("validation_scores")
+        if method is not None:
+            from app.core.trust.unknown import SCORES
+
+            if method not in SCORES or not _is_finite(default):
+                raise ValueError("its unknown test is not one this version knows")
+            if not isinstance(scores, list) or not all(map(_is_finite, scores)):
+                raise ValueError("validation_scores are not numbers")
+            review_.method, review_.default_threshold = method, float(default)
+            review_.validation_scores = np.asarray(scores, np.float64)
+    return SavedReview(evaluation, review_, str(doc.get("made", ""))[:40],
+                       str(doc.get("dataset", ""))[:4096])
+
+
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_fraction(v: Any) -> bool:
+    return _is_finite(v) and 0.0 <= v <= 1.0
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _count(v: Any) -> None:
+    if not _is_count(v):
+        raise ValueError(f"{shown(str(v)[:40])} is not a count")
+
+
+def _fraction(v: Any, key: str) -> None:
+    if v is not None and not _is_fraction(v):
+        raise ValueError(f"{key} is not a fraction")
+
+
+def _entries(items: Any, classes: list[str], label_key: str) -> list[dict]:
+    """Image entries (path, label names, confidence), kept only as plain values."""
+    if not isinstance(items, list):
+        raise ValueError("an image list is not a list")
+    out = []
+    for e in items:
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str) or \
+                e.get(label_key) not in classes or e.get("predicted") not in classes or \
+                not _is_fraction(e.get("confidence")):
+            raise ValueError("an image entry lacks a path, a class or a confidence")
+        entry = {"path": e["path"], label_key: e[label_key], "predicted": e["predicted"],
+                 "confidence": float(e["confidence"])}
+        if "digest" in e:
+            entry["digest"] = str(e["digest"])[:128]
+        if label_key == "label" and _is_finite(e.get("loss")):
+            entry["loss"] = float(e["loss"])
+        out.append(entry)
+    return out
+
+
+def _calibration(c: Any) -> dict | None:
+    if c is None:
+        return None
+    if not isinstance(c, dict) or not _is_finite(c.get("temperature")) or not all(
+            c.get(k) is None or _is_finite(c[k]) for k in ("ece_before", "ece_after")):
+        raise ValueError("calibration is not a temperature and two errors")
+    out = {k: c.get(k) for k in ("temperature", "ece_before", "ece_after")}
+    if isinstance(c.get("note"), str):
+        out["note"] = c["note"][:500]
+    return out
+
+
+def _reliability(r: Any) -> dict | None:
+    if r is None:
+        return None
+    if not isinstance(r, dict):
+        raise ValueError("reliability is not a table")
+    out = {}
+    for side in ("before", "after"):
+        bins = r.get(side, [])
+        if not isinstance(bins, list) or not all(
+                isinstance(b, dict) and _is_count(b.get("count"))
+                and all(_is_finite(b.get(k)) for k in ("lower", "upper"))
+                and all(_is_fraction(b.get(k)) or (b.get(k) is None and not b["count"])
+                        for k in ("confidence", "accuracy")) for b in bins):
+            raise ValueError(f"reliability's {side} bins are not numbers")
+        out[side] = [{k: b[k] for k in ("lower", "upper", "count", "confidence", "accuracy")}
+                     for b in bins]
+    return out

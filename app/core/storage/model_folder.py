@@ -26,6 +26,7 @@ from app.core.base.errors import UserError, bad_name_reason, shown
 SUPPORTED_MODEL_FORMATS = (1,)
 META_FILE = "metadata.json"
 MODEL_FILE = "model.keras"
+EVALUATION_FILE = "evaluation.json"  # the test scores and review, for the Evaluate page
 MAX_METADATA_BYTES = 16 * 2**20  # ours are a few kB; more is not a metadata file
 MAX_ARRAY_BYTES = 2**30  # 20,000 x 4096 float32 reference rows are 330 MB
 MAX_CLASSES = 100_000

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.core.base.jobs import KERAS_BUILDS
 from app.core.training.feeds import SplitData
 from app.core.training.fit import TrainResult
 from app.core.training.head import logits_branch
@@ -35,11 +36,12 @@ def main_outputs(result: TrainResult, data: SplitData, batch_size: int = 256
     cached rows, streamed in batches (dropout off)."""
     import keras
 
-    branch = logits_branch(result.head)
     finetune = result.settings.mode == "finetune"
     taps = None
-    if finetune:
-        taps = keras.Model(result.model.input, result.model.get_layer("main_tap").output)
+    with KERAS_BUILDS:  # sub-models over the run's layers, which an export may be building on
+        branch = logits_branch(result.head)
+        if finetune:
+            taps = keras.Model(result.model.input, result.model.get_layer("main_tap").output)
     feats, logits = [], []
     for _, x in data.batches(result.inputs if finetune else ("main",), batch_size):
         f = np.asarray(taps.predict_on_batch(x)) if finetune else x["main"]

@@ -305,9 +305,10 @@ class UnknownDetector:
             top[part] = -np.take_along_axis(sims, idx[part], axis=1)
         return top, idx
 
-    def flags(self, scores: np.ndarray) -> np.ndarray:
-        """True where an image is unknown (its score below the threshold)."""
-        return np.asarray(scores) < self.threshold
+    def flags(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """True where an image is unknown: its score below ``threshold`` (default: the
+        detector's own)."""
+        return np.asarray(scores) < (self.threshold if threshold is None else threshold)
 
     def metadata(self) -> dict:
         """What ``metadata.json`` says about the test (the arrays are in ``unknown.npz``)."""
