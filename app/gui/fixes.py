@@ -50,6 +50,7 @@ class Fixes(QObject):
         page.cell_wanted.connect(self.show_cell)
         page.undo_requested.connect(self.undo)
         page.trust.threshold_moved.connect(self.set_threshold)
+        session.slot.reviewed.connect(self.show_review)
         self._remember = QTimer(self, singleShot=True, interval=400)  # once the slider rests
         self._remember.timeout.connect(self.threshold_resting)
         self.session.dataset_changed.connect(lambda _ds: self.page.show_moves(
@@ -62,26 +63,37 @@ class Fixes(QObject):
         except RuntimeError:
             return None
         self.review_worker = self.jobs.start("reviewing the model", job,
-                                                 on_result=self._reviewed)
+                                             on_result=self.session.apply_review)
         return self.review_worker
 
-    def _reviewed(self, outcome) -> None:
-        if not self.session.apply_review(outcome):
-            return  # another model since
+    def show_review(self) -> None:
+        """The current model's review (the hardest images, the slider over its validation
+        scores), or none yet: the slider waits, saying why."""
         from app.core.pipeline.review import ThresholdScale
 
-        review = outcome.review
-        self.page.show_review(review)
+        slot = self.session.slot
+        review = slot.review
+        if review is not None:
+            self.page.show_review(review)
         scale = None
-        if review.default_threshold is not None:
+        if review is not None and review.default_threshold is not None:
             scale = ThresholdScale.for_scores(review.method, review.validation_scores,
-                                              review.default_threshold)
-        run = self.session.trained_run
-        current = review.default_threshold
-        if run is not None and run.trust is not None and run.trust.detector is not None:
-            current = run.trust.detector.threshold  # what the session uses now
-        self.page.trust.set_threshold_range(scale, current, review.method)
-        self.page.trust.default = review.default_threshold
+                                              slot.threshold if slot.threshold is not None
+                                              else review.default_threshold)
+        current = slot.threshold if scale is not None else None
+        why = ""
+        if slot.empty:
+            why = "Train a model or open a model folder: its “unknown” threshold is set here."
+        elif slot.threshold is None:
+            why = "No “unknown” answers: this model has no unknown test (its validation " \
+                  "split was empty)."
+        elif review is None and slot.trained_run is not None:
+            why = "Gathering the validation images' scores…"
+        elif scale is None:
+            why = ("This model folder keeps no validation scores, so the threshold cannot be "
+                   "shown against them; it answers with the threshold it was saved with.")
+        self.page.trust.set_threshold_range(scale, current, slot.method, why)
+        self.page.trust.default = slot.fitted_threshold
 
     def set_threshold(self, threshold: float) -> None:
         self.page.trust.show_effect(self.session.set_unknown_threshold(threshold))
@@ -97,7 +109,7 @@ class Fixes(QObject):
     def show_cell(self, true: str, predicted: str) -> None:
         from app.core.pipeline.review import cell_images
 
-        review = self.session.review
+        review = self.session.slot.review
         if review is None:
             self.status.showMessage("The images behind each cell are still being "
                                              "gathered…", 5000)
@@ -142,7 +154,7 @@ class Fixes(QObject):
     def _relabel(self, old: str, new: str, note: str) -> None:
         for grid in self.page.grids:
             grid.relabel(old, new, note)
-        review = self.session.review
+        review = self.session.slot.review
         for e in review.test if review is not None else ():
             if e["path"] == old:  # the confusion cells follow the file
                 e["path"] = new

@@ -6,19 +6,19 @@ A result that belongs to inputs the user has since replaced is dropped, not appl
 
 - caching and training work on a copy of the :class:`Retraining` they started from; their
   result is applied only while that object is still the session's ``retraining``;
-- predictions carry the model ``generation`` they were made with; a new model (trained or
-  opened) bumps it, so answers of the old model are never shown as the new one's, and the
-  old predictor is never put back.
+- predictions and reviews carry the model ``generation`` they were made with; a new model
+  (trained or opened) bumps it, so answers of the old model are never shown as the new
+  one's, and the old predictor is never put back.
 
-The model used for predictions is a snapshot of its own (``model``): a trained head stays
-with the backbone, weights and splits it was trained on, whatever the Features page says now.
+The current model lives in one place, :attr:`slot` (:class:`~app.gui.model_slot.ModelSlot`):
+a trained head stays with the backbone, weights and splits it was trained on, whatever the
+Features page says now; a model folder opened brings its kept evaluation with it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from app.core.pipeline.retrain import Retraining
 from app.core.storage.store import FeatureStore
 from app.core.training.fit import TrainSettings
 from app.gui import thumbnails
+from app.gui.model_slot import ModelSlot
 
 CLASS_THUMBS = 4
 THUMB = 56
@@ -79,8 +80,18 @@ class PredictOutcome:
 
 @dataclass
 class ReviewOutcome:
-    run: Retraining
     review: Any  # app.core.pipeline.review.Review
+    generation: int  # of the model reviewed
+
+
+@dataclass
+class OpenedModel:
+    """A model folder read by a job: its predictor and its kept evaluation (or why none)."""
+
+    folder: str
+    predictor: Any  # app.core.delivery.predict.Predictor
+    saved: Any  # app.core.pipeline.review.SavedReview | None
+    why: str
 
 
 @dataclass
@@ -96,24 +107,16 @@ class Session(QObject):
     dataset_changed = Signal(object)  # Dataset
     cache_changed = Signal(object)  # CacheResult
     trained = Signal(object)  # Retraining (result, evaluation, training_warnings)
-    predictor_changed = Signal(str)  # where the model comes from
 
     def __init__(self, cache_dir: str | Path | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.cache_dir = cache_dir
         self.retraining: Retraining | None = None  # the data side: dataset, cache
-        self.model: Retraining | str | None = None  # a trained snapshot, or a model folder
-        self.predictor = None  # app.core.delivery.predict.Predictor, once built or loaded
-        self.predictor_source = ""
-        self.generation = 0  # bumped whenever the model behind predictions changes
+        self.slot = ModelSlot(self)  # the current model
         self.stopped_run = None  # a stopped run not (yet) chosen over the current model
-        self.review = None  # app.core.pipeline.review.Review of the current trained model
         self.device = ""
         self._scan_ticket = 0
         self._summary: tuple[Dataset, DataSummary] | None = None
-        # Keras models are built one at a time: a random-weights backbone reseeds the global
-        # generator, so two builds in two threads would not get the weights the cache used.
-        self._building = threading.Lock()
 
     # --- data ---------------------------------------------------------------------------
     def scan_job(self, folder: str) -> Job:
@@ -213,10 +216,10 @@ class Session(QObject):
         run = self.retraining = outcome.run
         self.stopped_run = None
         if run.result is not None and run.result.epochs_run > 0:
-            if run.result.cancelled and self.model is not None:
+            if run.result.cancelled and not self.slot.empty:
                 self.stopped_run = run
             else:
-                self._set_model(run, None, "the model just trained")
+                self.slot.set_trained(run, "the model just trained")
         self.trained.emit(run)
         return True
 
@@ -224,17 +227,7 @@ class Session(QObject):
         """The user chose the stopped run over the model they had."""
         if run is self.stopped_run:
             self.stopped_run = None
-            self._set_model(run, None, "the stopped run, chosen over the earlier model")
-
-    def model_accuracy(self) -> float | None:
-        """The current model's test accuracy, when known."""
-        ev = getattr(self.model, "evaluation", None)
-        return None if ev is None else ev.main_accuracy
-
-    @property
-    def trained_run(self) -> Retraining | None:
-        """The run behind the current model when it was trained in this session."""
-        return self.model if isinstance(self.model, Retraining) else None
+            self.slot.set_trained(run, "the stopped run, chosen over the earlier model")
 
     def thumbnails_job(self, items: list[dict], size: int = 96) -> Job:
         """Thumbnails of ``items`` (entries with a "path"): ``[(entry, QImage | None)]``."""
@@ -251,54 +244,33 @@ class Session(QObject):
     def review_job(self) -> Job:
         """Every test image's answer, the hardest training images and the validation
         images' unknown scores of the current trained model (cached features only)."""
-        run = self.trained_run
+        run, generation = self.slot.trained_run, self.slot.generation
         if run is None:
             raise RuntimeError("train a model first")
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> ReviewOutcome:
             from app.core.pipeline.review import review
 
-            return ReviewOutcome(run, review(run))
+            return ReviewOutcome(review(run), generation)
 
         return job
 
     def apply_review(self, outcome: ReviewOutcome) -> bool:
         """Keep the review; False (dropped) when another model came since."""
-        if outcome.run is not self.trained_run:
-            return False
-        self.review = outcome.review
-        return True
+        return self.slot.set_review(outcome.review, outcome.generation)
 
     def set_unknown_threshold(self, threshold: float) -> dict | None:
         """Use ``threshold`` for "unknown" answers from now on (and in the next export);
-        returns what it does on the validation images, None without a detector."""
+        returns what it does on the validation images, None without an unknown test."""
         from app.core.pipeline.review import threshold_effect
 
-        run, detector = self.trained_run, None
-        if run is not None and run.trust is not None:
-            detector = run.trust.detector
-        targets = [detector, getattr(self.predictor, "unknown", None)]
-        if not any(t is not None for t in targets):
+        slot = self.slot
+        if slot.threshold is None:
             return None
-        for target in targets:
-            if target is not None:
-                target.threshold = float(threshold)
-        scores = self.review.validation_scores if self.review is not None else None
-        return threshold_effect(scores, threshold)
-
-    def reflag(self, results: list[Predicted]) -> bool:
-        """Answers shown so far (the current model's) follow the threshold now in use;
-        True when any changed."""
-        detector = getattr(self.predictor, "unknown", None)
-        if detector is None and self.trained_run is not None and self.trained_run.trust:
-            detector = self.trained_run.trust.detector
-        changed = False
-        for r in results if detector is not None else ():
-            p = r.prediction
-            if p.score is not None:
-                flag = bool(detector.flags([p.score])[0])
-                changed, p.unknown = changed or flag != p.unknown, flag
-        return changed
+        slot.set_threshold(threshold)
+        review = slot.review
+        return threshold_effect(review.validation_scores if review is not None else None,
+                                slot.threshold)
 
     # --- fixing labels ------------------------------------------------------------------
     @property
@@ -354,65 +326,73 @@ class Session(QObject):
         return ""
 
     # --- the model ----------------------------------------------------------------------
-    @property
-    def has_model(self) -> bool:
-        return self.model is not None
-
     def export_job(self, out_dir: str | Path, run: Retraining | None = None) -> Job:
-        """Export ``run``'s model (default: the current trained one); returns the core's
-        ExportReport."""
-        run = run or self.trained_run
+        """Export ``run``'s model (default: the current model, trained or opened) with the
+        unknown threshold now in use; returns the core's ExportReport."""
+        slot = self.slot
+        if run is None and slot.folder is not None:
+            folder, threshold = slot.folder, slot.threshold
+
+            def copy_job(progress: ProgressCallback, cancel: CancelToken):
+                from app.core.delivery.export import copy_model
+
+                return copy_model(folder, out_dir, threshold)
+
+            return copy_job
+        run = run or slot.trained_run
         if run is None:
-            raise RuntimeError("train a model before exporting it")
-        trust = run.trust  # as it is now: the slider moves the live detector's threshold
-        if trust is not None:
-            trust = dataclasses.replace(trust, detector=copy.copy(trust.detector))
+            raise RuntimeError("train a model or open a model folder before exporting")
+        trust = run.trust
+        if trust is not None and trust.detector is not None:
+            detector = copy.copy(trust.detector)  # the run's own is never moved
+            if run is slot.model and slot.threshold is not None:
+                detector.threshold = slot.threshold
+            trust = dataclasses.replace(trust, detector=detector)
+        review = slot.review if run is slot.model else None
 
         from app.core.delivery.export import onnx_unavailable
 
         formats = ("keras",) if onnx_unavailable() else ("keras", "onnx")
 
         def job(progress: ProgressCallback, cancel: CancelToken):
-            with self._building:
-                return run.export(out_dir, formats, trust=trust)
+            return run.export(out_dir, formats, trust=trust, review=review)
 
         return job
 
     def open_model_job(self, folder: str) -> Job:
-        def job(progress: ProgressCallback, cancel: CancelToken):
+        def job(progress: ProgressCallback, cancel: CancelToken) -> OpenedModel:
             from app.core.delivery.predict import Predictor
+            from app.core.pipeline.review import saved_review
 
-            with self._building:
-                return Predictor.from_dir(folder)
+            predictor = Predictor.from_dir(folder)
+            saved, why = saved_review(folder, predictor.classes)
+            return OpenedModel(str(folder), predictor, saved, why)
 
         return job
 
-    def apply_model(self, predictor: Any, folder: str, source: str | None = None) -> None:
-        self._set_model(str(folder), predictor, source or str(folder))
-
-    def _set_model(self, model: Retraining | str, predictor: Any, source: str) -> None:
-        self.generation += 1
-        self.model, self.predictor, self.predictor_source = model, predictor, source
-        self.review = None
-        self.predictor_changed.emit(source)
+    def apply_model(self, opened: OpenedModel, source: str | None = None) -> None:
+        self.slot.set_opened(opened.folder, opened.predictor, source or opened.folder,
+                             opened.saved, opened.why)
 
     # --- prediction ---------------------------------------------------------------------
     def predict_job(self, paths: list[str], top_k: int, size: int = 72) -> Job:
-        model, predictor, generation = self.model, self.predictor, self.generation
+        slot = self.slot
+        model, predictor, generation = slot.model, slot.predictor, slot.generation
+        threshold = slot.threshold
         if model is None:
             raise RuntimeError("train a model or open an exported model folder first")
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> PredictOutcome:
             built = predictor
             if built is None:
-                with self._building:
-                    if isinstance(model, Retraining):
-                        built = model.predictor()
-                    else:
-                        from app.core.delivery.predict import Predictor
+                if isinstance(model, Retraining):
+                    built = model.predictor()
+                else:
+                    from app.core.delivery.predict import Predictor
 
-                        built = Predictor.from_dir(model)
-            preds = built.predict(paths, top_k=top_k, progress=progress, cancel=cancel)
+                    built = Predictor.from_dir(model)
+            preds = built.predict(paths, top_k=top_k, progress=progress, cancel=cancel,
+                                  threshold=threshold)
             cancel.raise_if_cancelled()
             return PredictOutcome(built, [
                 Predicted(p, None if p.error else thumbnails.thumbnail(p.path, size))
@@ -421,12 +401,13 @@ class Session(QObject):
         return job
 
     def apply_predictions(self, outcome: PredictOutcome) -> bool:
-        """Keep the predictor the job built; False (nothing kept) when the model has changed
-        since the job started: its answers are the old model's."""
-        if outcome.generation != self.generation:
+        """Keep the predictor the job built and flag the answers with the threshold now in
+        use; False (nothing kept) when the model has changed since the job started: its
+        answers are the old model's."""
+        if outcome.generation != self.slot.generation:
             return False
-        if self.predictor is None:
-            self.predictor = outcome.predictor
+        self.slot.keep_predictor(outcome.predictor, outcome.generation)
+        self.slot.flag(outcome.results)
         return True
 
     def _need_data(self) -> Retraining:

@@ -24,10 +24,11 @@ from app.core.base.errors import os_error_message, shown
 from app.core.base.paths import last_model_dir
 from app.core.delivery.export import clean_leftovers, is_model_folder
 from app.gui.activity import ActivityLabel, progress_text, say_while
-from app.gui.closing import REMEMBERING, SAVING, quit_question, stops_on_quit
+from app.gui.closing import quit_question, stops_on_quit
 from app.gui.errors import ErrorBanner, log, log_file, setup_logging
 from app.gui.fixes import Fixes
 from app.gui.labeling import Labeling
+from app.gui.last_model import LastModel
 from app.gui.pages.data import DataPage
 from app.gui.pages.evaluate import EvaluatePage
 from app.gui.pages.features import NO_DATA, FeaturesPage
@@ -66,11 +67,6 @@ class MainWindow(QMainWindow):
         self.heavy: Worker | None = None  # the caching or training run
         self._painted = False
         self._quitting = ""  # "" open, "waiting" for jobs to end, "ready" to close
-        self._saving: Worker | None = None
-        self._save_next = None  # a trained run waiting for the current save to end
-        self._saved_run = None  # the run whose model last_model_dir() now holds
-        self._written_threshold = None  # the unknown threshold that folder answers with
-        self._threshold_worker: Worker | None = None
         self._scan_worker: Worker | None = None
 
         self.data, self.label, self.features = DataPage(), LabelPage(), FeaturesPage()
@@ -178,11 +174,13 @@ class MainWindow(QMainWindow):
         self.train.stop_requested.connect(lambda: self.cancel_heavy("training"))
         self.train.export_requested.connect(self.choose_export)
         self.evaluate.export_requested.connect(self.choose_export)
+        self.last_model = LastModel(self.session, self.jobs, self.activity, self)
         self.fixes = Fixes(self, self.session, self.evaluate, self.jobs, self.banner,
                            self.statusBar(), self.refused_while_busy)
-        self.fixes.threshold_resting.connect(self.remember_threshold)
+        self.fixes.threshold_resting.connect(self.last_model.remember_threshold)
         self.fixes.folder_changed.connect(lambda folder: self.load_folder(folder, show=False))
-        self.fixes.threshold_changed.connect(self._reflag_predictions)
+        self.session.slot.threshold_changed.connect(self._reflag_predictions)
+        self.session.slot.changed.connect(self._model_changed)
         self.labeling = Labeling(self)
         self.predict.predict_requested.connect(self.predict_paths)
         self.predict.open_model_requested.connect(self.choose_model)
@@ -190,7 +188,6 @@ class MainWindow(QMainWindow):
         self.predict.undo_sort_requested.connect(self.undo_sort)
         self.predict.saved.connect(lambda path: self.statusBar().showMessage(
             f"Predictions saved to {path}", 10000))
-        self.session.predictor_changed.connect(self.predict.set_model)
         self.session.dataset_changed.connect(self._data_changed)
         for signal in (self.session.dataset_changed, self.session.cache_changed,
                        self.session.trained, self.features.backbone.currentIndexChanged,
@@ -409,12 +406,9 @@ class MainWindow(QMainWindow):
             else:
                 self.statusBar().showMessage("Kept the model you had; the stopped run was "
                                              "not saved", 10000)
-        self.train.export.setEnabled(self.session.trained_run is run)
-        if self.session.trained_run is run:
-            self.save_last_model(run)
-            if not self._quitting and run.evaluation is not None:
-                self.evaluate.show_evaluation(run.evaluation)
-                self.fixes.start_review()
+        self.train.export.setEnabled(self.session.slot.model is run)  # the curves' model
+        if self.session.slot.model is run:
+            self.last_model.save(run)
 
     def _stopped_question(self, run) -> str:
         def acc(value) -> str:
@@ -422,7 +416,7 @@ class MainWindow(QMainWindow):
 
         new = acc(run.evaluation.main_accuracy if run.evaluation is not None else None)
         return (f"Training was stopped after {run.result.epochs_run} epoch(s). Use the stopped "
-                f"run{new} instead of the current model{acc(self.session.model_accuracy())}? "
+                f"run{new} instead of the current model{acc(self.session.slot.accuracy)}? "
                 "(No keeps the model you had.)")
 
     def confirm_use_stopped(self, text: str) -> bool:
@@ -474,71 +468,30 @@ class MainWindow(QMainWindow):
         worker.cancel()
         say_while(self.statusBar(), worker, f"Cancelling {worker.name}…")
 
-    def save_last_model(self, run) -> Worker | None:
-        """Keep ``run``'s model in last_model_dir() for the next start (in the background;
-        one save at a time, the newest run waiting for the one in progress, or for a threshold
-        being written into the folder it replaces)."""
-        if self._saving is not None or self._threshold_worker is not None:
-            self._save_next = run
-            return None
-        folder = last_model_dir()
-        detector = run.trust.detector if run.trust is not None else None
-        threshold = None if detector is None else detector.threshold  # what the save writes
-
-        def saved(_report) -> None:
-            self._saved_run, self._written_threshold = run, threshold
-
-        def done() -> None:
-            self._saving = None
-            self._last_model_free()
-
-        self._saving = self.jobs.start(SAVING, self.session.export_job(folder, run),
-                                       on_result=saved, on_done=done)
-        self.activity.track(self._saving, "Saving the model for the next start…")
-        return self._saving
-
-    def _last_model_free(self) -> None:
-        """A save or a threshold write into last_model_dir() ended: a newer model waiting is
-        saved, else a threshold moved meanwhile is written."""
-        following, self._save_next = self._save_next, None
-        if following is not None:
-            self.save_last_model(following)
-        else:
-            self.remember_threshold()
-
-    def _reflag_predictions(self) -> None:
-        if self.session.reflag(self.predict.results):
+    def _reflag_predictions(self, _threshold=None) -> None:
+        if self.session.slot.flag(self.predict.results):
             self.predict.refresh()
 
-    def remember_threshold(self) -> Worker | None:
-        """Write the "unknown" threshold now in use into the saved model, so the model reopened
-        at the next start answers with it (only when that folder holds this run's model, and
-        answers with another threshold)."""
-        run = self.session.trained_run
-        if (run is None or run is not self._saved_run or self._saving is not None
-                or self._threshold_worker is not None  # it calls again when it ends
-                or run.trust is None or run.trust.detector is None
-                or run.trust.detector.threshold == self._written_threshold):
-            return None
-        threshold, folder = run.trust.detector.threshold, last_model_dir()
-
-        def job(progress, cancel) -> bool:
-            from app.core.delivery.export import set_unknown_threshold
-
-            return set_unknown_threshold(folder, threshold)
-
-        def done() -> None:  # tried once: a failure shows as an error, not as a retry loop
-            self._threshold_worker, self._written_threshold = None, threshold
-            self._last_model_free()
-
-        self._threshold_worker = self.jobs.start(REMEMBERING, job, on_done=done)
-        return self._threshold_worker
+    def _model_changed(self) -> None:
+        """Another model is the current one: every page shows it."""
+        slot = self.session.slot
+        self.predict.set_model(slot.source)
+        if slot.trained_run is None:  # the Train page's curves are not this model's
+            self.train.export.setEnabled(False)
+        self.evaluate.show_model(slot.evaluation, slot.evaluation_note, not slot.empty)
+        if slot.review is not None:
+            self.fixes.show_review()
+        elif slot.trained_run is not None and slot.evaluation is not None \
+                and not self._quitting:
+            self.fixes.start_review()
+        else:
+            self.fixes.show_review()  # no review: the slider says why it cannot move
 
     # --- export and models --------------------------------------------------------------
     def choose_export(self) -> None:
-        if self.session.trained_run is None:
-            self.banner.show_warning("Train a model first: only a model trained in this "
-                                     "window can be exported.")
+        if self.session.slot.empty:
+            self.banner.show_warning("Train a model or open a model folder first: Export "
+                                     "writes the current model.")
             return
         start = Path(export_suggestion(self.prefs.last_model_folder, self.session.data_dir))
         if start.is_dir():  # a save dialog would open inside it and nest a second copy
@@ -586,11 +539,15 @@ class MainWindow(QMainWindow):
     def open_model(self, folder: str, show: bool = True, source: str | None = None) -> Worker:
         if show:
             self.show_page("Predict")
-        generation = self.session.generation
+        generation = self.session.slot.generation
 
-        def opened(predictor) -> None:
-            if self.session.generation == generation:  # no newer model meanwhile
-                self.session.apply_model(predictor, folder, source)
+        def opened(result) -> None:
+            slot = self.session.slot
+            if slot.generation != generation:
+                return  # a newer model meanwhile
+            self.session.apply_model(result, source)
+            if Path(folder) == last_model_dir():
+                self.last_model.opened(slot.model, slot.threshold)
 
         worker = self.jobs.start("opening the model", self.session.open_model_job(folder),
                                  on_result=opened)

@@ -84,3 +84,11 @@ def train(qtbot, win, epochs=2, timeout=90000) -> None:
     win.train.start.click()
     assert win.heavy is not None and win.heavy.name == "training"
     wait_idle(qtbot, win, timeout)
+
+
+def open_fake_model(win, predictor, name: str) -> None:
+    """Make ``predictor`` (a stand-in with ``classes``, ``unknown`` and ``predict``) the
+    current model, as opening a model folder without a kept evaluation does."""
+    from app.gui.session import OpenedModel
+
+    win.session.apply_model(OpenedModel(name, predictor, None, "a stand-in model"))

@@ -48,12 +48,12 @@ def test_close_while_training_asks_keeps_the_model_and_reopens_it(qtbot, new_win
     assert 1 <= meta["best_epoch"] <= epochs_seen + 2
 
     again = new_window()  # the same settings, cache and data folder
-    qtbot.waitUntil(lambda: again.session.predictor is not None
+    qtbot.waitUntil(lambda: again.session.slot.predictor is not None
                     and again.session.retraining is not None, timeout=60000)
     assert str(again.session.retraining.dataset.root) == str(data)
     assert again.data.table.rowCount() == 3
     assert str(folder) in again.predict.model.text()
-    assert again.session.predictor.classes == ["blue", "green", "red"]
+    assert again.session.slot.predictor.classes == ["blue", "green", "red"]
     qtbot.waitUntil(lambda: not again.activity.isVisible())
     assert "Loading the model" not in again.statusBar().currentMessage()
     close_window(qtbot, again)
@@ -65,7 +65,7 @@ def test_every_finished_training_run_is_kept_for_the_next_start(qtbot, window, t
     window.train.fields["epochs"].setValue(1)
     window.train.start.click()
     wait_idle(qtbot, window, 90000)
-    assert window.session.trained_run is not None
+    assert window.session.slot.trained_run is not None
     qtbot.waitUntil(lambda: not window.jobs.running, timeout=60000)
     assert is_model_folder(last_model_dir())
     meta = json.loads((last_model_dir() / "metadata.json").read_text())

@@ -47,7 +47,7 @@ def test_export_refuses_a_folder_that_is_not_ours_then_warns_when_parity_uncheck
     assert (good / "model.onnx").is_file()
     assert window.banner.isHidden()
 
-    for record in window.session.trained_run.dataset.subset("validation"):
+    for record in window.session.slot.trained_run.dataset.subset("validation"):
         Path(record.path).unlink()  # parity has nothing left to compare
     export(qtbot, window, good)
     assert window.banner.isVisible() and window.banner.level == "warning"

@@ -15,14 +15,16 @@ from app.core.delivery.predict import Prediction
 from app.gui.widgets import dialog_folder
 from app.gui.window import export_suggestion
 from tests.conftest import make_image
+from tests.gui.conftest import open_fake_model
 
 
 class UnknownFirst:
     """Answers 'daisy 41%' for every file, unknown for the files named 'cat*'."""
 
     classes = ["daisy", "tulip"]
+    unknown = None  # flags set here, none for the window to move
 
-    def predict(self, paths, top_k=3, progress=None, cancel=None):
+    def predict(self, paths, top_k=3, progress=None, cancel=None, threshold=None):
         return [Prediction(str(p), [{"label": "daisy", "probability": 0.41},
                                     {"label": "tulip", "probability": 0.59 - 0.2}],
                            unknown=Path(p).name.startswith("cat"), score=0.41)
@@ -39,7 +41,7 @@ def predict(qtbot, window, paths):
 def test_list_grows_unknown_reads_unknown_clear_and_save(qtbot, window, tmp_path):
     cat = make_image(tmp_path / "cat.png", (90, 90, 90))
     flower = make_image(tmp_path / "flower.png", (200, 200, 40))
-    window.session.apply_model(UnknownFirst(), "fake-model")
+    open_fake_model(window, UnknownFirst(), "fake-model")
     page = window.predict
     assert not page.clear.isEnabled()
     predict(qtbot, window, [cat])
@@ -87,7 +89,7 @@ def test_dialogs_start_in_the_users_folders_and_export_beside_the_data(tmp_path)
 def test_sort_the_listed_photos_into_a_folder_preview_then_undo(qtbot, window, tmp_path):
     cat = make_image(tmp_path / "cam" / "cat.png", (90, 90, 90))
     flower = make_image(tmp_path / "cam" / "flower.png", (200, 200, 40))
-    window.session.apply_model(UnknownFirst(), "fake-model")
+    open_fake_model(window, UnknownFirst(), "fake-model")
     predict(qtbot, window, [cat, flower])
     asked = []
     window.confirm_sort = lambda text: asked.append(text) or False  # "No": nothing happens
@@ -108,7 +110,7 @@ def test_top_k_redraws_every_row_and_the_csv_and_unknown_rows_read_as_none(qtbot
                                                                            tmp_path):
     cat = make_image(tmp_path / "cat.png", (90, 90, 90))
     flower = make_image(tmp_path / "flower.png", (200, 200, 40))
-    window.session.apply_model(UnknownFirst(), "fake-model")
+    open_fake_model(window, UnknownFirst(), "fake-model")
     page = window.predict
     predict(qtbot, window, [cat, flower])
     assert len(page.table.cellWidget(1, 2).findChildren(QProgressBar)) == 2

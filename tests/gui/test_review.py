@@ -23,7 +23,7 @@ def trained(qtbot, window, tmp_path, per_class=16):
     open_folder(qtbot, window, data)
     use_tiny(window)
     train(qtbot, window, epochs=2)
-    qtbot.waitUntil(lambda: window.session.review is not None, timeout=60000)
+    qtbot.waitUntil(lambda: window.session.slot.review is not None, timeout=60000)
     window.show_page("Evaluate")
     return data
 
@@ -31,7 +31,7 @@ def trained(qtbot, window, tmp_path, per_class=16):
 def test_trust_panel_slider_and_confusion_cells(qtbot, window, tmp_path, monkeypatch):
     monkeypatch.setattr("app.gui.pages.image_grid.PAGE", 1)  # one thumbnail at a time
     trained(qtbot, window, tmp_path)
-    page, run = window.evaluate, window.session.trained_run
+    page, run = window.evaluate, window.session.slot.trained_run
     ev = run.evaluation
 
     bins = ev.reliability
@@ -49,18 +49,19 @@ def test_trust_panel_slider_and_confusion_cells(qtbot, window, tmp_path, monkeyp
     assert ev.few_images and all(c in page.few.text() for c in ev.few_images)
 
     # the slider: its effect on the validation images, and the session's predictor
-    detector = run.trust.detector
-    default = detector.threshold
-    scores = window.session.review.validation_scores
+    slot = window.session.slot
+    default = slot.threshold
+    assert default == run.trust.detector.fitted_threshold
+    scores = slot.review.validation_scores
     assert len(scores) == len(run.splits["validation"])
     page.trust.slider.setValue(page.trust.slider.maximum())
-    assert detector.threshold == page.trust.scale.hi > max(scores)
+    assert slot.threshold == page.trust.scale.hi > max(scores)
     assert f"100.0%</b> of the {len(scores)} validation images" in page.trust.effect.text()
     page.trust.slider.setValue(0)
-    assert detector.threshold == page.trust.scale.lo < min(scores)
+    assert slot.threshold == page.trust.scale.lo < min(scores)
     assert "<b>0.0%</b>" in page.trust.effect.text()
     page.trust.reset.click()
-    assert detector.threshold == default
+    assert slot.threshold == default
     page.trust.slider.setValue(page.trust.slider.maximum())  # everything is unknown now
 
     window.show_page("Predict")
@@ -105,10 +106,12 @@ def test_moved_threshold_is_kept_for_the_next_start(qtbot, new_window, tmp_path)
     trained(qtbot, win, tmp_path)
     meta_file = last_model_dir() / "metadata.json"
     qtbot.waitUntil(meta_file.is_file, timeout=120000)  # the model saved for the next start
-    fitted = win.session.trained_run.trust.detector.threshold
+    fitted = win.session.slot.threshold
+    assert fitted == win.session.slot.trained_run.trust.detector.threshold
     win.evaluate.trust.slider.setValue(win.evaluate.trust.slider.maximum())
-    moved = win.session.trained_run.trust.detector.threshold
+    moved = win.session.slot.threshold
     assert moved > fitted
+    assert win.session.slot.trained_run.trust.detector.threshold == fitted  # never moved
 
     def written():
         return json.loads(meta_file.read_text("utf-8"))["unknown"]
@@ -119,8 +122,8 @@ def test_moved_threshold_is_kept_for_the_next_start(qtbot, new_window, tmp_path)
     close_window(qtbot, win)
 
     again = new_window()  # reopens the last model
-    qtbot.waitUntil(lambda: again.session.predictor is not None, timeout=120000)
-    assert again.session.predictor.unknown.threshold == moved
+    qtbot.waitUntil(lambda: again.session.slot.predictor is not None, timeout=120000)
+    assert again.session.slot.predictor.unknown.threshold == moved
     drop(again.predict, [tmp_path / "photos" / "red" / "red_000.jpg"])
     qtbot.waitUntil(lambda: again.predict.table.rowCount() == 1, timeout=60000)
     assert again.predict.results[0].prediction.unknown is True  # everything is unknown now
@@ -168,7 +171,7 @@ def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path
     assert "excluded" in window.statusBar().currentMessage()
 
     train(qtbot, window, epochs=1)
-    run = window.session.trained_run
+    run = window.session.slot.trained_run
     assert run.cache.computed == 0 and run.cache.reused == run.cache.images
     digests = {d for s in run.splits.values() for d in s.digests}
     assert other["digest"] not in digests

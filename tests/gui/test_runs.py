@@ -115,9 +115,9 @@ def test_a_stopped_run_never_replaces_the_model_unasked(qtbot, window, tmp_path)
     open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=8))
     use_tiny(window)
     train(qtbot, window, epochs=2)
-    first = window.session.model
-    assert first is window.session.trained_run and first.result.epochs_run == 2
-    generation = window.session.generation
+    first = window.session.slot.model
+    assert first is window.session.slot.trained_run and first.result.epochs_run == 2
+    generation = window.session.slot.generation
     asked = []
 
     def stop_after_first_epoch(answer):
@@ -132,9 +132,9 @@ def test_a_stopped_run_never_replaces_the_model_unasked(qtbot, window, tmp_path)
     stop_after_first_epoch(False)
     assert asked and asked[0].startswith("Training was stopped after")
     assert "instead of the current model" in asked[0]
-    assert window.session.model is first and window.session.generation == generation
+    assert window.session.slot.model is first and window.session.slot.generation == generation
     assert not window.train.export.isEnabled()  # the curves shown are not the current model's
     stop_after_first_epoch(True)
-    stopped = window.session.model
+    stopped = window.session.slot.model
     assert stopped is not first and stopped.result.cancelled
-    assert window.session.generation > generation and window.train.export.isEnabled()
+    assert window.session.slot.generation > generation and window.train.export.isEnabled()

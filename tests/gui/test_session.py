@@ -9,6 +9,7 @@ from app.core.delivery.predict import Prediction
 from app.core.pipeline.retrain import Retraining
 from app.gui.session import Session
 from tests.conftest import make_image
+from tests.gui.conftest import open_fake_model
 
 
 class FakePredictor:
@@ -17,8 +18,9 @@ class FakePredictor:
     def __init__(self, label: str, gate: threading.Event | None = None) -> None:
         self.label, self.gate, self.classes = label, gate, [label]
         self.started = threading.Event()
+        self.unknown = None
 
-    def predict(self, paths, top_k=3, progress=None, cancel=None):
+    def predict(self, paths, top_k=3, progress=None, cancel=None, threshold=None):
         self.started.set()
         if self.gate is not None:
             assert self.gate.wait(30)
@@ -31,14 +33,14 @@ def test_predict_job_returns_the_predictor_instead_of_storing_it(qtbot, tmp_path
     run = Retraining(str(tmp_path))
     built = FakePredictor("red")
     run.predictor = lambda: built  # what the trained run builds, in the job's thread
-    session.model = run
+    session.slot.set_trained(run, "a trained run")
 
     outcome = session.predict_job([str(image)], 3)(lambda p: None, CancelToken())
-    assert session.predictor is None, "the job changed the session from its own thread"
+    assert session.slot.predictor is None, "the job changed the session from its own thread"
     assert outcome.predictor is built
     assert outcome.results[0].prediction.top[0]["label"] == "red"
     assert session.apply_predictions(outcome)
-    assert session.predictor is built
+    assert session.slot.predictor is built
 
 
 def test_stale_predictions_are_dropped_and_the_old_predictor_not_put_back(qtbot, window,
@@ -46,14 +48,14 @@ def test_stale_predictions_are_dropped_and_the_old_predictor_not_put_back(qtbot,
     image = make_image(tmp_path / "a.png", (200, 40, 40))
     gate = threading.Event()
     old, new = FakePredictor("old", gate), FakePredictor("new")
-    window.session.apply_model(old, "old-model")
+    open_fake_model(window, old, "old-model")
     worker = window.predict_paths([str(image)])
     assert old.started.wait(30)
-    window.session.apply_model(new, "new-model")  # e.g. training finished meanwhile
+    open_fake_model(window, new, "new-model")  # e.g. training finished meanwhile
     with qtbot.waitSignal(worker.done, timeout=30000):
         gate.set()
     qtbot.waitUntil(lambda: not window.predict.bar.isVisible())
-    assert window.session.predictor is new
+    assert window.session.slot.predictor is new
     assert window.predict.results == [] and window.predict.table.rowCount() == 0
     assert "model changed" in window.statusBar().currentMessage()
     assert "new-model" in window.predict.model.text()

@@ -149,7 +149,7 @@ def test_every_page_fits_a_laptop_screen_after_training(qtbot, window, tmp_path)
     open_folder(qtbot, window, data)
     use_tiny(window)
     train(qtbot, window, epochs=2)
-    qtbot.waitUntil(lambda: window.session.review is not None, timeout=60000)
+    qtbot.waitUntil(lambda: window.session.slot.review is not None, timeout=60000)
     for i in range(len(window.pages)):
         window.nav.setCurrentRow(i)
         qtbot.wait(10)  # let the page lay itself out (a real event loop turn, not a sleep)

@@ -140,8 +140,7 @@ class EvaluatePage(QWidget):
         self.per_class.setMinimumHeight(120)
         layout = QVBoxLayout(self)
         layout.addWidget(heading("5  Evaluate"))
-        self.note = hint("Train a model first; its scores on the held-out test images show "
-                         "here.")
+        self.note = hint(self.NO_MODEL)
         layout.addWidget(self.note)
         layout.addLayout(top)
         layout.addLayout(tables, 2)
@@ -151,6 +150,34 @@ class EvaluatePage(QWidget):
     @property
     def grids(self) -> tuple[ImageGrid, ...]:
         return (self.wrong, self.cell, self.hardest)
+
+    def show_model(self, ev, note: str, exportable: bool) -> None:
+        """The current model's evaluation (None: it has none, ``note`` says why) and where
+        its figures come from; Export works on any current model."""
+        if ev is not None:
+            self.show_evaluation(ev)
+        else:
+            self._clear()
+        self.note.setText(note or self.NO_MODEL)
+        self.export.setEnabled(exportable)
+
+    NO_MODEL = "Train a model first; its scores on the held-out test images show here."
+
+    def _clear(self) -> None:
+        for label in self.scores.values():
+            label.setText("—")
+        self.interval.setText("")
+        self.few.setText("")
+        self.labels = []
+        self.confusion.setRowCount(0)
+        self.confusion.setColumnCount(0)
+        self.per_class.setRowCount(0)
+        self.trust.show_calibration(None, None)
+        for grid in self.grids:
+            grid.set_items([])
+        for i, text in enumerate(("Misclassified test images", "Confusion cell",
+                                  "Hardest training images")):
+            self.tabs.setTabText(i, text)
 
     def show_evaluation(self, ev) -> None:
         self.export.setEnabled(True)

@@ -127,15 +127,16 @@ class TrustPanel(QWidget):
             f"T), T fitted on the validation images: "
             f"{'T > 1 softens over-confident' if t > 1 else 'T < 1 sharpens timid'} answers.")
 
-    def set_threshold_range(self, scale, threshold: float | None, method: str | None) -> None:
-        """A new model: the slider spans ``scale`` and stands at ``threshold`` (None: this
-        model has no unknown test)."""
+    def set_threshold_range(self, scale, threshold: float | None, method: str | None,
+                            why: str = "") -> None:
+        """A new model: the slider spans ``scale`` and stands at ``threshold``; without
+        them it is off and ``why`` says why."""
         self.scale, self.default, self.method = scale, threshold, method
         on = scale is not None and threshold is not None
         self.slider.setEnabled(on)
         self.reset.setEnabled(on)
         if not on:
-            self.effect.setText("No “unknown” answers: the validation split is empty.")
+            self.effect.setText(why or "No “unknown” answers: the validation split is empty.")
             return
         self.slider.blockSignals(True)
         self.slider.setRange(0, scale.steps)
