@@ -63,7 +63,8 @@ class Fixes(QObject):
         except RuntimeError:
             return None
         self.review_worker = self.jobs.start("reviewing the model", job,
-                                             on_result=self.session.apply_review)
+                                             on_result=self.session.apply_review,
+                                             slot="review")
         return self.review_worker
 
     def show_review(self) -> None:

@@ -109,9 +109,6 @@ class Labeling(QObject):
             return None
         inbox = list(self.inbox) or None
         cache_dir, groups = self.win.session.cache_dir, self.groups or None
-        if self.worker is not None:  # the previous one can never arrive now
-            self.worker.succeeded.disconnect()
-            self.worker.cancel()
 
         def job(progress, cancel):
             from threadpoolctl import threadpool_limits
@@ -127,7 +124,7 @@ class Labeling(QObject):
 
         self.since_refresh = 0
         self.worker = self.win.jobs.start(
-            "preparing the photos to label", job,
+            "preparing the photos to label", job, slot="photos to label",
             on_result=lambda view: self._show(view, root),
             on_progress=lambda p: self.page.summary.setText(
                 progress_text("reading and caching the photos", p)))
@@ -154,7 +151,7 @@ class Labeling(QObject):
 
         self.win.jobs.start("loading thumbnails",
                             self.win.session.thumbnails_job(entries, size=ICON),
-                            on_result=apply)
+                            on_result=apply, slot="label thumbnails")
 
     # --- filing -------------------------------------------------------------------------------
     def _refused(self) -> bool:

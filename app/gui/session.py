@@ -58,7 +58,6 @@ def summarize(ds: Dataset) -> DataSummary:
 class ScanResult:
     dataset: Dataset
     strips: dict[str, QImage]
-    ticket: int = 0
     summary: DataSummary | None = None
 
 
@@ -115,14 +114,11 @@ class Session(QObject):
         self.slot = ModelSlot(self)  # the current model
         self.stopped_run = None  # a stopped run not (yet) chosen over the current model
         self.device = ""
-        self._scan_ticket = 0
         self._summary: tuple[Dataset, DataSummary] | None = None
 
     # --- data ---------------------------------------------------------------------------
     def scan_job(self, folder: str) -> Job:
         cache_dir = self.cache_dir
-        self._scan_ticket += 1
-        ticket = self._scan_ticket
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> ScanResult:
             # the records and strips live as long as the session: no collection pass while
@@ -140,19 +136,17 @@ class Session(QObject):
                 for c in ds.classes:
                     cancel.raise_if_cancelled()
                     strips[c] = thumbnails.strip(first[c], THUMB)
-            return ScanResult(ds, strips, ticket, summary)
+            return ScanResult(ds, strips, summary)
 
         return job
 
-    def apply_scan(self, result: ScanResult) -> bool:
-        """Use the scanned folder; False (nothing changed) when a later scan was asked for."""
-        if result.ticket != self._scan_ticket:
-            return False
+    def apply_scan(self, result: ScanResult) -> None:
+        """Use the scanned folder (the window runs one scan at a time: a later one replaces
+        an earlier one before its result can arrive)."""
         ds = result.dataset
         self._summary = (ds, result.summary or summarize(ds))
         self.retraining = Retraining(str(ds.root), cache_dir=self.cache_dir, dataset=ds)
         self.dataset_changed.emit(ds)
-        return True
 
     def summary(self, ds: Dataset) -> DataSummary:
         """``ds``'s counts: those the scan made when it is the scanned dataset."""

@@ -67,7 +67,6 @@ class MainWindow(QMainWindow):
         self.heavy: Worker | None = None  # the caching or training run
         self._painted = False
         self._quitting = ""  # "" open, "waiting" for jobs to end, "ready" to close
-        self._scan_worker: Worker | None = None
 
         self.data, self.label, self.features = DataPage(), LabelPage(), FeaturesPage()
         self.train, self.evaluate, self.predict = TrainPage(), EvaluatePage(), PredictPage()
@@ -312,21 +311,19 @@ class MainWindow(QMainWindow):
         self.data.set_busy(folder)
         worker = self.jobs.start("reading the folder", self.session.scan_job(folder),
                                  on_result=self._scanned, on_done=self.data.set_idle,
-                                 on_progress=lambda p: self._reading(worker, p))
-        self._scan_worker = worker
+                                 on_progress=lambda p: self._reading(worker, p), slot="folder")
         self.activity.track(worker, "Reading the folder…")
 
     def _reading(self, worker: Worker, p) -> None:
         """Files read so far: the Data page's bar and the status bar (a new folder's files
         are each read and hashed once: ~20 s for 100k small images here, longer on slow
         disks)."""
-        if p.stage == "scan" and worker is self._scan_worker:
+        if p.stage == "scan":
             self.activity.update_text(worker, progress_text("reading the folder", p))
             self.data.show_reading(p.done, p.total)
 
     def _scanned(self, result) -> None:
-        if not self.session.apply_scan(result):
-            return  # another folder was asked for since
+        self.session.apply_scan(result)
         self.data.show_scan(result)
         self.predict.data_dir = str(result.dataset.root)
         self.features.forget_result()  # the last run's figures were another folder's
@@ -550,7 +547,7 @@ class MainWindow(QMainWindow):
                 self.last_model.opened(slot.model, slot.threshold)
 
         worker = self.jobs.start("opening the model", self.session.open_model_job(folder),
-                                 on_result=opened)
+                                 on_result=opened, slot="opening a model")
         say_while(self.statusBar(), worker, f"Loading the model in {folder}…")
         self.activity.track(worker, "Loading the model…")
         return worker

@@ -3,6 +3,12 @@
 Progress, the result and errors reach the GUI thread as queued signals; cancelling sets the
 core :class:`CancelToken`, which the job checks between units of work. :class:`Jobs` keeps every
 running worker so that closing the window can cancel and join them all.
+
+A consumer that only ever wants the answer of its latest request (the folder read, the
+review of the current model, the model being opened, the photos to label) starts its jobs in
+a named *slot* (Orange3's task slot): starting one cancels the job in that slot and
+disconnects it first, so a stale result cannot arrive, rather than being recognised and
+dropped afterwards.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -99,12 +106,19 @@ class Jobs(QObject):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._running: list[Worker] = []
+        self._slots: dict[str, Worker] = {}
 
     def start(self, name: str, fn: JobFn, *, on_result: Callable[[Any], None] | None = None,
               on_progress: Callable[[Progress], None] | None = None,
               on_error: Callable[[str], None] | None = None,
-              on_done: Callable[[], None] | None = None) -> Worker:
+              on_done: Callable[[], None] | None = None, slot: str | None = None) -> Worker:
+        """Run ``fn`` on its own thread; in ``slot``, after cancelling and disconnecting the
+        job started there before (it ends on its own, and is still joined at closing)."""
+        if slot is not None:
+            self.release(slot)
         worker = Worker(fn, name, self)
+        if slot is not None:
+            self._slots[slot] = worker
         if on_progress:
             worker.progressed.connect(on_progress)
         if on_result:
@@ -120,7 +134,24 @@ class Jobs(QObject):
         self.busy_changed.emit(True)
         return worker
 
+    def release(self, slot: str) -> None:
+        """Cancel the job in ``slot`` and cut it off: nothing it does reaches anyone now."""
+        old = self._slots.pop(slot, None)
+        if old is None:
+            return
+        old.cancel()
+        with warnings.catch_warnings():  # PySide warns for a signal with no receiver
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for signal in (old.progressed, old.succeeded, old.failed, old.cancelled, old.done):
+                try:
+                    signal.disconnect()  # its thread's own 'finished' stays: still joined
+                except (RuntimeError, TypeError):
+                    pass
+
     def _forget(self, worker: Worker) -> None:
+        for slot, held in list(self._slots.items()):
+            if held is worker:
+                del self._slots[slot]
         if worker in self._running:
             # 'finished' comes from the thread just before it exits: let it exit before the
             # last reference may go, or Qt aborts ("Destroyed while thread is still running").

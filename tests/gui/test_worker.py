@@ -92,3 +92,34 @@ def test_a_cancelled_job_that_returns_a_result_emits_that_result_only(qtbot):
     qtbot.waitUntil(lambda: bool(signals))
     assert signals == [{"cancelled": True, "done": 3}]
     assert jobs.wait_all(5000)
+
+
+def test_a_job_in_a_slot_replaces_the_one_before_which_never_reports(qtbot):
+    """Starting a job in a slot cancels the one there and cuts it off: its result, progress
+    and end reach nobody, even when it finishes after the new one."""
+    jobs = Jobs()
+    gate = threading.Event()
+    heard: list[str] = []
+
+    def slow(progress, cancel):
+        assert gate.wait(30)
+        progress(Progress("scan", 1, 1))
+        return "old folder"
+
+    first = jobs.start("reading the folder", slow, slot="folder",
+                       on_result=heard.append, on_progress=lambda p: heard.append("progress"),
+                       on_done=lambda: heard.append("old done"))
+    with qtbot.waitSignal(jobs.start("reading the folder", lambda p, c: "new folder",
+                                     slot="folder", on_result=heard.append).done,
+                          timeout=10000):
+        pass
+    assert first.is_cancelled
+    with qtbot.waitSignal(first.finished, timeout=10000):
+        gate.set()  # the old job ends after the new one, with a result
+    qtbot.waitUntil(lambda: not jobs.running, timeout=10000)
+    assert heard == ["new folder"]
+    other = jobs.start("thumbnails", lambda p, c: "kept", slot="thumbnails",
+                       on_result=heard.append)  # another slot is left alone
+    with qtbot.waitSignal(other.done, timeout=10000):
+        pass
+    assert heard == ["new folder", "kept"]
