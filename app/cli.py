@@ -16,6 +16,13 @@ from collections.abc import Callable, Sequence
 from app import __version__
 from app.core.base.errors import SettingsError, os_error_message, shown
 from app.core.base.jobs import Cancelled, CancelToken, Progress
+from app.core.training.fit import (
+    AUGMENTATIONS,
+    CLASS_WEIGHTS,
+    MODES,
+    OPTIMIZERS,
+    SCHEDULES,
+)
 from app.core.training.fit import TrainSettings as TrainDefaults
 
 EXIT_OK, EXIT_CANCELLED, EXIT_USAGE = 0, 1, 2
@@ -121,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="compute and store bottleneck features of a dataset")
     p.add_argument("data_dir", help="folder with one sub-folder of images per class")
     _add_model_options(p)
-    p.add_argument("--mode", default="head", choices=["head", "finetune"],
+    p.add_argument("--mode", default="head", choices=MODES,
                    help="what to cache: pooled taps for the head-only mode, or the cut tensor "
                         "for the fine-tune mode (default head)")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
@@ -140,14 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folder to write: a new or empty folder, or a model folder "
                         "this app wrote (replaced); any other folder is refused untouched")
     _add_model_options(p)
-    p.add_argument("--mode", default=TrainDefaults.mode, choices=["head", "finetune"],
+    p.add_argument("--mode", default=TrainDefaults.mode, choices=MODES,
                    help="head: train new heads on cached pooled taps (fast; the aux outputs "
                         "are probes of intermediate layers). finetune: the backbone's top "
                         "blocks train too, from a cached cut, and the aux losses shape the "
                         "layers the main output uses")
     p.add_argument("--backbone-lr-scale", type=float, default=TrainDefaults.backbone_lr_scale,
                    help="fine-tune: learning rate of the backbone blocks relative to the heads")
-    p.add_argument("--augment", default=TrainDefaults.augment, choices=["none", "flip"],
+    p.add_argument("--augment", default=TrainDefaults.augment, choices=AUGMENTATIONS,
                    help="fine-tune: mirror cached cut tensors left-right at random")
     p.add_argument("--warmup-epochs", type=int, default=TrainDefaults.warmup_epochs,
                    help="fine-tune: epochs in which only the heads learn before the backbone "
@@ -156,14 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batch-size", type=int, default=TrainDefaults.batch_size)
     p.add_argument("--learning-rate", type=float, default=TrainDefaults.learning_rate)
     p.add_argument("--optimizer", default=TrainDefaults.optimizer,
-                   choices=["adam", "sgd", "rmsprop"])
+                   choices=OPTIMIZERS)
+    p.add_argument("--schedule", default=TrainDefaults.schedule, choices=SCHEDULES,
+                   help="learning rate over the run: cosine decay to 0, or constant")
     p.add_argument("--aux-weight", type=float, default=TrainDefaults.aux_weight,
                    help="loss weight of each auxiliary output (0 turns them off)")
     p.add_argument("--dropout", type=float, default=TrainDefaults.dropout)
     p.add_argument("--hidden-units", type=int, default=TrainDefaults.hidden_units)
     p.add_argument("--label-smoothing", type=float, default=TrainDefaults.label_smoothing)
     p.add_argument("--class-weights", default=TrainDefaults.class_weights,
-                   choices=["auto", "none", "balanced"])
+                   choices=CLASS_WEIGHTS)
     p.add_argument("--early-stopping", type=int, default=TrainDefaults.early_stopping,
                    help="patience in epochs on validation main loss (0: off)")
     p.add_argument("--seed", type=int, default=TrainDefaults.seed)
@@ -290,7 +299,8 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 
     settings = TrainSettings(
         epochs=args.epochs, batch_size=args.train_batch_size, learning_rate=args.learning_rate,
-        optimizer=args.optimizer, aux_weight=args.aux_weight, dropout=args.dropout,
+        optimizer=args.optimizer, schedule=args.schedule, aux_weight=args.aux_weight,
+        dropout=args.dropout,
         hidden_units=args.hidden_units, label_smoothing=args.label_smoothing,
         class_weights=args.class_weights, early_stopping=args.early_stopping, seed=args.seed,
         mode=args.mode, backbone_lr_scale=args.backbone_lr_scale, augment=args.augment,

@@ -32,8 +32,9 @@ def test_train_evaluate_predict_json(tmp_path):
         assert k in doc["test"]
     assert doc["model_dir"] == str(model.resolve())
     # the per-epoch line on stderr shows main and aux metrics, train and validation
-    epoch_lines = [ln for ln in out.stderr.splitlines() if ln.startswith("epoch ")]
-    assert len(epoch_lines) == 2 and "aux1" in epoch_lines[0] and "val" in epoch_lines[0]
+    epoch_lines = [ln for ln in out.stderr.splitlines() if ln.startswith("Epoch ")]
+    assert len(epoch_lines) == 2 and epoch_lines[0].startswith("Epoch 1 of 2 — main: loss ")
+    assert "aux1: loss" in epoch_lines[0] and "(validation: loss" in epoch_lines[0]
 
     ev = json.loads(_run("evaluate", model, data, "--json").stdout)
     for k in ("count", "main_accuracy", "balanced_accuracy", "labels", "confusion", "per_class",

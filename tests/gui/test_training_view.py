@@ -12,8 +12,9 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor, QPalette
 
 from app.core.training.fit import TrainSettings
+from app.core.training.metrics import epoch_text
 from app.gui.epoch_clock import EpochClock
-from app.gui.pages.train import TrainPage, epoch_text
+from app.gui.pages.train import TrainPage
 from app.gui.pages.train_mode import FINETUNE_TEXT, HEAD_TEXT, TrainContext
 from tests.conftest import make_dataset
 from tests.gui.conftest import open_folder, use_tiny, wait_idle

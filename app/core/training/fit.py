@@ -18,17 +18,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.core.base.errors import SettingsError, UserError
-from app.core.base.jobs import Cancelled, CancelToken, Progress, ProgressCallback, no_progress
+from app.core.base.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
 from app.core.storage.store import CUT
 from app.core.training.feeds import SplitData, make_feed
-from app.core.training.head import OUTPUTS, HeadShape, build_head
+from app.core.training.head import HeadShape, build_head
+from app.core.training.metrics import HISTORY_KEYS, METRIC_KEYS  # noqa: F401  (API)
 
 if TYPE_CHECKING:
     import keras
 
+# the choices of each setting: the window's lists and the command line's come from here
 MODES = ("head", "finetune")
-METRIC_KEYS = tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy"))
-HISTORY_KEYS = METRIC_KEYS + tuple(f"val_{k}" for k in METRIC_KEYS)
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+SCHEDULES = ("cosine", "constant")
+CLASS_WEIGHTS = ("auto", "none", "balanced")
+AUGMENTATIONS = ("none", "flip")
 
 
 class TrainingDiverged(UserError):
@@ -77,11 +81,11 @@ class TrainSettings:
             problems.append("hidden units must be at least 0")
         if not 0 <= self.stream_interval < 3600:
             problems.append("stream interval must be between 0 and 3600 seconds")
-        if self.optimizer not in ("adam", "sgd", "rmsprop"):
+        if self.optimizer not in OPTIMIZERS:
             problems.append(f"unknown optimizer {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
+        if self.schedule not in SCHEDULES:
             problems.append(f"unknown schedule {self.schedule!r}")
-        if self.class_weights not in ("auto", "none", "balanced"):
+        if self.class_weights not in CLASS_WEIGHTS:
             problems.append(f"unknown class weights {self.class_weights!r}")
         if self.mode not in MODES:
             problems.append(f"unknown mode {self.mode!r}; choose {' or '.join(MODES)}")
@@ -92,7 +96,7 @@ class TrainSettings:
                             "train")
         if not 0 <= self.backbone_lr_scale <= 10:
             problems.append("backbone learning-rate scale must be in [0, 10]")
-        if self.augment not in ("none", "flip"):
+        if self.augment not in AUGMENTATIONS:
             problems.append(f"unknown augmentation {self.augment!r}")
         if problems:
             raise SettingsError("; ".join(problems))
@@ -245,9 +249,13 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     if validation is not None and len(validation):
         val = make_feed(validation, inputs, outputs, n, max(settings.batch_size, 128),
                         shuffle=False, seed=0)
-    stream = _make_stream(settings, cancel, progress, has_val=val is not None)
+    from app.core.training.callbacks import RunState, run_callbacks
+
+    stream = RunState("val_main_loss" if val is not None else "main_loss")
     start = time.perf_counter()
-    model.fit(feed, validation_data=val, epochs=settings.epochs, verbose=0, callbacks=[stream])
+    model.fit(feed, validation_data=val, epochs=settings.epochs, verbose=0,
+              callbacks=run_callbacks(stream, cancel, progress, settings.epochs,
+                                      settings.early_stopping, settings.stream_interval))
     if stream.diverged:
         raise TrainingDiverged(
             f"training stopped: the loss was not a number (NaN or infinite) in epoch "
@@ -275,116 +283,3 @@ def predict_split(result: TrainResult, data: SplitData, batch_size: int = 256
             outs.setdefault(name, []).append(np.asarray(p))
     n = len(result.classes)
     return {k: np.concatenate(v) if v else np.zeros((0, n), np.float32) for k, v in outs.items()}
-
-
-def _normalise(logs: dict) -> dict:
-    """Keras names a single output's metrics without its prefix: give them 'main_' back."""
-    if "main_loss" in logs or "loss" not in logs or "aux1_loss" in logs:
-        return logs
-    out = dict(logs)
-    for prefix in ("", "val_"):
-        for m in ("loss", "accuracy"):
-            if f"{prefix}{m}" in logs:
-                out[f"{prefix}main_{m}"] = logs[f"{prefix}{m}"]
-    return out
-
-
-def _epoch_record(epoch: int, logs: dict) -> dict:
-    logs = _normalise(logs)
-    rec = {"epoch": epoch}
-    for k in HISTORY_KEYS:
-        v = logs.get(k)
-        rec[k] = None if v is None else float(v)
-    rec["loss"] = float(logs["loss"]) if "loss" in logs else None
-    rec["val_loss"] = float(logs["val_loss"]) if "val_loss" in logs else None
-    return rec
-
-
-def _make_stream(settings: TrainSettings, cancel: CancelToken, progress: ProgressCallback,
-                 has_val: bool):
-    """The Keras callback; built here so that importing this module never imports Keras."""
-    import keras
-
-    return type("_Stream", (_StreamMixin, keras.callbacks.Callback), {})(
-        settings, cancel, progress, has_val)
-
-
-class _StreamMixin:
-    """Streams metrics, honours cancel after every batch, remembers the best weights."""
-
-    # Keras then calls the batch hook from its dispatch thread instead of syncing the device
-    # after every batch; the hook only reads a flag and, rarely, the logs.
-    async_safe = True
-
-    def __init__(self, settings: TrainSettings, cancel: CancelToken, progress: ProgressCallback,
-                 has_val: bool) -> None:
-        super().__init__()
-        self.settings, self.cancel, self.progress = settings, cancel, progress
-        self.monitor = "val_main_loss" if has_val else "main_loss"
-        self.history: list[dict] = []
-        self.best = math.inf
-        self.best_epoch = 0
-        self.best_weights = None
-        self.wait = 0
-        self._last_stream = 0.0
-        self._epoch = 0
-        self.interrupted = False  # cancelled within an epoch: that epoch does not count
-        self.stopped_early = False
-        self.diverged = 0  # the epoch whose training loss was not finite (0: none)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch + 1
-        self._last_stream = time.monotonic()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.cancel.cancelled:
-            self.model.stop_training = True
-            self.interrupted = True
-            return
-        now = time.monotonic()
-        if logs and now - self._last_stream >= self.settings.stream_interval:
-            self._last_stream = now
-            partial = {k: float(v) for k, v in _normalise(logs).items() if k in METRIC_KEYS}
-            self.progress(Progress("train", self._epoch - 1, self.settings.epochs,
-                                   message=f"epoch {self._epoch}, batch {batch + 1}",
-                                   data={"partial": True, "epoch": self._epoch, **partial}))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.interrupted:  # Keras still validates a cut-short epoch; it is no epoch
-            return
-        logs = _normalise(logs or {})
-        losses = [v for k, v in logs.items() if k.endswith("loss")]
-        if any(not math.isfinite(float(v)) for v in losses):
-            self.diverged = epoch + 1  # NaN never "improves": stop, keep nothing of it
-            self.model.stop_training = True
-            return
-        rec = _epoch_record(epoch + 1, logs)
-        value = logs.get(self.monitor)
-        improved = value is not None and float(value) < self.best
-        if improved:
-            self.best, self.best_epoch, self.wait = float(value), epoch + 1, 0
-            self.best_weights = self.model.get_weights()
-        else:
-            self.wait += 1
-        rec["best_epoch"] = self.best_epoch
-        self.history.append(rec)
-        self.progress(Progress("train", epoch + 1, self.settings.epochs,
-                               message=format_epoch(rec), data={"partial": False, **rec}))
-        patience = self.settings.early_stopping
-        if patience and self.wait >= patience and not self.cancel.cancelled:
-            self.stopped_early = epoch + 1 < self.settings.epochs
-        if self.cancel.cancelled or (patience and self.wait >= patience):
-            self.model.stop_training = True
-
-
-def format_epoch(rec: dict) -> str:
-    """One line a person can read: main and aux loss/accuracy, train and validation."""
-    parts = [f"epoch {rec['epoch']}"]
-    for o in OUTPUTS:
-        if rec.get(f"{o}_loss") is None:
-            continue
-        text = f"{o} {rec[f'{o}_loss']:.3f}/{rec[f'{o}_accuracy']:.1%}"
-        if rec.get(f"val_{o}_loss") is not None:
-            text += f" val {rec[f'val_{o}_loss']:.3f}/{rec[f'val_{o}_accuracy']:.1%}"
-        parts.append(text)
-    return "  ".join(parts)

@@ -19,7 +19,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.base.jobs import Progress
-from app.core.training.fit import TrainSettings
+from app.core.training.fit import (
+    AUGMENTATIONS,
+    CLASS_WEIGHTS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainSettings,
+)
+from app.core.training.metrics import epoch_text
 from app.gui.epoch_clock import EpochClock
 from app.gui.pages.train_mode import ModeBox, TrainContext, seconds_text
 from app.gui.widgets import heading, hint
@@ -73,18 +80,18 @@ class TrainPage(QWidget):
         self.fields: dict[str, QWidget] = {
             "epochs": _spin(1, 10000, d.epochs),
             "batch_size": _spin(1, 4096, d.batch_size),
-            "optimizer": _combo(("adam", "sgd", "rmsprop"), d.optimizer),
+            "optimizer": _combo(OPTIMIZERS, d.optimizer),
             "learning_rate": _dspin(1e-6, 1.0, d.learning_rate, 6, 1e-4),
-            "schedule": _combo(("cosine", "constant"), d.schedule),
+            "schedule": _combo(SCHEDULES, d.schedule),
             "label_smoothing": _dspin(0.0, 0.99, d.label_smoothing, 2, 0.05),
             "dropout": _dspin(0.0, 0.95, d.dropout, 2, 0.05),
             "hidden_units": _spin(0, 4096, d.hidden_units),
             "aux_weight": _dspin(0.0, 10.0, d.aux_weight, 2, 0.05),
-            "class_weights": _combo(("auto", "none", "balanced"), d.class_weights),
+            "class_weights": _combo(CLASS_WEIGHTS, d.class_weights),
             "early_stopping": _spin(0, 1000, d.early_stopping),
             "seed": _spin(0, 2**31 - 1, d.seed),
             "backbone_lr_scale": _dspin(0.0, 10.0, d.backbone_lr_scale, 3, 0.05),
-            "augment": _combo(("none", "flip"), d.augment),
+            "augment": _combo(AUGMENTATIONS, d.augment),
             "warmup_epochs": _spin(0, 1000, d.warmup_epochs),
         }
         self.mode = ModeBox()
@@ -308,21 +315,6 @@ class TrainPage(QWidget):
                      f"{_escape(', '.join(result.trainable_backbone_layers))}.")
         self.status.setText(text)
         self.export.setEnabled(True)
-
-
-def epoch_text(rec: dict, epochs: int) -> str:
-    """One epoch's numbers, each named: loss and accuracy, train and validation."""
-    parts = []
-    for output in ("main", "aux1", "aux2"):
-        loss, acc = rec.get(f"{output}_loss"), rec.get(f"{output}_accuracy")
-        if loss is None:
-            continue
-        text = f"{output}: loss {loss:.3f}, accuracy {acc:.1%}"
-        vloss, vacc = rec.get(f"val_{output}_loss"), rec.get(f"val_{output}_accuracy")
-        if vloss is not None:
-            text += f" (validation: loss {vloss:.3f}, accuracy {vacc:.1%})"
-        parts.append(text)
-    return f"Epoch {rec['epoch']} of {epochs} — " + "; ".join(parts)
 
 
 def _escape(text: str) -> str:

@@ -1,0 +1,48 @@
+"""A training run's numbers: the metric names of every output, one epoch's record, and the
+one way an epoch is put in words (the window's status line and the command line's alike)."""
+
+from __future__ import annotations
+
+from app.core.training.head import OUTPUTS
+
+METRIC_KEYS = tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy"))
+HISTORY_KEYS = METRIC_KEYS + tuple(f"val_{k}" for k in METRIC_KEYS)
+
+
+def normalise(logs: dict) -> dict:
+    """Keras names a single output's metrics without its prefix: give them 'main_' back."""
+    if "main_loss" in logs or "loss" not in logs or "aux1_loss" in logs:
+        return logs
+    out = dict(logs)
+    for prefix in ("", "val_"):
+        for m in ("loss", "accuracy"):
+            if f"{prefix}{m}" in logs:
+                out[f"{prefix}main_{m}"] = logs[f"{prefix}{m}"]
+    return out
+
+
+def epoch_record(epoch: int, logs: dict) -> dict:
+    """One finished epoch: every output's loss and accuracy, train and validation."""
+    logs = normalise(logs)
+    rec: dict = {"epoch": epoch}
+    for k in HISTORY_KEYS:
+        v = logs.get(k)
+        rec[k] = None if v is None else float(v)
+    rec["loss"] = float(logs["loss"]) if "loss" in logs else None
+    rec["val_loss"] = float(logs["val_loss"]) if "val_loss" in logs else None
+    return rec
+
+
+def epoch_text(rec: dict, epochs: int) -> str:
+    """One epoch's numbers, each named: loss and accuracy, train and validation."""
+    parts = []
+    for output in OUTPUTS:
+        loss, acc = rec.get(f"{output}_loss"), rec.get(f"{output}_accuracy")
+        if loss is None:
+            continue
+        text = f"{output}: loss {loss:.3f}, accuracy {acc:.1%}"
+        vloss, vacc = rec.get(f"val_{output}_loss"), rec.get(f"val_{output}_accuracy")
+        if vloss is not None:
+            text += f" (validation: loss {vloss:.3f}, accuracy {vacc:.1%})"
+        parts.append(text)
+    return f"Epoch {rec['epoch']} of {epochs} — " + "; ".join(parts)
