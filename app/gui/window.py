@@ -475,7 +475,8 @@ class MainWindow(QMainWindow):
         self.predict.set_model(slot.source)
         if slot.trained_run is None:  # the Train page's curves are not this model's
             self.train.export.setEnabled(False)
-        self.evaluate.show_model(slot.evaluation, slot.evaluation_note, not slot.empty)
+        self.evaluate.show_model(slot.evaluation, slot.source, slot.evaluation_note,
+                                 not slot.empty)
         if slot.review is not None:
             self.fixes.show_review()
         elif slot.trained_run is not None and slot.evaluation is not None \

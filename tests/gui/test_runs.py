@@ -134,7 +134,10 @@ def test_a_stopped_run_never_replaces_the_model_unasked(qtbot, window, tmp_path)
     assert "instead of the current model" in asked[0]
     assert window.session.slot.model is first and window.session.slot.generation == generation
     assert not window.train.export.isEnabled()  # the curves shown are not the current model's
+    assert "left" not in window.train.timing.text()  # no time left for epochs never run
+    assert "Model: <b>the model just trained</b>" in window.evaluate.note.text()
     stop_after_first_epoch(True)
     stopped = window.session.slot.model
     assert stopped is not first and stopped.result.cancelled
     assert window.session.slot.generation > generation and window.train.export.isEnabled()
+    assert "the stopped run, chosen over the earlier model" in window.evaluate.note.text()

@@ -151,14 +151,16 @@ class EvaluatePage(QWidget):
     def grids(self) -> tuple[ImageGrid, ...]:
         return (self.wrong, self.cell, self.hardest)
 
-    def show_model(self, ev, note: str, exportable: bool) -> None:
-        """The current model's evaluation (None: it has none, ``note`` says why) and where
-        its figures come from; Export works on any current model."""
+    def show_model(self, ev, source: str, note: str, exportable: bool) -> None:
+        """The current model (``source``: which one, in words), its evaluation (None: it
+        has none, ``note`` says why) and where its figures come from; Export works on any
+        current model."""
         if ev is not None:
             self.show_evaluation(ev)
         else:
             self._clear()
-        self.note.setText(note or self.NO_MODEL)
+        self.note.setText(f"Model: <b>{_html(source)}</b>. {_html(note)}" if source
+                          else self.NO_MODEL)
         self.export.setEnabled(exportable)
 
     NO_MODEL = "Train a model first; its scores on the held-out test images show here."
@@ -275,3 +277,7 @@ def _heat(fraction: float, diagonal: bool) -> QColor:
     t = 0.15 + 0.85 * fraction
     return QColor(int(255 + (base.red() - 255) * t), int(255 + (base.green() - 255) * t),
                   int(255 + (base.blue() - 255) * t))
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

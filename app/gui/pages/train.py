@@ -314,6 +314,9 @@ class TrainPage(QWidget):
             text += ("<br>Backbone layers trained: "
                      f"{_escape(', '.join(result.trainable_backbone_layers))}.")
         self.status.setText(text)
+        # the run is over: no time left (an early stop or a Stop left an estimate for the
+        # epochs that never ran)
+        self.timing.setText(self._timing_text(result.epochs_run))
         self.export.setEnabled(True)
 
 
