@@ -123,7 +123,20 @@ class SplitData:
         """(index, features) in order, for prediction: a batch in memory at a time."""
         for start in range(0, len(self), batch_size):
             index = np.arange(start, min(start + batch_size, len(self)))
-            yield index, self.rows(index, taps)
+            yield index, model_input(self.rows(index, taps))
+
+
+def model_input(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows as the model is handed them. Where it computes in float32 (a CPU) they are cast
+    here, on the host: it costs the same there, and a float16 tensor handed to TensorFlow on
+    a CPU without AVX-512 prints oneDNN's "supports DT_HALF only on platforms with AVX-512"
+    to the user's terminal. On a GPU the float16 rows travel as they are (half the bytes)
+    and the device casts them inside the compiled step."""
+    from app.core.base.device import compute_precision
+
+    if compute_precision() != "float32":
+        return x
+    return {name: v.astype(np.float32) for name, v in x.items()}
 
 
 def make_feed(split: SplitData, inputs: Sequence[str], outputs: Sequence[str], n_classes: int,
@@ -154,6 +167,7 @@ def make_feed(split: SplitData, inputs: Sequence[str], outputs: Sequence[str], n
                 for name in x:
                     if x[name].ndim == 4:
                         x[name][mirror] = x[name][mirror][:, :, ::-1]
+            x = model_input(x)
             onehot = self.eye[split.labels[index]]
             y = {o: onehot for o in outputs}
             if sample_weights is None:
