@@ -3,6 +3,7 @@ created off the GUI thread); the GUI thread only turns them into pixmaps."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from PySide6.QtCore import QSize, Qt
@@ -27,13 +28,17 @@ def _thumbnail_pillow(path: str, size: int) -> QImage | None:
     try:
         from PIL import Image
 
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            data = im.tobytes()
-            return QImage(data, im.width, im.height, 3 * im.width,
-                          QImage.Format.Format_RGB888).copy()
+        from app.core.intake.imaging import quiet_pillow
+
+        with warnings.catch_warnings():
+            quiet_pillow()
+            with Image.open(path) as im:
+                im.draft("RGB", (size, size))
+                im = im.convert("RGB")
+                im.thumbnail((size, size))
+                data = im.tobytes()
+                return QImage(data, im.width, im.height, 3 * im.width,
+                              QImage.Format.Format_RGB888).copy()
     except Exception:
         return None
 

@@ -114,3 +114,32 @@ def test_gif_first_frame(tmp_path):
     path = tmp_path / "anim.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:])
     assert load_rgb(path, SIZE)[..., 0].mean() > 200
+
+
+def test_a_damaged_exif_block_decodes_without_a_warning_on_the_terminal(tmp_path):
+    """A camera's broken EXIF block made Pillow print "Corrupt EXIF data" for every photo;
+    the pixels decode, and the app's own decoders (the app, predict.py) say nothing."""
+    import warnings
+
+    from app.core.delivery.standalone_predict import decode
+
+    path = tmp_path / "camera.jpg"
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(
+        path, "JPEG", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03"
+                           b"\xff\xff\xff\xff")
+    with warnings.catch_warnings(record=True) as heard:
+        warnings.simplefilter("always")
+        with Image.open(path) as im:  # Pillow itself does warn about this file
+            im.getexif()
+            im.load()
+        from PIL import ImageOps
+
+        with Image.open(path) as im:
+            ImageOps.exif_transpose(im)
+    assert any("EXIF" in str(w.message) for w in heard)
+    with warnings.catch_warnings(record=True) as heard:
+        warnings.simplefilter("always")
+        pixels = load_rgb(path, (32, 24))
+        again = decode(path, (32, 24))
+    assert heard == [] and pixels.shape == again.shape == (24, 32, 3)
+    assert abs(int(pixels[12, 16, 0]) - 200) < 10

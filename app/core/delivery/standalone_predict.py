@@ -38,8 +38,9 @@ HERE = Path(__file__).resolve().parent
 def decode(path: str | Path, size: tuple[int, int], draft: bool = True) -> np.ndarray:
     """``(height, width, 3)`` uint8 pixels of ``path`` at ``size`` (width, height), as the
     app decodes them (``draft=False``: without the JPEG DCT scaling)."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # as the app: Pillow's warnings stay off the terminal
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
         with Image.open(path) as im:
             if draft and im.format == "JPEG":
                 im.draft("RGB", size)

@@ -82,7 +82,7 @@ def load_rgb(source: str | Path | bytes, size: tuple[int, int]) -> np.ndarray:
             raise ImageError(f"cannot read file: {exc.strerror or exc}", transient=True) from exc
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            quiet_pillow()
             with Image.open(fp) as im:
                 if im.format == "JPEG":
                     im.draft("RGB", size)
@@ -110,6 +110,15 @@ def load_rgb(source: str | Path | bytes, size: tuple[int, int]) -> np.ndarray:
         raise ImageError("not enough memory to decode this image", transient=True) from exc
     except Exception as exc:  # Pillow raises SyntaxError, ValueError, struct.error ...
         raise ImageError(f"corrupt image: {type(exc).__name__}: {exc}") from exc
+
+
+def quiet_pillow() -> None:
+    """Inside ``warnings.catch_warnings()``: Pillow's warnings stay off the user's terminal.
+    A decompression bomb is refused by its error, and a damaged EXIF block ("Corrupt EXIF
+    data", printed once per photo from a camera that wrote one) still decodes: the pixels
+    are read as they are, without the orientation the broken block could not give."""
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
