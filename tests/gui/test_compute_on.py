@@ -63,6 +63,31 @@ def test_without_ray_the_choice_is_disabled_and_says_how_to_install_it(
     assert gui_settings.value("features/engine") == "ray"  # kept for when Ray is back
 
 
+def test_a_cluster_address_says_where_the_ray_token_is_or_where_to_put_it(
+        qtbot, monkeypatch):
+    from pathlib import Path
+
+    from app.gui.pages.compute_on import ComputeOn
+
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    box = ComputeOn(has_ray=True)
+    qtbot.addWidget(box)
+    box.show()
+    box.ray.setChecked(True)
+    assert not box.token.isVisibleTo(box)  # a local Ray needs no token
+    qtbot.keyClicks(box.address, "head-node:6379")
+    assert box.token.isVisibleTo(box)
+    assert "No Ray token found" in box.token.text() and "~/.ray/auth_token" in box.token.text()
+    token = Path.home() / ".ray" / "auth_token"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text("s3cret")
+    box.address.setText("head-node:6379 ")
+    assert box.token.text() == f"Ray token: from {token} (used for this cluster)"
+    box.local.setChecked(True)
+    assert not box.token.isVisibleTo(box)
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_caching_through_a_local_ray_from_the_window(qtbot, window, tmp_path):

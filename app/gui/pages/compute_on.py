@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 
-from PySide6.QtWidgets import QButtonGroup, QHBoxLayout, QLineEdit, QRadioButton, QWidget
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 INSTALL_RAY = 'pip install "bottleneck-studio[cluster]"'
 LOCAL, RAY = "local", "ray"
@@ -48,12 +57,21 @@ class ComputeOn(QWidget):
             self.address.setPlaceholderText(f"needs Ray: {INSTALL_RAY}")
             self.ray.setToolTip(f"Ray is not installed. To compute on a Ray cluster: "
                                 f"{INSTALL_RAY}")
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
+        self.token = QLabel("")  # where the cluster's token comes from, or where to put it
+        self.token.setWordWrap(True)
+        self.token.setTextInteractionFlags(self.token.textInteractionFlags()
+                                           | Qt.TextInteractionFlag.TextSelectableByMouse)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(2)
+        row = QHBoxLayout()
         row.addWidget(self.local)
         row.addWidget(self.ray)
         row.addWidget(self.address, 1)
+        outer.addLayout(row)
+        outer.addWidget(self.token)
         self.ray.toggled.connect(lambda _on: self._update())
+        self.address.textChanged.connect(lambda _text: self._update())
         self._update()
 
     def engine(self) -> str:
@@ -86,3 +104,12 @@ class ComputeOn(QWidget):
 
     def _update(self) -> None:
         self.address.setEnabled(self.ray.isChecked() and not self.running)
+        remote = self.ray.isChecked() and self.has_ray and self.ray_address() is not None
+        self.token.setVisible(remote)
+        if remote:
+            from app.core.features.engines.ray import TOKEN_HELP, ray_token
+
+            found = ray_token()
+            self.token.setText(f"Ray token: from {found} (used for this cluster)" if found
+                               else "No Ray token found. A cluster started with `ray start` "
+                                    f"(Ray 2.59 or later) asks for one: {TOKEN_HELP}.")

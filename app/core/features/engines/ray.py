@@ -85,6 +85,37 @@ def _init_from_lasting_thread(ray, **kwargs) -> None:
         raise failure[0]
 
 
+TOKEN_HELP = ("put the cluster's token (`ray get-auth-token` on its head node) in "
+              "~/.ray/auth_token, or set RAY_AUTH_TOKEN")
+
+
+def ray_token() -> str | None:
+    """Where the Ray token this process would use is (Ray's own order: RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), in words; None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    for path in ([Path(named).expanduser()] if named else []) + [Path.home() / ".ray" /
+                                                                 "auth_token"]:
+        try:
+            if path.is_file() and path.stat().st_size > 0:
+                return str(path)
+        except OSError:
+            continue
+    return None
+
+
+def use_token_for(address: str | None) -> str | None:
+    """For a cluster at ``address``: turn on Ray's token authentication when a token is
+    found and the environment does not say otherwise (a cluster started with `ray start`
+    asks for one since Ray 2.59, and a window user cannot set RAY_AUTH_MODE). Returns where
+    the token is, or None."""
+    found = ray_token() if address else None
+    if found and not os.environ.get("RAY_AUTH_MODE"):
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return found
+
+
 @dataclass
 class RaySession:
     """A connection to a Ray cluster, or a local Ray this process starts once and keeps for
@@ -102,15 +133,17 @@ class RaySession:
         if ray.is_initialized() and _connected not in (None, want):
             ray.shutdown()  # another cluster is asked for than the one this process is on
         if not ray.is_initialized():
+            token = use_token_for(address)
             try:
                 _init_from_lasting_thread(ray, address=address, include_dashboard=False,
                                           log_to_driver=False, configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 hint = ""
-                if address and os.environ.get("RAY_AUTH_MODE") != "token":
+                if address and token is None:
                     hint = (" (a cluster started with `ray start` uses token authentication "
-                            "since Ray 2.59: set RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN "
-                            "unless ~/.ray/auth_token holds the cluster's token)")
+                            f"since Ray 2.59, and no token was found: {TOKEN_HELP})")
+                elif address:
+                    hint = f" (with the Ray token from {token})"
                 what = f"reach the Ray cluster at {address}" if address else "start a local Ray"
                 raise RayUnavailable(f"cannot {what}: {exc}{hint}") from exc
             _connected = want
