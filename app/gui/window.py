@@ -24,7 +24,7 @@ from app.core.base.errors import os_error_message, shown
 from app.core.base.paths import last_model_dir
 from app.core.delivery.export import clean_leftovers, is_model_folder
 from app.gui.activity import ActivityLabel, progress_text, say_while
-from app.gui.closing import quit_question, stops_on_quit
+from app.gui.closing import Closing
 from app.gui.errors import ErrorBanner, log, log_file, setup_logging
 from app.gui.fixes import Fixes
 from app.gui.labeling import Labeling
@@ -66,7 +66,9 @@ class MainWindow(QMainWindow):
             lambda name, msg: self.banner.show_error(msg, f"{name.capitalize()} failed"))
         self.heavy: Worker | None = None  # the caching or training run
         self._painted = False
-        self._quitting = ""  # "" open, "waiting" for jobs to end, "ready" to close
+        self.closing = Closing(self.jobs, lambda: self.fixes.flush_threshold(),
+                               lambda text: self.confirm_quit(text), self._save,
+                               self._finishing, self.close, self)
 
         self.data, self.label, self.features = DataPage(), LabelPage(), FeaturesPage()
         self.train, self.evaluate, self.predict = TrainPage(), EvaluatePage(), PredictPage()
@@ -397,7 +399,7 @@ class MainWindow(QMainWindow):
         self.train.show_warnings(list(getattr(run, "training_warnings", [])))
         if run.cache is not None:
             self.features.show_result(run.cache)
-        if self.session.stopped_run is run and not self._quitting:
+        if self.session.stopped_run is run and not self.closing.underway:
             if self.confirm_use_stopped(self._stopped_question(run)):
                 self.session.adopt(run)
             else:
@@ -480,7 +482,7 @@ class MainWindow(QMainWindow):
         if slot.review is not None:
             self.fixes.show_review()
         elif slot.trained_run is not None and slot.evaluation is not None \
-                and not self._quitting:
+                and not self.closing.underway:
             self.fixes.start_review()
         else:
             self.fixes.show_review()  # no review: the slider says why it cannot move
@@ -657,37 +659,19 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:  # noqa: N802
         """Ask when training, caching or an export runs; then stop what can stop, wait for
         the rest (a stopped training run's best model is saved for the next start) and close
-        once every job ended. The window stays responsive meanwhile."""
-        if not self._quitting:
-            self.fixes.flush_threshold()  # a slider move still waiting for its pause
-        if self._quitting == "ready" or (not self._quitting and not self.jobs.running):
-            self._save()
+        once every job ended (:class:`~app.gui.closing.Closing`). The window stays
+        responsive meanwhile."""
+        if self.closing.allows():
             event.accept()
-            return
-        event.ignore()
-        if self._quitting:
-            return  # already waiting for the jobs to end
-        question = quit_question(w.name for w in self.jobs.running)
-        if question and not self.confirm_quit(question):
-            return
-        self._quitting = "waiting"
-        self._save()
-        log.info("closing: waiting for %s", [w.name for w in self.jobs.running])
+        else:
+            event.ignore()
+
+    def _finishing(self, names: set[str]) -> None:
+        log.info("closing: waiting for %s", sorted(names))
         self.centralWidget().setEnabled(False)
-        names = {w.name for w in self.jobs.running}
         self.statusBar().showMessage(
             "Stopping training; its best model is saved for the next start…"
             if "training" in names else "Finishing before closing…")
-        for worker in self.jobs.running:
-            if stops_on_quit(worker.name):
-                worker.cancel()
-        self.jobs.busy_changed.connect(self._close_when_idle)
-        self._close_when_idle(bool(self.jobs.running))
-
-    def _close_when_idle(self, busy: bool) -> None:
-        if not busy and self._quitting == "waiting":
-            self._quitting = "ready"
-            QTimer.singleShot(0, self.close)
 
 
 def export_suggestion(last_parent: str, data_dir: Path | None) -> str:
