@@ -17,7 +17,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +31,6 @@ from app.core.storage.model_folder import (
 from app.core.trust.calibration import softmax
 from app.core.trust.evaluation import Evaluation
 from app.core.trust.fit import main_outputs
-
-if TYPE_CHECKING:
-    from app.core.pipeline.retrain import Retraining
 
 HARDEST = 60  # training images listed by default
 SLIDER_STEPS = 1000
@@ -62,9 +59,10 @@ def answers(classes: list[str], paths: list[str], digests: list[str], true: np.n
              "confidence": round(float(probs[i, pred[i]]), 4)} for i in range(len(paths))]
 
 
-def review(run: Retraining, n_hardest: int = HARDEST) -> Review:
-    """Compute the :class:`Review` of ``run`` (trained, with its splits) from cached features:
-    no backbone runs. For a worker thread; ``run`` is only read."""
+def review(run: Any, n_hardest: int = HARDEST) -> Review:
+    """Compute the :class:`Review` of ``run`` (a trained ``Retraining``, with its splits)
+    from cached features: no backbone runs. For a worker thread; ``run`` is only read (the
+    run's own module uses this one, so it is not imported here)."""
     result, splits = run.result, run.splits
     if result is None or splits is None:
         raise RuntimeError("train a model first")
