@@ -152,9 +152,7 @@ def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
     unknown = meta.get("unknown")
     if not isinstance(unknown, dict) or not unknown.get("method"):
         return False
-    unknown.setdefault("fitted_threshold", unknown.get("threshold"))  # older model folders
-    unknown["threshold"] = float(threshold)
-    unknown["threshold_set_by"] = threshold_origin(threshold, unknown["fitted_threshold"])
+    _move_threshold(unknown, threshold)
     # beside the folder, not in it: a crash must not leave a stray file inside a model folder
     tmp = _scratch(folder, "metadata", ".json")
     try:
@@ -163,6 +161,31 @@ def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
     finally:
         tmp.unlink(missing_ok=True)
     return True
+
+
+def _move_threshold(unknown: dict, threshold: float) -> None:
+    """metadata.json's ``unknown`` entry answering below ``threshold`` from now on; the
+    fitted one stays as ``fitted_threshold``."""
+    unknown.setdefault("fitted_threshold", unknown.get("threshold"))  # older model folders
+    unknown["threshold"] = float(threshold)
+    unknown["threshold_set_by"] = threshold_origin(threshold, unknown["fitted_threshold"])
+
+
+def _staging_for(out_dir: Path) -> Path:
+    """A new hidden folder beside ``out_dir`` to write a model folder into, once
+    ``out_dir`` is known to be free or ours (refused untouched otherwise)."""
+    check_destination(out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {out_dir.parent}: {exc.strerror or exc}") from exc
+    clean_leftovers(out_dir.parent)
+    staging = _scratch(out_dir, "export")
+    try:
+        staging.mkdir(mode=0o777)  # the umask applies: a normal folder, not drwx------
+    except OSError as exc:
+        raise ExportError(f"cannot write beside {out_dir}: {exc.strerror or exc}") from exc
+    return staging
 
 
 def copy_model(source: str | Path, out_dir: str | Path,
@@ -182,15 +205,8 @@ def copy_model(source: str | Path, out_dir: str | Path,
         if threshold is not None:
             set_unknown_threshold(src, threshold)
         return ExportReport(out_dir, None, "", _forms_in(src))
-    check_destination(out_dir)
+    staging = _staging_for(out_dir)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create {out_dir.parent}: {exc.strerror or exc}") from exc
-    clean_leftovers(out_dir.parent)
-    staging = _scratch(out_dir, "export")
-    try:
-        staging.mkdir(mode=0o777)
         for entry in sorted(src.iterdir()):
             if entry.name not in MODEL_FILES or entry.is_symlink():
                 continue  # only what an export writes, and never through a link
@@ -200,10 +216,7 @@ def copy_model(source: str | Path, out_dir: str | Path,
                 shutil.copyfile(entry, staging / entry.name)
         unknown = meta.get("unknown") if isinstance(meta, dict) else None
         if threshold is not None and isinstance(unknown, dict) and unknown.get("method"):
-            unknown.setdefault("fitted_threshold", unknown.get("threshold"))
-            unknown["threshold"] = float(threshold)
-            unknown["threshold_set_by"] = threshold_origin(threshold,
-                                                           unknown["fitted_threshold"])
+            _move_threshold(unknown, threshold)
         (staging / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False),
                                                "utf-8")
         check_destination(out_dir)
@@ -413,15 +426,8 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
     if unknown:
         raise ExportError(f"unknown export format(s) {sorted(unknown)}; choose from {FORMATS}")
     out_dir = Path(out_dir).expanduser().absolute()
-    check_destination(out_dir)
+    staging = _staging_for(out_dir)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create {out_dir.parent}: {exc.strerror or exc}") from exc
-    clean_leftovers(out_dir.parent)
-    staging = _scratch(out_dir, "export")
-    try:
-        staging.mkdir(mode=0o777)  # the umask applies: a normal folder, not drwx------
         classes, history = result.classes, result.history
         trust = trust or Trust(note="no calibration was fitted")
         with KERAS_BUILDS:  # loading draws initial weights from the global generator too
