@@ -103,6 +103,7 @@ class RunOutcome:
 
 
 class Session(QObject):
+    scanned = Signal(object)  # ScanResult: the folder just read (its strips and counts)
     dataset_changed = Signal(object)  # Dataset
     cache_changed = Signal(object)  # CacheResult
     trained = Signal(object)  # Retraining (result, evaluation, training_warnings)
@@ -146,6 +147,7 @@ class Session(QObject):
         ds = result.dataset
         self._summary = (ds, result.summary or summarize(ds))
         self.retraining = Retraining(str(ds.root), cache_dir=self.cache_dir, dataset=ds)
+        self.scanned.emit(result)
         self.dataset_changed.emit(ds)
 
     def summary(self, ds: Dataset) -> DataSummary:

@@ -189,7 +189,21 @@ class MainWindow(QMainWindow):
         self.predict.undo_sort_requested.connect(self.undo_sort)
         self.predict.saved.connect(lambda path: self.statusBar().showMessage(
             f"Predictions saved to {path}", 10000))
-        self.session.dataset_changed.connect(self._data_changed)
+        # the pages follow the session's parts: the folder read, the cache, the current model
+        session = self.session
+        session.scanned.connect(self.data.show_scan)
+        session.scanned.connect(lambda r: self.features.show_skipped(r.dataset.skipped))
+        session.dataset_changed.connect(lambda ds: setattr(self.predict, "data_dir",
+                                                           str(ds.root)))
+        session.dataset_changed.connect(lambda _ds: self.features.forget_result())
+        session.dataset_changed.connect(lambda _ds: self.train.forget_status())
+        session.cache_changed.connect(self.features.show_result)
+        session.trained.connect(lambda run: self.train.show_result(run.result))
+        session.trained.connect(lambda run: self.train.show_warnings(
+            list(getattr(run, "training_warnings", []))))
+        session.trained.connect(lambda run: run.cache is not None
+                                and self.features.show_result(run.cache))
+        session.dataset_changed.connect(self._data_changed)
         for signal in (self.session.dataset_changed, self.session.cache_changed,
                        self.session.trained, self.features.backbone.currentIndexChanged,
                        self.features.weights.currentIndexChanged, self.train.mode.changed):
@@ -325,12 +339,7 @@ class MainWindow(QMainWindow):
             self.data.show_reading(p.done, p.total)
 
     def _scanned(self, result) -> None:
-        self.session.apply_scan(result)
-        self.data.show_scan(result)
-        self.predict.data_dir = str(result.dataset.root)
-        self.features.forget_result()  # the last run's figures were another folder's
-        self.features.show_skipped(result.dataset.skipped)
-        self.train.forget_status()
+        self.session.apply_scan(result)  # the pages follow (see _connect)
         self.statusBar().showMessage(f"{len(result.dataset.images)} images in "
                                      f"{len(result.dataset.classes)} classes", 5000)
 
@@ -377,8 +386,7 @@ class MainWindow(QMainWindow):
             self.features, self._cached)
 
     def _cached(self, outcome: RunOutcome) -> None:
-        if self.session.apply_cache(outcome):
-            self.features.show_result(outcome.run.cache)
+        if self.session.apply_cache(outcome):  # the Features page follows (see _connect)
             if outcome.run.cache.cancelled:
                 self.statusBar().showMessage("Caching cancelled: what was computed is kept",
                                              5000)
@@ -393,12 +401,8 @@ class MainWindow(QMainWindow):
     def _trained(self, outcome: RunOutcome) -> None:
         if not self.session.apply_training(outcome):
             return
-        run = outcome.run
+        run = outcome.run  # the Train and Features pages follow (see _connect)
         self._remember_run(run)
-        self.train.show_result(run.result)
-        self.train.show_warnings(list(getattr(run, "training_warnings", [])))
-        if run.cache is not None:
-            self.features.show_result(run.cache)
         if self.session.stopped_run is run and not self.closing.underway:
             if self.confirm_use_stopped(self._stopped_question(run)):
                 self.session.adopt(run)
