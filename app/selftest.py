@@ -103,6 +103,9 @@ def _run(work: Path) -> None:
         raise SelfTestError(f"caching gave {cached.images} images ({len(cached.skipped)} "
                             f"skipped), expected {len(files)}")
     _say(f"cache ok ({cached.images} images, {cached.computed} computed on {cached.device})")
+    from app.core.base.device import described
+
+    _say(f"backbone runs on: {described()}")  # and, on the CPU, why not on a GPU
 
     _step("train")
     result = run.run_training_isolated()  # in a child process, as the window trains

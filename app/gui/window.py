@@ -254,7 +254,7 @@ class MainWindow(QMainWindow):
 
             from app.core.base import device
 
-            return device.configure()
+            return device.described()  # on the CPU: why not on a GPU
 
         worker = self.jobs.start("loading TensorFlow", load, on_result=self._tensorflow_loaded)
         say_while(self.statusBar(), worker, "Loading TensorFlow…")

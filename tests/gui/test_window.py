@@ -82,6 +82,10 @@ def test_tensorflow_loads_in_the_background(qtbot, gui_settings):
         assert win.statusBar().currentMessage() == "Loading TensorFlow…"
     assert blocker.args[0] in win.device.text()
     assert win.statusBar().currentMessage() == "Ready"
+    if blocker.args[0].startswith("CPU"):  # the window says why not on a GPU
+        from app.core.base.device import why_cpu
+
+        assert why_cpu() and f"CPU ({why_cpu()})" in win.device.text()
     win.close()
 
 

@@ -155,6 +155,63 @@ def _discover() -> str:
     return f"GPU: {name}" if name else "CPU"
 
 
+GPU_PACKAGE = 'pip install "bottleneck-studio[gpu]" (TensorFlow with its CUDA libraries)'
+
+
+def no_gpu_reason(backend: str, cuda_build: bool | None, driver: bool,
+                  runtime_missing: bool) -> str:
+    """Why the backbone runs on the CPU, in words a user can act on (empty when no cause is
+    known): ``cuda_build`` whether the framework was built with CUDA (None: unknown),
+    ``driver`` whether an NVIDIA driver is present, ``runtime_missing`` whether the
+    framework said it could not load CUDA's libraries."""
+    if not driver:
+        return "no NVIDIA driver found"
+    if cuda_build is False:
+        return f"this is the CPU build of {backend}; for the GPU: {GPU_PACKAGE}"
+    if runtime_missing:
+        return f"the CUDA runtime libraries were not found ({GPU_PACKAGE} brings them)"
+    return f"{backend} found no usable GPU"
+
+
+def why_cpu() -> str:
+    """:func:`no_gpu_reason` for this process, once :func:`configure` chose the CPU."""
+    if on_gpu():
+        return ""
+    backend = keras_backend_name()
+    driver = os.path.exists("/proc/driver/nvidia/version") or _loads("libcuda.so.1") \
+        or _loads("nvcuda.dll")
+    cuda_build = None
+    if backend == "tensorflow":
+        try:
+            import tensorflow as tf
+
+            cuda_build = bool(tf.sysconfig.get_build_info().get("is_cuda_build", False))
+        except Exception:
+            cuda_build = None
+    runtime = any("Cannot dlopen some GPU libraries" in line or "Could not load dynamic "
+                  "library" in line or "Could not find cuda drivers" in line
+                  for line in dropped_native_lines)
+    return no_gpu_reason(backend, cuda_build, driver, runtime)
+
+
+def _loads(name: str) -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL(name)
+        return True
+    except OSError:
+        return False
+
+
+def described() -> str:
+    """Where the backbone runs, with the reason when it is the CPU: 'GPU: NVIDIA H100',
+    'CPU (no NVIDIA driver found)'."""
+    where = configure()
+    reason = why_cpu()
+    return f"{where} ({reason})" if reason else where
+
+
 def on_gpu() -> bool:
     return configure().startswith("GPU")
 
