@@ -53,7 +53,7 @@ def test_ctrl_c_during_training_keeps_the_existing_model(tmp_path):
     lines = []
     for line in proc.stderr:  # the first finished epoch, then Ctrl+C
         lines.append(line)
-        if line.startswith("epoch 1 "):
+        if line.startswith("Epoch 1 of "):
             proc.send_signal(signal.SIGINT)
             break
     rest, more = proc.communicate(timeout=300)
