@@ -17,6 +17,7 @@ from app import __version__
 from app.core.base.errors import SettingsError, os_error_message, shown
 from app.core.base.jobs import Cancelled, CancelToken, Progress
 from app.core.training.fit import (
+    ANSWERS,
     AUGMENTATIONS,
     CLASS_WEIGHTS,
     MODES,
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=OPTIMIZERS)
     p.add_argument("--schedule", default=TrainDefaults.schedule, choices=SCHEDULES,
                    help="learning rate over the run: cosine decay to 0, or constant")
+    p.add_argument("--answer", default=TrainDefaults.answer, choices=ANSWERS,
+                   help="what the model answers with: the mean of the main and the aux "
+                        "outputs (default; measured better), or the main output alone")
     p.add_argument("--aux-weight", type=float, default=TrainDefaults.aux_weight,
                    help="loss weight of each auxiliary output (0 turns them off)")
     p.add_argument("--dropout", type=float, default=TrainDefaults.dropout)
@@ -300,6 +304,7 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     settings = TrainSettings(
         epochs=args.epochs, batch_size=args.train_batch_size, learning_rate=args.learning_rate,
         optimizer=args.optimizer, schedule=args.schedule, aux_weight=args.aux_weight,
+        answer=args.answer,
         dropout=args.dropout,
         hidden_units=args.hidden_units, label_smoothing=args.label_smoothing,
         class_weights=args.class_weights, early_stopping=args.early_stopping, seed=args.seed,

@@ -4,7 +4,7 @@ how much, and the exported model outputs the calibrated probabilities itself."""
 import numpy as np
 import pytest
 
-from app.core.delivery.export import classifier_model
+from app.core.delivery.export import answer_taps, classifier_model
 from app.core.delivery.predict import Predictor, read_metadata
 from app.core.features.backbones import get_spec
 from app.core.intake.imaging import load_rgb
@@ -100,8 +100,9 @@ def test_the_exported_model_outputs_calibrated_probabilities(trained, tmp_path):
     pixels = load_rgb(path, (64, 64))[None]
     exported = Predictor.from_dir(folder).probabilities(pixels)
     res = run.result
-    raw = classifier_model(get_spec("tiny"), "none", res.head).predict_on_batch(
-        pixels.astype(np.float32))
+    spec = get_spec("tiny")  # the uncalibrated answer (the mean of the three outputs)
+    raw = classifier_model(spec, "none", res.head, aux_layers=answer_taps(spec, res)
+                           ).predict_on_batch(pixels.astype(np.float32))
     np.testing.assert_allclose(exported, softmax(np.log(raw) / 2.5), atol=1e-5)
     in_app = run.predictor().probabilities(pixels)
     np.testing.assert_allclose(in_app, exported, atol=1e-5)

@@ -191,7 +191,7 @@ def test_mode_choice_says_what_each_mode_does_and_costs(qtbot):
     assert HEAD_TEXT in texts and FINETUNE_TEXT in texts
     finetune_only = (page.fields["backbone_lr_scale"], page.fields["augment"])
     assert page.mode.mode() == "head" and not any(w.isEnabled() for w in finetune_only)
-    assert "probes" in page.fields["aux_weight"].toolTip()
+    assert "the answer averages" in page.fields["aux_weight"].toolTip()  # the head-only tip
     context = TrainContext(backbone="mobilenet", images=60, train_images=48,
                            seconds_per_image={"head": None, "finetune": 0.05})
     page.describe(context)

@@ -58,7 +58,7 @@ from app.core.features.backbones import BackboneSpec, build_image_model, weights
 from app.core.intake.imaging import PREPROCESS_VERSION, RESIZE_METHOD, ImageError, load_rgb
 from app.core.storage.model_folder import EVALUATION_FILE
 from app.core.training.fit import HISTORY_KEYS, SplitData, TrainResult
-from app.core.training.head import main_branch
+from app.core.training.head import main_branch, reapplied
 from app.core.trust.calibration import softmax
 from app.core.trust.fit import Trust, main_outputs
 from app.core.trust.unknown import threshold_origin
@@ -289,16 +289,39 @@ def check_destination(out_dir: Path) -> None:
 
 
 def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
-                     backbone: keras.Model | None = None, temperature: float = 1.0
-                     ) -> keras.Model:
+                     backbone: keras.Model | None = None, temperature: float = 1.0,
+                     aux_layers: tuple[str, str] | None = None) -> keras.Model:
     """Pixels -> class probabilities: backbone, main tap (layer ``main_tap``) and main head
-    (its logits divided by ``temperature``) as one model."""
+    (its logits divided by ``temperature``) as one model; with ``aux_layers`` (a run that
+    answers with the average) the aux taps and heads too, and the ``answer`` layer: the mean
+    of the three outputs, calibrated with ``temperature``."""
     import keras
 
     with KERAS_BUILDS:  # over a trained run's layers, which a review may be reading
-        features = build_image_model(spec, weights, backbone)
-        probs = main_branch(head, temperature)(features.output)
+        features = build_image_model(spec, weights, backbone, aux_layers)
+        if aux_layers is None:
+            probs = main_branch(head, temperature)(features.output)
+        else:
+            from app.core.training.answer import AverageAnswer
+
+            main_tap, aux1, aux2 = features.outputs
+            logits, outs = reapplied(head, {"main": main_tap, "aux1": aux1, "aux2": aux2})
+            probs = AverageAnswer(temperature, name="answer", dtype="float32")(
+                [logits, *outs.values()])
         return keras.Model(features.input, probs, name="bottleneck_studio_classifier")
+
+
+def answer_taps(spec: BackboneSpec, result: TrainResult) -> tuple[str, str] | None:
+    """The backbone layers a run answering with the average reads its aux taps from (those
+    the cache pooled in the head mode, the top blocks' in the fine-tune mode); None when it
+    answers with the main output."""
+    if not result.averages:
+        return None
+    if result.settings.mode == "finetune":
+        from app.core.features.cuts import CUTS
+
+        return tuple(CUTS[spec.name].aux)
+    return tuple(spec.aux_layers)
 
 
 def check_parity(model: keras.Model, result: TrainResult, validation: SplitData,
@@ -432,7 +455,7 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
         trust = trust or Trust(note="no calibration was fitted")
         with KERAS_BUILDS:  # loading draws initial weights from the global generator too
             model = classifier_model(spec, weights, result.head, result.base,
-                                     trust.temperature)
+                                     trust.temperature, answer_taps(spec, result))
             model.save(staging / "model.keras")
             reloaded = keras.saving.load_model(staging / "model.keras", safe_mode=True)
         parity, note = None, ""

@@ -113,6 +113,8 @@ class Predictor:
         configure()
         import keras
 
+        import app.core.training.answer  # noqa: F401  (registers the 'answer' layer)
+
         try:
             with KERAS_BUILDS:
                 model = keras.saving.load_model(model_path, safe_mode=True)

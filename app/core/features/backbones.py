@@ -297,9 +297,11 @@ def build_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | No
     return model
 
 
-def build_image_model(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None
-                      ) -> keras.Model:
-    """Pixels (0..255) -> the main tap only: the front half of an exported classifier."""
+def build_image_model(spec: BackboneSpec, weights: str, backbone: keras.Model | None = None,
+                      aux_layers: tuple[str, str] | None = None) -> keras.Model:
+    """Pixels (0..255) -> the main tap (layer ``main_tap``): the front half of an exported
+    classifier; with ``aux_layers`` (the backbone layers the aux taps come from) ->
+    ``[main_tap, aux1_tap, aux2_tap]``, pooled as the cache pools them."""
     from app.core.base.device import configure
 
     configure()
@@ -310,5 +312,16 @@ def build_image_model(spec: BackboneSpec, weights: str, backbone: keras.Model | 
     inp = keras.Input((spec.image_size, spec.image_size, 3), name="pixels")
     scale = scaling_layer(spec)
     x = scale(inp) if scale is not None else inp
-    out = layers.GlobalAveragePooling2D(name="main_tap")(base(x))
-    return keras.Model(inp, out, name=f"{spec.name}_features")
+    if aux_layers is None:
+        out = layers.GlobalAveragePooling2D(name="main_tap")(base(x))
+        return keras.Model(inp, out, name=f"{spec.name}_features")
+    taps = keras.Model(base.input, [base.output, *(base.get_layer(n).output
+                                                   for n in aux_layers)],
+                       name=f"{spec.name}_taps")
+    main, a1, a2 = taps(x)
+    outputs = [
+        layers.GlobalAveragePooling2D(name="main_tap")(main),
+        layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux1_tap")(a1),
+        layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux2_tap")(a2),
+    ]
+    return keras.Model(inp, outputs, name=f"{spec.name}_features")

@@ -232,15 +232,16 @@ class Retraining:
         return hardest(result.classes, train, softmax(logits, temperature), n)
 
     def predictor(self) -> Predictor:
-        """The in-app classifier (backbone + main head in memory), without exporting."""
-        from app.core.delivery.export import classifier_model
+        """The in-app classifier (backbone + heads in memory, answering as the export
+        does), without exporting."""
+        from app.core.delivery.export import answer_taps, classifier_model
         from app.core.delivery.predict import Predictor
 
         result = self._trained()
         spec = get_spec(result.backbone)
         trust = self.trust or Trust()
         model = classifier_model(spec, result.weights, result.head, result.base,
-                                 trust.temperature)
+                                 trust.temperature, answer_taps(spec, result))
         return Predictor(model, result.classes, spec.input_size, unknown=trust.detector)
 
 

@@ -77,3 +77,24 @@ def logits_branch(head: keras.Model) -> keras.Model:
 
     return keras.Model(head.get_layer("main").output, head.get_layer("main_logits").output,
                        name="main_logits_head")
+
+
+def reapplied(head: keras.Model, taps: dict) -> tuple:
+    """The head's own layers applied to new tap tensors, flat (no nested model: two nested
+    models sharing the main layers do not survive a save and load): the main logits and
+    each aux output's probabilities, ``(logits, {aux: probs})``. Dropout is off outside
+    training, as in the head."""
+    names = {layer.name for layer in head.layers}
+    x = head.get_layer("main_dropout")(taps["main"])
+    if "main_hidden" in names:
+        x = head.get_layer("main_hidden_dropout")(head.get_layer("main_hidden")(x))
+    logits = head.get_layer("main_logits")(x)
+    aux = {}
+    for name in ("aux1", "aux2"):
+        if f"{name}_probs" not in names:
+            continue
+        a = taps[name]
+        for part in ("conv1x1", "flatten", "fc", "dropout", "probs"):
+            a = head.get_layer(f"{name}_{part}")(a)
+        aux[name] = a
+    return logits, aux

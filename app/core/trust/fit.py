@@ -2,9 +2,11 @@
 that calibrates its main probabilities, and the "unknown" score with its threshold, both on
 the validation split.
 
-Both come from the main-tap features and main logits of the trained model on cached data
-(:func:`main_outputs`): in the head mode the features are the cached main tap itself; in the
-fine-tune mode they come out of the trained top blocks.
+Both come from the main-tap features and the answer's logits of the trained model on cached
+data (:func:`main_outputs`): in the head mode the features are the cached main tap itself; in
+the fine-tune mode they come out of the trained top blocks. The answer is the main output, or
+the mean of the main and the aux outputs when the run answers with the average
+(``TrainSettings.answer``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from app.core.base.jobs import KERAS_BUILDS
 from app.core.training.feeds import SplitData
 from app.core.training.fit import TrainResult
 from app.core.training.head import logits_branch
-from app.core.trust.calibration import safe_temperature, softmax
+from app.core.trust.calibration import averaged_logits, safe_temperature, softmax
 from app.core.trust.unknown import DEFAULT_METHOD, UnknownDetector, fit_detector, reference_rows
 
 
@@ -32,21 +34,28 @@ class Trust:
 
 def main_outputs(result: TrainResult, data: SplitData, batch_size: int = 256
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Main-tap features (N, D) and main logits (N, C) of the trained model on ``data``'s
-    cached rows, streamed in batches (dropout off)."""
+    """Main-tap features (N, D) and the answer's logits (N, C) of the trained model on
+    ``data``'s cached rows, streamed in batches (dropout off): the main logits, or those of
+    the mean of every output's probabilities when the run answers with the average."""
     import keras
 
     finetune = result.settings.mode == "finetune"
+    average = result.averages
     taps = None
     with KERAS_BUILDS:  # sub-models over the run's layers, which an export may be building on
         branch = logits_branch(result.head)
         if finetune:
             taps = keras.Model(result.model.input, result.model.get_layer("main_tap").output)
+    whole = result.model if result.model is not None else result.head
     feats, logits = [], []
-    for _, x in data.batches(result.inputs if finetune else ("main",), batch_size):
+    for _, x in data.batches(result.inputs if finetune or average else ("main",), batch_size):
         f = np.asarray(taps.predict_on_batch(x)) if finetune else x["main"]
         feats.append(np.asarray(f, np.float32))
-        logits.append(np.asarray(branch.predict_on_batch(f), np.float32))
+        main = np.asarray(branch.predict_on_batch(f), np.float32)
+        if average:
+            probs = whole.predict_on_batch(x)
+            main = averaged_logits(main, [probs[a] for a in result.shape.aux_outputs])
+        logits.append(np.asarray(main, np.float32))
     if not feats:
         dim = int(branch.input.shape[-1])
         return np.zeros((0, dim), np.float32), np.zeros((0, len(result.classes)), np.float32)

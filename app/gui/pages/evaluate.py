@@ -47,7 +47,9 @@ class EvaluatePage(QWidget):
         self.scores: dict[str, QLabel] = {}
         grid = QGridLayout()
         for col, (key, title, tip) in enumerate((
-            ("main_accuracy", "Accuracy (main)", "Share of test images the model gets right"),
+            ("main_accuracy", "Accuracy", "Share of test images the model gets right (its "
+             "answer: the main and the aux outputs averaged, unless Train's 'Answer' says "
+             "main)"),
             ("balanced_accuracy", "Balanced accuracy",
              "Mean recall over classes: a weak small class cannot hide here"),
             ("aux1_accuracy", "Aux 1 accuracy", "The auxiliary output on an earlier layer"),
