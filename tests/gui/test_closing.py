@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from app.core.base.paths import last_model_dir
 from app.core.delivery.export import is_model_folder
 from tests.conftest import make_dataset
@@ -23,6 +25,7 @@ def start_long_training(qtbot, win, epochs=500):
     return worker
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_close_while_training_asks_keeps_the_model_and_reopens_it(qtbot, new_window, tmp_path):
     data = make_dataset(tmp_path / "photos", per_class=12)
     win = new_window()
@@ -59,6 +62,7 @@ def test_close_while_training_asks_keeps_the_model_and_reopens_it(qtbot, new_win
     close_window(qtbot, again)
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_every_finished_training_run_is_kept_for_the_next_start(qtbot, window, tmp_path):
     open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=8))
     use_tiny(window)

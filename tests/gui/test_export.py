@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from app.core.delivery.export import is_model_folder
 from tests.conftest import make_dataset, make_image
 from tests.gui.conftest import open_folder, train, use_tiny
@@ -21,6 +23,7 @@ def export(qtbot, win, folder):
     assert not win.statusBar().currentMessage().startswith("Exporting to")
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_export_refuses_a_folder_that_is_not_ours_then_warns_when_parity_unchecked(
         qtbot, window, tmp_path):
     data = make_dataset(tmp_path / "photos", per_class=12)
@@ -55,6 +58,7 @@ def test_export_refuses_a_folder_that_is_not_ours_then_warns_when_parity_uncheck
     assert f"Model exported to {good}" in note and "parity" in note.lower()
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_left_out_classes_show_on_the_train_page(qtbot, window, tmp_path):
     data = make_dataset(tmp_path / "photos", per_class=8)
     lonely = data / "purple"
@@ -68,6 +72,7 @@ def test_left_out_classes_show_on_the_train_page(qtbot, window, tmp_path):
     assert "left out" in window.train.warnings.text()
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_a_second_export_asks_to_replace_and_never_nests(qtbot, window, tmp_path, monkeypatch):
     from PySide6.QtWidgets import QFileDialog
 

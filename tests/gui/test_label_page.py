@@ -143,6 +143,7 @@ def test_new_data_folder_creates_it_and_opens_it_for_labelling(qtbot, window, tm
     assert str(window.session.data_dir) != str(target)
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_photos_filed_on_the_label_page_are_what_training_gets(qtbot, window, tmp_path):
     """Leaving the Label page after filing reads the data folder again; until then Train
     says so instead of starting on the old list (it trained on the photos of before)."""

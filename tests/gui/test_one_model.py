@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from app.core.base.paths import last_model_dir
 from app.core.delivery.export import is_model_folder
 from tests.conftest import make_dataset
 from tests.gui.conftest import close_window, open_folder, train, use_tiny
 from tests.gui.test_path import drop
+
+pytestmark = pytest.mark.slow  # trains in a TensorFlow child process, as the window does
 
 
 def _kept_threshold() -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QLabel, QProgressBar
@@ -28,6 +29,7 @@ def xs_of(curve) -> list:
     return [] if xs is None else list(xs)
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_whole_path(qtbot, window, tmp_path):
     data = make_dataset(tmp_path / "photos", per_class=12)
     open_folder(qtbot, window, data)

@@ -28,6 +28,7 @@ def trained(qtbot, window, tmp_path, per_class=16):
     return data
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_trust_panel_slider_and_confusion_cells(qtbot, window, tmp_path, monkeypatch):
     monkeypatch.setattr("app.gui.pages.image_grid.PAGE", 1)  # one thumbnail at a time
     trained(qtbot, window, tmp_path)
@@ -95,6 +96,7 @@ def test_trust_panel_slider_and_confusion_cells(qtbot, window, tmp_path, monkeyp
     qtbot.waitUntil(lambda: grid.has_icon(1), timeout=30000)
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_moved_threshold_is_kept_for_the_next_start(qtbot, new_window, tmp_path):
     """The model reopened at the next start answers "unknown" with the threshold the user
     left the slider at, not the fitted one."""
@@ -129,6 +131,7 @@ def test_moved_threshold_is_kept_for_the_next_start(qtbot, new_window, tmp_path)
     assert again.predict.results[0].prediction.unknown is True  # everything is unknown now
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path):
     data = trained(qtbot, window, tmp_path, per_class=12)
     page = window.evaluate

@@ -4,12 +4,14 @@ failed caching run stops its busy bar."""
 
 from __future__ import annotations
 
+import pytest
 from PySide6.QtCore import Qt
 
 from tests.conftest import make_dataset
 from tests.gui.conftest import open_folder, use_tiny, wait_idle
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_a_late_stop_click_does_nothing(qtbot, window, tmp_path):
     open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=8))
     use_tiny(window)
@@ -32,6 +34,7 @@ def test_a_late_stop_click_does_nothing(qtbot, window, tmp_path):
     assert window.train.start.isEnabled() and not window.train.stop.isEnabled()
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_training_is_visible_from_every_page_and_messages_end_with_their_job(
         qtbot, window, tmp_path):
     open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=8))
@@ -109,6 +112,7 @@ def test_retry_skipped_files(qtbot, window, tmp_path):
     assert [s.path.rsplit("/", 1)[-1] for s in cache.skipped] == ["truncated.jpg"]
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_a_stopped_run_never_replaces_the_model_unasked(qtbot, window, tmp_path):
     from tests.gui.conftest import train
 

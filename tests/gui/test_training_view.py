@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pyqtgraph as pg
+import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor, QPalette
 
@@ -217,6 +218,7 @@ def test_mode_choice_says_what_each_mode_does_and_costs(qtbot):
     assert "estimate" in page.mode.cache.text()  # the cached cut is not what head mode needs
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_fine_tune_run_through_the_window(qtbot, window, tmp_path):
     open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=10))
     use_tiny(window)

@@ -3,6 +3,7 @@ a job runs, TensorFlow loaded in the background."""
 
 from __future__ import annotations
 
+import pytest
 from PySide6.QtCore import Qt
 
 from app.core.base.paths import user_data_dir
@@ -144,6 +145,7 @@ def test_features_shows_only_what_is_selected_now(qtbot, window, tmp_path):
     assert "old folder" not in window.train.status.text()
 
 
+@pytest.mark.slow  # trains in a TensorFlow child process
 def test_every_page_fits_a_laptop_screen_after_training(qtbot, window, tmp_path):
     """1280x720 less a title bar: no page, filled with a trained model's review, asks for a
     taller window (Evaluate asked for 786 px, its chart drawn over the threshold heading)."""
