@@ -106,6 +106,7 @@ def walk(args) -> int:
     shot("4-train")
 
     win.show_page("Evaluate")
+    run_until(lambda: win.session.slot.review is not None, 120)  # the slider's scores
     run_until(lambda: win.evaluate.wrong.has_icon(0) or not win.jobs.running, 60)
     shot("5-evaluate")
 
@@ -136,7 +137,8 @@ def walk(args) -> int:
         app.processEvents()
         time.sleep(0.01)
     shot("2-label")
-    win.close()
+    win.close()  # it waits for its jobs (the model being saved for the next start) first
+    run_until(lambda: not win.isVisible())
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
