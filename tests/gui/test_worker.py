@@ -109,17 +109,15 @@ def test_a_job_in_a_slot_replaces_the_one_before_which_never_reports(qtbot):
     first = jobs.start("reading the folder", slow, slot="folder",
                        on_result=heard.append, on_progress=lambda p: heard.append("progress"),
                        on_done=lambda: heard.append("old done"))
-    with qtbot.waitSignal(jobs.start("reading the folder", lambda p, c: "new folder",
-                                     slot="folder", on_result=heard.append).done,
-                          timeout=10000):
-        pass
+    jobs.start("reading the folder", lambda p, c: "new folder", slot="folder",
+               on_result=heard.append)  # connected before it starts: it cannot be missed
+    qtbot.waitUntil(lambda: heard == ["new folder"], timeout=10000)
     assert first.is_cancelled
     with qtbot.waitSignal(first.finished, timeout=10000):
         gate.set()  # the old job ends after the new one, with a result
     qtbot.waitUntil(lambda: not jobs.running, timeout=10000)
     assert heard == ["new folder"]
-    other = jobs.start("thumbnails", lambda p, c: "kept", slot="thumbnails",
-                       on_result=heard.append)  # another slot is left alone
-    with qtbot.waitSignal(other.done, timeout=10000):
-        pass
-    assert heard == ["new folder", "kept"]
+    jobs.start("thumbnails", lambda p, c: "kept", slot="thumbnails",
+               on_result=heard.append)  # another slot is left alone
+    qtbot.waitUntil(lambda: heard == ["new folder", "kept"], timeout=10000)
+    qtbot.waitUntil(lambda: not jobs.running, timeout=10000)
