@@ -275,24 +275,11 @@ def build_extractor(spec: BackboneSpec, weights: str, backbone: keras.Model | No
 
     configure()
     import keras
-    from keras import layers
 
     base = backbone if backbone is not None else build_backbone(spec, weights, progress, cancel)
-    taps = keras.Model(
-        base.input,
-        [base.output, base.get_layer(spec.aux_layers[0]).output,
-         base.get_layer(spec.aux_layers[1]).output],
-        name=f"{spec.name}_taps",
-    )
     inp, x = pixel_input(spec)
-    main, a1, a2 = taps(x)
-    pool = AUX_POOL
-    outputs = [
-        layers.GlobalAveragePooling2D(name="main_tap")(main),
-        layers.AveragePooling2D(pool[0], strides=pool[1], name="aux1_tap")(a1),
-        layers.AveragePooling2D(pool[0], strides=pool[1], name="aux2_tap")(a2),
-    ]
-    model = keras.Model(inp, outputs, name=f"{spec.name}_extractor")
+    model = keras.Model(inp, _pooled_taps(spec, base, x, spec.aux_layers),
+                        name=f"{spec.name}_extractor")
     model.trainable = False
     return model
 
@@ -315,13 +302,26 @@ def build_image_model(spec: BackboneSpec, weights: str, backbone: keras.Model | 
     if aux_layers is None:
         out = layers.GlobalAveragePooling2D(name="main_tap")(base(x))
         return keras.Model(inp, out, name=f"{spec.name}_features")
+    return keras.Model(inp, _pooled_taps(spec, base, x, aux_layers),
+                       name=f"{spec.name}_features")
+
+
+def pool_taps(main, aux1, aux2) -> list:
+    """The main map global-average-pooled (layer ``main_tap``) and the two aux maps pooled
+    5x5/3 (``aux1_tap``, ``aux2_tap``), GoogLeNet's way: how the cache, the fine-tune model
+    and the exported model pool the taps, layer names included."""
+    from keras import layers
+
+    return [layers.GlobalAveragePooling2D(name="main_tap")(main),
+            layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux1_tap")(aux1),
+            layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux2_tap")(aux2)]
+
+
+def _pooled_taps(spec: BackboneSpec, base: keras.Model, x, aux_layers) -> list:
+    """:func:`pool_taps` of ``base``'s output and of its ``aux_layers``, on the tensor ``x``."""
+    import keras
+
     taps = keras.Model(base.input, [base.output, *(base.get_layer(n).output
                                                    for n in aux_layers)],
                        name=f"{spec.name}_taps")
-    main, a1, a2 = taps(x)
-    outputs = [
-        layers.GlobalAveragePooling2D(name="main_tap")(main),
-        layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux1_tap")(a1),
-        layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux2_tap")(a2),
-    ]
-    return keras.Model(inp, outputs, name=f"{spec.name}_features")
+    return pool_taps(*taps(x))

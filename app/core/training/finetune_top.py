@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.core.features.backbones import AUX_POOL, BackboneSpec
+from app.core.features.backbones import BackboneSpec, pool_taps
 from app.core.features.cuts import CUTS, tensor_at
 from app.core.storage.store import CUT
 
@@ -39,17 +39,12 @@ def build_finetune_model(spec: BackboneSpec, base: keras.Model, shape_of, build_
     Returns ``(model, head, top)``.
     """
     import keras
-    from keras import layers
 
     top = build_top(spec, base)
     base.trainable = True
     cut_in = keras.Input(top.input.shape[1:], name=CUT)
     a1, a2, final = top(cut_in, training=False)
-    taps = {
-        "main": layers.GlobalAveragePooling2D(name="main_tap")(final),
-        "aux1": layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux1_tap")(a1),
-        "aux2": layers.AveragePooling2D(AUX_POOL[0], strides=AUX_POOL[1], name="aux2_tap")(a2),
-    }
+    taps = dict(zip(("main", "aux1", "aux2"), pool_taps(final, a1, a2)))
     shape = shape_of({k: tuple(v.shape[1:]) for k, v in taps.items()})
     head = build_head(shape)
     outputs = head({k: taps[k] for k in ("main", *shape.aux_outputs)})
