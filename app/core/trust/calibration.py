@@ -30,12 +30,12 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def averaged_logits(main_logits: np.ndarray, aux_probs: list[np.ndarray]) -> np.ndarray:
-    """Logits of the mean of the main output's probabilities (``softmax(main_logits)``) and
-    the aux outputs' ones: what a model answering with the average says, before its
-    temperature (the exported model's ``answer`` layer computes the same)."""
-    probs = [softmax(main_logits), *(np.asarray(a, np.float64) for a in aux_probs)]
-    return np.log(np.maximum(sum(probs) / len(probs), 1e-30))  # the layer's floor too
+def averaged_logits(probs: list[np.ndarray]) -> np.ndarray:
+    """Logits (float32) of the mean of the outputs' probabilities ``probs`` (main, aux1,
+    aux2): what a model answering with the average says, before its temperature (the
+    exported model's ``answer`` layer computes the same)."""
+    mean = sum(np.asarray(p, np.float64) for p in probs) / len(probs)
+    return np.log(np.maximum(mean, 1e-30)).astype(np.float32)  # the layer's floor too
 
 
 def log_probs_as_logits(probs: np.ndarray) -> np.ndarray:

@@ -35,27 +35,34 @@ class Trust:
 def main_outputs(result: TrainResult, data: SplitData, batch_size: int = 256
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Main-tap features (N, D) and the answer's logits (N, C) of the trained model on
-    ``data``'s cached rows, streamed in batches (dropout off): the main logits, or those of
-    the mean of every output's probabilities when the run answers with the average."""
+    ``data``'s cached rows, streamed in batches (dropout off), in one pass of the model: the
+    main logits, or those of the mean of every output's probabilities when the run answers
+    with the average."""
     import keras
 
     finetune = result.settings.mode == "finetune"
     average = result.averages
-    taps = None
     with KERAS_BUILDS:  # sub-models over the run's layers, which an export may be building on
         branch = logits_branch(result.head)
-        if finetune:
-            taps = keras.Model(result.model.input, result.model.get_layer("main_tap").output)
-    whole = result.model if result.model is not None else result.head
+        if finetune:  # the main tap comes out of the trained top blocks
+            tap = result.model.get_layer("main_tap").output
+            taps = keras.Model(result.model.input,
+                               [tap, result.model.output] if average else tap)
     feats, logits = [], []
     for _, x in data.batches(result.inputs if finetune or average else ("main",), batch_size):
-        f = np.asarray(taps.predict_on_batch(x)) if finetune else x["main"]
+        probs = None
+        if finetune and average:
+            f, probs = taps.predict_on_batch(x)
+        elif finetune:
+            f = taps.predict_on_batch(x)
+        else:
+            f = x["main"]
+            probs = result.head.predict_on_batch(x) if average else None
         feats.append(np.asarray(f, np.float32))
-        main = np.asarray(branch.predict_on_batch(f), np.float32)
-        if average:
-            probs = whole.predict_on_batch(x)
-            main = averaged_logits(main, [probs[a] for a in result.shape.aux_outputs])
-        logits.append(np.asarray(main, np.float32))
+        if probs is None:
+            logits.append(np.asarray(branch.predict_on_batch(f), np.float32))
+        else:
+            logits.append(averaged_logits([probs[o] for o in ("main", *result.shape.aux_outputs)]))
     if not feats:
         dim = int(branch.input.shape[-1])
         return np.zeros((0, dim), np.float32), np.zeros((0, len(result.classes)), np.float32)
