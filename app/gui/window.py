@@ -483,13 +483,10 @@ class MainWindow(QMainWindow):
             self.train.export.setEnabled(False)
         self.evaluate.show_model(slot.evaluation, slot.source, slot.evaluation_note,
                                  not slot.empty)
-        if slot.review is not None:
-            self.fixes.show_review()
-        elif slot.trained_run is not None and slot.evaluation is not None \
-                and not self.closing.underway:
+        self.fixes.show_review()  # its review, or why the slider cannot move yet
+        if slot.review is None and slot.trained_run is not None \
+                and slot.evaluation is not None and not self.closing.underway:
             self.fixes.start_review()
-        else:
-            self.fixes.show_review()  # no review: the slider says why it cannot move
 
     # --- export and models --------------------------------------------------------------
     def choose_export(self) -> None:
