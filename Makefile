@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-fast lint package clean
+.PHONY: run test test-fast lint package package-gpu clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -37,6 +37,12 @@ test-fast: $(TEST_STAMP)
 
 package: $(STAMP)
 	bash packaging/build.sh
+
+# the GPU build (full TensorFlow + its CUDA runtime, ~3.2 GB .deb), then its check: not in CI
+# (it downloads ~3 GB of CUDA wheels); run it before a change to packaging lands
+package-gpu: $(STAMP)
+	TF_VARIANT=gpu bash packaging/build.sh
+	bash packaging/check_deb.sh dist/gpu/bottleneck-studio-gpu_$$($(BIN)/python packaging/project.py version)_$$(dpkg --print-architecture).deb
 
 clean:
 	rm -rf build dist $(VENV)

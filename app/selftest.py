@@ -103,9 +103,11 @@ def _run(work: Path) -> None:
         raise SelfTestError(f"caching gave {cached.images} images ({len(cached.skipped)} "
                             f"skipped), expected {len(files)}")
     _say(f"cache ok ({cached.images} images, {cached.computed} computed on {cached.device})")
-    from app.core.base.device import described
+    from app.core.base.device import cuda_summary, described, keras_backend_name
 
     _say(f"backbone runs on: {described()}")  # and, on the CPU, why not on a GPU
+    if keras_backend_name() == "tensorflow" and (cuda := cuda_summary()):
+        _say(f"CUDA libraries beside TensorFlow: {cuda}")
 
     _step("train")
     result = run.run_training_isolated()  # in a child process, as the window trains

@@ -9,13 +9,18 @@
 #                          workstation works from the first launch. Same as BUNDLE_WEIGHTS=FILE.
 #   --no-deb               stop after dist/bottleneck-studio/
 #   --skip-freeze          reuse dist/bottleneck-studio/ as it is and only (re)make the .deb
-#   TF_VARIANT=cpu|full    cpu (default): freeze the CPU-only wheel of the pinned TensorFlow
+#   TF_VARIANT=cpu|full|gpu
+#                          cpu (default): freeze the CPU-only wheel of the pinned TensorFlow
 #                          version (tensorflow-cpu, installed into build/tf-cpu and put first on
 #                          PYTHONPATH): ~300 MB less (no CUDA kernels). full: the .venv's own
 #                          tensorflow wheel (can use an NVIDIA GPU when the system has CUDA 12 +
-#                          cuDNN 9 libraries), a bundle of ~1.3 GB.
+#                          cuDNN 9 libraries), a bundle of ~1.3 GB. gpu: full, plus the CUDA
+#                          runtime (packaging/linux/cuda-requirements.txt, into build/cuda, copied
+#                          to _internal/nvidia/), in the package bottleneck-studio-gpu (it
+#                          replaces bottleneck-studio): needs only the NVIDIA driver.
 #
-# Results: dist/bottleneck-studio/ and dist/bottleneck-studio_<version>_<arch>.deb
+# Results: dist/bottleneck-studio/ (dist/bottleneck-studio-gpu/ for gpu) and
+# dist/<package>_<version>_<arch>.deb
 # Python: .venv/bin/python (PYTHON=... to use another); PyInstaller is installed there if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +36,7 @@ while [ $# -gt 0 ]; do
         --bundle-weights=*) WEIGHTS=${1#*=}; shift ;;
         --no-deb) MAKE_DEB=0; shift ;;
         --skip-freeze) FREEZE=0; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -42,8 +47,15 @@ if [ -n "$WEIGHTS" ] && [ ! -f "$WEIGHTS" ]; then
 fi
 
 NAME=bottleneck-studio
+VARIANT=${TF_VARIANT:-cpu}
+PACKAGE=$NAME
+[ "$VARIANT" = gpu ] && PACKAGE=$NAME-gpu
 VERSION=$("$PYTHON" packaging/project.py version)
 DIST=$ROOT/dist
+if [ "$VARIANT" = gpu ]; then
+    # its own dist folder (the CPU build's stays as it is); PyInstaller still names it $NAME
+    DIST=$ROOT/dist/gpu
+fi
 BUNDLE=$DIST/$NAME
 PYI_VERSION=6.22.3
 start=$(date +%s)
@@ -54,7 +66,7 @@ if [ "$FREEZE" = 1 ]; then
         "$PYTHON" -m pip install -q "pyinstaller==$PYI_VERSION"
     fi
     TF_VERSION=$("$PYTHON" -c "import importlib.metadata as m; print(m.version('tensorflow'))")
-    case "${TF_VARIANT:-cpu}" in
+    case "$VARIANT" in
         cpu)
             OVERLAY=$ROOT/build/tf-cpu
             if [ ! -f "$OVERLAY/.tensorflow-cpu-$TF_VERSION" ]; then
@@ -65,14 +77,44 @@ if [ "$FREEZE" = 1 ]; then
             fi
             export PYTHONPATH=$OVERLAY${PYTHONPATH:+:$PYTHONPATH}
             ;;
-        full) ;;
-        *) echo "build.sh: TF_VARIANT must be cpu or full" >&2; exit 2 ;;
+        full|gpu) ;;
+        *) echo "build.sh: TF_VARIANT must be cpu, full or gpu" >&2; exit 2 ;;
     esac
-    echo "freezing $NAME $VERSION (PyInstaller, one folder, TensorFlow $TF_VERSION ${TF_VARIANT:-cpu}) ..."
+    echo "freezing $NAME $VERSION (PyInstaller, one folder, TensorFlow $TF_VERSION $VARIANT) ..."
     # --clean is left out on purpose: PyInstaller's cache of analysed binaries is what makes a
     # rebuild fast; `make clean` (rm -rf build dist) starts from scratch.
     "$PYTHON" -m PyInstaller --noconfirm --log-level WARN \
-        --distpath "$DIST" --workpath "$ROOT/build/pyinstaller" packaging/bottleneck_studio.spec
+        --distpath "$DIST" --workpath "$ROOT/build/pyinstaller-$VARIANT" packaging/bottleneck_studio.spec
+
+    if [ "$VARIANT" = gpu ]; then
+        # The CUDA runtime, where TensorFlow's RUNPATH looks: _internal/nvidia/<name>/lib
+        CUDA=$ROOT/build/cuda
+        REQ=$ROOT/packaging/linux/cuda-requirements.txt
+        if ! cmp -s "$REQ" "$CUDA/.requirements" 2>/dev/null; then
+            echo "installing the CUDA runtime wheels into build/cuda (packaging/linux/cuda-requirements.txt)"
+            rm -rf "$CUDA"
+            "$PYTHON" -m pip install -q --no-deps --target "$CUDA" -r "$REQ"
+            cp "$REQ" "$CUDA/.requirements"
+        fi
+        rm -rf "$BUNDLE/_internal/nvidia"
+        mkdir -p "$BUNDLE/_internal/nvidia"
+        for lib in "$CUDA"/nvidia/*/lib; do  # the shared libraries only: no headers, no stubs
+            pkg=$(basename "$(dirname "$lib")")
+            mkdir -p "$BUNDLE/_internal/nvidia/$pkg"
+            cp -al "$lib" "$BUNDLE/_internal/nvidia/$pkg/lib" 2>/dev/null \
+                || cp -a "$lib" "$BUNDLE/_internal/nvidia/$pkg/lib"
+        done
+        find "$BUNDLE/_internal/nvidia" -name '*.a' -delete  # static archives: for linking only
+        # ptxas and libdevice: XLA compiles the backbone's kernels for the GPU it finds
+        for part in bin nvvm; do
+            if [ -d "$CUDA/nvidia/cuda_nvcc/$part" ]; then
+                mkdir -p "$BUNDLE/_internal/nvidia/cuda_nvcc"
+                cp -a "$CUDA/nvidia/cuda_nvcc/$part" "$BUNDLE/_internal/nvidia/cuda_nvcc/$part"
+            fi
+        done
+        cp "$REQ" "$BUNDLE/_internal/nvidia/REQUIREMENTS.txt"
+        echo "bundled the CUDA runtime: $(du -sh "$BUNDLE/_internal/nvidia" | cut -f1)"
+    fi
 
     # TensorFlow's native libraries ship with their full symbol tables (.symtab/.strtab: ~200 MB).
     # Nothing reads them at run time (the dynamic linker uses .dynsym), so strip them;
@@ -105,7 +147,7 @@ echo "bundle: $BUNDLE ($(du -sh "$BUNDLE" | cut -f1))"
 
 if [ "$MAKE_DEB" = 1 ]; then
     if command -v dpkg-deb >/dev/null; then
-        bash packaging/linux/make_deb.sh "$BUNDLE" "$VERSION" "$DIST"
+        DEB_PACKAGE=$PACKAGE bash packaging/linux/make_deb.sh "$BUNDLE" "$VERSION" "$DIST"
     else
         echo "dpkg-deb not found: no .deb (the one-folder build is in $BUNDLE)"
     fi

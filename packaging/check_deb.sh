@@ -4,7 +4,11 @@
 # --version, --self-test (offscreen) and the time the frozen program takes to start.
 #
 #   bash packaging/check_deb.sh [PATH.deb]      (default: dist/bottleneck-studio_<version>_*.deb)
+#   bash packaging/check_deb.sh dist/gpu/bottleneck-studio-gpu_<version>_amd64.deb
 #
+# The GPU package (TF_VARIANT=gpu make package) is checked the same way, and its self-test must
+# load the bundled CUDA runtime and cuDNN and, on a machine without a usable GPU, say why
+# (never "this is the CPU build").
 # CHECK_DEB_INSTALL=1 (as root) also does a real `dpkg -i`, runs the installed launcher, then
 # `dpkg -r` and checks that nothing of the package is left on the system.
 # Exits non-zero with the reason on the first failure.
@@ -24,7 +28,11 @@ echo "checking $DEB ($(du -h "$DEB" | cut -f1))"
 # --- metadata -------------------------------------------------------------------------------
 info=$(dpkg-deb -I "$DEB") || fail "dpkg-deb -I cannot read $DEB"
 field() { dpkg-deb -f "$DEB" "$1"; }
-[ "$(field Package)" = "$NAME" ] || fail "Package is '$(field Package)', expected $NAME"
+PACKAGE=$(field Package)
+case "$PACKAGE" in
+    "$NAME"|"$NAME-gpu") ;;
+    *) fail "Package is '$PACKAGE', expected $NAME or $NAME-gpu" ;;
+esac
 [ "$(field Version)" = "$VERSION" ] || fail "Version is '$(field Version)', pyproject says $VERSION"
 for dep in libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libxcb-cursor0; do
     field Depends | grep -qw "$dep" || fail "Depends lacks $dep"
@@ -32,7 +40,10 @@ done
 for script in postinst postrm; do
     grep -q " $script" <<<"$info" || fail "control archive lacks $script"
 done
-echo "  control: $NAME $VERSION, $(field Installed-Size) KB installed"
+echo "  control: $PACKAGE $VERSION, $(field Installed-Size) KB installed"
+if [ "$PACKAGE" = "$NAME-gpu" ]; then
+    field Conflicts | grep -qw "$NAME" || fail "the GPU package does not conflict with $NAME"
+fi
 
 # --- file list ------------------------------------------------------------------------------
 list=$(dpkg-deb -c "$DEB" | awk '{print $6}' | sed 's|^\./|/|')
@@ -44,6 +55,11 @@ outside=$(grep -v -E '^/(opt|usr)?/?$|^/opt/'"$NAME"'(/|$)|^/usr/(bin|share)(/|$
 [ -z "$outside" ] || fail "files outside /opt/$NAME and /usr: $(head -3 <<<"$outside")"
 bloat=$(grep -E '/(tensorboard|tkinter|matplotlib|IPython|pytest|_pytest)/|/tensorflow/include/|\.a$|QtWebEngine|/qml/' <<<"$list" || true)
 [ -z "$bloat" ] || fail "left-out parts got in: $(head -3 <<<"$bloat")"
+if [ "$PACKAGE" = "$NAME-gpu" ]; then
+    for lib in cuda_runtime/lib/libcudart.so.12 cudnn/lib/libcudnn.so.9 cublas/lib/libcublas.so.12; do
+        grep -qx "/opt/$NAME/_internal/nvidia/$lib" <<<"$list" || fail "the GPU package lacks nvidia/$lib"
+    done
+fi
 echo "  files: $(wc -l <<<"$list") entries, layout ok"
 
 # --- unpack into a scratch root and run the frozen app ---------------------------------------
@@ -84,6 +100,15 @@ if [ $rc -ne 0 ] || ! grep -q "^self-test passed" "$SCRATCH/selftest.log"; then
     tail -20 "$SCRATCH/selftest.err" | sed 's/^/    stderr: /' >&2
     fail "frozen --self-test exited $rc"
 fi
+if [ "$PACKAGE" = "$NAME-gpu" ]; then
+    grep -q "^self-test: CUDA libraries beside TensorFlow: CUDA runtime 12\.[0-9]*, cuDNN 9\." \
+        "$SCRATCH/selftest.log" || fail "the GPU build's self-test did not load its CUDA runtime and cuDNN"
+    if grep -q "^self-test: backbone runs on: CPU" "$SCRATCH/selftest.log"; then
+        grep -q "^self-test: backbone runs on: CPU (.\+)" "$SCRATCH/selftest.log" \
+            || fail "the GPU build runs on the CPU without saying why"
+        ! grep -q "CPU build" "$SCRATCH/selftest.log" || fail "the GPU build calls itself the CPU build"
+    fi
+fi
 if [ -n "$(find "$SCRATCH/root" -newer "$DEB" -name '*.pyc' -print -quit)" ]; then
     fail "running the app wrote .pyc files into its install folder (uninstall would leave them)"
 fi
@@ -109,7 +134,7 @@ if [ "${CHECK_DEB_INSTALL:-0}" = 1 ]; then
     dpkg -i "$DEB" >/dev/null || fail "dpkg -i failed (missing Depends? apt-get install -f)"
     /usr/bin/$NAME --version | grep -q "$VERSION" || fail "installed launcher does not run"
     /usr/bin/$NAME --self-test >/dev/null 2>&1 || fail "installed --self-test failed"
-    dpkg -r "$NAME" >/dev/null || fail "dpkg -r failed"
+    dpkg -r "$PACKAGE" >/dev/null || fail "dpkg -r failed"
     left=$(ls -d /opt/$NAME /usr/bin/$NAME /usr/share/applications/$NAME.desktop \
         /usr/share/icons/hicolor/256x256/apps/$NAME.png 2>/dev/null || true)
     [ -z "$left" ] || fail "left behind after dpkg -r: $left"

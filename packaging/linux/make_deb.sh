@@ -10,6 +10,8 @@
 #   /usr/share/icons/hicolor/256x256/apps/bottleneck-studio.png (+ scalable .svg if present)
 #   /usr/share/doc/bottleneck-studio/copyright
 # Nothing else is created at install time, so `dpkg -r bottleneck-studio` removes it all.
+# DEB_PACKAGE: the package's name (default bottleneck-studio; bottleneck-studio-gpu for the GPU
+# build, which installs the same files and so conflicts with and replaces the CPU package).
 # DEB_COMPRESS=gzip|xz|zstd|none (default gzip: every dpkg reads it; xz is ~25% smaller but
 # several minutes slower on two cores), DEB_LEVEL (default 6).
 set -euo pipefail
@@ -19,8 +21,25 @@ BUNDLE=${1:?bundle folder}
 VERSION=${2:?version}
 OUT=${3:?output folder}
 NAME=bottleneck-studio
+PACKAGE=${DEB_PACKAGE:-$NAME}
 ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
-DEB=$OUT/${NAME}_${VERSION}_${ARCH}.deb
+DEB=$OUT/${PACKAGE}_${VERSION}_${ARCH}.deb
+RELATIONS=""
+SUMMARY_GPU=""
+if [ "$PACKAGE" != "$NAME" ]; then
+    other=$NAME
+    RELATIONS="Conflicts: $other
+Replaces: $other
+Provides: $other
+"
+    SUMMARY_GPU=" This is the GPU build: TensorFlow with its CUDA runtime (cuDNN, cuBLAS, ...)
+ bundled; it needs only the NVIDIA driver."
+fi
+if [ "$PACKAGE" = "$NAME" ]; then
+    RELATIONS="Conflicts: $NAME-gpu
+Replaces: $NAME-gpu
+"
+fi
 
 [ -x "$BUNDLE/$NAME" ] || { echo "make_deb: $BUNDLE/$NAME missing" >&2; exit 1; }
 
@@ -61,13 +80,13 @@ DESCRIPTION=$(cd "$ROOT" && "${PYTHON:-$ROOT/.venv/bin/python}" packaging/projec
 # Qt's xcb platform plugin needs the X11/GL client libraries of the system; everything else
 # (Python, TensorFlow, Qt itself) is inside /opt/bottleneck-studio.
 cat > "$PKG/DEBIAN/control" <<EOF
-Package: $NAME
+Package: $PACKAGE
 Version: $VERSION
 Architecture: $ARCH
 Maintainer: Bottleneck Studio developers <bottleneck-studio@users.noreply.github.com>
 Installed-Size: $SIZE_KB
 Depends: libc6 (>= 2.28), libegl1, libgl1, libxkbcommon0, libxkbcommon-x11-0, libfontconfig1, libfreetype6, libdbus-1-3, libglib2.0-0 | libglib2.0-0t64, libx11-6, libx11-xcb1, libxcb1, libxcb-cursor0, libxcb-icccm4, libxcb-keysyms1, libxcb-shape0, libxcb-randr0, libxcb-render-util0, libxcb-xinerama0, libxcb-xkb1, libxcb-image0, libxcb-render0, libxcb-shm0, libxcb-sync1, libxcb-xfixes0
-Recommends: desktop-file-utils
+${RELATIONS}Recommends: desktop-file-utils
 Section: science
 Priority: optional
 Homepage: https://github.com/bottleneck-studio/bottleneck-studio
@@ -78,9 +97,10 @@ Description: $DESCRIPTION
  and Qt are bundled under /opt/$NAME. Check an install with
  "bottleneck-studio --self-test".
 EOF
+[ -z "$SUMMARY_GPU" ] || printf '%s\n' "$SUMMARY_GPU" >> "$PKG/DEBIAN/control"
 
 mkdir -p "$OUT"
-rm -f "$OUT/${NAME}_"*"_${ARCH}.deb"
+rm -f "$OUT/${PACKAGE}_"*"_${ARCH}.deb"
 COMPRESS=${DEB_COMPRESS:-gzip}
 LEVEL=${DEB_LEVEL:-6}
 echo "building $(basename "$DEB") ($COMPRESS -$LEVEL, $((SIZE_KB / 1024)) MB installed) ..."

@@ -25,3 +25,31 @@ def test_this_machine_says_why_it_computes_on_the_cpu():
         assert why_cpu() == ""
     elif not os.path.exists("/proc/driver/nvidia/version"):
         assert why_cpu() == "no NVIDIA driver found"
+
+
+def _shared_library(path, source: str) -> None:
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build a stand-in library")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = path.with_suffix(".c")
+    src.write_text(source)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(path), str(src)], check=True)
+
+
+def test_the_cuda_libraries_beside_the_framework_count_only_when_they_load(tmp_path):
+    from app.core.base.device import cuda_runtime
+
+    assert cuda_runtime(tmp_path) == ([], ["CUDA runtime", "cuDNN"])
+    # a file of the right name that is no library is missing, not found
+    fake = tmp_path / "nvidia" / "cudnn" / "lib" / "libcudnn.so.9"
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"not a library")
+    # a library that loads is found, with the version it reports (12090: CUDA 12.9)
+    _shared_library(tmp_path / "nvidia" / "cuda_runtime" / "lib" / "libcudart.so.12",
+                    "int cudaRuntimeGetVersion(int *v) { *v = 12090; return 0; }\n")
+    assert cuda_runtime(tmp_path) == (["CUDA runtime 12.9"], ["cuDNN"])

@@ -6,6 +6,7 @@ Backend-specific calls stay here; the rest of the core speaks Keras 3 only.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -155,7 +156,54 @@ def _discover() -> str:
     return f"GPU: {name}" if name else "CPU"
 
 
+def gpu_package() -> str:
+    """What to install for the GPU, said for how this app was installed."""
+    if getattr(sys, "frozen", False):
+        return "install the bottleneck-studio-gpu package (TensorFlow with its CUDA runtime)"
+    return GPU_PACKAGE
+
+
 GPU_PACKAGE = 'pip install "bottleneck-studio[gpu]" (TensorFlow with its CUDA libraries)'
+# The CUDA runtime TensorFlow's pip wheel finds beside itself (its RUNPATH:
+# $ORIGIN/../nvidia/<name>/lib), with the function that says each library's version
+CUDA_LIBRARIES = (("CUDA runtime", "cuda_runtime", "libcudart.so.12", "cudaRuntimeGetVersion"),
+                  ("cuDNN", "cudnn", "libcudnn.so.9", "cudnnGetVersion"))
+
+
+def cuda_runtime(site: Path | None = None) -> tuple[list[str], list[str]]:
+    """The CUDA libraries beside the framework (``site``: the folder holding ``tensorflow/``
+    and ``nvidia/``; default: where tensorflow is): what loads, with its version ("CUDA
+    runtime 12.9"), and what is missing. Needs no driver and no GPU: the frozen GPU build's
+    self-test shows its bundled runtime loads on any machine."""
+    import ctypes
+
+    if site is None:
+        spec = importlib.util.find_spec("tensorflow")
+        if spec is None or not spec.submodule_search_locations:
+            return [], [name for name, *_ in CUDA_LIBRARIES]
+        site = Path(next(iter(spec.submodule_search_locations))).parent
+    found, missing = [], []
+    for name, folder, lib, getter in CUDA_LIBRARIES:
+        path = site / "nvidia" / folder / "lib" / lib
+        try:
+            handle = ctypes.CDLL(str(path))
+        except OSError:
+            missing.append(name)
+            continue
+        version = ""
+        try:
+            if getter == "cudaRuntimeGetVersion":
+                out = ctypes.c_int(0)
+                if handle.cudaRuntimeGetVersion(ctypes.byref(out)) == 0:
+                    version = f" {out.value // 1000}.{out.value % 1000 // 10}"
+            else:
+                handle.cudnnGetVersion.restype = ctypes.c_size_t
+                v = int(handle.cudnnGetVersion())
+                version = f" {v // 10000}.{v % 10000 // 100}" if v >= 10000 else f" {v}"
+        except (AttributeError, OSError):
+            pass
+        found.append(name + version)
+    return found, missing
 
 
 def no_gpu_reason(backend: str, cuda_build: bool | None, driver: bool,
@@ -167,9 +215,9 @@ def no_gpu_reason(backend: str, cuda_build: bool | None, driver: bool,
     if not driver:
         return "no NVIDIA driver found"
     if cuda_build is False:
-        return f"this is the CPU build of {backend}; for the GPU: {GPU_PACKAGE}"
+        return f"this is the CPU build of {backend}; for the GPU: {gpu_package()}"
     if runtime_missing:
-        return f"the CUDA runtime libraries were not found ({GPU_PACKAGE} brings them)"
+        return f"the CUDA runtime libraries were not found ({gpu_package()} brings them)"
     return f"{backend} found no usable GPU"
 
 
@@ -191,7 +239,26 @@ def why_cpu() -> str:
     runtime = any("Cannot dlopen some GPU libraries" in line or "Could not load dynamic "
                   "library" in line or "Could not find cuda drivers" in line
                   for line in dropped_native_lines)
+    if cuda_build and driver and not runtime:
+        runtime = bool(cuda_runtime()[1])  # the wheel's own libraries beside it are missing
     return no_gpu_reason(backend, cuda_build, driver, runtime)
+
+
+def cuda_summary() -> str:
+    """One line on the CUDA libraries beside TensorFlow, for --self-test: those that load
+    with their versions, those missing; "" when this TensorFlow is not a CUDA build."""
+    try:
+        import tensorflow as tf
+
+        if not tf.sysconfig.get_build_info().get("is_cuda_build", False):
+            return ""
+    except Exception:
+        return ""
+    found, missing = cuda_runtime()
+    parts = [", ".join(found)] if found else []
+    if missing:
+        parts.append("not found: " + ", ".join(missing))
+    return "; ".join(parts)
 
 
 def _loads(name: str) -> bool:
