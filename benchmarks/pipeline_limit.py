@@ -10,7 +10,9 @@
    is the same job with the scan included;
 3. ceiling: the same job with the decoding free too (pixels decoded beforehand, handed in as
    ``CacheJob(decoder=...)``): what the loop itself (claims, stacking, the store's writes)
-   can deliver, so that many cores and a GPU are never held back by it.
+   can deliver, so that many cores and a GPU are never held back by it; and the same with
+   the store on a memory file system (``/dev/shm``, where there is one): ``ceiling_in_memory``,
+   the loop without the disk, so that what is the disk's and what is the loop's shows.
 
 The ratio pipeline / decode_only says what the pipeline loses against decoding alone.
 
@@ -117,6 +119,10 @@ def main() -> int:
     cache_run(args.data_dir, scratch / "warm", args.backbone, args.workers, predecoded)
     rates: dict[str, list[float]] = {"decode_only": [], "pipeline": [], "pipeline_scan": [],
                                      "ceiling": []}
+    memory = None
+    if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
+        memory = Path(tempfile.mkdtemp(prefix="pipeline-limit-", dir="/dev/shm"))
+        rates["ceiling_in_memory"] = []
     for _ in range(args.repeats):  # interleaved, so a slower minute hits every method
         rates["decode_only"].append(decode_only(paths, spec.input_size, args.workers))
         rates["pipeline"].append(cache_run(args.data_dir, scratch / "p", args.backbone,
@@ -125,13 +131,20 @@ def main() -> int:
                                                 args.workers, scanned=False))
         rates["ceiling"].append(cache_run(args.data_dir, scratch / "c", args.backbone,
                                           args.workers, predecoded))
+        if memory is not None:
+            rates["ceiling_in_memory"].append(cache_run(args.data_dir, memory / "c",
+                                                        args.backbone, args.workers,
+                                                        predecoded))
     if not args.cache_dir:
         shutil.rmtree(scratch, ignore_errors=True)
+    if memory is not None:
+        shutil.rmtree(memory, ignore_errors=True)
     med = {k: round(statistics.median(v), 1) for k, v in rates.items()}
     doc = {"decode_only": med["decode_only"], "pipeline": med["pipeline"],
            "ratio": round(med["pipeline"] / med["decode_only"], 3),
            "ceiling": med["ceiling"], "workers": args.workers,
-           "pipeline_scan": med["pipeline_scan"], "images": len(paths),
+           "pipeline_scan": med["pipeline_scan"],
+           "ceiling_in_memory": med.get("ceiling_in_memory"), "images": len(paths),
            "backbone": spec.name, "cpus": os.cpu_count(), "runs": rates}
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -143,6 +156,9 @@ def main() -> int:
               f"({doc['ratio']:.2f}x of decode only)")
         print(f"pipeline + scan  {med['pipeline_scan']:9.1f} images/s")
         print(f"ceiling          {med['ceiling']:9.1f} images/s  (decoding and extractor free)")
+        if memory is not None:
+            print(f"ceiling, memory  {med['ceiling_in_memory']:9.1f} images/s  "
+                  "(the same, the store on /dev/shm: no disk)")
     return 0
 
 

@@ -144,7 +144,8 @@ class LocalEngine:
         self.device = "none (nothing to compute)"
         self.key = ""
         self._extractor: Extractor | None = None
-        self._pixels: np.ndarray | None = None
+        self._buffers: list[np.ndarray] = []  # the ring of batch buffers (_next_buffer)
+        self._turn = 0
         self._progress: ProgressCallback = lambda _: None
         self._cancel = CancelToken()
 
@@ -222,7 +223,7 @@ class LocalEngine:
         compute it here, hand it to the writer. Returns the digests another process holds."""
         size = self.spec.input_size
         deferred: list[str] = []
-        inflight: deque[list[tuple[str, Future]]] = deque()
+        inflight: deque[tuple[list[str], np.ndarray, list[Future]]] = deque()
         next_start = 0
         claimed: deque[str] = deque()  # claimed, not submitted yet
         handed = 0  # images computed and handed to the writer
@@ -239,45 +240,70 @@ class LocalEngine:
                 claimed.extend(mine)
             if claimed and not cancel.cancelled:
                 batch = [claimed.popleft() for _ in range(min(self.batch_size, len(claimed)))]
-                inflight.append([(d, pool.submit(self.decoder, paths[d], size)) for d in batch])
+                inflight.append(self._submit_batch(pool, batch, paths, size))
 
         for _ in range(PREFETCH_BATCHES):
             submit_next()
         while inflight:
             if cancel.cancelled:
-                for chunk in inflight:
-                    for _, fut in chunk:
+                for _, _, parts in inflight:
+                    for fut in parts:
                         fut.cancel()
                 break
-            chunk = inflight.popleft()
+            batch, pixels, parts = inflight.popleft()
             submit_next()
-            digests: list[str] = []
             failures: list[tuple[str, str, bool]] = []
-            pixels = self._batch_buffer(len(chunk), size)
-            for d, fut in chunk:
-                try:
-                    pixels[len(digests)] = fut.result()  # one copy, into the batch
-                    digests.append(d)
-                except ImageError as exc:
-                    failures.append((d, str(exc), exc.transient))
+            ok = np.ones(len(batch), bool)
+            for part in parts:
+                for i, exc in part.result():
+                    ok[i] = False
+                    failures.append((batch[i], str(exc), exc.transient))
             remember_failures(self.store, failures)
             bad.update((d, reason) for d, reason, _ in failures)
+            digests = batch if ok.all() else [d for d, o in zip(batch, ok) if o]
             if digests:
-                writer.put(digests, self._predict(pixels[:len(digests)]))
+                writer.put(digests, self._predict(pixels if ok.all() else pixels[ok]))
                 handed += len(digests)
             report: Progress = meter.report("cache", handed + len(bad),
-                                            f"{Path(paths[chunk[-1][0]]).name}")
+                                            f"{Path(paths[batch[-1]]).name}")
             progress(report)
         return deferred
 
-    def _batch_buffer(self, n: int, size: tuple[int, int]) -> np.ndarray:
-        """The decoded batch's pixels, in one uint8 buffer reused from batch to batch (fresh
-        memory costs a page fault per 4 KB: more than the copy). Safe to reuse: the extractor
-        returns new arrays, and only those go on to the writer."""
+    def _submit_batch(self, pool: ThreadPoolExecutor, batch: list[str], paths: dict[str, str],
+                      size: tuple[int, int]) -> tuple[list[str], np.ndarray, list[Future]]:
+        """Hand ``batch`` to the decode pool: one task per worker, each decoding its share of
+        the photos straight into the batch's buffer (no copy in this thread, a few futures a
+        batch instead of one a photo). Returns the batch, its buffer and the tasks; each task
+        returns its failures as (index in the batch, ImageError)."""
+        pixels = self._next_buffer(len(batch), size)
+        parts = min(self.workers, len(batch))
+        bounds = [len(batch) * k // parts for k in range(parts + 1)]
+        futures = [pool.submit(self._decode_into, pixels, start,
+                               [paths[d] for d in batch[start:stop]], size)
+                   for start, stop in zip(bounds, bounds[1:]) if stop > start]
+        return batch, pixels, futures
+
+    def _decode_into(self, pixels: np.ndarray, start: int, files: list[str],
+                     size: tuple[int, int]) -> list[tuple[int, ImageError]]:
+        failures = []
+        for i, path in enumerate(files, start):
+            try:
+                pixels[i] = self.decoder(path, size)
+            except ImageError as exc:
+                failures.append((i, exc))
+        return failures
+
+    def _next_buffer(self, n: int, size: tuple[int, int]) -> np.ndarray:
+        """A batch's pixels: the next of a ring of uint8 buffers reused from batch to batch
+        (fresh memory costs a page fault per 4 KB: more than the decode's copy). One more
+        buffer than batches in flight, so the batch being computed is never written to; and
+        safe to reuse: the extractor returns new arrays, only those go on to the writer."""
         shape = (max(n, self.batch_size), size[1], size[0], 3)
-        if self._pixels is None or self._pixels.shape != shape:
-            self._pixels = np.zeros(shape, np.uint8)
-        return self._pixels[:n]
+        if not self._buffers or self._buffers[0].shape != shape:
+            self._buffers = [np.zeros(shape, np.uint8) for _ in range(PREFETCH_BATCHES + 1)]
+            self._turn = 0
+        self._turn = (self._turn + 1) % len(self._buffers)
+        return self._buffers[self._turn][:n]
 
     def _put(self, store: FeatureStore, digests: list[str], feats: list[np.ndarray]) -> None:
         if self.cut:
