@@ -233,3 +233,45 @@ def test_a_wrong_precision_guess_rekeys_before_storing(dataset_dir, cache_dir, m
     with FeatureStore(cache_dir) as store:
         keys = [r[0] for r in store.db.execute("SELECT DISTINCT model_key FROM features")]
     assert keys == [result.model_key]
+
+
+def test_bulk_writes_keep_the_wal_bounded_with_checkpoints_beside_them(cache_dir):
+    import time
+
+    from app.core.storage import store as store_module
+    from app.core.storage.store import FeatureBatch
+
+    every = 8  # pages; the writer itself checkpoints only past 4x that
+    rng = np.random.default_rng(0)
+    main, aux = rng.normal(size=(240, 1024)), rng.normal(size=(240, 4, 4, 256))
+    digests = [f"{i:064x}" for i in range(240)]
+
+    def put(store, i):  # 4 rows of ~18 KB: 5-10 pages of 16 KB
+        store.put_features("k", FeatureBatch(digests[i:i + 4], main[i:i + 4], aux[i:i + 4],
+                                             aux[i:i + 4]))
+
+    with FeatureStore(cache_dir) as store:
+        store.register_model("k", {"backbone": "b", "shapes": {"main": [1024],
+                                   "aux1": [4, 4, 256], "aux2": [4, 4, 256]},
+                                   "image_size": 32, "prep": 1})
+        wal = store.path.with_name(store.path.name + "-wal")
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # an empty WAL to start from
+        start = store.path.stat().st_size
+        biggest = 0
+        with store.background_checkpoints(every) as wrote:
+            put(store, 0)  # short of the writer's own checkpoint
+            wrote(every)
+            deadline = time.monotonic() + 10
+            while store.path.stat().st_size <= start and time.monotonic() < deadline:
+                time.sleep(0.01)  # the other thread copies the WAL into the file
+            assert store.path.stat().st_size > start, "nothing was checkpointed beside"
+            for i in range(4, 240, 4):  # ~500 pages in all
+                put(store, i)
+                wrote(5)
+                biggest = max(biggest, wal.stat().st_size)
+        back = store.load_features("k", digests)  # every row intact, in the file or the WAL
+    np.testing.assert_array_equal(back.main, main.astype(np.float16))
+    np.testing.assert_array_equal(back.aux2, aux.astype(np.float16))
+    # bounded by the writer's own checkpoints past 4x `every` (and a batch or two while the
+    # two overlap), never the whole run's ~500 pages
+    assert biggest < 100 * (store_module.PAGE_SIZE + 24), biggest

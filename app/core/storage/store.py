@@ -31,10 +31,11 @@ import os
 import re
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,8 @@ from app.core.base.jobs import dead_leftovers, process_alive
 
 SCHEMA_VERSION = 1
 PAGE_SIZE = 16384  # for new cache files
+SQLITE_AUTOCHECKPOINT = 1000  # pages: SQLite's default, where a connection checkpoints itself
+CHECKPOINT_EVERY_PAGES = 1000  # bulk writes: the background checkpointer's step
 DB_NAME = "features.sqlite3"
 CLAIM_STALE_SECONDS = 120.0
 CLAIM_REFRESH_SECONDS = 20.0
@@ -336,6 +339,63 @@ class FeatureStore:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+    @contextlib.contextmanager
+    def background_checkpoints(self, every: int = CHECKPOINT_EVERY_PAGES
+                               ) -> Iterator[Callable[[int], None]]:
+        """While bulk writing on this connection: copy the WAL into the database from another
+        thread and connection (SQLite's own advice for write-heavy work), so this thread does
+        not stop for it. Yields ``wrote(pages)``, to be called after each commit; every
+        ``every`` pages it wakes the checkpointer (a PASSIVE checkpoint: it never waits for
+        this writer). Every ``4 * every`` pages this connection runs a RESTART checkpoint
+        itself (its own automatic ones are off): it copies only what the other has not, waits
+        for it, and has the WAL start again from its beginning, so the WAL stays bounded even
+        when the writer never pauses (passive checkpoints alone let it grow: measured)."""
+        if self.read_only:
+            yield lambda pages: None
+            return
+        wake, stop = threading.Event(), threading.Event()
+        one_at_a_time = threading.Lock()  # SQLite answers a second checkpointer "busy" at once
+
+        def copy() -> None:
+            try:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            except sqlite3.Error:
+                return  # then this connection's own checkpoints do it
+            try:
+                while not stop.is_set():
+                    wake.wait()
+                    wake.clear()
+                    with one_at_a_time, contextlib.suppress(sqlite3.Error):
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                db.close()
+
+        thread = threading.Thread(target=copy, name="feature-checkpoints", daemon=True)
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        thread.start()
+        written = since_restart = 0
+
+        def wrote(pages: int) -> None:
+            nonlocal written, since_restart
+            written += pages
+            since_restart += pages
+            if written >= every:
+                written = 0
+                wake.set()
+            if since_restart >= 4 * every:
+                since_restart = 0
+                with one_at_a_time, contextlib.suppress(sqlite3.Error):  # busy: the next one
+                    self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+
+        try:
+            yield wrote
+        finally:
+            stop.set()
+            wake.set()
+            thread.join()
+            if self.db is not None:
+                self.db.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT}")
 
     @contextlib.contextmanager
     def _transaction(self, what: str = "cannot write to the feature cache") -> Iterator[None]:

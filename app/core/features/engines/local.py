@@ -31,7 +31,13 @@ from app.core.features.extract import (
 )
 from app.core.features.keys import features_key, key_precision
 from app.core.intake.imaging import ImageError, load_rgb
-from app.core.storage.store import FeatureBatch, FeatureStore, NonFiniteFeatures, StoreError
+from app.core.storage.store import (
+    PAGE_SIZE,
+    FeatureBatch,
+    FeatureStore,
+    NonFiniteFeatures,
+    StoreError,
+)
 
 PREFETCH_BATCHES = 3
 CLAIM_BATCHES = 4  # batches claimed in one transaction
@@ -108,15 +114,31 @@ class _Writer:
             store = FeatureStore(self.engine.store.dir, owner=self.engine.store.owner)
         except BaseException as exc:
             self.error = exc
-        while (item := self._queue.get()) is not None:
-            if self.error is not None:
-                continue  # drain: the first error is the one reported
-            try:
-                self._write(store, *item)
-            except BaseException as exc:
+        checkpoints = store.background_checkpoints() if store is not None \
+            else contextlib.nullcontext(lambda pages: None)
+        ended = False  # the sentinel of close() was taken
+        try:
+            with checkpoints as wrote:  # the WAL is copied into the file beside this thread
+                while True:
+                    item = self._queue.get()
+                    if item is None:
+                        ended = True
+                        break
+                    if self.error is not None:
+                        continue  # drain: the first error is the one reported
+                    try:
+                        self._write(store, *item)
+                        wrote(sum(f.nbytes for f in item[1]) // PAGE_SIZE + 1)
+                    except BaseException as exc:
+                        self.error = exc
+        except BaseException as exc:  # the checkpointer's own set-up or clean-up
+            if self.error is None:
                 self.error = exc
-        if store is not None:
-            store.close()
+            while not ended and self._queue.get() is not None:  # put() never blocks on us
+                pass
+        finally:
+            if store is not None:
+                store.close()
 
     def _write(self, store: FeatureStore, digests: list[str], feats: list[np.ndarray]) -> None:
         try:  # the store checks every row is finite: the one place that does
