@@ -504,7 +504,7 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
                                          args.weights, args.cache_dir, bar, cancel)
             model, sug = pool.model(args.seed), None
             sug = labeling.suggest(model, pool.unsorted)
-    queue = labeling.next_batch(pool.unsorted, pool.labelled, model, args.next, seed=args.seed)
+    queue = pool.ask(model, args.next, seed=args.seed)
     doc.update(classes=pool.classes, labelled=len(pool.labels), unsorted=len(pool.paths),
                skipped=[s.as_dict() for s in pool.skipped],
                queue=[{**suggestion(a.index), "why": a.reason} for a in queue.asks])

@@ -40,8 +40,10 @@ def features(data: str, backbone: str, weights: str, cache_dir: str):
     out = {}
     for name in ("train", "test"):
         s = splits[name]
-        x = s.source.rows(s.digests, ["main"])["main"].astype(np.float32)
-        out[name] = (labeling.unit(x.reshape(len(x), -1)), s.labels)
+        rows = s.source.rows(s.digests, ["main", "aux1", "aux2"])
+        main = rows["main"].astype(np.float32).reshape(len(s.digests), -1)
+        out[name] = (labeling.photo_features(rows["main"], rows["aux1"], rows["aux2"]),
+                     s.labels, labeling.unit(main))  # the main tap alone: ask() on a hard task
     return out, ds.classes
 
 
@@ -50,7 +52,7 @@ def accuracy(model, x, y) -> float:
 
 
 def run(order: str, pool_x, pool_y, test_x, test_y, n_classes, seed, batch, max_labels,
-        show=SHOW):
+        show=SHOW, pool_main=None):
     """Label in ``order`` ("app" or "random") up to ``max_labels``; accuracy at each
     checkpoint, and what the cold-start groups labelled."""
     rng = np.random.default_rng(seed)
@@ -85,10 +87,13 @@ def run(order: str, pool_x, pool_y, test_x, test_y, n_classes, seed, batch, max_
         free = np.array(sorted(set(range(len(pool_x))) - set(labelled)))
         idx = np.array(labelled)
         unlabelled = pool_x[free]  # one array: the model answers it with its cross-fitted logits
-        model = labeling.fit_model(pool_x[idx], np.array([given[i] for i in idx], np.int64),
-                                   n_classes, seed=seed, pool=unlabelled) if len(idx) else None
-        q = labeling.next_batch(unlabelled, pool_x[idx] if len(idx) else pool_x[:0], model,
-                                min(batch, max_labels - len(labelled)), seed=seed + len(idx))
+        labels = np.array([given[i] for i in idx], np.int64)
+        model = labeling.fit_model(pool_x[idx], labels, n_classes, seed=seed,
+                                   pool=unlabelled) if len(idx) else None
+        q = labeling.ask(unlabelled, pool_x[idx] if len(idx) else pool_x[:0], labels,
+                         n_classes, model, min(batch, max_labels - len(labelled)), seed=seed,
+                         pool_main=pool_main[free],
+                         labelled_main=pool_main[idx] if len(idx) else pool_main[:0])
         for i in q.indices:
             labelled.append(int(free[i]))
             given[int(free[i])] = int(pool_y[free[i]])
@@ -108,7 +113,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     feats, classes = features(args.data_dir, args.backbone, args.weights, args.cache_dir)
-    (px, py), (tx, ty) = feats["train"], feats["test"]
+    (px, py, pm), (tx, ty, _) = feats["train"], feats["test"]
     n = len(classes)
     everything = labeling.fit_model(px, py, n)
     all_acc = round(accuracy(everything, tx, ty), 4)
@@ -117,7 +122,8 @@ def main() -> int:
     t0 = time.perf_counter()
     for seed in range(1, args.seeds + 1):
         for order in results:
-            curve, stats = run(order, px, py, tx, ty, n, seed, args.batch, args.max_labels)
+            curve, stats = run(order, px, py, tx, ty, n, seed, args.batch, args.max_labels,
+                               pool_main=pm)
             results[order].append(curve)
             if order == "app":
                 groups.append(stats)

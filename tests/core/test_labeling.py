@@ -274,3 +274,40 @@ def test_the_pool_is_answered_by_a_model_it_did_not_teach():
     taught = labeling.suggest(model, pool.copy())  # the same rows, as new photos
     assert own.confidence.mean() < taught.confidence.mean()
     assert (own.label == taught.label).mean() > 0.8  # the same answers, less sure
+
+
+def test_photos_are_measured_by_the_aux_taps_too_each_tap_weighing_the_same():
+    rng = np.random.default_rng(0)
+    main = np.tile(rng.normal(size=(1, 32)), (2, 1))  # the same last layer for both photos
+    aux1 = rng.normal(size=(2, 4, 4, 16))  # but other intermediate grids
+    aux2 = rng.normal(size=(2, 4, 4, 16)) * 1000  # a tap on a larger scale
+    x = labeling.photo_features(main, aux1, aux2)
+    assert np.allclose(np.linalg.norm(x, axis=1), 1)
+    assert float(x[0] @ x[1]) < 0.99  # told apart by what the last layer pooled away
+    # each tap weighs the same, whatever its scale: scaling one changes nothing
+    again = labeling.photo_features(main * 7, aux1 / 3, aux2 / 1000)
+    assert np.allclose(x, again, atol=1e-6)
+    # the grid is averaged: where in the grid a pattern is does not matter
+    moved = labeling.photo_features(main, aux1[:, ::-1, ::-1], aux2[:, ::-1])
+    assert np.allclose(x, moved, atol=1e-6)
+
+
+def test_a_hard_task_asks_on_the_main_tap_an_easy_one_on_every_tap():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 24))
+    easy, y = _blobs(centres, 30, 0.05, seed=1)  # every tap, an easy task: classes apart
+    hard, _ = _blobs(centres, 30, 3.0, seed=2)  # every tap, a hard one: classes overlap
+    main, _ = _blobs(centres, 30, 3.0, seed=4)  # the main tap alone
+    lab = np.concatenate([np.flatnonzero(y == c)[:6] for c in range(4)])
+    free = np.setdiff1d(np.arange(len(y)), lab)
+    for x, expect_main in ((easy, False), (hard, True)):
+        model = labeling.fit_model(x[lab], y[lab], 4, seed=1, pool=x[free])
+        assert labeling.is_hard(model) is expect_main
+        q = labeling.ask(x[free], x[lab], y[lab], 4, model, 8, seed=1, pool_main=main[free],
+                         labelled_main=main[lab])
+        if expect_main:
+            main_model = labeling.fit_model(main[lab], y[lab], 4, seed=1, pool=main[free])
+            want = labeling.next_batch(main[free], main[lab], main_model, 8, seed=1 + len(lab))
+        else:
+            want = labeling.next_batch(x[free], x[lab], model, 8, seed=1 + len(lab))
+        assert q.indices == want.indices
