@@ -246,7 +246,7 @@ def test_bulk_writes_keep_the_wal_bounded_with_checkpoints_beside_them(cache_dir
     main, aux = rng.normal(size=(240, 1024)), rng.normal(size=(240, 4, 4, 256))
     digests = [f"{i:064x}" for i in range(240)]
 
-    def put(store, i):  # 4 rows of ~18 KB: 5-10 pages of 16 KB
+    def put(store, i):  # 4 rows of ~18 KB: over 4 pages of 16 KB
         store.put_features("k", FeatureBatch(digests[i:i + 4], main[i:i + 4], aux[i:i + 4],
                                              aux[i:i + 4]))
 
@@ -258,16 +258,15 @@ def test_bulk_writes_keep_the_wal_bounded_with_checkpoints_beside_them(cache_dir
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # an empty WAL to start from
         start = store.path.stat().st_size
         biggest = 0
-        with store.background_checkpoints(every) as wrote:
-            put(store, 0)  # short of the writer's own checkpoint
-            wrote(every)
+        with store.background_checkpoints(every):
+            put(store, 0)  # 8 pages or more: past `every`, short of the writer's own
+            put(store, 4)
             deadline = time.monotonic() + 10
             while store.path.stat().st_size <= start and time.monotonic() < deadline:
                 time.sleep(0.01)  # the other thread copies the WAL into the file
             assert store.path.stat().st_size > start, "nothing was checkpointed beside"
-            for i in range(4, 240, 4):  # ~500 pages in all
+            for i in range(8, 240, 4):  # ~500 pages in all
                 put(store, i)
-                wrote(5)
                 biggest = max(biggest, wal.stat().st_size)
         back = store.load_features("k", digests)  # every row intact, in the file or the WAL
     np.testing.assert_array_equal(back.main, main.astype(np.float16))

@@ -205,6 +205,7 @@ class FeatureStore:
         self.dir = Path(cache_dir)
         self.path = self.dir / DB_NAME
         self.notes: list[str] = []  # one line each, for the caller to show (a file moved aside)
+        self._wrote: Callable[[int], None] | None = None  # background_checkpoints' counter
         if read_only is None:
             read_only = self._looks_read_only()
         self.read_only = read_only
@@ -341,19 +342,20 @@ class FeatureStore:
             self.db = None
 
     @contextlib.contextmanager
-    def background_checkpoints(self, every: int = CHECKPOINT_EVERY_PAGES
-                               ) -> Iterator[Callable[[int], None]]:
-        """While bulk writing on this connection: copy the WAL into the database from another
-        thread and connection (SQLite's own advice for write-heavy work), so this thread does
-        not stop for it. Yields ``wrote(pages)``, to be called after each commit; every
-        ``every`` pages it wakes the checkpointer (a PASSIVE checkpoint: it never waits for
-        this writer). Every ``4 * every`` pages this connection runs a RESTART checkpoint
-        itself (its own automatic ones are off): it copies only what the other has not, waits
-        for it, and has the WAL start again from its beginning, so the WAL stays bounded even
-        when the writer never pauses (passive checkpoints alone let it grow: measured)."""
+    def background_checkpoints(self, every: int = CHECKPOINT_EVERY_PAGES) -> Iterator[None]:
+        """While bulk writing features on this connection: copy the WAL into the database
+        from another thread and connection (SQLite's own advice for write-heavy work), so this
+        thread does not stop for it. Every ``every`` pages of feature rows this connection
+        commits (:meth:`put_features` counts them; the cut's shards are files, not WAL pages)
+        it wakes the checkpointer (a PASSIVE checkpoint: it never waits for this writer).
+        Every ``4 * every`` pages this connection runs a RESTART checkpoint itself (its own
+        automatic ones are off): it copies only what the other has not, waits for it, and has
+        the WAL start again from its beginning, so the WAL stays bounded even when the writer
+        never pauses (passive checkpoints alone let it grow: measured)."""
         if self.read_only:
-            yield lambda pages: None
+            yield
             return
+        page = int(self.db.execute("PRAGMA page_size").fetchone()[0])
         wake, stop = threading.Event(), threading.Event()
         one_at_a_time = threading.Lock()  # SQLite answers a second checkpointer "busy" at once
 
@@ -376,8 +378,9 @@ class FeatureStore:
         thread.start()
         written = since_restart = 0
 
-        def wrote(pages: int) -> None:
+        def wrote(nbytes: int) -> None:
             nonlocal written, since_restart
+            pages = -(-nbytes // page)
             written += pages
             since_restart += pages
             if written >= every:
@@ -388,9 +391,11 @@ class FeatureStore:
                 with one_at_a_time, contextlib.suppress(sqlite3.Error):  # busy: the next one
                     self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
+        self._wrote = wrote
         try:
-            yield wrote
+            yield
         finally:
+            self._wrote = None
             stop.set()
             wake.set()
             thread.join()
@@ -575,6 +580,8 @@ class FeatureStore:
                 "DELETE FROM claims WHERE model_key=? AND digest=? AND owner=?",
                 [(model_key, d, self.owner) for d in batch.digests],
             )
+        if self._wrote is not None:
+            self._wrote(sum(len(b) for row in rows for b in row[2:5]))
 
     def _tap_bytes(self, spec: dict) -> dict[str, int]:
         return {t: 2 * int(np.prod(spec["shapes"][t])) for t in TAPS}

@@ -31,13 +31,7 @@ from app.core.features.extract import (
 )
 from app.core.features.keys import features_key, key_precision
 from app.core.intake.imaging import ImageError, load_rgb
-from app.core.storage.store import (
-    PAGE_SIZE,
-    FeatureBatch,
-    FeatureStore,
-    NonFiniteFeatures,
-    StoreError,
-)
+from app.core.storage.store import FeatureBatch, FeatureStore, NonFiniteFeatures, StoreError
 
 PREFETCH_BATCHES = 3
 CLAIM_BATCHES = 4  # batches claimed in one transaction
@@ -115,10 +109,10 @@ class _Writer:
         except BaseException as exc:
             self.error = exc
         checkpoints = store.background_checkpoints() if store is not None \
-            else contextlib.nullcontext(lambda pages: None)
+            else contextlib.nullcontext()
         ended = False  # the sentinel of close() was taken
         try:
-            with checkpoints as wrote:  # the WAL is copied into the file beside this thread
+            with checkpoints:  # the WAL is copied into the file beside this thread
                 while True:
                     item = self._queue.get()
                     if item is None:
@@ -128,7 +122,6 @@ class _Writer:
                         continue  # drain: the first error is the one reported
                     try:
                         self._write(store, *item)
-                        wrote(sum(f.nbytes for f in item[1]) // PAGE_SIZE + 1)
                     except BaseException as exc:
                         self.error = exc
         except BaseException as exc:  # the checkpointer's own set-up or clean-up
