@@ -41,9 +41,8 @@ def features(data: str, backbone: str, weights: str, cache_dir: str):
     for name in ("train", "test"):
         s = splits[name]
         rows = s.source.rows(s.digests, ["main", "aux1", "aux2"])
-        main = rows["main"].astype(np.float32).reshape(len(s.digests), -1)
         out[name] = (labeling.photo_features(rows["main"], rows["aux1"], rows["aux2"]),
-                     s.labels, labeling.unit(main))  # the main tap alone: ask() on a hard task
+                     s.labels, labeling.main_features(rows["main"]))
     return out, ds.classes
 
 

@@ -39,6 +39,11 @@ CLUSTER_SAMPLE = 20000  # k-means is fitted on at most this many photos (then al
 LOAD_CHUNK = 4096  # photos whose stored taps are read at once
 
 
+def main_features(main: np.ndarray) -> np.ndarray:
+    """The main tap alone, unit rows: what :func:`ask` chooses questions on in a hard task."""
+    return unit(main.astype(np.float32).reshape(len(main), -1))
+
+
 def photo_features(main: np.ndarray, aux1: np.ndarray, aux2: np.ndarray) -> np.ndarray:
     """What labeling measures a photo by: the main tap and the two aux taps averaged over
     their grid, each made unit length (so each tap weighs the same, whatever its width),
@@ -47,7 +52,7 @@ def photo_features(main: np.ndarray, aux1: np.ndarray, aux2: np.ndarray) -> np.n
     intermediate layers say what the last one has pooled away, as the trained heads'
     averaged aux outputs showed."""
     n = len(main)
-    parts = [unit(main.astype(np.float32).reshape(n, -1))]
+    parts = [main_features(main)]
     for tap in (aux1, aux2):
         a = tap.astype(np.float32)
         parts.append(unit(a.reshape(n, -1, a.shape[-1]).mean(axis=1)))
@@ -543,7 +548,7 @@ def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str
                 for i in range(0, len(digests), LOAD_CHUNK):  # the aux grids pooled as they come
                     b = store.load_features(key, digests[i:i + LOAD_CHUNK])
                     parts.append((photo_features(b.main, b.aux1, b.aux2),
-                                  unit(b.main.astype(np.float32).reshape(len(b.main), -1))))
+                                  main_features(b.main)))
                 rows = np.concatenate([p[0] for p in parts])
                 main = np.concatenate([p[1] for p in parts])
                 n = len(data.images)
