@@ -24,21 +24,19 @@ NAME=bottleneck-studio
 PACKAGE=${DEB_PACKAGE:-$NAME}
 ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 DEB=$OUT/${PACKAGE}_${VERSION}_${ARCH}.deb
-RELATIONS=""
-SUMMARY_GPU=""
-if [ "$PACKAGE" != "$NAME" ]; then
-    other=$NAME
-    RELATIONS="Conflicts: $other
-Replaces: $other
-Provides: $other
-"
-    SUMMARY_GPU=" This is the GPU build: TensorFlow with its CUDA runtime (cuDNN, cuBLAS, ...)
- bundled; it needs only the NVIDIA driver."
-fi
+# the two packages install the same files: each conflicts with and replaces the other
 if [ "$PACKAGE" = "$NAME" ]; then
     RELATIONS="Conflicts: $NAME-gpu
 Replaces: $NAME-gpu
 "
+    SUMMARY_GPU=""
+else
+    RELATIONS="Conflicts: $NAME
+Replaces: $NAME
+Provides: $NAME
+"
+    SUMMARY_GPU=" This is the GPU build: TensorFlow with its CUDA runtime (cuDNN, cuBLAS, ...)
+ bundled; it needs only the NVIDIA driver."
 fi
 
 [ -x "$BUNDLE/$NAME" ] || { echo "make_deb: $BUNDLE/$NAME missing" >&2; exit 1; }
