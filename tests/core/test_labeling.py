@@ -311,3 +311,20 @@ def test_a_hard_task_asks_on_the_main_tap_an_easy_one_on_every_tap():
         else:
             want = labeling.next_batch(x[free], x[lab], model, 8, seed=1 + len(lab))
         assert q.indices == want.indices
+
+
+def test_a_hard_task_asks_half_its_questions_at_random_and_covers_no_groups():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 24))
+    easy, y = _blobs(centres, 30, 0.05, seed=1)
+    hard, _ = _blobs(centres, 30, 3.0, seed=2)  # classes overlap: a weak model's doubts
+    lab = np.concatenate([np.flatnonzero(y == c)[:6] for c in range(4)])
+    free = np.setdiff1d(np.arange(len(y)), lab)
+    assert len(lab) < labeling.COVER_FIRST  # an easy task still covers its groups first
+    for x, randoms, covers in ((easy, 2, True), (hard, 10, False)):
+        model = labeling.fit_model(x[lab], y[lab], 4, seed=1, pool=x[free])
+        q = labeling.next_batch(x[free], x[lab], model, 20, seed=1)
+        reasons = [a.reason for a in q.asks]
+        assert reasons.count("random") == randoms
+        assert any(r.startswith("typical") for r in reasons) is covers
+        assert len(set(q.indices)) == 20
