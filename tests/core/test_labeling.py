@@ -292,14 +292,19 @@ def test_photos_are_measured_by_the_aux_taps_too_each_tap_weighing_the_same():
     assert np.allclose(x, moved, atol=1e-6)
 
 
-def test_a_hard_task_asks_on_the_main_tap_an_easy_one_on_every_tap():
-    rng = np.random.default_rng(3)
-    centres = rng.normal(size=(4, 24))
-    easy, y = _blobs(centres, 30, 0.05, seed=1)  # every tap, an easy task: classes apart
-    hard, _ = _blobs(centres, 30, 3.0, seed=2)  # every tap, a hard one: classes overlap
-    main, _ = _blobs(centres, 30, 3.0, seed=4)  # the main tap alone
+def _easy_and_hard():
+    """The same 4 classes as an easy task (classes apart) and a hard one (classes overlap),
+    a main tap alone on the hard scale, their labels, and 6 labelled photos per class."""
+    centres = np.random.default_rng(3).normal(size=(4, 24))
+    easy, y = _blobs(centres, 30, 0.05, seed=1)
+    hard, _ = _blobs(centres, 30, 3.0, seed=2)
+    main, _ = _blobs(centres, 30, 3.0, seed=4)
     lab = np.concatenate([np.flatnonzero(y == c)[:6] for c in range(4)])
-    free = np.setdiff1d(np.arange(len(y)), lab)
+    return easy, hard, main, y, lab, np.setdiff1d(np.arange(len(y)), lab)
+
+
+def test_a_hard_task_asks_on_the_main_tap_an_easy_one_on_every_tap():
+    easy, hard, main, y, lab, free = _easy_and_hard()
     for x, expect_main in ((easy, False), (hard, True)):
         model = labeling.fit_model(x[lab], y[lab], 4, seed=1, pool=x[free])
         assert labeling.is_hard(model) is expect_main
@@ -314,12 +319,7 @@ def test_a_hard_task_asks_on_the_main_tap_an_easy_one_on_every_tap():
 
 
 def test_a_hard_task_asks_half_its_questions_at_random_and_covers_no_groups():
-    rng = np.random.default_rng(3)
-    centres = rng.normal(size=(4, 24))
-    easy, y = _blobs(centres, 30, 0.05, seed=1)
-    hard, _ = _blobs(centres, 30, 3.0, seed=2)  # classes overlap: a weak model's doubts
-    lab = np.concatenate([np.flatnonzero(y == c)[:6] for c in range(4)])
-    free = np.setdiff1d(np.arange(len(y)), lab)
+    easy, hard, _, y, lab, free = _easy_and_hard()
     assert len(lab) < labeling.COVER_FIRST  # an easy task still covers its groups first
     for x, randoms, covers in ((easy, 2, True), (hard, 10, False)):
         model = labeling.fit_model(x[lab], y[lab], 4, seed=1, pool=x[free])
