@@ -51,9 +51,10 @@ def accuracy(model, x, y) -> float:
 
 
 def run(order: str, pool_x, pool_y, test_x, test_y, n_classes, seed, batch, max_labels,
-        show=SHOW, pool_main=None):
+        pool_main, show=SHOW):
     """Label in ``order`` ("app" or "random") up to ``max_labels``; accuracy at each
-    checkpoint, and what the cold-start groups labelled."""
+    checkpoint, and what the cold-start groups labelled. ``pool_main``: the pool's main tap
+    alone (:func:`labeling.main_features`), which the app asks on while the task is hard."""
     rng = np.random.default_rng(seed)
     labelled: list[int] = []
     given: dict[int, int] = {}  # pool index -> label the oracle gave
@@ -122,7 +123,7 @@ def main() -> int:
     for seed in range(1, args.seeds + 1):
         for order in results:
             curve, stats = run(order, px, py, tx, ty, n, seed, args.batch, args.max_labels,
-                               pool_main=pm)
+                               pm)
             results[order].append(curve)
             if order == "app":
                 groups.append(stats)
