@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="with --sort-into: only print how many photos each folder would get")
     p.add_argument("--undo", action="store_true",
-                   help="with --sort-into: undo every copy and move made in OUT")
+                   help="with --sort-into: undo the latest sort into OUT (only the copies it "
+                        "made, and only while unchanged)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("label", help="label unsorted photos: what to label next, with "
@@ -224,8 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-above", type=float, default=None, metavar="P",
                    help="file every photo suggested with confidence >= P (with --yes; "
                         "without it, only say how many and how many are expected wrong)")
+    p.add_argument("--file-rest", type=float, default=None, metavar="P",
+                   help="file every unsorted photo by the model's answer: those suggested "
+                        "with confidence >= P under their class, the others (and those "
+                        "maybe of a new class) in _not_sure/, one operation (with --yes)")
     p.add_argument("--yes", action="store_true")
-    p.add_argument("--undo", action="store_true", help="undo the latest label or move")
+    p.add_argument("--undo", nargs="?", const="", default=None, metavar="ID",
+                   help="undo the latest operation (a filing, an accept, a sort...), or the "
+                        "one with this id (see --operations); only what it did")
+    p.add_argument("--operations", action="store_true",
+                   help="list the operations that can be undone, latest first")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true")
 
@@ -424,17 +433,21 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
     from app.core.delivery.predict import Predictor
 
     if args.sort_into and args.undo:
-        from app.core.intake.labels import undo_all
+        from app.core.intake.filing import undo
 
-        undone = undo_all(args.sort_into)
-        bar.line(f"undone: {len(undone)} photo(s) filed in {args.sort_into}")
-        return EXIT_OK
+        result = undo(args.sort_into, kind="sort", progress=bar, cancel=cancel)
+        if args.json:
+            _print_json(result.as_dict())
+        for m, why in result.kept:
+            bar.line(f"left {m.target}: {why}")
+        bar.line(result.summary())
+        return EXIT_CANCELLED if result.cancelled else EXIT_OK
     if args.top < 1:
         raise SettingsError(f"--top must be at least 1, got {args.top}")
     predictor = Predictor.from_dir(args.model_dir)
     preds = predictor.predict(args.paths, top_k=args.top, progress=bar, cancel=cancel)
     if args.sort_into:
-        return _sort(args, preds, bar)
+        return _sort(args, preds, bar, cancel)
     if args.json:
         _print_json([p.as_dict() for p in preds])
     else:
@@ -454,24 +467,56 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
 def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     from pathlib import Path
 
-    from app.core.intake.labels import LabelError, create_class, label_image, undo_move
+    from app.core.intake.filing import (
+        LabelError,
+        Request,
+        create_class,
+        file_photos,
+        operations,
+        undo,
+    )
     from app.core.pipeline import labeling
 
-    doc: dict = {"done": []}
-    if args.undo:
-        m = undo_move(args.data_dir)
-        doc["done"].append({"undone": m.as_dict()})
-        bar.line(f"undone: {m.target} -> {m.source}" if m.op == "move" else
-                 f"undone: removed the copy {m.target}")
+    if args.seed < 0:
+        raise SettingsError(f"--seed must be 0 or more, got {args.seed}")
+    doc: dict = {"done": [], "refused": []}
+
+    def report(filing) -> None:
+        doc["done"] += [{m.op: m.as_dict()} for m in filing.done]
+        doc["refused"] += [{"path": p, "why": w} for p, w in filing.refused]
+        for m in filing.done:
+            bar.line(f"{'copied' if m.op == 'copy' else 'moved'} {m.source} -> {m.target}")
+        for path, why in filing.refused:
+            bar.line(f"not filed {path}: {why}")
+
+    if args.operations:
+        ops = operations(args.data_dir)
+        if args.json:
+            _print_json({"operations": [o.as_dict() for o in reversed(ops)]})
+        else:
+            for o in reversed(ops):
+                _say(f"{o.id}  {o.time}  {o.title} ({len(o.moves)} photo(s))")
+            if not ops:
+                _say("nothing to undo")
+        return EXIT_OK
+    if args.undo is not None:
+        result = undo(args.data_dir, operation=args.undo or None, progress=bar, cancel=cancel)
+        doc["undone"] = result.as_dict()
+        for m, why in result.kept:
+            bar.line(f"left {m.target}: {why}")
+        bar.line(result.summary())
+    requests = []
     for item in args.assign:
         photo, sep, cls = item.rpartition("=")
         if not sep or not photo or not cls:
             raise LabelError(f"--assign takes PHOTO=CLASS, got {item!r}")
         if args.create:
             create_class(args.data_dir, cls)
-        m = label_image(args.data_dir, photo, cls, copy=args.copy or None)
-        doc["done"].append({m.op: m.as_dict()})
-        bar.line(f"{'copied' if m.op == 'copy' else 'moved'} {photo} -> {m.target}")
+        requests.append(Request(photo, cls))
+    if requests:
+        report(file_photos(args.data_dir, requests, "label",
+                           f"Filed {len(requests)} photo(s) from the command line",
+                           copy=args.copy or None, progress=bar, cancel=cancel))
     pool = labeling.prepare_pool(args.data_dir, args.inbox, args.backbone, args.weights,
                                  args.cache_dir, bar, cancel)
     model = pool.model(args.seed)
@@ -485,24 +530,37 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
                 "calibrated": sug.calibrated,
                 "maybe_new_class": bool(sug.new_class[i])}
 
-    if args.accept_above is not None and (sug is None or not sug.calibrated):
+    bulk = args.accept_above if args.accept_above is not None else args.file_rest
+    if bulk is not None and (sug is None or not sug.calibrated):
         raise LabelError("suggestions cannot be accepted in bulk yet: their confidence is "
                          "calibrated once there are 20 labels and 2 photos in every class")
-    if args.accept_above is not None:
-        idx, wrong = sug.confident(args.accept_above)
-        doc["accept"] = {"at_least": args.accept_above, "photos": len(idx),
-                         "expected_wrong": round(wrong, 1), "done": bool(args.yes)}
-        bar.line(f"{len(idx)} photo(s) suggested with confidence >= {args.accept_above:.0%}; "
+    if bulk is not None:
+        rest = args.file_rest is not None
+        reqs, wrong = (labeling.rest_requests if rest else labeling.accept_requests)(
+            pool, sug, bulk)
+        sure = [r for r in reqs if r.cls != labeling.UNSURE_FOLDER]
+        key = "file_rest" if rest else "accept"
+        doc[key] = {"at_least": bulk, "photos": len(sure), "expected_wrong": round(wrong, 1),
+                    "not_sure": len(reqs) - len(sure), "done": bool(args.yes)}
+        bar.line(f"{len(sure)} photo(s) suggested with confidence >= {bulk:.0%}; "
                  f"the calibration expects about {wrong:.1f} of them to be wrong"
+                 + (f"; {len(reqs) - len(sure)} not sure go to {labeling.UNSURE_FOLDER}/"
+                    if rest else "")
                  + ("" if args.yes else " (add --yes to file them)"))
         if args.yes:
-            for i in idx:
-                m = label_image(args.data_dir, pool.paths[i], pool.classes[int(sug.label[i])],
-                                copy=args.copy or None)
-                doc["done"].append({m.op: m.as_dict()})
+            if rest:
+                create_class(args.data_dir, labeling.UNSURE_FOLDER)
+            filing = file_photos(args.data_dir, reqs, "rest" if rest else "accept",
+                                 (f"Filed the rest ({len(reqs)} photos) by the model's answers"
+                                  if rest else f"Accepted {len(reqs)} suggestions"),
+                                 copy=args.copy or None, progress=bar, cancel=cancel)
+            report(filing)
+            doc[key].update(filed=len(filing.done), refused=len(filing.refused),
+                            operation=filing.operation, cancelled=filing.cancelled)
+            bar.line(filing.summary())
             pool = labeling.prepare_pool(args.data_dir, args.inbox, args.backbone,
                                          args.weights, args.cache_dir, bar, cancel)
-            model, sug = pool.model(args.seed), None
+            model = pool.model(args.seed)
             sug = labeling.suggest(model, pool.unsorted)
     queue = pool.ask(model, args.next, seed=args.seed)
     doc.update(classes=pool.classes, labelled=len(pool.labels), unsorted=len(pool.paths),
@@ -533,27 +591,35 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     return EXIT_OK
 
 
-def _sort(args: argparse.Namespace, preds, bar: ProgressBar) -> int:
-    from app.core.intake.labels import sort_into, sort_plan
+def _sort(args: argparse.Namespace, preds, bar: ProgressBar, cancel: CancelToken) -> int:
+    from app.core.base.paths import user_cache_dir
+    from app.core.intake.sorting import filed_in, sort_into, sort_plan
+    from app.core.storage.store import FeatureStore
 
-    plan = sort_plan(preds)
-    doc = {"plan": plan.counts(), "errors": [{"path": p, "error": e} for p, e in plan.errors]}
+    with FeatureStore(user_cache_dir()) as store:
+        filed = filed_in(args.sort_into, store, bar, cancel)
+    plan = sort_plan(preds, args.sort_into, filed)
+    doc = {"plan": plan.counts(), "errors": [{"path": p, "error": e} for p, e in plan.errors],
+           "already_filed": [{"path": p, "where": w} for p, w in plan.already]}
     for path, error in plan.errors:
         bar.line(f"skipped {path}: {error}")
+    for path, where in plan.already:
+        bar.line(f"already filed {path}: as {where}")
+    filing = None
     if not args.dry_run:
-        done, refused = sort_into(args.sort_into, plan, move=args.move)
-        doc.update(done=len(done), refused=[{"path": p, "why": w} for p, w in refused])
-        for path, why in refused:
+        filing = sort_into(args.sort_into, plan, move=args.move, progress=bar, cancel=cancel)
+        doc.update(operation=filing.operation, done=len(filing.done),
+                   refused=[{"path": p, "why": w} for p, w in filing.refused],
+                   cancelled=filing.cancelled)
+        for path, why in filing.refused:
             bar.line(f"not filed {path}: {why}")
     if args.json:
         _print_json(doc)
     else:
-        for folder, n in plan.counts().items():
-            _say(f"{folder}: {n}")
-        if not args.dry_run:
-            _say(f"filed {doc['done']} photo(s) in {args.sort_into} "
-                 f"({'moved or copied' if args.move else 'copied'}; undo with --undo)")
-    return EXIT_OK
+        _say(plan.preview(args.sort_into, "moved or copied" if args.move else "copied"))
+        if filing is not None:
+            _say(f"{filing.summary()} (undo with --undo)")
+    return EXIT_CANCELLED if filing is not None and filing.cancelled else EXIT_OK
 
 
 def cmd_gui(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
@@ -584,9 +650,35 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return (UserError,)
 
 
+def _home_problem() -> str | None:
+    """Where the home folder cannot be known (HOME unset and no user entry), the caches,
+    settings and Keras' folder would land in the working folder, or a library would stop
+    with a traceback: say so in one line instead. HOME is set from the user entry when only
+    the variable is missing, so every library agrees on the folder."""
+    import os
+
+    if os.name != "posix" or os.environ.get("HOME"):
+        return None
+    try:
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except (KeyError, ImportError, OSError):
+        home = ""
+    if home and os.path.isdir(home):
+        os.environ["HOME"] = home
+        return None
+    return ("HOME is not set and this user has no home folder: set HOME to a folder of "
+            "yours (the app keeps its settings, cache and models there)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = _home_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.self_test:
         from app.selftest import run_self_test
 

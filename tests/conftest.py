@@ -55,3 +55,17 @@ def dataset_dir(tmp_path) -> Path:
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
+
+
+def killed_after_journal(data: Path, move) -> None:
+    """What a writer killed (kill -9) after journaling ``move`` (a journal Move: source,
+    target, op, digest) and before changing any file leaves: the signed line, and the lock
+    file naming its operation as the work in progress."""
+    from app.core.intake import journal
+
+    root = Path(data).resolve()
+    operation = journal.new_id()
+    item = journal.Move(move.source, move.target, journal.new_id(), move.op, move.digest,
+                        operation)
+    journal.write_items(root, operation, "label", "killed", [item])
+    (root / journal.LOCK).write_text(f"file {operation}")

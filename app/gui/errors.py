@@ -54,8 +54,12 @@ class ErrorBanner(QFrame):
         self.setObjectName("errorBanner")
         self.level = "error"
         self.setStyleSheet(STYLES["error"])
+        self.topic = ""
         self.text = QLabel()
         self.text.setWordWrap(True)
+        # at most a few lines: a long message must not make the window taller than a 720-px
+        # screen (its status bar went off-screen); the whole text is in the tooltip and log
+        self.text.setMaximumHeight(4 * self.text.fontMetrics().lineSpacing() + 4)
         self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         close = QPushButton("Dismiss")
         close.setToolTip("Hide this message (details are in the log file)")
@@ -65,19 +69,31 @@ class ErrorBanner(QFrame):
         layout.addWidget(close)
         self.hide()
 
-    def show_error(self, message: str, title: str = "Something went wrong") -> None:
+    def show_error(self, message: str, title: str = "Something went wrong",
+                   topic: str = "") -> None:
+        """``topic``: what failed (a job's name), so that the message goes once it works
+        (:meth:`clear_if_about`)."""
         log.error("%s", message)
         self._show("error", f"<b>{_escape(title)}:</b> {_escape(message)}<br><small>Details: "
                             f"{_escape(str(log_file()))}</small>", message)
+        self.topic = topic
 
-    def show_warning(self, message: str) -> None:
+    def show_warning(self, message: str, topic: str = "") -> None:
         log.warning("%s", message)
         self._show("warning", f"<b>Note:</b> {_escape(message)}", message)
+        self.topic = topic
+
+    def clear_if_about(self, topic: str) -> None:
+        """Hide the message when it is about ``topic``, which has just worked: a banner
+        that outlives its cause reads as a problem that is still there."""
+        if self.isVisible() and self.topic and self.topic == topic:
+            self.hide()
 
     def _show(self, level: str, html: str, message: str) -> None:
         self.level = level
         self.setStyleSheet(STYLES[level])
         self.text.setText(html)
+        self.text.setToolTip(message)
         self.show()
         self.shown.emit(message)
 

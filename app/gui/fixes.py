@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 
-from app.core.intake.labels import LabelError
+from app.core.intake.journal import LabelError
 from app.gui.pages.image_grid import ImageGrid
 
 if TYPE_CHECKING:

@@ -2,10 +2,15 @@
 
 A refresh (scan, cache, fit, suggest, queue, group: ``app.core.pipeline.labeling.refresh``) runs
 in the generic worker with frozen inputs and returns a view; starting another cancels the
-previous one and disconnects it, so a stale view never arrives. Filing a photo is one rename or
-copy on the GUI thread (``app.core.intake.labels``), journaled and undoable; after every
-``RETRAIN_EVERY`` labels (and after an undo or a bulk accept) the model and the queue are
+previous one and disconnects it, so a stale view never arrives. Every filing is one operation
+of the data folder's journal (``app.core.intake.filing``): one photo is filed at once on the GUI
+thread (a few milliseconds), a group, a bulk accept or "file the rest" off it, with progress and
+Cancel on the page; Undo takes back one operation, the last or one picked from its list. After
+every ``RETRAIN_EVERY`` labels (and after an undo or a bulk filing) the model and the queue are
 refreshed.
+
+A class keeps its key while the user works (:func:`class_keys`), and the unsorted photos are
+remembered with the data folder across launches.
 """
 
 from __future__ import annotations
@@ -14,14 +19,39 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import QFileDialog, QInputDialog
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
-from app.core.intake.labels import LabelError, create_class, label_many, undo_move
+from app.core.intake.filing import (
+    LabelError,
+    Request,
+    create_class,
+    file_photos,
+    operations,
+    undo,
+)
 from app.gui.activity import progress_text
-from app.gui.pages.label import ICON, LabelPage
+from app.gui.operations import FileWork
+from app.gui.pages.label import ICON, KEYS, LabelPage, photos
 from app.gui.widgets import dialog_folder
 
 RETRAIN_EVERY = 3
+
+
+def class_keys(slots: list[str], classes: list[str]) -> list[str]:
+    """The class of each key (``KEYS``: 1-9, then 0; "" for a free key), kept from ``slots``
+    (the last assignment): a class keeps its key while it exists, a new class takes the first
+    free key (new classes in alphabetical order), a class beyond the keys has none (the class
+    chooser reaches it)."""
+    present = set(classes)
+    out = [c if c in present else "" for c in list(slots)[:len(KEYS)]]
+    out += [""] * (len(KEYS) - len(out))
+    for c in sorted(present - set(out), key=str.casefold):
+        if "" not in out:
+            break
+        out[out.index("")] = c
+    while out and not out[-1]:
+        out.pop()
+    return out
 
 
 class Labeling(QObject):
@@ -34,23 +64,34 @@ class Labeling(QObject):
         self.since_refresh = 0
         self.worker = None
         self.view = None
+        self.slots: list[str] = []  # the class of each key
+        self._folder: str | None = None  # whose inbox and keys are loaded
         page = self.page
+        self.work = FileWork(win.jobs, page.ops, win.banner.show_warning, self)
         page.add_photos_requested.connect(self.choose_photos)
         page.add_folder_requested.connect(self.choose_inbox_folder)
         page.photos_dropped.connect(self.add)
         page.assign_requested.connect(self.assign)
-        page.new_class_requested.connect(self.ask_new_class)
+        page.new_class_requested.connect(self.new_class)
         page.undo_requested.connect(self.undo)
         page.accept_requested.connect(self.accept)
+        page.file_rest_requested.connect(self.file_rest)
         page.groups_changed.connect(self._groups)
+        page.group_shown.connect(self.load_thumbnails)
+        page.weights_requested.connect(self.choose_weights)
         self.dirty = True
         self.filed = False  # photos filed since the data folder was last read
         win.session.dataset_changed.connect(self._changed)
         win.stack.currentChanged.connect(lambda _i: self._page_changed())
+        for signal in (win.features.backbone.currentIndexChanged,
+                       win.features.weights.currentIndexChanged):
+            signal.connect(lambda _i: self._name_backbone())
+        self._name_backbone()
 
     def _changed(self, *_args) -> None:
         """Work only for a user who is labelling: refresh when the page is shown."""
         self.dirty = True
+        self._load_folder_state()
         if self.win.stack.currentWidget() is self.page:
             self.refresh()
 
@@ -66,12 +107,37 @@ class Labeling(QObject):
             self.win.train.set_missing(wait)
             self.win.load_folder(str(self.data_dir), show=False)
             return
-        self._changed()
+        if self.win.stack.currentWidget() is self.page and self.dirty:
+            self.refresh()
 
     @property
     def data_dir(self) -> Path | None:
         folder = self.win.session.data_dir or self.win.prefs.last_folder
         return Path(folder) if folder and Path(folder).is_dir() else None
+
+    def _load_folder_state(self) -> None:
+        """The inbox and the keys remembered with this data folder (once per folder)."""
+        root = self.data_dir
+        if root is None or str(root) == self._folder:
+            return
+        self._folder = str(root)
+        state = self.win.prefs.label_state(str(root))
+        self.inbox = [p for p in state.get("inbox", []) if Path(p).exists()]
+        self.slots = list(state.get("keys", []))
+
+    def _remember(self) -> None:
+        if self.data_dir is not None:
+            self.win.prefs.remember_label_state(str(self.data_dir), inbox=self.inbox,
+                                                keys=self.slots)
+
+    def _name_backbone(self) -> None:
+        features = self.win.features
+        weights = features.weights.currentData()
+        where = {"imagenet": "ImageNet weights (downloaded once)", "none": "random weights",
+                 "file": f"weights from {Path(features.weights_file.text()).name or '?'}"
+                 }.get(weights, weights)
+        self.page.set_backbone(f"Measures photos with {features.backbone.currentText()}, "
+                               f"{where}")
 
     # --- inputs -----------------------------------------------------------------------------
     def choose_photos(self) -> None:
@@ -86,8 +152,29 @@ class Labeling(QObject):
         if folder:
             self.add([folder])
 
+    def choose_weights(self) -> None:
+        """A local weights file for the backbone (an offline machine), chosen here."""
+        path, _ = QFileDialog.getOpenFileName(
+            self.win, f"Weights file for {self.win.features.backbone.currentText()}",
+            dialog_folder(str(Path(self.win.features.weights_file.text()).parent)
+                          if self.win.features.weights_file.text() else ""),
+            "Keras weights (*.h5 *.keras);;All files (*)")
+        if path:
+            self.win.features.set_weights(path)
+            self.refresh()
+
     def add(self, paths: list[str]) -> None:
+        from app.core.pipeline.labeling import check_inbox
+
+        self._load_folder_state()
+        if self.data_dir is not None:
+            try:
+                check_inbox(self.data_dir, paths)
+            except LabelError as exc:
+                self.win.banner.show_warning(str(exc))
+                return
         self.inbox = list(dict.fromkeys([*self.inbox, *paths]))
+        self._remember()
         self.win.show_page("Label")
         self.refresh()
 
@@ -100,12 +187,13 @@ class Labeling(QObject):
         root = self.data_dir
         if root is None or self.win.heavy is not None:
             return None
+        self._load_folder_state()
         self.dirty = False
         try:
             backbone = self.win.features.backbone_name()
             weights = self.win.features.weights_value()
         except ValueError as exc:
-            self.win.banner.show_warning(str(exc))
+            self.win.banner.show_warning(f"{exc} (Weights file… on the Label page)")
             return None
         inbox = list(self.inbox) or None
         cache_dir, groups = self.win.session.cache_dir, self.groups or None
@@ -126,17 +214,36 @@ class Labeling(QObject):
         self.worker = self.win.jobs.start(
             "preparing the photos to label", job, slot="photos to label",
             on_result=lambda view: self._show(view, root),
+            on_error=self._failed,
             on_progress=lambda p: self.page.summary.setText(
                 progress_text("reading and caching the photos", p)))
         self.page.summary.setText("Reading and caching the photos…")
         return self.worker
 
+    def _failed(self, message: str) -> None:
+        self.worker = None
+        self.page.summary.setText(f"The photos could not be prepared: {message}. (Weights "
+                                  "file… above uses a local file instead of a download.)")
+
     def _show(self, view, root: Path) -> None:
         self.worker = None
         self.view = view
-        self.page.show_view(view, root)
+        self.win.banner.clear_if_about("preparing the photos to label")
+        self.slots = class_keys(self.slots, view.pool.classes)
+        self._remember()
+        keys = {c: KEYS[i] for i, c in enumerate(self.slots) if c}
+        self.page.show_view(view, root, keys)
         self.page.current_grid().setFocus()
+        self._show_operations()
         self.load_thumbnails()
+
+    def _show_operations(self) -> None:
+        try:
+            ops = operations(self.data_dir) if self.data_dir is not None else []
+        except LabelError as exc:
+            self.win.banner.show_warning(str(exc))
+            ops = []
+        self.page.ops.set_operations(ops)
 
     def load_thumbnails(self) -> None:
         paths = self.page.shown_paths()
@@ -158,71 +265,146 @@ class Labeling(QObject):
         return self.win.refused_while_busy("filing photos in the data folder") \
             or self.data_dir is None
 
-    def assign(self, paths: list[str], cls: str) -> None:
-        if self._refused():
-            return
-        done, refused = label_many(self.data_dir, paths, cls)
-        self.filed = self.filed or bool(done)
-        for _path, why in refused:
-            self.win.banner.show_warning(why)
-        if done:
-            self.win.statusBar().showMessage(
-                f"Filed {len(done)} photo(s) under {cls}" if len(done) > 1 else
-                f"Filed {Path(paths[0]).name} under {cls}", 8000)
-            filed = set(paths) - {p for p, _ in refused}
-            for grid in (self.page.queue, self.page.group_grid):
-                grid.mark_filed(filed, cls)
-            self.since_refresh += len(done)
-            if self.since_refresh >= RETRAIN_EVERY or len(done) > 1:
-                self.refresh()
+    def _digests(self) -> dict[str, str]:
+        """Photo -> the content the page shows for it (checked when it is filed)."""
+        pool = self.view.pool if self.view is not None else None
+        return dict(zip(pool.paths, pool.digests)) if pool is not None else {}
 
-    def ask_new_class(self) -> None:
-        if self._refused():
+    def assign(self, paths: list[str], cls: str) -> None:
+        """File ``paths`` under ``cls``: one operation (one photo at once; more off the GUI
+        thread, with progress and Cancel)."""
+        if self._refused() or not paths:
             return
-        grid = self.page.current_grid()
-        photos = list(grid.paths) if grid is self.page.group_grid else grid.selected_paths()
-        name, ok = QInputDialog.getText(
-            self.win, "New class", f"Name of the new class (the {len(photos)} selected "
-            "photo(s) go into it):" if photos else "Name of the new class:")
-        if ok and name.strip():
+        digests = self._digests()
+        requests = [Request(p, cls, digests.get(p)) for p in paths]
+        title = (f"Filed {Path(paths[0]).name} under {cls}" if len(paths) == 1 else
+                 f"Filed {photos(len(paths))} under {cls}")
+        if len(paths) == 1:
             try:
-                create_class(self.data_dir, name.strip())
+                filing = file_photos(self.data_dir, requests, "label", title)
             except LabelError as exc:
                 self.win.banner.show_warning(str(exc))
                 return
-            if photos:
-                self.assign(photos, name.strip())
+            self._filed(filing, cls)
+            return
+        root = self.data_dir
+        self.work.run("filing photos", f"Filing {photos(len(paths))} under {cls}…",
+                      lambda progress, cancel: file_photos(
+                          root, requests, "group", title, progress=progress, cancel=cancel),
+                      lambda filing: self._filed(filing, cls))
+
+    def _filed(self, filing, cls: str) -> None:
+        for _path, why in filing.refused[:3]:
+            self.win.banner.show_warning(why)
+        self.filed = self.filed or bool(filing.done)
+        for grid in (self.page.queue, self.page.group_grid):
+            grid.mark_filed(set(filing.photos), cls)
+        self.page.ops.finish(f"{filing.summary()} under {cls}." if filing.done else
+                             f"{filing.summary()}.")
+        self._show_operations()
+        self.since_refresh += len(filing.done)
+        if self._elsewhere():
+            return
+        if self.since_refresh >= RETRAIN_EVERY or len(filing.done) > 1 or filing.cancelled:
             self.refresh()
 
-    def undo(self) -> None:
+    def _elsewhere(self) -> bool:
+        """A filing that ended after the user left the page: the data folder is read again
+        now (as leaving the page does)."""
+        if self.win.stack.currentWidget() is self.page:
+            return False
+        self.dirty = True
+        self._page_changed()
+        return True
+
+    def new_class(self, paths: list[str], name: str) -> None:
+        """Make the class ``name`` (asked for when empty) and file ``paths`` in it."""
         if self._refused():
             return
+        if not name:
+            name, ok = QInputDialog.getText(
+                self.win, "New class", f"Name of the new class (the {photos(len(paths))} "
+                "selected go into it):" if paths else "Name of the new class:")
+            if not ok or not name.strip():
+                return
         try:
-            move = undo_move(self.data_dir)
+            create_class(self.data_dir, name.strip())
         except LabelError as exc:
             self.win.banner.show_warning(str(exc))
             return
-        self.filed = True
-        self.win.statusBar().showMessage(f"Undone: {move.target}", 8000)
+        if paths:
+            self.assign(paths, name.strip())
         self.refresh()
 
-    def accept(self, at_least: float) -> None:
+    def undo(self, operation: str = "") -> None:
+        """Take back one operation: the latest, or ``operation`` (picked from Undo's list)."""
+        if self._refused():
+            return
+        root = self.data_dir
+
+        def done(result) -> None:
+            self.filed = True
+            for _m, why in result.kept[:3]:
+                self.win.banner.show_warning(why)
+            self.page.ops.finish(f"{result.summary()}.")
+            if not self._elsewhere():
+                self.refresh()
+
+        def failed(_message: str) -> None:
+            self._show_operations()
+
+        self.work.run("undoing", "Undoing…", lambda progress, cancel: undo(
+            root, operation or None, progress=progress, cancel=cancel), done, failed)
+
+    def _bulk(self, kind: str, at_least: float) -> None:
+        from app.core.pipeline import labeling
+
         view = self.view
         if self._refused() or view is None or view.suggestions is None:
             return
-        idx, wrong = view.suggestions.confident(at_least)
-        pool = view.pool
-        by_class: dict[str, list[str]] = {}
-        for i in idx:
-            by_class.setdefault(pool.classes[int(view.suggestions.label[i])], []).append(
-                pool.paths[i])
-        n = 0
-        for cls, photos in by_class.items():
-            done, refused = label_many(self.data_dir, photos, cls)
-            n += len(done)
-            self.filed = self.filed or bool(done)
-            for _path, why in refused[:3]:
+        make = labeling.rest_requests if kind == "rest" else labeling.accept_requests
+        requests, wrong = make(view.pool, view.suggestions, at_least)
+        sure = [r for r in requests if r.cls != labeling.UNSURE_FOLDER]
+        unsure = len(requests) - len(sure)
+        if not requests:
+            return
+        if kind == "rest":
+            title = f"Filed the rest: {photos(len(requests))} by the model's answers"
+            text = (f"File {photos(len(sure))} under their suggested class (the calibration "
+                    f"expects about {wrong:.1f} of them to be wrong) and {photos(unsure)} in "
+                    f"{labeling.UNSURE_FOLDER} (not a class: they stay here to label)? One "
+                    "operation: Undo takes it back at once.")
+            if not self.confirm(text):
+                return
+            try:
+                create_class(self.data_dir, labeling.UNSURE_FOLDER)
+            except LabelError as exc:
+                self.win.banner.show_warning(str(exc))
+                return
+        else:
+            title = f"Accepted {photos(len(requests))} suggested at >= {at_least:.0%}"
+        root = self.data_dir
+
+        def done(filing) -> None:
+            for _path, why in filing.refused[:3]:
                 self.win.banner.show_warning(why)
-        self.win.statusBar().showMessage(f"Filed {n} suggested photo(s) (about {wrong:.1f} "
-                                         "expected wrong; Ctrl+Z undoes one at a time)", 10000)
-        self.refresh()
+            self.filed = self.filed or bool(filing.done)
+            self.page.ops.finish(f"{filing.summary()} (about {wrong:.1f} expected wrong).")
+            if not self._elsewhere():
+                self.refresh()
+
+        self.work.run("filing photos", f"Filing {photos(len(requests))}…",
+                      lambda progress, cancel: file_photos(
+                          root, requests, kind, title, progress=progress, cancel=cancel),
+                      done)
+
+    def accept(self, at_least: float) -> None:
+        self._bulk("accept", at_least)
+
+    def file_rest(self, at_least: float) -> None:
+        self._bulk("rest", at_least)
+
+    def confirm(self, text: str) -> bool:
+        """Ask before a bulk filing (tests replace this method)."""
+        return QMessageBox.question(self.win, "File the rest", text) == \
+            QMessageBox.StandardButton.Yes

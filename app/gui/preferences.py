@@ -140,6 +140,49 @@ class Preferences:
     def remember_trainable_layers(self, backbone: str, names: list[str]) -> None:
         self.store.setValue(f"finetune/{backbone}/layers", json.dumps(list(names)))
 
+    def label_state(self, folder: str) -> dict:
+        """What the Label page keeps for the data folder ``folder``: ``inbox`` (the unsorted
+        photos and folders added) and ``keys`` (the class of each key)."""
+        try:
+            state = json.loads(self._get("label/folders", "{}")).get(folder, {})
+        except (ValueError, AttributeError):
+            return {}
+        if not isinstance(state, dict):
+            return {}
+        return {k: [str(x) for x in v] for k, v in state.items()
+                if k in ("inbox", "keys") and isinstance(v, list)}
+
+    def remember_label_state(self, folder: str, **state: list[str]) -> None:
+        try:
+            folders = json.loads(self._get("label/folders", "{}"))
+        except ValueError:
+            folders = {}
+        if not isinstance(folders, dict):
+            folders = {}
+        folders[folder] = {**(folders.get(folder) if isinstance(folders.get(folder), dict)
+                              else {}), **{k: list(v) for k, v in state.items()}}
+        self.store.setValue("label/folders", json.dumps(folders))
+
+    @property
+    def accept_threshold(self) -> float:
+        """The Label page's "accept every suggestion above", in percent."""
+        try:
+            return float(self._get("label/accept", "95"))
+        except ValueError:
+            return 95.0
+
+    @accept_threshold.setter
+    def accept_threshold(self, value: float) -> None:
+        self.store.setValue("label/accept", repr(float(value)))
+
+    @property
+    def last_page(self) -> str:
+        return self._get("window/page")
+
+    @last_page.setter
+    def last_page(self, value: str) -> None:
+        self.store.setValue("window/page", value)
+
     @property
     def geometry(self) -> QByteArray | None:
         value = self.store.value("window/geometry")

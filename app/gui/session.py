@@ -277,23 +277,24 @@ class Session(QObject):
     def move_image(self, path: str, new_class: str):
         """Move ``path`` into the class folder ``new_class`` of the data folder (a real file
         move, journaled); returns the core Move. Raises LabelError (nothing changed)."""
-        from app.core.intake.labels import LabelError, move_image
+        from app.core.intake.filing import LabelError, move_image
 
         if self.data_dir is None:
             raise LabelError("open the data folder first")
         return move_image(self.data_dir, path, new_class)
 
     def undo_move(self):
-        from app.core.intake.labels import LabelError, undo_move
+        """Undo the latest fix made on Evaluate (never a filing of the Label page)."""
+        from app.core.intake.filing import FIXES, LabelError, undo_move
 
         if self.data_dir is None:
             raise LabelError("open the data folder first")
-        return undo_move(self.data_dir)
+        return undo_move(self.data_dir, FIXES)
 
     def moves(self):
         """The data folder's journal: moves in effect, and lines this app did not write
         there (shown, never undone)."""
-        from app.core.intake.labels import JournalState, journal_state
+        from app.core.intake.filing import JournalState, journal_state
 
         return JournalState() if self.data_dir is None else journal_state(self.data_dir)
 

@@ -29,6 +29,7 @@ from app.gui.errors import ErrorBanner, log, log_file, setup_logging
 from app.gui.fixes import Fixes
 from app.gui.labeling import Labeling
 from app.gui.last_model import LastModel
+from app.gui.operations import FileWork
 from app.gui.pages.data import DataPage
 from app.gui.pages.evaluate import EvaluatePage
 from app.gui.pages.features import NO_DATA, FeaturesPage
@@ -63,7 +64,7 @@ class MainWindow(QMainWindow):
         self.session = Session(cache_dir, self)
         self.banner = ErrorBanner()
         self.jobs.error.connect(
-            lambda name, msg: self.banner.show_error(msg, f"{name.capitalize()} failed"))
+            lambda name, msg: self.banner.show_error(msg, f"{name.capitalize()} failed", name))
         self.heavy: Worker | None = None  # the caching or training run
         self._painted = False
         self.closing = Closing(self.jobs, lambda: self.fixes.flush_threshold(),
@@ -98,7 +99,8 @@ class MainWindow(QMainWindow):
         self._connect()
         self._restore()
         self._data_changed()
-        self.nav.setCurrentRow(0)
+        self.nav.setCurrentRow(PAGES.index(self.prefs.last_page)
+                               if reopen and self.prefs.last_page in PAGES else 0)
         if preload:
             QTimer.singleShot(0, self.preload_tensorflow)
         if reopen:
@@ -146,9 +148,10 @@ class MainWindow(QMainWindow):
 
     HELP = ("<b>From photos to a model</b><br>"
             "1 Data: open a folder with one sub-folder per class (or a new, empty one).<br>"
-            "2 Label: drop unsorted photos; 1-9 file the selected photos under a class, Enter "
-            "accepts the suggestion, Space skips, Delete takes a photo out of a group, N makes "
-            "a class, Ctrl+Z undoes.<br>"
+            "2 Label: drop unsorted photos; a class's key (1-9, 0) files the selected photos "
+            "under it, typing a letter chooses any class by name (or makes a new one), Enter "
+            "accepts the suggestion shown, Space skips, Delete takes a photo out of a group, "
+            "Ctrl+Z undoes the last operation (Undo's arrow lists the others).<br>"
             "3 Features: cache every photo once through the backbone.<br>"
             "4 Train, 5 Evaluate (fix labels there), 6 Predict (drop photos; sort a folder).<br>"
             "<br>Ctrl+1…Ctrl+6 go to a page, Ctrl+O opens a data folder, Ctrl+E exports.")
@@ -186,7 +189,9 @@ class MainWindow(QMainWindow):
         self.predict.predict_requested.connect(self.predict_paths)
         self.predict.open_model_requested.connect(self.choose_model)
         self.predict.sort_requested.connect(self.choose_sort_folder)
-        self.predict.undo_sort_requested.connect(self.undo_sort)
+        self.predict.work = FileWork(self.jobs, self.predict.ops, self.banner.show_warning,
+                                     self)
+        self.predict.ops.undo_requested.connect(self.undo_sort)
         self.predict.saved.connect(lambda path: self.statusBar().showMessage(
             f"Predictions saved to {path}", 10000))
         # the pages follow the session's parts: the folder read, the cache, the current model
@@ -229,6 +234,7 @@ class MainWindow(QMainWindow):
         self.features.compute_on.set_engine(p.compute_engine, p.ray_address)
         self.train.set_settings(p.training)
         self.predict.images_dir, self.predict.save_dir = p.images_folder, p.save_folder
+        self.label.accept_at.setValue(p.accept_threshold)
         self.features.set_mode(self.train.mode.mode())
         self._describe_training()
 
@@ -241,6 +247,8 @@ class MainWindow(QMainWindow):
         p.compute_engine = self.features.compute_on.chosen()
         p.ray_address = self.features.compute_on.address.text().strip()
         p.images_folder, p.save_folder = self.predict.images_dir, self.predict.save_dir
+        p.accept_threshold = self.label.accept_at.value()
+        p.last_page = PAGES[self.stack.currentIndex()]
         try:
             p.training = self.train.settings()
         except ValueError:
@@ -580,53 +588,108 @@ class MainWindow(QMainWindow):
 
     # --- sorting a folder by the answers ------------------------------------------------
     def choose_sort_folder(self) -> None:
-        out = QFileDialog.getExistingDirectory(self, "Sort the photos into this folder",
-                                               dialog_folder(self.predict.save_dir))
-        if out:
-            self.sort_predictions(out)
+        """A folder to sort into: an existing one, or a new name (made when sorting)."""
+        images = self.predict.images_dir
+        start = Path(dialog_folder(self.predict.sort_dir, str(Path(images).parent)
+                                   if images else "", self.predict.save_dir))
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Sort the photos into this folder (an existing one, or a new name)",
+            str(start / "sorted"), "", options=QFileDialog.Option.ShowDirsOnly
+            | QFileDialog.Option.DontConfirmOverwrite)
+        if not path:
+            return
+        if Path(path).exists() and not Path(path).is_dir():
+            self.banner.show_warning(f"{shown(path)} is a file, not a folder: choose another "
+                                     "name.")
+            return
+        self.sort_predictions(path)
 
-    def sort_predictions(self, out: str) -> bool:
-        """Copy the listed photos into ``out``/<class>/ and ``out``/_unknown/ by their answers,
-        after a preview of the counts; True when done."""
-        from app.core.intake.labels import sort_into, sort_plan
+    def sort_predictions(self, out: str) -> Worker | None:
+        """Preview (off the GUI thread: which photos are filed in ``out`` already, by
+        content), ask, then copy the listed photos into ``out``/<class>/ and
+        ``out``/_unknown/ by their answers as one undoable operation, with progress and
+        Cancel on the Predict page."""
+        from app.core.intake.sorting import filed_in, sort_plan
 
-        plan = sort_plan([r.prediction for r in self.predict.results])
-        counts = plan.counts()
-        if not counts:
+        predictions = [r.prediction for r in self.predict.results]
+        if not any(p.top and not p.error for p in predictions):
             self.banner.show_warning("None of the photos listed has an answer to sort by.")
-            return False
-        lines = "\n".join(f"{folder}: {n}" for folder, n in counts.items())
-        skipped = f"\n({len(plan.errors)} without an answer stay where they are)" \
-            if plan.errors else ""
-        if not self.confirm_sort(f"Copy {sum(counts.values())} photo(s) into {out}?\n\n"
-                                 f"{lines}{skipped}"):
-            return False
-        done, refused = sort_into(out, plan)
-        for _path, why in refused[:3]:
+            return None
+        cache_dir = self.session.cache_dir
+
+        def plan_job(progress, cancel):
+            from app.core.base.paths import user_cache_dir
+            from app.core.storage.store import FeatureStore
+
+            with FeatureStore(cache_dir or user_cache_dir()) as store:
+                filed = filed_in(out, store, progress, cancel)
+            return sort_plan(predictions, out, filed)
+
+        return self.predict.work.run("the sort's preview", f"Looking at {out}…", plan_job,
+                                     lambda plan: self._confirm_sort(out, plan))
+
+    def _confirm_sort(self, out: str, plan) -> None:
+        from app.core.intake.sorting import sort_into
+
+        if not plan.to_file:
+            self.predict.ops.finish(f"Nothing to copy into {out}: " + (
+                f"the {len(plan.already)} photo(s) are filed there already"
+                if plan.already else "no photo has an answer"))
+            return
+        if not self.confirm_sort(plan.preview(out)):
+            self.predict.ops.finish("Sort cancelled: nothing was copied.")
+            return
+        self.predict.sort_dir = str(Path(out).parent)
+        self.predict.work.run(
+            "the sort", f"Copying {plan.to_file} photo(s) into {out}…",
+            lambda progress, cancel: sort_into(out, plan, progress=progress, cancel=cancel),
+            lambda filing: self._sorted(out, filing))
+
+    def _sorted(self, out: str, filing) -> None:
+        for _path, why in filing.refused[:3]:
             self.banner.show_warning(why)
         self._sorted_into = out
-        self.predict.undo_sort.setEnabled(bool(done))
-        self.statusBar().showMessage(f"Copied {len(done)} photo(s) into {out}"
-                                     + (f"; {len(refused)} refused" if refused else ""), 10000)
-        return True
+        self.predict.ops.finish(f"{filing.summary()} in {out}.")
+        self._show_sort_operations()
+        if self.session.data_dir is not None and Path(out).resolve() == \
+                Path(self.session.data_dir).resolve():
+            self.load_folder(out, show=False)
+
+    def _show_sort_operations(self) -> None:
+        from app.core.intake.filing import LabelError, operations
+
+        out = getattr(self, "_sorted_into", None)
+        try:
+            ops = [o for o in operations(out) if o.kind == "sort"] if out else []
+        except LabelError as exc:
+            self.banner.show_warning(str(exc))
+            ops = []
+        self.predict.ops.set_operations(ops)
 
     def confirm_sort(self, text: str) -> bool:
         return QMessageBox.question(self, "Sort into folder", text) == \
             QMessageBox.StandardButton.Yes
 
-    def undo_sort(self) -> None:
-        from app.core.intake.labels import LabelError, undo_all
+    def undo_sort(self, operation: str = "") -> Worker | None:
+        """Take back one sort into the folder last sorted into (the latest, or the one
+        picked): exactly the copies it made, only while unchanged."""
+        from app.core.intake.filing import undo
 
         out = getattr(self, "_sorted_into", None)
         if not out:
-            return
-        try:
-            undone = undo_all(out)
-        except LabelError as exc:
-            self.banner.show_warning(str(exc))
-            return
-        self.predict.undo_sort.setEnabled(False)
-        self.statusBar().showMessage(f"Removed {len(undone)} copied photo(s) from {out}", 10000)
+            return None
+
+        def done(result) -> None:
+            self.predict.ops.finish(f"{result.summary()}.")
+            self._show_sort_operations()
+            if self.session.data_dir is not None and Path(out).resolve() == \
+                    Path(self.session.data_dir).resolve():
+                self.load_folder(out, show=False)
+
+        return self.predict.work.run(
+            "undoing the sort", f"Undoing the sort into {out}…",
+            lambda progress, cancel: undo(out, operation or None, kind="sort",
+                                          progress=progress, cancel=cancel), done)
 
     # --- window events ------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:  # noqa: N802

@@ -12,17 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core.intake import journal
-from app.core.intake.labels import (
-    JOURNAL,
-    LabelError,
-    excluded,
-    journal_state,
-    move_image,
-    moves,
-    set_excluded,
-    undo_move,
-)
-from tests.conftest import make_dataset, make_image
+from app.core.intake.filing import journal_state, move_image, moves, undo_move
+from app.core.intake.journal import JOURNAL, LOCK, LabelError
+from app.core.intake.labels import excluded, set_excluded
+from tests.conftest import killed_after_journal, make_dataset, make_image
 
 
 def _write_lines(data, *lines):
@@ -43,7 +36,7 @@ def test_a_shipped_journal_never_moves_a_file_from_outside(tmp_path):
                   "id": "1", "mac": "0" * 64})
     state = journal_state(data)
     assert state.moves == [] and len(state.foreign) == 3
-    with pytest.raises(LabelError, match="no move to undo"):
+    with pytest.raises(LabelError, match="nothing to undo"):
         undo_move(data)
     assert secret.read_text() == "PRIVATE KEY" and not (data / "red" / "holiday.jpg").exists()
 
@@ -56,7 +49,7 @@ def test_a_journal_copied_from_another_folder_or_edited_is_foreign(tmp_path):
     (b / JOURNAL).write_bytes((a / JOURNAL).read_bytes())  # same user, another folder
     (b / "green" / "red_000.jpg").write_bytes(b"b's own photo")
     assert moves(b) == [] and len(journal_state(b).foreign) == 1
-    with pytest.raises(LabelError, match="no move to undo"):
+    with pytest.raises(LabelError, match="nothing to undo"):
         undo_move(b)
     assert (b / "green" / "red_000.jpg").read_bytes() == b"b's own photo"
     # the same line with its target edited no longer verifies
@@ -118,7 +111,7 @@ def test_a_crash_between_journal_and_rename_undoes_the_move_before_it(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=2)
     first = move_image(data, data / "red" / "red_000.jpg", "green")
     # what a kill -9 after the journal line and before the rename leaves
-    journal.append(data.resolve(), "move", journal.Move("blue/blue_000.jpg", "red/blue_000.jpg"))
+    killed_after_journal(data, journal.Move("blue/blue_000.jpg", "red/blue_000.jpg"))
     assert len(moves(data)) == 2
     assert undo_move(data) == first
     assert (data / "red" / "red_000.jpg").exists() and (data / "blue" / "blue_000.jpg").exists()
@@ -127,11 +120,14 @@ def test_a_crash_between_journal_and_rename_undoes_the_move_before_it(tmp_path):
 
 def test_undo_after_the_class_folder_was_removed_is_a_clean_refusal(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=1)
+    first = move_image(data, data / "blue" / "blue_000.jpg", "green")
     move_image(data, data / "red" / "red_000.jpg", "green")
     (data / "red").rmdir()
     with pytest.raises(LabelError, match="no longer exists"):
         undo_move(data)
-    assert (data / "green" / "red_000.jpg").exists() and len(moves(data)) == 1
+    # reported and closed, the photo left where it is: the move before it can be undone
+    assert (data / "green" / "red_000.jpg").exists() and moves(data) == [first]
+    assert undo_move(data) == first and (data / "blue" / "blue_000.jpg").exists()
 
 
 def test_moves_never_write_through_a_linked_class_folder(tmp_path):
@@ -189,13 +185,15 @@ def test_fuzz_any_journal_gives_a_clean_answer_and_touches_nothing_outside(tmp_p
         outside.write_text("not yours")
     (root / JOURNAL).write_text(
         "\n".join(line.replace("OUTSIDE", str(outside)) for line in lines) + "\n")
-    before = sorted(p.relative_to(root) for p in root.rglob("*") if p.name != JOURNAL)
+    before = sorted(p.relative_to(root) for p in root.rglob("*")
+                    if p.name not in (JOURNAL, LOCK))
     state = journal_state(root)
     assert state.moves == []  # nothing in it was signed by this user
     with pytest.raises(LabelError):
         undo_move(root)
     assert outside.read_text() == "not yours"
-    assert sorted(p.relative_to(root) for p in root.rglob("*") if p.name != JOURNAL) == before
+    assert sorted(p.relative_to(root) for p in root.rglob("*")
+                  if p.name not in (JOURNAL, LOCK)) == before
 
 
 @settings(max_examples=100, deadline=None,

@@ -11,16 +11,17 @@ import pytest
 
 from app import cli
 from app.core.intake import journal
-from app.core.intake.labels import (
+from app.core.intake.filing import (
     LabelError,
     create_class,
     label_image,
     label_many,
     moves,
+    operations,
     undo_move,
 )
 from app.core.pipeline import labeling
-from tests.conftest import COLOURS, make_dataset, make_image
+from tests.conftest import COLOURS, killed_after_journal, make_dataset, make_image
 
 
 def _blobs(centres, per, spread, seed=0):
@@ -104,11 +105,12 @@ def test_naming_a_group_files_exactly_the_photos_left_in_it(tmp_path):
              for i in range(5)]
     create_class(data, "red")
     kept = inbox[:2] + inbox[3:]  # the user took p2 out of the group
-    done, refused = label_many(data, kept, "red")
-    assert refused == [] and sorted(p.name for p in (data / "red").iterdir()) == [
+    filing = label_many(data, kept, "red")
+    assert filing.refused == [] and sorted(p.name for p in (data / "red").iterdir()) == [
         "p0.jpg", "p1.jpg", "p3.jpg", "p4.jpg"]
     assert all(p.exists() for p in inbox)  # outside the data folder: copied, never moved
     assert [m.op for m in moves(data)] == ["copy"] * 4
+    assert len(operations(data)) == 1  # one operation: undone at once
 
 
 def test_loose_photos_in_the_data_folder_are_moved_and_undo_puts_them_back(tmp_path):
@@ -131,20 +133,24 @@ def test_filing_never_overwrites_and_undo_removes_only_an_unchanged_copy(tmp_pat
     m = label_image(data, outside, "green")
     copy = data / "green" / "red_000.jpg"
     copy.write_bytes(b"the user edited it since")
-    with pytest.raises(LabelError, match="changed since"):
+    with pytest.raises(LabelError, match="changed since.*no longer offered for undo"):
         undo_move(data)
-    assert copy.read_bytes() == b"the user edited it since" and moves(data) == [m]
-    copy.write_bytes(outside.read_bytes())
-    assert undo_move(data) == m and not copy.exists() and outside.exists()
+    # reported and closed: never removed, and no wall in front of earlier operations
+    assert copy.read_bytes() == b"the user edited it since" and moves(data) == []
+    other = make_image(tmp_path / "pile" / "other.jpg", COLOURS["green"], seed=3)
+    m = label_image(data, other, "green")
+    assert undo_move(data) == m and not (data / "green" / "other.jpg").exists()
+    assert other.exists()
 
 
 def test_a_crash_between_journal_and_copy_leaves_nothing_half_done(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=1)
     first = label_image(data, make_image(tmp_path / "a.jpg", COLOURS["red"]), "red")
     # what a kill -9 after the journal line and before the link leaves
-    journal.append(data.resolve(), "copy", journal.Move(str(tmp_path / "b.jpg"), "red/b.jpg",
-                                                         op="copy", digest="0" * 32))
+    killed_after_journal(data, journal.Move(str(tmp_path / "b.jpg"), "red/b.jpg", op="copy",
+                                            digest="0" * 32))
     assert len(moves(data)) == 2
+    # the next writer closes the copy that never happened, then undoes the one before
     assert undo_move(data) == first and not (data / "red" / "a.jpg").exists()
     assert moves(data) == [] and (tmp_path / "a.jpg").exists()
 
@@ -186,9 +192,20 @@ def test_label_from_the_command_line_queue_assign_and_undo(tmp_path):
     doc = json.loads(out)
     assert code == 0 and doc["labelled"] == 1 and doc["unsorted"] == 11
     assert (data / first.parent.name / first.name).exists() and first.exists()
-    assert doc["queue"][0]["suggested"] == first.parent.name
+    # one class: no suggestion (every photo read "blue ~100%" before a second class existed)
+    assert all(q["suggested"] is None for q in doc["queue"])
+    second = next(p for p in photos if p.parent.name != first.parent.name)
+    code, out, err = _label_cli(data, *common, "--create", "--assign",
+                                f"{second}={second.parent.name}")
+    doc = json.loads(out)
+    assert code == 0 and all(q["suggested"] in (first.parent.name, second.parent.name)
+                             for q in doc["queue"])
     code, out, err = _label_cli(data, *common, "--accept-above", "0.5")
     assert code == 2 and "calibrated" in err  # one label: no bulk accept on a rough guess
+    code, out, err = _label_cli(data, *common, "--undo")
+    assert code == 0 and json.loads(out)["labelled"] == 1  # the latest filing only
+    assert (data / first.parent.name / first.name).exists()
+    assert not (data / second.parent.name / second.name).exists()
     code, out, err = _label_cli(data, *common, "--undo")
     assert code == 0 and json.loads(out)["labelled"] == 0
     assert not (data / first.parent.name / first.name).exists()
@@ -196,7 +213,8 @@ def test_label_from_the_command_line_queue_assign_and_undo(tmp_path):
 
 def test_sorting_a_folder_by_prediction_previews_files_and_undoes(tmp_path):
     from app.core.delivery.predict import Prediction
-    from app.core.intake.labels import sort_into, sort_plan, undo_all
+    from app.core.intake.filing import undo
+    from app.core.intake.sorting import sort_into, sort_plan
 
     photos = [make_image(tmp_path / "camera" / f"p{i}.jpg", COLOURS["red"], seed=i)
               for i in range(4)]
@@ -210,12 +228,12 @@ def test_sorting_a_folder_by_prediction_previews_files_and_undoes(tmp_path):
     out = tmp_path / "sorted"
     (out / "red").mkdir(parents=True)
     (out / "red" / "p0.jpg").write_bytes(b"already there")  # never overwritten
-    done, refused = sort_into(out, plan)
-    assert len(done) == 2 and [p for p, _ in refused] == [str(photos[0])]
+    filing = sort_into(out, plan)
+    assert len(filing.done) == 2 and [p for p, _ in filing.refused] == [str(photos[0])]
     assert (out / "red" / "p0.jpg").read_bytes() == b"already there"
     assert (out / "green" / "p1.jpg").read_bytes() == photos[1].read_bytes()
     assert (out / "_unknown" / "p2.jpg").exists() and all(p.exists() for p in photos)
-    assert len(undo_all(out)) == 2
+    assert len(undo(out, kind="sort").undone) == 2
     assert not (out / "green" / "p1.jpg").exists() and not (out / "_unknown" / "p2.jpg").exists()
     assert (out / "red" / "p0.jpg").read_bytes() == b"already there"
 

@@ -5,7 +5,8 @@ features; the hardest training images are where the mislabelled ones are."""
 import numpy as np
 import pytest
 
-from app.core.intake.labels import LabelError, move_image, moves, set_excluded, undo_move
+from app.core.intake.filing import LabelError, move_image, moves, undo_move
+from app.core.intake.labels import set_excluded
 from app.core.pipeline.retrain import Retraining
 from app.core.training.feeds import SplitData
 from app.core.training.fit import TrainSettings
@@ -25,7 +26,7 @@ def test_a_move_is_a_real_rename_and_undo_puts_it_back(tmp_path):
     assert undo_move(data) == second and (data / "blue" / "blue_000.jpg").exists()
     assert undo_move(data) == move and src.read_bytes() == content
     assert not (data / "green" / "red_001.png").exists() and moves(data) == []
-    with pytest.raises(LabelError, match="no move to undo"):
+    with pytest.raises(LabelError, match="nothing to undo"):
         undo_move(data)
 
 

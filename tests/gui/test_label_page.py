@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import Qt
 
-from app.core.intake.labels import create_class, moves
+from app.core.intake.filing import create_class, moves
 from tests.conftest import COLOURS, make_dataset, make_image
 from tests.gui.conftest import open_folder, use_tiny
 
@@ -48,7 +48,9 @@ def test_label_an_unsorted_pile_with_the_keyboard(qtbot, window, tmp_path):
 
     # Ctrl+Z puts it back
     qtbot.keyClick(grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
     assert not filed.exists() and moves(data) == []
+    assert window.label.ops.text.text().startswith("Undid")
     view = _view_ready(qtbot, window, view)
 
     # a group: take one photo out with Delete, then one digit names the rest (two groups of
@@ -68,6 +70,7 @@ def test_label_an_unsorted_pile_with_the_keyboard(qtbot, window, tmp_path):
     qtbot.keyClick(groups, Qt.Key.Key_Delete)
     assert groups.paths == members[1:]
     qtbot.keyClick(groups, "1")
+    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
     filed = sorted(p.name for p in (data / "blue").iterdir())
     assert filed == sorted(p.split("/")[-1] for p in members[1:])
     assert taken_out.split("/")[-1] not in filed
@@ -80,7 +83,7 @@ def test_after_filing_the_next_photo_is_current_and_nothing_filed_stays_selected
 
     grid = PhotoGrid("")
     qtbot.addWidget(grid)
-    grid.set_photos([(f"/p/{i}.jpg", "") for i in range(4)])
+    grid.set_photos([(f"/p/{i}.jpg", "", "") for i in range(4)])
     grid.setCurrentRow(0)
     grid.item(0).setSelected(True)
     grid.mark_filed({"/p/0.jpg"}, "a")
@@ -159,6 +162,7 @@ def test_photos_filed_on_the_label_page_are_what_training_gets(qtbot, window, tm
     before = len(window.session.retraining.dataset.images)
     photos = [p for p in view.pool.paths if "red" in p or "blue" in p]
     window.labeling.assign(photos, "red")
+    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
     window.show_page("Train")
     assert not window.train.start.isEnabled() and "read again" in window.train.need.text()
     qtbot.waitUntil(lambda: len(window.session.retraining.dataset.images) == before + 2,

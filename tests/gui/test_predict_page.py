@@ -15,7 +15,7 @@ from app.core.delivery.predict import Prediction
 from app.gui.widgets import dialog_folder
 from app.gui.window import export_suggestion
 from tests.conftest import make_image
-from tests.gui.conftest import open_fake_model
+from tests.gui.conftest import open_fake_model, open_folder
 
 
 class UnknownFirst:
@@ -86,6 +86,11 @@ def test_dialogs_start_in_the_users_folders_and_export_beside_the_data(tmp_path)
     assert export_suggestion(str(models), data) == str(models / "photos-model")
 
 
+def _sorting(qtbot, window, out):
+    assert window.sort_predictions(str(out)) is not None
+    qtbot.waitUntil(lambda: not window.predict.work.busy, timeout=30000)
+
+
 def test_sort_the_listed_photos_into_a_folder_preview_then_undo(qtbot, window, tmp_path):
     cat = make_image(tmp_path / "cam" / "cat.png", (90, 90, 90))
     flower = make_image(tmp_path / "cam" / "flower.png", (200, 200, 40))
@@ -94,16 +99,49 @@ def test_sort_the_listed_photos_into_a_folder_preview_then_undo(qtbot, window, t
     asked = []
     window.confirm_sort = lambda text: asked.append(text) or False  # "No": nothing happens
     out = tmp_path / "sorted"
-    assert not window.sort_predictions(str(out))
+    _sorting(qtbot, window, out)
     assert "_unknown: 1" in asked[0] and "daisy: 1" in asked[0] and not out.exists()
+    assert "nothing was copied" in window.predict.ops.text.text()
     window.confirm_sort = lambda text: True
-    assert window.sort_predictions(str(out))
+    _sorting(qtbot, window, out)
     assert (out / "_unknown" / "cat.png").exists() and (out / "daisy" / "flower.png").exists()
     assert cat.exists() and flower.exists()  # copies
-    assert window.predict.undo_sort.isEnabled()
-    window.predict.undo_sort.click()
+    ops = window.predict.ops
+    assert ops.text.text().startswith("Copied 2 photos") and ops.undo.isEnabled()
+    ops.undo.click()
+    qtbot.waitUntil(lambda: not window.predict.work.busy, timeout=30000)
     assert not (out / "_unknown" / "cat.png").exists() and not (out / "daisy" /
                                                               "flower.png").exists()
+    assert "Undid" in ops.text.text() and not ops.undo.isEnabled()
+
+
+def test_undo_sort_into_the_data_folder_never_takes_a_label(qtbot, window, tmp_path):
+    """The walk's data loss, in the window: photos labelled from an inbox, the inbox sorted
+    into the data folder by the model's answers, more labels, then Undo sort: every label
+    stays, and the labelled photos were never copied into a second class."""
+    from app.core.intake.filing import create_class, label_many
+
+    data = tmp_path / "data"
+    data.mkdir()
+    create_class(data, "tulip")
+    inbox = [make_image(tmp_path / "inbox" / f"p{i}.png", (200, 30 * i, 40), seed=i)
+             for i in range(5)]
+    label_many(data, inbox[:3], "tulip")
+    open_folder(qtbot, window, data)
+    open_fake_model(window, UnknownFirst(), "fake-model")  # answers daisy for each
+    predict(qtbot, window, inbox)
+    asked = []
+    window.confirm_sort = lambda text: asked.append(text) or True
+    _sorting(qtbot, window, data)
+    assert "2 photo(s) would be copied" in asked[0] and "3 already filed" in asked[0]
+    assert sorted(p.name for p in (data / "daisy").iterdir()) == ["p3.png", "p4.png"]
+    assert "3 photos were already filed" in window.predict.ops.text.text()
+    label_many(data, [make_image(tmp_path / "late.png", (1, 2, 3))], "tulip")
+    window.predict.ops.undo.click()
+    qtbot.waitUntil(lambda: not window.predict.work.busy, timeout=30000)
+    assert list((data / "daisy").iterdir()) == []
+    assert sorted(p.name for p in (data / "tulip").iterdir()) == ["late.png", "p0.png",
+                                                                  "p1.png", "p2.png"]
 
 
 def test_top_k_redraws_every_row_and_the_csv_and_unknown_rows_read_as_none(qtbot, window,

@@ -187,7 +187,7 @@ def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path
 def test_a_shipped_journal_is_listed_greyed_and_never_undone(qtbot, window, tmp_path):
     import json
 
-    from app.core.intake.labels import JOURNAL
+    from app.core.intake.journal import JOURNAL
 
     data = make_dataset(tmp_path / "photos", per_class=2)
     (data / JOURNAL).write_text(json.dumps(

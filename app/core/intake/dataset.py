@@ -44,6 +44,13 @@ class ImageRecord(NamedTuple):
     format: str
 
 
+UNKNOWN_FOLDER = "_unknown"  # a sort by a model's answers: photos unlike every class
+UNSURE_FOLDER = "_not_sure"  # and those it is not sure of ("file the rest")
+# folders a sort writes beside the classes, which are not classes: their photos are still to be
+# labelled (the Label page lists them as unsorted)
+NOT_CLASSES = (UNKNOWN_FOLDER, UNSURE_FOLDER)
+
+
 @dataclass(frozen=True)
 class Skipped:
     path: str
@@ -57,7 +64,7 @@ class Skipped:
 class Finding:
     """One line of the validation report."""
 
-    level: str  # "error" | "warning"
+    level: str  # "error" | "warning" | "info"
     message: str
     paths: tuple[str, ...] = ()
 
@@ -277,6 +284,10 @@ def scan_dataset(
             continue
         if not p.is_dir():
             loose += p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            continue
+        if p.name in NOT_CLASSES:
+            refused.append(Finding("info", f"folder {p.name!r} holds photos still to be "
+                                           "labelled (the model was not sure): not a class"))
             continue
         reason = bad_name_reason(p.name)
         if reason is None and p.is_symlink() and _is_system(p.resolve()):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.core.intake.dataset import UNSURE_FOLDER
 from app.core.trust.calibration import safe_temperature, softmax
 
 KEEP_KNOWN = 0.95  # share of labelled photos whose nearest-neighbour similarity stays "known"
@@ -315,8 +316,7 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
                        pool=pool if pool_logits is not None else None, pool_logits=pool_logits)
     counts = np.bincount(yy)
     if len(present) > 1 and len(y) >= 20 and counts.min() >= 2:
-        rng = np.random.default_rng(seed)
-        fold = rng.permutation(len(y)) % folds
+        fold = stratified_folds(yy, folds, seed)
         oof = np.zeros((len(y), len(present)))
         for f in range(folds):
             train = fold != f
@@ -340,6 +340,21 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
     return model
 
 
+def stratified_folds(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """A fold per label, each class spread over the folds in turn (shuffled within the
+    class): with 2 photos in every class, every fold's training part holds every class, so
+    the calibration never switches off and on between refreshes as random folds made it
+    (seen at 101 labels: "once there are 20 labels..." for a while, Accept disabled)."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), np.int64)
+    offset = 0
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        fold[rng.permutation(idx)] = (np.arange(len(idx)) + offset) % folds
+        offset += len(idx)
+    return fold
+
+
 @dataclass
 class Suggestions:
     """For every pool photo: the suggested class id, its calibrated confidence, the margin to
@@ -359,7 +374,9 @@ class Suggestions:
 
 
 def suggest(model: LabelModel | None, x: np.ndarray) -> Suggestions | None:
-    if model is None or not len(x):
+    """What every row of ``x`` probably is; None until the labels hold two classes (with one,
+    every photo read "pansy ~100%")."""
+    if model is None or not len(x) or len(model.classes) < 2:
         return None
     p = model.probabilities(x)
     top2 = np.sort(p, axis=1)[:, -2:] if p.shape[1] > 1 else np.c_[np.zeros(len(p)), p]
@@ -520,28 +537,69 @@ class Pool:
                    seed, self.unsorted_main, self.labelled_main)
 
 
+def check_inbox(data_dir, inbox) -> None:
+    """Refuse an inbox that is a folder inside the data folder: there every folder is a class,
+    so its photos would be read as a class of their own (photos lying loose in the data folder
+    are the inbox already; the folders a sort writes, ``_not_sure`` and ``_unknown``, are
+    read as unsorted)."""
+    from pathlib import Path
+
+    from app.core.base.errors import shown
+    from app.core.intake.dataset import NOT_CLASSES
+    from app.core.intake.journal import LabelError
+
+    root = Path(data_dir).expanduser().resolve()
+    for item in ([inbox] if isinstance(inbox, (str, Path)) else inbox or []):
+        path = Path(item).expanduser().resolve()
+        if path.is_dir() and root in path.parents:
+            first = path.relative_to(root).parts[0]
+            if first in NOT_CLASSES:
+                continue
+            raise LabelError(
+                f"{shown(path)} is inside the data folder {shown(root)}, where every folder is "
+                f"a class ({shown(first)!r} would become one): move the unsorted photos out "
+                "of it, or lay them loose in the data folder itself")
+
+
 def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str = "imagenet",
                  cache_dir=None, progress=None, cancel=None) -> Pool:
     """Scan and cache (the same store, keyed by content) the data folder and the unsorted
-    photos: ``inbox`` a folder, or None for the photos lying loose in the data folder beside
-    its class folders. Bad files are skipped with their reasons."""
+    photos: ``inbox`` a folder (or a list of photos and folders), or None for the photos lying
+    loose in the data folder beside its class folders; the photos a sort left in the data
+    folder's ``_not_sure`` and ``_unknown`` folders are unsorted too. A photo whose content is
+    labelled already, or listed twice, is left out. Bad files are skipped with their
+    reasons."""
+    from pathlib import Path
+
     from app.core.base.jobs import no_progress
     from app.core.base.paths import user_cache_dir
     from app.core.features.caching import CacheJob
-    from app.core.intake.dataset import scan_dataset, scan_inbox
+    from app.core.intake.dataset import NOT_CLASSES, scan_dataset, scan_inbox
     from app.core.storage.store import FeatureStore
 
+    check_inbox(data_dir, inbox)
     progress = progress or no_progress
     cache_dir = cache_dir or user_cache_dir()
+    root = Path(data_dir).expanduser().resolve()
     with FeatureStore(cache_dir) as store:
         data = scan_dataset(data_dir, store, progress=progress, cancel=cancel)
+        held = [root / f for f in NOT_CLASSES if (root / f).is_dir()]
         pile = scan_inbox(inbox or data_dir, store, progress, cancel, loose_only=inbox is None)
+        for folder in held:
+            extra = scan_inbox(folder, store, progress, cancel)
+            pile.images = extra.images + pile.images  # the data folder's copy first
+            pile.skipped += extra.skipped
     key = None
     if data.images:
         result, data = CacheJob(data, backbone, weights, cache_dir).run(progress, cancel)
         key = result.model_key
     known = {r.digest for r in data.images}
-    pile.images = [r for r in pile.images if r.digest not in known]
+    unique = []
+    for r in pile.images:
+        if r.digest not in known:
+            known.add(r.digest)
+            unique.append(r)
+    pile.images = unique
     if pile.images:
         result, pile = CacheJob(pile, backbone, weights, cache_dir).run(progress, cancel)
         key = result.model_key
@@ -570,6 +628,37 @@ def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str
                 feats.get("unsorted", np.zeros((0, dim), np.float32)), skipped,
                 [f for f in data.findings if "no usable images" not in f.message],
                 feats.get("labelled_main"), feats.get("unsorted_main"))
+
+
+def accept_requests(pool: Pool, sug: Suggestions, at_least: float):
+    """Bulk accept: a filing request for every unsorted photo suggested with confidence
+    >= ``at_least`` (never one maybe of a new class), with the content it was suggested for;
+    and how many of them the calibration expects to be wrong."""
+    from app.core.intake.filing import Request
+
+    idx, wrong = sug.confident(at_least)
+    return [Request(pool.paths[i], pool.classes[int(sug.label[i])], pool.digests[i])
+            for i in idx], wrong
+
+
+def rest_requests(pool: Pool, sug: Suggestions, at_least: float):
+    """File the rest: every unsorted photo, under its suggested class when suggested with
+    confidence >= ``at_least``, else (and when maybe of a new class) in ``_not_sure``; with
+    how many of the sure ones the calibration expects to be wrong. Photos already in
+    ``_not_sure`` that stay unsure are left where they are."""
+    from pathlib import Path
+
+    from app.core.intake.filing import Request
+
+    idx, wrong = sug.confident(at_least)
+    sure = set(idx.tolist())
+    out = []
+    for i, path in enumerate(pool.paths):
+        cls = pool.classes[int(sug.label[i])] if i in sure else UNSURE_FOLDER
+        if cls == UNSURE_FOLDER and Path(path).parent.name == UNSURE_FOLDER:
+            continue
+        out.append(Request(path, cls, pool.digests[i]))
+    return out, wrong
 
 
 @dataclass

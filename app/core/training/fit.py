@@ -82,6 +82,8 @@ class TrainSettings:
             problems.append("aux weight must be a number in [0, 10]")
         if self.early_stopping < 0:
             problems.append("early-stopping patience must be at least 0 (0: off)")
+        if not 0 <= self.seed < 2 ** 32:
+            problems.append("seed must be a whole number from 0 to 4294967295")
         if self.hidden_units < 0:
             problems.append("hidden units must be at least 0")
         if not 0 <= self.stream_interval < 3600:

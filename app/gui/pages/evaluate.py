@@ -245,18 +245,28 @@ class EvaluatePage(QWidget):
 
     def show_moves(self, state) -> None:
         """``state``: the data folder's journal (app.core.intake.journal.JournalState)."""
+        from app.core.intake.filing import FIXES
+
         self.moves.clear()
-        for m in state.moves:
-            self.moves.addItem(f"{m.source}  →  {m.target}")
-        for entry in state.foreign:
-            item = QListWidgetItem(f"not written by this app for this folder, never undone: "
-                                   f"{shown(entry.get('source'))}  →  "
-                                   f"{shown(entry.get('target'))}")
+        fixes = [m for o in state.operations if o.kind in FIXES for m in o.moves]
+        for m in reversed(fixes):  # the one Undo takes back first
+            self.moves.addItem(f"{shown(m.source)}  →  {shown(m.target)}")
+        others = sum(len(o.moves) for o in state.operations if o.kind not in FIXES)
+        notes = ([f"{others} photo(s) filed on the Label page or by a sort: undo those "
+                  "there"] if others else [])
+        for entry in state.foreign[:5]:
+            notes.append(f"not written by this app for this folder, never undone: "
+                         f"{shown(entry.get('source'))}  →  {shown(entry.get('target'))}")
+        if state.foreign_count > 5:
+            notes.append(f"… {state.foreign_count - 5} more line(s) not written by this app "
+                         "for this folder: never undone")
+        for text in notes:
+            item = QListWidgetItem(text)
             item.setForeground(QColor(120, 120, 120))
             item.setFlags(Qt.ItemFlag.NoItemFlags)
             self.moves.addItem(item)
-        self.undo.setEnabled(bool(state.moves))
-        self.tabs.setTabText(3, f"Moves ({len(state.moves)})")
+        self.undo.setEnabled(bool(fixes))
+        self.tabs.setTabText(3, f"Moves ({len(fixes)})")
 
     def eventFilter(self, watched, event) -> bool:  # noqa: N802
         """Space on the confusion matrix opens the current cell, as Enter does."""

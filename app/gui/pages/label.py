@@ -2,11 +2,12 @@
 
 It shows what :func:`app.core.pipeline.labeling.refresh` computed (the queue with suggestions, the
 groups, the classes) and turns keys and clicks into requests; the controller
-(``app.gui.labeling``) files the photos and asks for a refresh. Keys on a grid: 1-9 file the
-selected photos (on the Groups tab: every photo left in the group) under the class shown beside
-that digit, Enter accepts the suggestion, Space skips to the next photo, N makes a new class
-and files the selected photos (the group) in it, Delete takes a photo out of the group shown,
-Ctrl+Z undoes.
+(``app.gui.labeling``) files the photos and asks for a refresh. Keys on a grid: a class's key
+(1-9, then 0: a class keeps its key when others are made) files the selected photos (on the
+Groups tab: every photo left in the group) under it; typing a letter opens the class chooser
+(any class by name, or a new one); Enter accepts the suggestion shown on the selected photo;
+Space skips to the next photo; Delete takes a photo out of the group shown; Ctrl+Z undoes the
+last operation (Undo's arrow lists the others).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from PySide6.QtGui import QIcon, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDialog,
     QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -30,16 +33,31 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.base.errors import shown
+from app.gui.operations import OperationBar
 from app.gui.widgets import heading, hint
 
 ICON = 112
 GROUP_ICON = 72  # smaller: a whole group of ~40 on one screen, to check before naming it
+KEYS = "1234567890"  # a class's key: its slot's place here
+WHY = {  # the queue's reasons, short on the photo, explained on hover
+    "typical of a group without labels": (
+        "typical", "the most typical photo of a group of alike photos that has no label yet"),
+    "uncertain": ("unsure", "the model hesitates between two classes for this photo"),
+    "random": ("random", "picked at random, so that what the model is sure of and wrong "
+                         "about shows up"),
+    "asked before": ("asked before", "asked before the last refresh, still waiting for you"),
+}
+
+
+def photos(n: int) -> str:
+    return f"{n} photo{'s' if n != 1 else ''}"
 
 
 class PhotoGrid(QListWidget):
     """Photos as thumbnails with a caption; keys become the page's requests."""
 
-    key_digit = Signal(int)
+    key_class = Signal(str)  # a class key was pressed (its character)
+    key_typed = Signal(str)  # a letter: the start of a class name
     key_accept = Signal()
     key_skip = Signal()
     key_remove = Signal()
@@ -56,16 +74,19 @@ class PhotoGrid(QListWidget):
         self.setDragEnabled(False)  # photos dropped on a grid are the page's (icon mode
         self.setAcceptDrops(False)  # would take them as an internal move and refuse them)
         self.setToolTip(tip)
+        # where the keys go must show: a frame in the highlight colour while it has the focus
+        self.setStyleSheet("PhotoGrid { border: 2px solid transparent; }"
+                           "PhotoGrid:focus { border: 2px solid palette(highlight); }")
         self.paths: list[str] = []
 
-    def set_photos(self, rows: list[tuple[str, str]]) -> None:
-        """``rows``: (path, caption)."""
+    def set_photos(self, rows: list[tuple[str, str, str]]) -> None:
+        """``rows``: (path, caption, tooltip)."""
         self.clear()
-        self.paths = [p for p, _ in rows]
-        for path, caption in rows:
+        self.paths = [r[0] for r in rows]
+        for path, caption, tip in rows:
             item = QListWidgetItem(f"{shown(Path(path).name)}\n{caption}")
             item.setData(Qt.ItemDataRole.UserRole, path)
-            item.setToolTip(shown(path))
+            item.setToolTip(f"{shown(path)}\n{tip}" if tip else shown(path))
             self.addItem(item)
         if self.count():
             self.setCurrentRow(0)
@@ -103,9 +124,12 @@ class PhotoGrid(QListWidget):
 
     def keyPressEvent(self, event) -> None:  # noqa: N802
         key, text = event.key(), event.text()
-        if text.isdigit() and text != "0" and not event.modifiers() & (
-                Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier):
-            self.key_digit.emit(int(text))
+        plain = not event.modifiers() & (Qt.KeyboardModifier.ControlModifier
+                                         | Qt.KeyboardModifier.AltModifier)
+        if plain and text and text in KEYS:
+            self.key_class.emit(text)
+        elif plain and text and text.isalpha():
+            self.key_typed.emit(text)
         elif key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             self.key_accept.emit()
         elif key == Qt.Key.Key_Space:
@@ -117,54 +141,123 @@ class PhotoGrid(QListWidget):
             super().keyPressEvent(event)
 
 
+class ClassChooser(QDialog):
+    """Any class by typing part of its name (and Enter), or a new class of the name typed."""
+
+    def __init__(self, classes: list[str], keys: dict[str, str], text: str,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("File under…")
+        self.classes, self.keys = classes, keys
+        self.chosen: tuple[str, bool] | None = None  # (class, new)
+        self.edit = QLineEdit(text)
+        self.edit.setPlaceholderText("type a class name")
+        self.list = QListWidget()
+        self.list.itemActivated.connect(lambda _i: self.accept())
+        self.edit.textChanged.connect(self._filter)
+        self.edit.returnPressed.connect(self.accept)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("File the selected photos under (Enter; Esc: nothing):"))
+        layout.addWidget(self.edit)
+        layout.addWidget(self.list)
+        self._filter(text)
+        self.resize(360, 320)
+
+    def _filter(self, text: str) -> None:
+        self.list.clear()
+        t = text.strip().casefold()
+        # names that start with the text first, then those that hold it
+        match = sorted((c for c in self.classes if t in c.casefold()),
+                       key=lambda c: (not c.casefold().startswith(t), c.casefold()))
+        for c in match:
+            key = self.keys.get(c, "")
+            item = QListWidgetItem(f"{key or ' '}  {shown(c)}")
+            item.setData(Qt.ItemDataRole.UserRole, (c, False))
+            self.list.addItem(item)
+        if text.strip() and text.strip() not in self.classes:
+            item = QListWidgetItem(f"+  New class \u201c{shown(text.strip())}\u201d")
+            item.setData(Qt.ItemDataRole.UserRole, (text.strip(), True))
+            self.list.addItem(item)
+        if self.list.count():
+            self.list.setCurrentRow(0)
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802
+        if event.key() in (Qt.Key.Key_Down, Qt.Key.Key_Up):
+            row = self.list.currentRow() + (1 if event.key() == Qt.Key.Key_Down else -1)
+            self.list.setCurrentRow(max(0, min(row, self.list.count() - 1)))
+            return
+        super().keyPressEvent(event)
+
+    def accept(self) -> None:
+        item = self.list.currentItem()
+        self.chosen = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+        super().accept()
+
+
 class LabelPage(QWidget):
     add_photos_requested = Signal()
     add_folder_requested = Signal()
     photos_dropped = Signal(list)
     assign_requested = Signal(list, str)  # photo paths, class
-    new_class_requested = Signal()
-    undo_requested = Signal()
+    new_class_requested = Signal(list, str)  # photo paths, a name ("": ask for one)
+    undo_requested = Signal(str)  # an operation's id, "" for the latest
     accept_requested = Signal(float)
+    file_rest_requested = Signal(float)
     groups_changed = Signal(int)  # 0: automatic
+    group_shown = Signal()  # another group is shown: its thumbnails are wanted
+    weights_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setAcceptDrops(True)
         self.classes: list[str] = []
+        self.keys: dict[str, str] = {}  # class -> its key
         self.suggested: dict[str, str] = {}  # path -> suggested class
         self.view = None
+        self._captions: dict[str, str] = {}
         self.summary = QLabel("Open or make a data folder, then add unsorted photos.")
         self.summary.setWordWrap(True)
-        add = QPushButton("Add photos…")
+        add = QPushButton("&Add photos…")
         add.setToolTip("Choose unsorted photos to label (or drop photos or a folder here)")
         add.clicked.connect(self.add_photos_requested)
-        add_folder = QPushButton("Add folder…")
+        add_folder = QPushButton("Add &folder…")
         add_folder.setToolTip("Choose a folder of unsorted photos to label")
         add_folder.clicked.connect(self.add_folder_requested)
-        self.new_class = QPushButton("New class… (N)")
+        self.new_class = QPushButton("&New class…")
         self.new_class.setToolTip("Make a new class folder in the data folder and file the "
-                                  "selected photos (on Groups: the group) in it")
-        self.new_class.clicked.connect(self.new_class_requested)
-        self.undo = QPushButton("Undo (Ctrl+Z)")
-        self.undo.setToolTip("Put the last photo filed back where it was")
-        self.undo.clicked.connect(self.undo_requested)
+                                  "selected photos (on Groups: the group) in it; or type its "
+                                  "name on the photos")
+        self.new_class.clicked.connect(self._new_class)
+        self.backbone = QLabel("")
+        self.backbone.setToolTip("The backbone that measures the photos (chosen on the "
+                                 "Features page)")
+        self.weights = QPushButton("&Weights file…")
+        self.weights.setToolTip("Use a local weights file for this backbone (no download: "
+                                "for a machine without internet)")
+        self.weights.clicked.connect(self.weights_requested)
         top = QHBoxLayout()
         top.addWidget(add)
         top.addWidget(add_folder)
         top.addWidget(self.new_class)
-        top.addWidget(self.undo)
         top.addStretch(1)
+        top.addWidget(self.backbone)
+        top.addWidget(self.weights)
 
         self.class_list = QListWidget()
-        self.class_list.setToolTip("The classes, with the digit that files a photo under each")
+        self.class_list.setToolTip("The classes, with the key that files a photo under each "
+                                   "(double-click one to file the selected photos there; "
+                                   "type a name on the photos for any class)")
         self.class_list.setMaximumWidth(220)
-        self.class_list.itemActivated.connect(self._class_activated)
+        # never the focus: Enter must always reach the photos, and file what they say
+        self.class_list.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.class_list.itemDoubleClicked.connect(self._class_activated)
 
-        self.queue = PhotoGrid("The photos to label next, most useful first: 1-9 file the "
-                               "selected ones, Enter accepts the suggestion, Space skips")
+        self.queue = PhotoGrid("The photos to label next, most useful first: a class's key "
+                               "files the selected ones, Enter accepts the suggestion shown, "
+                               "Space skips, typing a letter chooses a class by name")
         self.group_grid = PhotoGrid("A group of alike photos, most typical first (the least "
                                     "typical quarter is marked 'check'): Delete takes a photo "
-                                    "out, then a digit files the rest", icon=GROUP_ICON)
+                                    "out, then a class's key files the rest", icon=GROUP_ICON)
         self.group_pick = QComboBox()
         self.group_pick.setToolTip("Which group of alike photos to show")
         self.group_pick.currentIndexChanged.connect(self._show_group)
@@ -188,7 +281,8 @@ class LabelPage(QWidget):
         self.tabs.addTab(groups, "Groups")
         self.tabs.currentChanged.connect(lambda _i: self.current_grid().setFocus())
         for grid in (self.queue, self.group_grid):
-            grid.key_digit.connect(self._digit)
+            grid.key_class.connect(self._key)
+            grid.key_typed.connect(self.choose_class)
             grid.key_accept.connect(self._accept_suggestion)
         self.group_grid.key_remove.connect(self._remove_from_group)
 
@@ -199,15 +293,26 @@ class LabelPage(QWidget):
         self.accept_at.setToolTip("File every photo suggested with at least this confidence")
         self.accept_at.valueChanged.connect(lambda _v: self._describe_accept())
         self.accept_text = QLabel("")
-        self.accept = QPushButton("Accept")
-        self.accept.setToolTip("File them all under their suggested class (undoable one by one)")
+        self.accept = QPushButton("A&ccept")
+        self.accept.setToolTip("File them all under their suggested class: one operation, "
+                               "undone at once")
         self.accept.clicked.connect(lambda: self.accept_requested.emit(
+            self.accept_at.value() / 100))
+        self.file_rest = QPushButton("File the &rest…")
+        self.file_rest.setToolTip("Every photo still unsorted: under its suggested class when "
+                                  "suggested with at least this confidence, in _not_sure "
+                                  "(not a class; listed here) otherwise: one operation, "
+                                  "undone at once")
+        self.file_rest.clicked.connect(lambda: self.file_rest_requested.emit(
             self.accept_at.value() / 100))
         bottom = QHBoxLayout()
         bottom.addWidget(QLabel("Accept every suggestion above"))
         bottom.addWidget(self.accept_at)
         bottom.addWidget(self.accept_text, 1)
         bottom.addWidget(self.accept)
+        bottom.addWidget(self.file_rest)
+        self.ops = OperationBar("&Undo")
+        self.ops.undo_requested.connect(self.undo_requested)
 
         middle = QHBoxLayout()
         left = QVBoxLayout()
@@ -225,56 +330,72 @@ class LabelPage(QWidget):
         layout.addWidget(self.summary)
         layout.addLayout(middle, 1)
         layout.addLayout(bottom)
-        QShortcut(QKeySequence.StandardKey.Undo, self, self.undo_requested.emit)
-        QShortcut(QKeySequence("N"), self, self.new_class_requested.emit)
+        layout.addWidget(self.ops)
+        QShortcut(QKeySequence.StandardKey.Undo, self, lambda: self.undo_requested.emit(""))
         self._describe_accept()
 
     # --- what the controller sets --------------------------------------------------------
     def current_grid(self) -> PhotoGrid:
         return self.queue if self.tabs.currentIndex() == 0 else self.group_grid
 
-    def show_view(self, view, data_dir: Path | None) -> None:
-        """Show one refresh (app.core.pipeline.labeling.LabelingView)."""
+    def set_backbone(self, text: str) -> None:
+        self.backbone.setText(text)
+
+    def show_view(self, view, data_dir: Path | None, keys: dict[str, str] | None = None
+                  ) -> None:
+        """Show one refresh (app.core.pipeline.labeling.LabelingView); ``keys``: class ->
+        its key (stable across refreshes; see ``app.gui.labeling.class_keys``)."""
         self.view = view
         pool = view.pool
         self.classes = list(pool.classes)
+        self.keys = dict(keys or {c: KEYS[i] for i, c in enumerate(self.classes)
+                                  if i < len(KEYS)})
         counts = {c: int((pool.labels == i).sum()) for i, c in enumerate(pool.classes)}
         self.class_list.clear()
-        for i, c in enumerate(self.classes):
-            digit = f"{i + 1}  " if i < 9 else "    "
-            self.class_list.addItem(f"{digit}{shown(c)} ({counts[c]})")
+        for c in sorted(self.classes, key=lambda c: (KEYS.find(self.keys.get(c, "~")) % 99,
+                                                     c.casefold())):
+            key = self.keys.get(c, "")
+            item = QListWidgetItem(f"{key or ' '}  {shown(c)} ({counts[c]})")
+            item.setData(Qt.ItemDataRole.UserRole, c)
+            self.class_list.addItem(item)
         sug = view.suggestions
         self.suggested = {}
         captions = {}
         for i, path in enumerate(pool.paths):
             if sug is None:
-                captions[path] = "no suggestion yet"
+                captions[path] = ("no suggestion yet" if len(pool.classes) > 1 else
+                                  "suggestions come once there are two classes")
                 continue
             cls = pool.classes[int(sug.label[i])]
-            self.suggested[path] = cls
+            if not sug.new_class[i]:  # Enter files only what the photo's caption says
+                self.suggested[path] = cls
             rough = "" if sug.calibrated else "~"
             captions[path] = ("maybe a new class" if sug.new_class[i] else
                               f"{shown(cls)} {rough}{sug.confidence[i]:.0%}")
-        reason = {"typical of a group without labels": "typical", "uncertain": "unsure",
-                  "random": "random"}
-        why = {pool.paths[a.index]: reason[a.reason] for a in view.queue.asks}
+        why = {pool.paths[a.index]: a.reason for a in view.queue.asks}
         # the photos still waiting in the grid keep their places: a refresh never moves a
         # photo under the user's fingers; new asks come after them
         waiting = [p for i, p in enumerate(self.queue.paths)
                    if self.queue._open(i) and p in captions]
         order = waiting + [p for p in why if p not in set(waiting)]
-        self.queue.set_photos([(p, f"{captions[p]} · {why.get(p, 'asked before')}")
-                               for p in order[:max(len(why), len(waiting))]])
+        rows = []
+        for p in order[:max(len(why), len(waiting))]:
+            short, long = WHY.get(why.get(p, "asked before"), WHY["asked before"])
+            rows.append((p, f"{captions[p]} · {short}", long))
+        self.queue.set_photos(rows)
+        current = self.group_pick.currentIndex()
         self.group_pick.blockSignals(True)
         self.group_pick.clear()
         for n, g in enumerate(view.groups, 1):
-            self.group_pick.addItem(f"Group {n}: {len(g.members)} photos", n - 1)
+            self.group_pick.addItem(f"Group {n}: {photos(len(g.members))}", n - 1)
+        if 0 <= current < self.group_pick.count():
+            self.group_pick.setCurrentIndex(current)
         self.group_pick.blockSignals(False)
         self._captions = captions
         self._show_group()
         where = shown(data_dir) if data_dir else "no data folder"
         self.summary.setText(
-            f"{len(pool.paths)} unsorted photo(s); {len(pool.labels)} labelled in "
+            f"{photos(len(pool.paths))} unsorted; {len(pool.labels)} labelled in "
             f"{len(pool.classes)} class(es) in {where}"
             + ("" if not pool.skipped else f"; {len(pool.skipped)} skipped (unreadable)"))
         self._describe_accept()
@@ -289,7 +410,10 @@ class LabelPage(QWidget):
         check = set(members[len(members) - len(members) // 4:]) if len(members) >= 8 else set()
         self.group_grid.set_photos([(view.pool.paths[m],
                                      ("check · " if m in check else "")
-                                     + self._captions[view.pool.paths[m]]) for m in members])
+                                     + self._captions[view.pool.paths[m]],
+                                     "among the least typical of the group: check it"
+                                     if m in check else "") for m in members])
+        self.group_shown.emit()
 
     def shown_paths(self) -> list[str]:
         return self.queue.paths + self.group_grid.paths
@@ -301,27 +425,51 @@ class LabelPage(QWidget):
             self.accept_text.setText("(once there are 20 labels and 2 photos in every class, "
                                      "the confidence is calibrated)")
             self.accept.setEnabled(False)
+            self.file_rest.setEnabled(False)
             return
         idx, wrong = sug.confident(self.accept_at.value() / 100)
-        self.accept_text.setText(f"{len(idx)} photo(s); the calibration expects about "
+        self.accept_text.setText(f"{photos(len(idx))}; the calibration expects about "
                                  f"{wrong:.1f} of them to be wrong")
         self.accept.setEnabled(bool(len(idx)))
+        self.file_rest.setEnabled(bool(len(view.pool.paths)))
 
     # --- keys ------------------------------------------------------------------------------
-    def _digit(self, n: int) -> None:
-        """Label next: the selected photos. Groups: every photo left in the group (naming
-        it)."""
-        if n <= len(self.classes):
-            grid = self.current_grid()
-            paths = list(grid.paths) if grid is self.group_grid else grid.selected_paths()
-            if paths:
-                self.assign_requested.emit(paths, self.classes[n - 1])
+    def _photos_for_key(self) -> list[str]:
+        """Label next: the selected photos. Groups: every photo left in the group."""
+        grid = self.current_grid()
+        return list(grid.paths) if grid is self.group_grid else grid.selected_paths()
+
+    def _key(self, key: str) -> None:
+        cls = next((c for c, k in self.keys.items() if k == key), None)
+        paths = self._photos_for_key()
+        if cls is not None and paths:
+            self.assign_requested.emit(paths, cls)
+
+    def choose_class(self, text: str = "") -> None:
+        """The class chooser, started with ``text``: any class by name, or a new one."""
+        paths = self._photos_for_key()
+        grid = self.current_grid()
+        if not paths:
+            return
+        chooser = ClassChooser(self.classes, self.keys, text, self)
+        if chooser.exec() == QDialog.DialogCode.Accepted and chooser.chosen:
+            cls, new = chooser.chosen
+            if new:
+                self.new_class_requested.emit(paths, cls)
+            else:
+                self.assign_requested.emit(paths, cls)
+        grid.setFocus()
+
+    def _new_class(self) -> None:
+        self.new_class_requested.emit(self._photos_for_key(), "")
+        self.current_grid().setFocus()
 
     def _class_activated(self, item) -> None:
-        row = self.class_list.row(item)
+        cls = item.data(Qt.ItemDataRole.UserRole)
         paths = self.current_grid().selected_paths()
-        if paths and row < len(self.classes):
-            self.assign_requested.emit(paths, self.classes[row])
+        if paths and cls is not None:
+            self.assign_requested.emit(paths, cls)
+        self.current_grid().setFocus()
 
     def _accept_suggestion(self) -> None:
         for path in self.current_grid().selected_paths():

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.operations import OperationBar
 from app.gui.session import Predicted, predictions_csv
 from app.gui.widgets import dialog_folder, heading, hint, local_paths
 
@@ -33,7 +34,6 @@ class PredictPage(QWidget):
     open_model_requested = Signal()
     saved = Signal(str)  # the CSV file written
     sort_requested = Signal()
-    undo_sort_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -63,11 +63,10 @@ class PredictPage(QWidget):
                              "sub-folders by these answers (a preview of the counts first; "
                              "never overwrites; undoable)")
         self.sort.clicked.connect(self.sort_requested)
-        self.undo_sort = QPushButton("&Undo sort")
-        self.undo_sort.setToolTip("Remove the copies the last sort made (only copies still "
-                                  "unchanged)")
-        self.undo_sort.setEnabled(False)
-        self.undo_sort.clicked.connect(self.undo_sort_requested)
+        self.ops = OperationBar("Undo sort")  # the last sort: what it did, its Undo
+        self.ops.undo.setToolTip("Remove the copies the last sort made (only copies still "
+                                 "unchanged)")
+        self.work = None  # FileWork, set by the window
         self.clear = QPushButton("C&lear")
         self.clear.setToolTip("Empty the list")
         self.clear.clicked.connect(lambda: self.show_results([]))
@@ -84,7 +83,6 @@ class PredictPage(QWidget):
         row.addWidget(self.copy)
         row.addWidget(self.save)
         row.addWidget(self.sort)
-        row.addWidget(self.undo_sort)
         row.addWidget(self.clear)
 
         self.table = QTableWidget(0, 3)
@@ -104,11 +102,13 @@ class PredictPage(QWidget):
         layout.addWidget(self.model)
         layout.addLayout(row)
         layout.addWidget(self.saved_note)
+        layout.addWidget(self.ops)
         layout.addWidget(self.table, 1)
         self.results: list[Predicted] = []
         self.images_dir = ""  # the folder images were last added from
         self.data_dir = ""  # the open data folder: where "Add images…" opens before that
         self.save_dir = ""  # the folder a CSV was last saved to
+        self.sort_dir = ""  # where the last sort's folder is
         self._update_buttons()
 
     def set_model(self, source: str) -> None:

@@ -1,0 +1,148 @@
+"""Sorting photos into a folder by a model's answers (Predict's *Sort into folder*, the Label
+page's *File the rest*): a preview first, then one undoable operation
+(:func:`app.core.intake.filing.file_photos`).
+
+A target that already holds class folders (the data folder itself, a folder sorted before) is
+made safe by design: a photo whose content is already in one of its class folders, or that
+lies in one, is never copied into a second class; the preview counts those apart and says
+where they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.core.base.jobs import CancelToken, ProgressCallback, no_progress
+from app.core.intake.dataset import UNKNOWN_FOLDER, UNSURE_FOLDER
+from app.core.intake.filing import Filing, Request, create_class, file_photos
+
+
+@dataclass
+class SortPlan:
+    """Where sorting files each photo: ``{folder: [photo, ...]}`` (a class, ``_unknown`` or
+    ``_not_sure``); the photos it cannot file (no answer), and those left alone because their
+    content is filed in the target already (photo, where)."""
+
+    folders: dict[str, list[str]]
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    already: list[tuple[str, str]] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # photo -> content, when known
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.folders.items()}
+
+    @property
+    def to_file(self) -> int:
+        return sum(len(v) for v in self.folders.values())
+
+    def preview(self, out: str | Path, verb: str = "copied") -> str:
+        """What the confirmation shows: how many go where, how many are filed already."""
+        lines = [f"{self.to_file} photo(s) would be {verb} into {out}:"]
+        lines += [f"  {folder}: {n}" for folder, n in self.counts().items()]
+        if self.already:
+            where = sorted({w.split('/')[0] for _p, w in self.already})
+            lines.append(f"{len(self.already)} already filed in {out} (in "
+                         f"{', '.join(where[:5])}{', ...' if len(where) > 5 else ''}) "
+                         "stay where they are")
+        if self.errors:
+            lines.append(f"{len(self.errors)} without an answer stay where they are")
+        return "\n".join(lines)
+
+
+def filed_in(out: str | Path, store=None, progress: ProgressCallback = no_progress,
+             cancel: CancelToken | None = None) -> dict[str, str]:
+    """Digest -> ``class/file`` of every photo in a class folder of ``out`` (nothing when it
+    does not exist yet). With a feature ``store``, unchanged files are not read again."""
+    from app.core.intake.dataset import scan_dataset
+
+    root = Path(out).expanduser()
+    if not root.is_dir():
+        return {}
+    ds = scan_dataset(root, store, progress=progress, cancel=cancel)
+    base = ds.root
+    found = {}
+    for r in ds.images:
+        path = Path(r.path)
+        try:
+            rel = path.relative_to(base).as_posix()
+        except ValueError:
+            rel = path.name
+        found.setdefault(r.digest, rel)
+    return found
+
+
+def sort_plan(predictions, out: str | Path | None = None,
+              filed: dict[str, str] | None = None, digests: dict[str, str] | None = None,
+              unsure_below: float | None = None) -> SortPlan:
+    """The preview: each prediction's folder (its top class, ``_unknown``, or ``_not_sure``
+    below ``unsure_below``). ``filed``: digest -> where, the target's photos (from
+    :func:`filed_in`); ``digests``: photo -> digest, where known. A photo lying in a class
+    folder of ``out``, or whose content is in ``filed``, is listed in ``already``."""
+    root = Path(out).expanduser().resolve() if out is not None else None
+    filed, digests = filed or {}, dict(digests or {})
+    folders: dict[str, list[str]] = {}
+    errors, already = [], []
+    for p in predictions:
+        if p.error or not p.top:
+            errors.append((p.path, p.error or "no answer"))
+            continue
+        where = _in_class_folder(root, p.path)
+        if where is None and filed:
+            digest = digests.get(p.path) or _digest_or_none(p.path)
+            if digest is not None:
+                digests[p.path] = digest
+                where = filed.get(digest)
+        if where is not None:
+            already.append((p.path, where))
+            continue
+        if p.unknown:
+            folder = UNKNOWN_FOLDER
+        elif unsure_below is not None and p.top[0]["probability"] < unsure_below:
+            folder = UNSURE_FOLDER
+        else:
+            folder = p.top[0]["label"]
+        folders.setdefault(folder, []).append(p.path)
+    return SortPlan(dict(sorted(folders.items())), errors, already, digests)
+
+
+def _in_class_folder(root: Path | None, path: str) -> str | None:
+    """``class/file`` when ``path`` lies in a class folder of ``root`` (a sub-folder, not
+    hidden), else None."""
+    if root is None:
+        return None
+    p = Path(path).expanduser().absolute()
+    try:
+        rel = p.parent.resolve().relative_to(root)
+    except ValueError:
+        return None
+    parts = rel.parts
+    if not parts or parts[0].startswith("."):
+        return None
+    return f"{parts[0]}/{p.name}"
+
+
+def _digest_or_none(path: str) -> str | None:
+    from app.core.intake.dataset import digest_file
+
+    try:
+        return digest_file(Path(path))[0]
+    except OSError:
+        return None
+
+
+def sort_into(out: str | Path, plan: SortPlan, move: bool = False, kind: str = "sort",
+              title: str = "", progress: ProgressCallback = no_progress,
+              cancel: CancelToken | None = None) -> Filing:
+    """Carry out ``plan`` in ``out`` as one operation: copies (photos inside ``out`` are moved
+    when ``move``); never overwrites; undone at once (``filing.undo(out, operation=...)``)."""
+    Path(out).expanduser().mkdir(parents=True, exist_ok=True)
+    requests = []
+    for folder, photos in plan.folders.items():
+        create_class(out, folder)
+        requests += [Request(p, folder, plan.digests.get(p)) for p in photos]
+    filing = file_photos(out, requests, kind,
+                         title or f"Sorted {len(requests)} photo(s) into {Path(out).name}",
+                         copy=None if move else True, progress=progress, cancel=cancel)
+    filing.already = list(plan.already) + filing.already
+    return filing
