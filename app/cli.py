@@ -420,9 +420,11 @@ def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken
         if ev.unknown_rate is not None:
             _say(f"called unknown: {ev.unknown_rate:.1%} of these images")
         for name, s in ev.per_class.items():
-            _say(f"  {name:20s} precision {s['precision']:.2f} recall "
-                  f"{'n/a' if s['recall'] is None else format(s['recall'], '.2f')} "
-                  f"f1 {s['f1']:.2f} ({s['support']})")
+            def num(v) -> str:
+                return "n/a" if v is None else format(v, ".2f")
+
+            _say(f"  {name:20s} precision {num(s['precision'])} recall {num(s['recall'])} "
+                 f"f1 {num(s['f1'])} ({s['support']})")
         for m in ev.misclassified:
             _say(f"  wrong: {m['path']} is {m['true']}, predicted {m['predicted']} "
                   f"({m['confidence']:.0%})")

@@ -57,9 +57,6 @@ class ErrorBanner(QFrame):
         self.topic = ""
         self.text = QLabel()
         self.text.setWordWrap(True)
-        # at most a few lines: a long message must not make the window taller than a 720-px
-        # screen (its status bar went off-screen); the whole text is in the tooltip and log
-        self.text.setMaximumHeight(4 * self.text.fontMetrics().lineSpacing() + 4)
         self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         close = QPushButton("Dismiss")
         close.setToolTip("Hide this message (details are in the log file)")

@@ -60,3 +60,45 @@ def dialog_folder(*candidates: str | None) -> str:
         if folder and Path(folder).expanduser().is_dir():
             return str(Path(folder).expanduser())
     return str(Path.home())
+
+
+def unique_mnemonics(page, taken: set[str]) -> None:
+    """Give every Alt+letter of ``page`` (buttons, and labels with a buddy) its own letter,
+    none of ``taken`` (the menu bar's): a letter a widget has is kept where it is free,
+    else the first free initial of its words, else any free letter of its text. Two
+    buttons of one page on one letter made Alt+letter press the wrong one."""
+    import re
+
+    from PySide6.QtWidgets import QAbstractButton, QGroupBox
+
+    used = {t.lower() for t in taken}
+    widgets = [w for w in page.findChildren(QAbstractButton) + page.findChildren(QLabel)
+               + page.findChildren(QGroupBox)
+               if not (isinstance(w, QLabel) and w.buddy() is None)]
+
+    def text_of(w) -> str:
+        return w.title() if isinstance(w, QGroupBox) else w.text()
+
+    def set_text(w, text: str) -> None:
+        (w.setTitle if isinstance(w, QGroupBox) else w.setText)(text)
+
+    later = []
+    for w in widgets:
+        m = re.search(r"&([^&])", text_of(w).replace("&&", "\0"))
+        if m is None:
+            continue
+        letter = m.group(1).lower()
+        if letter.isalnum() and letter not in used:
+            used.add(letter)
+        else:
+            later.append(w)
+    for w in later:
+        plain = text_of(w).replace("&&", "\0").replace("&", "")
+        starts = [m.start() for m in re.finditer(r"\b\w", plain)]
+        spots = starts + [i for i, ch in enumerate(plain) if ch.isalnum() and i not in starts]
+        spot = next((i for i in spots if plain[i].lower() not in used), None)
+        if spot is None:
+            set_text(w, plain.replace("\0", "&&"))
+            continue
+        used.add(plain[spot].lower())
+        set_text(w, (plain[:spot] + "&" + plain[spot:]).replace("\0", "&&"))

@@ -39,7 +39,7 @@ from app.gui.pages.train import TrainPage
 from app.gui.pages.train_mode import TrainContext
 from app.gui.preferences import Preferences, default_settings
 from app.gui.session import RunOutcome, Session
-from app.gui.widgets import dialog_folder, local_paths
+from app.gui.widgets import dialog_folder, local_paths, unique_mnemonics
 from app.gui.worker import Jobs, Worker
 
 PAGES = ("Data", "Label", "Features", "Train", "Evaluate", "Predict")
@@ -96,6 +96,10 @@ class MainWindow(QMainWindow):
         self.device.setToolTip("Where the backbone computes features")
         self.statusBar().addPermanentWidget(self.device)
         self._menus()
+        menus = {a.text()[a.text().index("&") + 1].lower()
+                 for a in self.menuBar().actions() if "&" in a.text()}
+        for page in self.pages:
+            unique_mnemonics(page, menus)
         self._connect()
         self._restore()
         self._data_changed()
@@ -310,7 +314,7 @@ class MainWindow(QMainWindow):
         """Open ``folder`` (else the last data folder) and the last trained model, if any."""
         folder = folder or self.prefs.last_folder
         if folder and Path(folder).is_dir():
-            self.load_folder(folder)
+            self.load_folder(folder, show=False)  # on the page the user left
         model = last_model_dir()
         clean_leftovers(model.parent)  # what a killed save of it left, never anything else
         if is_model_folder(model):

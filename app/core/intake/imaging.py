@@ -7,7 +7,9 @@ whenever its output changes: cached features carry it in their key.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
 from pathlib import Path
 
@@ -33,6 +35,40 @@ IMAGE_SUFFIXES = {
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif",
     ".webp", ".tif", ".tiff",
 }
+
+
+# Decoded pixels all decode threads of this process may hold at once: a 13000 x 13000 PNG
+# (under Pillow's bomb limit) took about 1 GB a decode thread, 9.1 GB with 8 threads. A photo
+# waits until its pixels fit; one larger than the budget decodes alone. 256 Mpx is about 1 GB
+# of RGBA, room for 20 phone photos at once.
+PIXEL_BUDGET = 256 * 2**20
+
+
+class PixelBudget:
+    """Pixels lent to decoders; ``peak``: the most lent at once (what memory follows)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.lent = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        want = max(1, min(int(pixels), self.total))
+        with self._cond:
+            self._cond.wait_for(lambda: self.lent + want <= self.total)
+            self.lent += want
+            self.peak = max(self.peak, self.lent)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.lent -= want
+                self._cond.notify_all()
+
+
+BUDGET = PixelBudget(PIXEL_BUDGET)
 
 
 class ImageError(Exception):
@@ -86,11 +122,12 @@ def load_rgb(source: str | Path | bytes, size: tuple[int, int]) -> np.ndarray:
             with Image.open(fp) as im:
                 if im.format == "JPEG":
                     im.draft("RGB", size)
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                rgb = _to_rgb(im)
-                rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-                return np.asarray(rgb, dtype=np.uint8)
+                with BUDGET.hold(im.size[0] * im.size[1]):  # the header says how many
+                    im.load()
+                    im = ImageOps.exif_transpose(im)
+                    rgb = _to_rgb(im)
+                    rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+                    return np.asarray(rgb, dtype=np.uint8)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:

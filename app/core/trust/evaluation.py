@@ -84,15 +84,16 @@ def score(labels: list[str], true: np.ndarray, probs: np.ndarray, paths: list[st
         tp = int(confusion[i, i])
         support = int(confusion[i].sum())
         predicted = int(confusion[:, i].sum())
-        precision = tp / predicted if predicted else 0.0
+        # no image called this class: its precision is not 0%, it is unknown (shown "-")
+        precision = tp / predicted if predicted else None
         recall = tp / support if support else None
-        f1 = (2 * precision * recall / (precision + recall)
-              if recall is not None and precision + recall > 0 else 0.0)
+        f1 = (None if recall is None or precision is None else
+              2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0)
         if recall is not None:
             recalls.append(recall)
-        per_class[name] = {"precision": round(precision, 4),
+        per_class[name] = {"precision": None if precision is None else round(precision, 4),
                            "recall": None if recall is None else round(recall, 4),
-                           "f1": round(f1, 4), "support": support,
+                           "f1": None if f1 is None else round(f1, 4), "support": support,
                            "few_images": support < FEW_IMAGES}
     wrong = np.nonzero(pred != true)[0]
     misclassified = sorted(

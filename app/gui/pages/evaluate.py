@@ -5,7 +5,7 @@ confusion-matrix cell, the hardest training images, and the moves made so far (u
 from __future__ import annotations
 
 from PySide6.QtCore import QEvent, Qt, Signal
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush, QColor, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGridLayout,
@@ -34,7 +34,7 @@ FEW_IMAGES_TIP = ("Fewer than 5 test images: this class's scores can swing by 20
 def hardest_caption(e: dict) -> str:
     """The folder's label, what the model says when it disagrees, and the loss."""
     says = "" if e["predicted"] == e["true"] else f" (says {e['predicted']})"
-    return f"{e['true']}{says}\nloss {max(0.0, e['loss']):.2f}"
+    return f"{e['true']}{says}\nloss {max(0.0, e['loss']):.3g}"
 
 
 class EvaluatePage(QWidget):
@@ -109,11 +109,14 @@ class EvaluatePage(QWidget):
         self.hardest = ImageGrid("The training images the model finds hardest show here "
                                  "after training.", hardest_caption)
         self.moves = QListWidget()
-        self.moves.setToolTip("Files moved to another class folder, latest last")
+        self.moves.setToolTip("Files moved to another class folder here, latest first (Undo "
+                              "takes back the first)")
         self.undo = QPushButton("&Undo last move")
-        self.undo.setToolTip("Move the last moved file back where it was")
+        self.undo.setToolTip("Move the last moved file back where it was (Ctrl+Z)")
         self.undo.setEnabled(False)
         self.undo.clicked.connect(self.undo_requested)
+        QShortcut(QKeySequence.StandardKey.Undo, self,
+                  lambda: self.undo.isEnabled() and self.undo_requested.emit())
         self.fixes_note = hint("Retrain after fixing labels: features are cached by content, "
                                "so nothing is computed again.")
         fixes = QWidget()

@@ -240,7 +240,7 @@ class FeaturesPage(QWidget):
         self.bar.setRange(0, max(1, p.total))
         self.bar.setValue(p.done)
         self.rate.setText(f"{p.rate:.1f} images/s · ETA {duration(p.eta)}")
-        self.counts.setText(f"Computed {p.done} of {p.total} images still to do…")
+        self.counts.setText(f"Computed {p.done} of the {p.total} images still to do…")
 
     def show_result(self, result) -> None:
         """The run's outcome; after a cancel, how many images are ready and how many not."""

@@ -208,7 +208,7 @@ def _tip(e: dict) -> str:
     lines = [e["path"], f"folder (label): {e['true']}",
              f"predicted: {e['predicted']} ({e['confidence']:.0%})"]
     if "loss" in e:
-        lines.append(f"loss: {e['loss']:.2f}")
+        lines.append(f"loss: {e['loss']:.3g}")
     if e.get("note"):
         lines.append(e["note"])
     return "\n".join(lines)

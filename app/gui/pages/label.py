@@ -220,7 +220,7 @@ class LabelPage(QWidget):
         add = QPushButton("&Add photos…")
         add.setToolTip("Choose unsorted photos to label (or drop photos or a folder here)")
         add.clicked.connect(self.add_photos_requested)
-        add_folder = QPushButton("Add &folder…")
+        add_folder = QPushButton("Add fol&der…")
         add_folder.setToolTip("Choose a folder of unsorted photos to label")
         add_folder.clicked.connect(self.add_folder_requested)
         self.new_class = QPushButton("&New class…")

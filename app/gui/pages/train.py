@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -141,10 +143,23 @@ class TrainPage(QWidget):
         self.history: list[dict] = []
         self.epochs = TrainSettings().epochs
 
+        settings = QWidget()
+        left_inner = QVBoxLayout(settings)
+        left_inner.setContentsMargins(0, 0, 0, 0)
+        left_inner.addWidget(self.mode)
+        left_inner.addLayout(form)
+        left_inner.addStretch(1)
+        # the settings scroll when the window is short (a 720-px screen with a message shown):
+        # they never make the window taller than the screen
+        scroll = QScrollArea()
+        scroll.setWidget(settings)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(settings.sizeHint().width()
+                               + scroll.verticalScrollBar().sizeHint().width())
         left = QVBoxLayout()
-        left.addWidget(self.mode)
-        left.addLayout(form)
-        left.addStretch(1)
+        left.addWidget(scroll)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start)
         buttons.addWidget(self.stop)

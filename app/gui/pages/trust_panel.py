@@ -155,10 +155,15 @@ class TrustPanel(QWidget):
         what = kind.said(KNN_K) if kind is not None else f"{self.method} score"
         fraction = effect["fraction"]
         share = "—" if fraction is None else f"{fraction:.1%}"
+        warning = ""
+        if fraction is not None and fraction >= 0.5:
+            warning = (" <span style='color:#b8860b'>⚠ Most photos of your own classes would "
+                       "be answered “Unknown”" + (": every one of them" if fraction >= 1
+                                                   else "") + ". Move the slider left.</span>")
         self.effect.setText(
             f"Unknown when the {what} is below <b>{shown}</b>: <b>{share}</b> of the "
             f"{effect['count']} validation images ({effect['flagged']}) would be answered "
-            "“Unknown”.")
+            f"“Unknown”.{warning}")
 
     def _moved(self, position: int) -> None:
         if self.scale is not None:

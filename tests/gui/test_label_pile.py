@@ -1,0 +1,123 @@
+"""The rest of the pile, in the window: the unsorted photos come back with the data folder after
+a relaunch, any group chosen shows its photos, "File the rest" files every photo in one
+undoable operation, and a message goes once its cause is fixed."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.intake.filing import moves, operations
+from tests.conftest import COLOURS, make_dataset, make_image
+from tests.gui.conftest import open_folder, use_tiny
+
+
+def _view_ready(qtbot, win, before=None):
+    qtbot.waitUntil(lambda: win.labeling.view is not None and win.labeling.view is not before
+                    and win.labeling.worker is None, timeout=60000)
+    return win.labeling.view
+
+
+def _pile(tmp_path, per_colour=3):
+    return [make_image(tmp_path / "pile" / f"{name}_{i}.png", colour, seed=700 + 10 * j + i)
+            for j, (name, colour) in enumerate(COLOURS.items()) for i in range(per_colour)]
+
+
+@pytest.mark.slow
+def test_the_pile_comes_back_after_a_relaunch(qtbot, new_window, gui_settings, tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=2)
+    _pile(tmp_path)
+    win = new_window(settings=gui_settings)
+    open_folder(qtbot, win, data)
+    use_tiny(win)
+    win.show_page("Label")
+    win.labeling.add([str(tmp_path / "pile")])
+    assert len(_view_ready(qtbot, win).pool.paths) == 9
+    win.close()
+    qtbot.waitUntil(lambda: not win.isVisible(), timeout=60000)
+    again = new_window(settings=gui_settings)  # the same settings: a relaunch
+    use_tiny(again)
+    qtbot.waitUntil(lambda: again.session.retraining is not None, timeout=20000)
+    assert again.stack.currentWidget() is again.label  # the page it was left on
+    view = _view_ready(qtbot, again)
+    assert len(view.pool.paths) == 9 and "9 photos unsorted" in again.label.summary.text()
+
+
+@pytest.mark.slow
+def test_any_group_chosen_shows_its_photos(qtbot, window, tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=2)
+    _pile(tmp_path, per_colour=4)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    window.show_page("Label")
+    window.labeling.add([str(tmp_path / "pile")])
+    page = window.label
+    page.tabs.setCurrentIndex(1)
+    page.group_count.setCurrentIndex(page.group_count.findData(3))
+    view = _view_ready(qtbot, window)
+    _view_ready(qtbot, window, view) if len(view.groups) != 3 else None
+    grid = page.group_grid
+    for g in range(page.group_pick.count()):  # every group, not only the one shown first
+        page.group_pick.setCurrentIndex(g)
+        assert grid.count() > 0
+        qtbot.waitUntil(lambda: all(not grid.item(i).icon().isNull()
+                                    for i in range(grid.count())), timeout=30000)
+
+
+@pytest.mark.slow
+def test_file_the_rest_is_one_operation_undone_at_once(qtbot, window, tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=8)  # 24 labels: calibrated
+    pile = _pile(tmp_path)
+    odd = make_image(tmp_path / "pile" / "odd.png", (250, 0, 250), seed=3)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    window.show_page("Label")
+    window.labeling.add([str(tmp_path / "pile")])
+    view = _view_ready(qtbot, window)
+    assert view.suggestions is not None and view.suggestions.calibrated
+    page = window.label
+    assert page.file_rest.isEnabled()
+    asked = []
+    window.labeling.confirm = lambda text: asked.append(text) or True
+    page.accept_at.setValue(90.0)
+    page.file_rest.click()
+    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
+    assert asked and "_not_sure" in asked[0]
+    filed = moves(data)
+    assert len(filed) == len(pile) + 1 and len(operations(data)) == 1
+    assert {m.target.split("/")[0] for m in filed} <= {"red", "green", "blue", "_not_sure"}
+    assert all(p.exists() for p in [*pile, odd])  # copied: the pile was outside
+    assert page.ops.text.text().startswith("Copied 10 photos")
+    view = _view_ready(qtbot, window, view)
+    unsure = [m for m in filed if m.target.startswith("_not_sure/")]
+    assert len(view.pool.paths) == len(unsure)  # still to label, here
+    page.ops.undo.click()
+    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
+    assert moves(data) == [] and all(not (data / m.target).exists() for m in filed)
+
+
+@pytest.mark.slow
+def test_a_message_goes_once_its_cause_is_fixed(qtbot, window, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    data = make_dataset(tmp_path / "data", per_class=2)
+    _pile(tmp_path, per_colour=1)
+    open_folder(qtbot, window, data)
+    window.features.set_backbone("tiny")
+    bad = tmp_path / "not-weights.h5"
+    bad.write_bytes(b"not a weights file")
+    window.features.set_weights(str(bad))
+    window.show_page("Label")
+    window.labeling.add([str(tmp_path / "pile")])
+    qtbot.waitUntil(lambda: window.banner.isVisible(), timeout=60000)
+    assert "could not be prepared" in window.label.summary.text()
+    assert "Weights file" in window.label.summary.text()  # the fix is named, on this page
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))
+    use_tiny(window)  # fixed: random weights
+    window.labeling.refresh()
+    _view_ready(qtbot, window)
+    assert not window.banner.isVisible()
+
+
+def test_a_long_message_never_pushes_the_window_past_a_720_px_screen(qtbot, window):
+    window.banner.show_error("a very long message " * 200, "Something failed", "x")
+    assert window.minimumSizeHint().height() <= 690
