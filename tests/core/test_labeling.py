@@ -346,3 +346,17 @@ def test_a_hard_task_asks_half_its_questions_at_random_and_covers_no_groups():
         assert reasons.count("random") == randoms
         assert any(r.startswith("typical") for r in reasons) is covers
         assert len(set(q.indices)) == 20
+
+
+def test_the_calibration_holds_for_every_draw_once_each_class_has_two_labels():
+    """At 101 labels the Label page said "once there are 20 labels..." for a while and
+    disabled Accept: random folds left a class of two labels out of a fold's training part.
+    Stratified folds keep every class in every training part."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(17, 16))
+    y = np.concatenate([np.full(6, c) for c in range(16)] + [np.full(2, 16)])[:101]
+    y = np.concatenate([y, np.full(101 - len(y), 0)])
+    x = centres[y] + 0.3 * rng.normal(size=(len(y), 16))
+    for seed in range(25):
+        model = labeling.fit_model(x, y, 17, seed=seed)
+        assert model.calibrated, seed
