@@ -25,8 +25,41 @@ from app.gui.window import MainWindow
 ICON = Path(__file__).resolve().parents[2] / "resources" / "icon.svg"
 
 
+# Qt's X11 plugin loads these; without them Qt aborts with a raw "could not load the Qt
+# platform plugin xcb" and no hint of which package is missing (libxcb-cursor0 was, in a walk)
+XCB_LIBRARIES = {"libxcb-cursor.so.0": "libxcb-cursor0", "libxkbcommon-x11.so.0":
+                 "libxkbcommon-x11-0", "libxcb-icccm.so.4": "libxcb-icccm4",
+                 "libxcb-keysyms.so.1": "libxcb-keysyms1", "libxcb-shape.so.0":
+                 "libxcb-shape0", "libxcb-render-util.so.0": "libxcb-render-util0"}
+
+
+def missing_x11_libraries(platform: str | None = None) -> list[str]:
+    """The Debian packages of the libraries Qt's X11 plugin needs that cannot be loaded here
+    (none off Linux, or when another platform plugin is chosen)."""
+    import ctypes
+
+    platform = platform if platform is not None else os.environ.get("QT_QPA_PLATFORM", "")
+    if not sys.platform.startswith("linux") or (platform and not platform.startswith("xcb")):
+        return []
+    if not platform and os.environ.get("WAYLAND_DISPLAY") and not os.environ.get("DISPLAY"):
+        return []
+    missing = []
+    for library, package in XCB_LIBRARIES.items():
+        try:
+            ctypes.CDLL(library)
+        except OSError:
+            missing.append(package)
+    return missing
+
+
 def run_gui(data_dir: str | None = None) -> int:
     """Open the window (on ``data_dir`` when given) and run until it closes; the exit code."""
+    missing = missing_x11_libraries()
+    if missing:
+        print(f"error: the window needs {', '.join(missing)} (sudo apt-get install "
+              f"{' '.join(missing)}); the commands (python -m app --help) work without them",
+              file=sys.stderr)
+        return 2
     setup_logging()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName(ORGANISATION)

@@ -38,6 +38,7 @@ class ModelSlot(QObject):
         self.threshold: float | None = None  # below it an answer is "unknown"; None: no test
         self.method: str | None = None  # the unknown score's method
         self.fitted_threshold: float | None = None
+        self.history: list[dict] = []  # its training curves, one record an epoch
 
     # --- what it holds --------------------------------------------------------------------
     @property
@@ -63,10 +64,11 @@ class ModelSlot(QObject):
     def set_trained(self, run: Retraining, source: str) -> None:
         detector = run.trust.detector if run.trust is not None else None
         note = "Scores on the test images, which training never saw."
-        self._set(run, None, source, run.evaluation, None, note, detector)
+        self._set(run, None, source, run.evaluation, None, note, detector,
+                  list(run.result.history) if run.result is not None else [])
 
-    def set_opened(self, folder: str, predictor: Any, source: str, saved: Any, why: str
-                   ) -> None:
+    def set_opened(self, folder: str, predictor: Any, source: str, saved: Any, why: str,
+                   history: list | None = None) -> None:
         """A model folder: its evaluation as kept in the folder (``saved``, a SavedReview)
         or ``why`` there is none."""
         if saved is not None:
@@ -77,10 +79,13 @@ class ModelSlot(QObject):
             evaluation, review = saved.evaluation, saved.review
         else:
             note, evaluation, review = f"No scores for this model: {why}", None, None
-        self._set(folder, predictor, source, evaluation, review, note, predictor.unknown)
+        self._set(folder, predictor, source, evaluation, review, note, predictor.unknown,
+                  list(history or []))
 
-    def _set(self, model, predictor, source, evaluation, review, note, detector) -> None:
+    def _set(self, model, predictor, source, evaluation, review, note, detector,
+             history) -> None:
         self.generation += 1
+        self.history = history
         self.model, self.predictor, self.source = model, predictor, source
         self.evaluation, self.review, self.evaluation_note = evaluation, review, note
         if detector is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,7 @@ class OpenedModel:
     predictor: Any  # app.core.delivery.predict.Predictor
     saved: Any  # app.core.pipeline.review.SavedReview | None
     why: str
+    history: list = field(default_factory=list)  # its training curves (history.json)
 
 
 @dataclass
@@ -358,18 +359,19 @@ class Session(QObject):
 
     def open_model_job(self, folder: str) -> Job:
         def job(progress: ProgressCallback, cancel: CancelToken) -> OpenedModel:
+            from app.core.delivery.export import read_history
             from app.core.delivery.predict import Predictor
             from app.core.pipeline.review import saved_review
 
             predictor = Predictor.from_dir(folder)
             saved, why = saved_review(folder, predictor.classes)
-            return OpenedModel(str(folder), predictor, saved, why)
+            return OpenedModel(str(folder), predictor, saved, why, read_history(folder))
 
         return job
 
     def apply_model(self, opened: OpenedModel, source: str | None = None) -> None:
         self.slot.set_opened(opened.folder, opened.predictor, source or opened.folder,
-                             opened.saved, opened.why)
+                             opened.saved, opened.why, opened.history)
 
     # --- prediction ---------------------------------------------------------------------
     def predict_job(self, paths: list[str], top_k: int, size: int = 72) -> Job:

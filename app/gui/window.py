@@ -421,7 +421,11 @@ class MainWindow(QMainWindow):
             else:
                 self.statusBar().showMessage("Kept the model you had; the stopped run was "
                                              "not saved", 10000)
-        self.train.export.setEnabled(self.session.slot.model is run)  # the curves' model
+                slot = self.session.slot  # the page shows the model kept, not the one dropped
+                self.train.show_model_history(slot.history, slot.source)
+                self.train.status.setText(self.train.status.text() + " The stopped run was "
+                                          "not kept.")
+        self.train.export.setEnabled(not self.session.slot.empty)
         if self.session.slot.model is run:
             self.last_model.save(run)
 
@@ -491,8 +495,8 @@ class MainWindow(QMainWindow):
         """Another model is the current one: every page shows it."""
         slot = self.session.slot
         self.predict.set_model(slot.source)
-        if slot.trained_run is None:  # the Train page's curves are not this model's
-            self.train.export.setEnabled(False)
+        if slot.trained_run is None:  # its curves, where the folder keeps them
+            self.train.show_model_history(slot.history, slot.source)
         self.evaluate.show_model(slot.evaluation, slot.source, slot.evaluation_note,
                                  not slot.empty)
         self.fixes.show_review()  # its review, or why the slider cannot move yet

@@ -59,6 +59,12 @@ def test_close_while_training_asks_keeps_the_model_and_reopens_it(qtbot, new_win
     assert again.session.slot.predictor.classes == ["blue", "green", "red"]
     qtbot.waitUntil(lambda: not again.activity.isVisible())
     assert "Loading the model" not in again.statusBar().currentMessage()
+    # its curves come back too (kept in the folder), and Export exports it
+    kept = json.loads((folder / "history.json").read_text())
+    assert len(again.train.history) == len(kept) >= 1
+    curve = again.train.curves[("main", "loss", "train")].getData()[0]
+    assert list(curve) == [h["epoch"] for h in again.train.history]
+    assert again.train.export.isEnabled()
     close_window(qtbot, again)
 
 

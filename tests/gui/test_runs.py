@@ -137,7 +137,11 @@ def test_a_stopped_run_never_replaces_the_model_unasked(qtbot, window, tmp_path)
     assert asked and asked[0].startswith("Training was stopped after")
     assert "instead of the current model" in asked[0]
     assert window.session.slot.model is first and window.session.slot.generation == generation
-    assert not window.train.export.isEnabled()  # the curves shown are not the current model's
+    # the page shows the model kept, not the run dropped, and Export exports it
+    assert [(h["epoch"], h["main_loss"]) for h in window.train.history] == [
+        (h["epoch"], h["main_loss"]) for h in first.result.history]
+    assert [h["epoch"] for h in window.train.history] == [1, 2]
+    assert "not kept" in window.train.status.text() and window.train.export.isEnabled()
     assert "left" not in window.train.timing.text()  # no time left for epochs never run
     assert "Model: <b>the model just trained</b>" in window.evaluate.note.text()
     stop_after_first_epoch(True)

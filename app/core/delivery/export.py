@@ -420,6 +420,31 @@ def preprocessing_metadata(size: tuple[int, int], plain: dict | None,
     }
 
 
+def read_history(folder: str | Path) -> list[dict]:
+    """A model folder's training curves (``history.json``), checked: a list of records of
+    numbers with a whole ``epoch``; [] when there are none or they cannot be trusted."""
+    from app.core.storage.model_folder import ModelDirError, read_json, regular_file
+
+    path = Path(folder) / "history.json"
+    if not path.exists():
+        return []
+    try:
+        doc = read_json(regular_file(Path(folder), "history.json", "history.json"),
+                        4 * 2**20)
+    except ModelDirError:
+        return []
+    if not isinstance(doc, list):
+        return []
+    out = []
+    for rec in doc:
+        if not (isinstance(rec, dict) and isinstance(rec.get("epoch"), int)
+                and all(isinstance(k, str) and (v is None or isinstance(v, (int, float)))
+                        for k, v in rec.items())):
+            return []
+        out.append(rec)
+    return out
+
+
 def write_history(folder: Path, history: list[dict]) -> None:
     (folder / "history.json").write_text(json.dumps(history, indent=1))
     keys = ["epoch", *HISTORY_KEYS, "loss", "val_loss", "best_epoch"]

@@ -311,6 +311,20 @@ class TrainPage(QWidget):
         left = f"about {seconds_text(eta)} left" if eta else "done"
         return f"Measured: {seconds_text(per)} per epoch{first} · {left}."
 
+    def show_model_history(self, history: list[dict], source: str) -> None:
+        """The current model's curves (trained in this window, kept from the last start, or
+        kept in the model folder opened), not a run that was discarded; Export exports it."""
+        if self.running:
+            return
+        self.history = list(history)
+        self.ensure_plots()
+        self.plots.show_history(self.history, max([self.epochs, *(h["epoch"] for h in
+                                                                   self.history)]))
+        self.status.setText(f"Curves of the current model ({_escape(source)})" if history else
+                            f"The current model ({_escape(source)}) keeps no curves." if source
+                            else "")
+        self.export.setEnabled(bool(source))
+
     def show_result(self, result) -> None:
         self.bar.setRange(0, 1)
         self.bar.setValue(1)

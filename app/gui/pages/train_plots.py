@@ -86,6 +86,7 @@ class TrainPlots(pg.GraphicsLayoutWidget):
             plot.setMouseEnabled(x=False, y=False)
             plot.hideButtons()
             plot.getAxis("left").enableAutoSIPrefix(False)
+            plot.getAxis("left").setWidth(52)  # one width: the two plots' epochs line up
             if metric == "accuracy":
                 plot.setYRange(-0.08, 1.08, padding=0)  # room for the 0 and 1.0 labels
                 plot.getAxis("left").setTicks([  # fixed: 0 and 1.0 are always labelled
