@@ -11,6 +11,7 @@ from app.core.delivery.predict import Predictor
 from app.core.intake.imaging import load_rgb
 from app.core.pipeline.retrain import Retraining
 from app.core.training.fit import TrainSettings, predict_split
+from app.core.trust.calibration import averaged_logits, softmax
 
 
 def _trained(data, cache, **settings):
@@ -18,6 +19,36 @@ def _trained(data, cache, **settings):
     run = Retraining(data, "tiny", "none", cache, TrainSettings(**{**base, **settings}))
     run.run_training()
     return run
+
+
+@pytest.mark.parametrize("temperature", [0.05, 1.0, 20.0])
+def test_the_built_in_answer_is_the_apps_numpy_answer(tmp_path, temperature):
+    """Keras' own layers compute what the app computes in numpy (the mean of the softmaxes,
+    floored at 1e-30, logged, divided by T, softmaxed), to float32 rounding, from ordinary
+    logits to ones in the thousands where every probability but one underflows; and the
+    model they make names no class of the app."""
+    import keras
+
+    from app.core.training.answer import average_answer
+
+    n, rng = 6, np.random.default_rng(7)
+    inputs = {out: keras.Input((n,), name=out) for out in ("main", "aux1", "aux2")}
+    model = keras.Model(inputs, average_answer(inputs, temperature))
+    assert "bottleneck_studio" not in model.to_json()
+    model.save(tmp_path / "answer.keras")
+    model = keras.saving.load_model(tmp_path / "answer.keras", safe_mode=True)
+    for scale in (1.0, 30.0, 300.0, 3000.0):
+        logits = {out: rng.normal(0, scale, (256, n)).astype(np.float32) for out in inputs}
+        got = np.asarray(model.predict_on_batch(logits))
+        # as the app: each output's float32 probabilities, then averaged_logits
+        reference = averaged_logits([softmax(x).astype(np.float32) for x in logits.values()])
+        want = softmax(reference, temperature)
+        np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"scale {scale}")
+        top2 = np.sort(reference, axis=1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 1e-5  # not a tie in float32
+        assert (got.argmax(1) == want.argmax(1))[clear].all()
+        if scale >= 300:  # the floor is reached, and the answer keeps it
+            assert (reference == np.float32(np.log(1e-30))).any()
 
 
 @pytest.mark.parametrize("mode", ["head", "finetune"])
@@ -38,8 +69,8 @@ def test_the_answer_is_the_mean_of_the_outputs_everywhere(dataset_dir, cache_dir
     folder = run.export(tmp_path / "model").folder
     exported = Predictor.from_dir(folder).probabilities(pixels)
     np.testing.assert_allclose(exported, in_app, atol=1e-5)
-    assert Predictor.from_dir(folder).model.get_layer("answer").temperature == \
-        pytest.approx(run.trust.temperature)
+    assert Predictor.from_dir(folder).model.get_layer("answer_temperature").scale == \
+        pytest.approx(1 / run.trust.temperature)
 
 
 def test_main_alone_when_asked(dataset_dir, cache_dir, tmp_path):

@@ -1,8 +1,10 @@
 """Export: a model folder that gives the same answers outside the app.
 
-``model.keras`` is backbone + main head as one Keras model taking raw RGB pixels (0..255) at the
-backbone's input size, with its input scaling inside and its logits divided by the temperature
-fitted on the validation split, so it outputs calibrated probabilities. ``predict.py`` beside
+``model.keras`` is backbone + main head (and the aux heads, when it answers with the mean of
+the outputs) as one Keras model taking raw RGB pixels (0..255) at the backbone's input size,
+with its input scaling inside and its logits divided by the temperature fitted on the
+validation split, so it outputs calibrated probabilities. It holds Keras' built-in layers only:
+``keras.models.load_model`` opens it without the app. ``predict.py`` beside
 it reproduces the app's decoding with Pillow alone (``metadata.json`` states it exactly), and
 ``unknown.npz`` holds what the unknown test needs. Beside it: ``labels.txt``,
 ``metadata.json``, the training history (CSV and JSON), and optionally a SavedModel and a TFLite
@@ -13,8 +15,9 @@ predictions from cached features; any difference fails the export and leaves no 
 ``metadata.json`` fields for what a model's answers mean (beside classes, image_size, versions):
 
 - ``calibration``: ``temperature`` (the model divides its logits by it before the softmax, in
-  the layer ``main_temperature``; fitted on the validation split), ``method``, ``note`` (why
-  not fitted, when empty validation left it at 1.0).
+  the layer ``main_temperature``, or ``answer_temperature`` when it answers with the mean of
+  its outputs; fitted on the validation split), ``method``, ``note`` (why not fitted, when
+  empty validation left it at 1.0).
 - ``unknown``: ``method`` (``relative_knn``, ``knn``, ``mahalanobis``, ``max_probability`` or
   null: no test), ``threshold`` (unknown when score < threshold), ``fitted_threshold`` and
   ``threshold_set_by`` (the fit, or the user's slider), ``k``, ``keep_known`` and
@@ -293,8 +296,9 @@ def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
                      aux_layers: tuple[str, str] | None = None) -> keras.Model:
     """Pixels -> class probabilities: backbone, main tap (layer ``main_tap``) and main head
     (its logits divided by ``temperature``) as one model; with ``aux_layers`` (a run that
-    answers with the average) the aux taps and heads too, and the ``answer`` layer: the mean
-    of the three outputs, calibrated with ``temperature``."""
+    answers with the average) the aux taps and heads too, and the answer: the mean of the
+    three outputs, calibrated with ``temperature``, in Keras' built-in layers only (ending in
+    the layer ``answer``), so plain Keras loads the model."""
     import keras
 
     with KERAS_BUILDS:  # over a trained run's layers, which a review may be reading
@@ -302,12 +306,11 @@ def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
         if aux_layers is None:
             probs = main_branch(head, temperature)(features.output)
         else:
-            from app.core.training.answer import AverageAnswer
+            from app.core.training.answer import average_answer
 
             main_tap, aux1, aux2 = features.outputs
-            logits, outs = reapplied(head, {"main": main_tap, "aux1": aux1, "aux2": aux2})
-            probs = AverageAnswer(temperature, name="answer", dtype="float32")(
-                [logits, *outs.values()])
+            logits, aux = reapplied(head, {"main": main_tap, "aux1": aux1, "aux2": aux2})
+            probs = average_answer({"main": logits, **aux}, temperature)
         return keras.Model(features.input, probs, name="bottleneck_studio_classifier")
 
 
@@ -534,6 +537,7 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
         if evaluation is not None:
             (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, allow_nan=False),
                                                    "utf-8")
+        temperature_layer = "answer_temperature" if result.averages else "main_temperature"
         meta = {
             "format_version": MODEL_FORMAT_VERSION,
             "written_by": WRITTEN_BY,
@@ -553,10 +557,12 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
             "classes": list(classes),
             "calibration": {
                 "temperature": trust.temperature,
-                "method": "temperature scaling of the main logits, fitted on the validation "
-                          "split (minimum negative log-likelihood); inside model.keras as the "
-                          "layer 'main_temperature' (Rescaling by 1/temperature) before the "
-                          "softmax, so the model's outputs are the calibrated probabilities",
+                "method": "temperature scaling of the answer's logits (the main output's, "
+                          "or the log of the mean of the main and aux outputs' probabilities), "
+                          "fitted on the validation split (minimum negative log-likelihood); "
+                          f"inside model.keras as the layer '{temperature_layer}' (Rescaling "
+                          "by 1/temperature) before the softmax, so the model's outputs are "
+                          "the calibrated probabilities",
                 "note": trust.note},
             "unknown": (trust.detector.metadata() if trust.detector is not None else
                         {"method": None, "note": trust.note or "no unknown detector was fitted"}),

@@ -113,7 +113,7 @@ class Predictor:
         configure()
         import keras
 
-        import app.core.training.answer  # noqa: F401  (registers the 'answer' layer)
+        import app.core.training.answer  # noqa: F401  (older folders' AverageAnswer layer)
 
         try:
             with KERAS_BUILDS:

@@ -14,7 +14,8 @@ Images are decoded exactly as the app decodes them (``metadata.json``, "preproce
 with Pillow's ``draft`` (DCT scaling) to the smallest size still at least the input size, EXIF
 orientation applied, transparency composited on white, 16-bit grayscale scaled to 8 bits, then
 the whole image squashed to the input size with Pillow's bilinear filter. ``model.keras``
-scales the pixels itself and outputs calibrated probabilities. When the folder has an unknown
+scales the pixels itself and outputs calibrated probabilities; it holds Keras' built-in layers
+only, so ``keras.models.load_model`` opens it as it is. When the folder has an unknown
 test (``metadata.json``, "unknown"), each answer also says whether the image looks like none of
 the training classes.
 
@@ -131,38 +132,10 @@ def _onnx_model(meta: dict, needs_features: bool):
     return lambda pixels: session.run(None, {name: pixels})
 
 
-def _answer_layer():
-    """The app's ``answer`` layer (app/core/training/answer.py), for a model that answers with
-    the mean of its main and aux outputs: the same computation, so predict.py needs no app."""
-    import keras
-    from keras import ops
-
-    class AverageAnswer(keras.layers.Layer):
-        def __init__(self, temperature=1.0, **kwargs):
-            super().__init__(**kwargs)
-            self.temperature = float(temperature)
-
-        def call(self, inputs):
-            logits, *aux = inputs
-            probs = [ops.softmax(ops.cast(logits, "float32"), axis=-1),
-                     *(ops.cast(a, "float32") for a in aux)]
-            mean = ops.mean(ops.stack(probs, axis=0), axis=0)
-            return ops.softmax(ops.log(ops.maximum(mean, 1e-30)) / self.temperature, axis=-1)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape[0]
-
-        def get_config(self):
-            return {**super().get_config(), "temperature": self.temperature}
-
-    return AverageAnswer
-
-
 def _keras_model(needs_features: bool):
     import keras
 
-    model = keras.saving.load_model(HERE / "model.keras", safe_mode=True, custom_objects={
-        "bottleneck_studio>AverageAnswer": _answer_layer()})
+    model = keras.saving.load_model(HERE / "model.keras", safe_mode=True)
     if needs_features:
         model = keras.Model(model.input, [model.output, model.get_layer("main_tap").output])
     def run(pixels):

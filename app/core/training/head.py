@@ -82,8 +82,12 @@ def logits_branch(head: keras.Model) -> keras.Model:
 def reapplied(head: keras.Model, taps: dict) -> tuple:
     """The head's own layers applied to new tap tensors, flat (no nested model: two nested
     models sharing the main layers do not survive a save and load): the main logits and
-    each aux output's probabilities, ``(logits, {aux: probs})``. Dropout is off outside
-    training, as in the head."""
+    each aux output's logits, ``(logits, {aux: logits})``. An aux head ends in a softmax
+    Dense (``{aux}_probs``); its logits come from a linear copy of it (``{aux}_logits``, the
+    same weights, copied now), which the built-in answer needs: Keras has no log layer to
+    undo the softmax. Dropout is off outside training, as in the head."""
+    from keras import layers
+
     names = {layer.name for layer in head.layers}
     x = head.get_layer("main_dropout")(taps["main"])
     if "main_hidden" in names:
@@ -94,7 +98,10 @@ def reapplied(head: keras.Model, taps: dict) -> tuple:
         if f"{name}_probs" not in names:
             continue
         a = taps[name]
-        for part in ("conv1x1", "flatten", "fc", "dropout", "probs"):
+        for part in ("conv1x1", "flatten", "fc", "dropout"):
             a = head.get_layer(f"{name}_{part}")(a)
-        aux[name] = a
+        probs = head.get_layer(f"{name}_probs")
+        linear = layers.Dense(probs.units, name=f"{name}_logits", dtype=probs.dtype_policy)
+        aux[name] = linear(a)
+        linear.set_weights(probs.get_weights())
     return logits, aux
