@@ -16,15 +16,7 @@ from collections.abc import Callable, Sequence
 from app import __version__
 from app.core.base.errors import SettingsError, os_error_message, shown
 from app.core.base.jobs import Cancelled, CancelToken, Progress
-from app.core.training.fit import (
-    ANSWERS,
-    AUGMENTATIONS,
-    CLASS_WEIGHTS,
-    MODES,
-    OPTIMIZERS,
-    SCHEDULES,
-)
-from app.core.training.fit import TrainSettings as TrainDefaults
+from app.core.training.settings import MODES, table
 
 EXIT_OK, EXIT_CANCELLED, EXIT_USAGE = 0, 1, 2
 
@@ -148,38 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folder to write: a new or empty folder, or a model folder "
                         "this app wrote (replaced); any other folder is refused untouched")
     _add_model_options(p)
-    p.add_argument("--mode", default=TrainDefaults.mode, choices=MODES,
-                   help="head: train new heads on cached pooled taps (fast; the aux outputs "
-                        "are probes of intermediate layers). finetune: the backbone's top "
-                        "blocks train too, from a cached cut, and the aux losses shape the "
-                        "layers the main output uses")
-    p.add_argument("--backbone-lr-scale", type=float, default=TrainDefaults.backbone_lr_scale,
-                   help="fine-tune: learning rate of the backbone blocks relative to the heads")
-    p.add_argument("--augment", default=TrainDefaults.augment, choices=AUGMENTATIONS,
-                   help="fine-tune: mirror cached cut tensors left-right at random")
-    p.add_argument("--warmup-epochs", type=int, default=TrainDefaults.warmup_epochs,
-                   help="fine-tune: epochs in which only the heads learn before the backbone "
-                        "blocks join (measured: no gain on Oxford-17 or flowers5; README)")
-    p.add_argument("--epochs", type=int, default=TrainDefaults.epochs)
-    p.add_argument("--train-batch-size", type=int, default=TrainDefaults.batch_size)
-    p.add_argument("--learning-rate", type=float, default=TrainDefaults.learning_rate)
-    p.add_argument("--optimizer", default=TrainDefaults.optimizer,
-                   choices=OPTIMIZERS)
-    p.add_argument("--schedule", default=TrainDefaults.schedule, choices=SCHEDULES,
-                   help="learning rate over the run: cosine decay to 0, or constant")
-    p.add_argument("--answer", default=TrainDefaults.answer, choices=ANSWERS,
-                   help="what the model answers with: the mean of the main and the aux "
-                        "outputs (default; measured better), or the main output alone")
-    p.add_argument("--aux-weight", type=float, default=TrainDefaults.aux_weight,
-                   help="loss weight of each auxiliary output (0 turns them off)")
-    p.add_argument("--dropout", type=float, default=TrainDefaults.dropout)
-    p.add_argument("--hidden-units", type=int, default=TrainDefaults.hidden_units)
-    p.add_argument("--label-smoothing", type=float, default=TrainDefaults.label_smoothing)
-    p.add_argument("--class-weights", default=TrainDefaults.class_weights,
-                   choices=CLASS_WEIGHTS)
-    p.add_argument("--early-stopping", type=int, default=TrainDefaults.early_stopping,
-                   help="patience in epochs on validation main loss (0: off)")
-    p.add_argument("--seed", type=int, default=TrainDefaults.seed)
+    _add_training_options(p)
     p.add_argument("--format", default="keras",
                    help="comma-separated export formats: keras, savedmodel, tflite, onnx")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -243,6 +204,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """One option a training setting, made from the settings table (its default, choices and
+    help), so that no setting is missing here or written twice."""
+    for name, default, kind, s in table():
+        if not s.shown:
+            continue
+        help_text = s.help + (" (fine-tune only)" if s.finetune_only else "")
+        if s.range is not None:
+            help_text += f"; {s.range[0]:g} to {s.range[1]:g}"
+        p.add_argument(s.cli or f"--{name.replace('_', '-')}", dest=name, type=kind,
+                       default=default, choices=s.choices,
+                       help=f"{help_text} (default {default})".replace("%", "%%"))
+
+
+def _settings(args: argparse.Namespace):
+    """The TrainSettings the options say (checked by the table)."""
+    from app.core.training.settings import TrainSettings
+
+    return TrainSettings(**{name: getattr(args, name) for name, _d, _k, s in table()
+                            if s.shown})
+
+
 def _backbone_batch(text: str) -> int:
     """1..1024: 20,000 images of 299 px in one float32 batch would take 21 GB."""
     try:
@@ -299,8 +282,6 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 
     from app.core.delivery.export import FORMATS, ExportError, check_destination
     from app.core.pipeline.retrain import Retraining
-    from app.core.training.fit import TrainSettings
-
     out = Path(args.out).expanduser().absolute()
     check_destination(out)  # refused before any work, and again right before the swap
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
@@ -310,15 +291,7 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
                           f"{', '.join(FORMATS)}")
     split = _split(args.split)
 
-    settings = TrainSettings(
-        epochs=args.epochs, batch_size=args.train_batch_size, learning_rate=args.learning_rate,
-        optimizer=args.optimizer, schedule=args.schedule, aux_weight=args.aux_weight,
-        answer=args.answer,
-        dropout=args.dropout,
-        hidden_units=args.hidden_units, label_smoothing=args.label_smoothing,
-        class_weights=args.class_weights, early_stopping=args.early_stopping, seed=args.seed,
-        mode=args.mode, backbone_lr_scale=args.backbone_lr_scale, augment=args.augment,
-        warmup_epochs=args.warmup_epochs)
+    settings = _settings(args)
     run = Retraining(args.data_dir, args.backbone, args.weights, args.cache_dir, settings)
     from app.core.base.paths import user_cache_dir
     from app.core.intake.dataset import scan_dataset

@@ -94,7 +94,7 @@ def _run(work: Path) -> None:
 
     _step("cache")
     from app.core.pipeline.retrain import Retraining
-    from app.core.training.fit import TrainSettings
+    from app.core.training.settings import TrainSettings
 
     run = Retraining(data, backbone="tiny", weights="none", cache_dir=cache,
                      settings=TrainSettings(epochs=1, aux_weight=0.3, early_stopping=0))

@@ -7,7 +7,7 @@ import json
 
 from PySide6.QtCore import QByteArray, QSettings
 
-from app.core.training.fit import TrainSettings
+from app.core.training.settings import TrainSettings
 
 ORGANISATION = "BottleneckStudio"
 APPLICATION = "Bottleneck Studio"

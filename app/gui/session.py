@@ -31,7 +31,7 @@ from app.core.base.paths import user_cache_dir
 from app.core.intake.dataset import Dataset, scan_dataset
 from app.core.pipeline.retrain import Retraining
 from app.core.storage.store import FeatureStore
-from app.core.training.fit import TrainSettings
+from app.core.training.settings import TrainSettings
 from app.gui import thumbnails
 from app.gui.model_slot import ModelSlot
 

@@ -247,3 +247,30 @@ def test_fine_tune_run_through_the_window(qtbot, window, tmp_path):
     assert "tiny_block3" in window.train.mode.layers.text()
     assert "on disk" in window.train.mode.cache.text()
     assert "cut tensors take" in window.features.counts.text()
+
+
+def test_every_setting_of_the_table_has_its_widget_with_the_tables_range(qtbot):
+    from PySide6.QtWidgets import QComboBox
+
+    from app.core.training.settings import table
+    from app.gui.pages.train import TrainPage
+
+    page = TrainPage()
+    qtbot.addWidget(page)
+    shown = {n: (d, k, s) for n, d, k, s in table() if s.shown and n != "mode"}
+    assert set(page.fields) == set(shown)
+    page.mode.set_mode("finetune")
+    want = {}
+    for name, (default, kind, spec) in shown.items():
+        w = page.fields[name]
+        if spec.choices:
+            assert [w.itemText(i) for i in range(w.count())] == list(spec.choices)
+            want[name] = next(c for c in spec.choices if c != default)
+            w.setCurrentText(want[name])
+        else:
+            assert not isinstance(w, QComboBox)
+            assert (w.minimum(), w.maximum()) == spec.range
+            want[name] = 3 if name == "warmup_epochs" else kind(spec.range[1])
+            w.setValue(want[name])
+    got = page.settings()
+    assert {n: getattr(got, n) for n in want} == want and got.mode == "finetune"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,100 +23,13 @@ from app.core.storage.store import CUT
 from app.core.training.feeds import SplitData, make_feed
 from app.core.training.head import HeadShape, build_head
 from app.core.training.metrics import HISTORY_KEYS, METRIC_KEYS  # noqa: F401  (API)
+from app.core.training.settings import TrainSettings
 
 if TYPE_CHECKING:
     import keras
 
-# the choices of each setting: the window's lists and the command line's come from here
-MODES = ("head", "finetune")
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
-SCHEDULES = ("cosine", "constant")
-CLASS_WEIGHTS = ("auto", "none", "balanced")
-AUGMENTATIONS = ("none", "flip")
-# what the model answers with: the main output alone (GoogLeNet drops the aux outputs at
-# inference), or the mean of the main and the aux outputs' probabilities (measured better on
-# both flower sets, both modes, every backbone: docs/benchmarks.md)
-ANSWERS = ("average", "main")
-
-
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite: nothing trained is kept."""
-
-
-@dataclass
-class TrainSettings:
-    """Every knob of a training run, with defaults that work on typical photo folders."""
-
-    epochs: int = 40
-    batch_size: int = 64
-    optimizer: str = "adam"  # "adam" | "sgd" | "rmsprop"
-    learning_rate: float = 1e-3
-    schedule: str = "cosine"  # "cosine" | "constant"
-    label_smoothing: float = 0.1
-    dropout: float = 0.4
-    hidden_units: int = 0
-    aux_weight: float = 0.3
-    class_weights: str = "auto"  # "auto" | "none" | "balanced"
-    early_stopping: int = 10  # patience in epochs on validation main loss; 0 = off
-    seed: int = 1
-    stream_interval: float = 1.0  # seconds between within-epoch updates
-    mode: str = "head"  # "head": heads on cached taps | "finetune": top blocks train too
-    backbone_lr_scale: float = 0.1  # fine-tune: backbone blocks learn this much slower
-    warmup_epochs: int = 0  # fine-tune: epochs in which only the heads learn, blocks held
-    augment: str = "none"  # fine-tune: "flip" mirrors cached cut tensors left-right
-    answer: str = "average"  # "average": main and aux outputs averaged | "main": main alone
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.epochs < 1:
-            problems.append("epochs must be at least 1")
-        if self.batch_size < 1:
-            problems.append("batch size must be at least 1")
-        if not 0 < self.learning_rate < 10:
-            problems.append("learning rate must be between 0 and 10")
-        if not 0 <= self.dropout < 1:
-            problems.append("dropout must be in [0, 1)")
-        if not 0 <= self.label_smoothing < 1:
-            problems.append("label smoothing must be in [0, 1)")
-        if not 0 <= self.aux_weight <= 10:  # NaN and infinity fail this too
-            problems.append("aux weight must be a number in [0, 10]")
-        if self.early_stopping < 0:
-            problems.append("early-stopping patience must be at least 0 (0: off)")
-        if not 0 <= self.seed < 2 ** 32:
-            problems.append("seed must be a whole number from 0 to 4294967295")
-        if self.hidden_units < 0:
-            problems.append("hidden units must be at least 0")
-        if not 0 <= self.stream_interval < 3600:
-            problems.append("stream interval must be between 0 and 3600 seconds")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"unknown optimizer {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            problems.append(f"unknown schedule {self.schedule!r}")
-        if self.class_weights not in CLASS_WEIGHTS:
-            problems.append(f"unknown class weights {self.class_weights!r}")
-        if self.mode not in MODES:
-            problems.append(f"unknown mode {self.mode!r}; choose {' or '.join(MODES)}")
-        if self.warmup_epochs < 0:
-            problems.append("warm-up epochs must be at least 0")
-        elif self.mode == "finetune" and self.warmup_epochs >= self.epochs:
-            problems.append("warm-up epochs must be fewer than the epochs, or the blocks never "
-                            "train")
-        if not 0 <= self.backbone_lr_scale <= 10:
-            problems.append("backbone learning-rate scale must be in [0, 10]")
-        if self.answer not in ANSWERS:
-            problems.append(f"unknown answer {self.answer!r}; choose {' or '.join(ANSWERS)}")
-        if self.augment not in AUGMENTATIONS:
-            problems.append(f"unknown augmentation {self.augment!r}")
-        if problems:
-            raise SettingsError("; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainSettings:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

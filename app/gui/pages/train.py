@@ -21,15 +21,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.base.jobs import Progress
-from app.core.training.fit import (
-    ANSWERS,
-    AUGMENTATIONS,
-    CLASS_WEIGHTS,
-    OPTIMIZERS,
-    SCHEDULES,
-    TrainSettings,
-)
 from app.core.training.metrics import epoch_text
+from app.core.training.settings import TrainSettings, table
 from app.gui.epoch_clock import EpochClock
 from app.gui.pages.train_mode import ModeBox, TrainContext, seconds_text
 from app.gui.widgets import heading, hint
@@ -39,42 +32,6 @@ if TYPE_CHECKING:
 
     from app.gui.pages.train_plots import TrainPlots
 
-TIPS = {
-    "epochs": "How many passes over the training images (early stopping may end sooner)",
-    "batch_size": "Images per training step",
-    "optimizer": "Adam works almost everywhere; SGD with momentum and RMSprop are alternatives",
-    "learning_rate": "Step size of the optimizer; lower it when the loss jumps around",
-    "schedule": "Cosine lowers the learning rate smoothly towards the end",
-    "label_smoothing": "Softens the targets a little; helps against over-confidence",
-    "dropout": "Fraction of features dropped while training; fights over-fitting",
-    "hidden_units": "0 = a linear head on the features; more adds a hidden layer",
-    "aux_weight": "",  # depends on the mode: AUX_TIPS
-    "answer": "What the model answers with: 'average' of the main and the two auxiliary "
-              "outputs (measured more accurate on every backbone and both flower sets), or "
-              "'main' alone (GoogLeNet's way). With aux weight 0 there are no aux outputs: main",
-    "class_weights": "Auto balances classes when their sizes differ a lot",
-    "early_stopping": "Stop after this many epochs without a better validation loss; 0 = off",
-    "seed": "Same seed, same data: same model",
-    "backbone_lr_scale": "Fine-tune only: the backbone's trainable blocks learn this many times "
-                         "the learning rate (0.1 = ten times slower than the new classifiers)",
-    "augment": "Fine-tune only: 'flip' mirrors the cached cut tensors left-right at random; "
-               "the backbone never runs again",
-    "warmup_epochs": "Fine-tune only: epochs in which only the new classifiers learn before "
-                     "the backbone blocks join (measured: no gain on Oxford-17 or flowers5)",
-}
-AUX_TIPS = {
-    "head": "Weight of the two auxiliary outputs in the loss; 0 = off. In head-only mode each "
-            "trains alone on an intermediate layer's frozen features (the weight does not "
-            "change the main output), and the answer averages the three outputs.",
-    "finetune": "Weight of the two auxiliary losses (GoogLeNet: 0.3); 0 = off. In fine-tune "
-                "mode they hang on trainable backbone blocks, so their loss shapes the layers "
-                "the main output uses.",
-}
-FINETUNE_ONLY = ("backbone_lr_scale", "augment", "warmup_epochs")
-LABELS = {"backbone_lr_scale": "Backbone &LR scale:", "augment": "A&ugmentation:",
-          "warmup_epochs": "Wa&rm-up epochs:"}
-
-
 class TrainPage(QWidget):
     start_requested = Signal()
     stop_requested = Signal()
@@ -82,33 +39,21 @@ class TrainPage(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        d = TrainSettings()
+        # one widget a setting of the table (app.core.training.settings), the mode aside
+        self.settings_table = {name: (default, kind, spec) for name, default, kind, spec
+                               in table() if spec.shown}
         self.fields: dict[str, QWidget] = {
-            "epochs": _spin(1, 10000, d.epochs),
-            "batch_size": _spin(1, 4096, d.batch_size),
-            "optimizer": _combo(OPTIMIZERS, d.optimizer),
-            "learning_rate": _dspin(1e-6, 1.0, d.learning_rate, 6, 1e-4),
-            "schedule": _combo(SCHEDULES, d.schedule),
-            "label_smoothing": _dspin(0.0, 0.99, d.label_smoothing, 2, 0.05),
-            "dropout": _dspin(0.0, 0.95, d.dropout, 2, 0.05),
-            "hidden_units": _spin(0, 4096, d.hidden_units),
-            "aux_weight": _dspin(0.0, 10.0, d.aux_weight, 2, 0.05),
-            "answer": _combo(ANSWERS, d.answer),
-            "class_weights": _combo(CLASS_WEIGHTS, d.class_weights),
-            "early_stopping": _spin(0, 1000, d.early_stopping),
-            "seed": _spin(0, 2**31 - 1, d.seed),
-            "backbone_lr_scale": _dspin(0.0, 10.0, d.backbone_lr_scale, 3, 0.05),
-            "augment": _combo(AUGMENTATIONS, d.augment),
-            "warmup_epochs": _spin(0, 1000, d.warmup_epochs),
-        }
+            name: _widget(default, kind, spec)
+            for name, (default, kind, spec) in self.settings_table.items() if name != "mode"}
         self.mode = ModeBox()
         self.mode.changed.connect(self._mode_changed)
         self.clock = EpochClock()
         form = QFormLayout()
         form.setVerticalSpacing(2)  # sixteen settings and the plots fit a 1280x720 screen
         for name, widget in self.fields.items():
-            widget.setToolTip(TIPS[name])
-            form.addRow(LABELS.get(name, f"&{name.replace('_', ' ').capitalize()}:"), widget)
+            spec = self.settings_table[name][2]
+            widget.setToolTip(spec.help + (" (fine-tune only)" if spec.finetune_only else ""))
+            form.addRow(spec.label or f"{name.replace('_', ' ').capitalize()}:", widget)
         self.defaults = QPushButton("Reset to &defaults")
         self.defaults.setToolTip("Put every setting back to its default")
         self.defaults.clicked.connect(lambda: self.set_settings(TrainSettings()))
@@ -220,10 +165,13 @@ class TrainPage(QWidget):
                 w.setValue(v)
 
     def _mode_changed(self, mode: str) -> None:
-        """Fine-tune-only fields follow the mode; the aux tooltips say what aux outputs are."""
-        for name in FINETUNE_ONLY:
-            self.fields[name].setEnabled(mode == "finetune" and not self.running)
-        self.fields["aux_weight"].setToolTip(AUX_TIPS[mode])
+        """Fine-tune-only fields follow the mode; help that depends on the mode follows it."""
+        for name, widget in self.fields.items():
+            spec = self.settings_table[name][2]
+            if spec.finetune_only:
+                widget.setEnabled(mode == "finetune" and not self.running)
+            if spec.mode_help:
+                widget.setToolTip(spec.help_for(mode))
         if self.plots is not None:
             self.plots.set_mode(mode)
 
@@ -358,24 +306,20 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _spin(lo: int, hi: int, value: int) -> QSpinBox:
-    w = QSpinBox()
-    w.setRange(lo, hi)
-    w.setValue(value)
-    return w
-
-
-def _dspin(lo: float, hi: float, value: float, decimals: int, step: float) -> QDoubleSpinBox:
-    w = QDoubleSpinBox()
-    w.setDecimals(decimals)
-    w.setRange(lo, hi)
-    w.setSingleStep(step)
-    w.setValue(value)
-    return w
-
-
-def _combo(items: tuple[str, ...], value: str) -> QComboBox:
-    w = QComboBox()
-    w.addItems(items)
-    w.setCurrentText(value)
+def _widget(default, kind: type, spec) -> QWidget:
+    """The editor of one setting, from its table entry."""
+    if spec.choices is not None:
+        w = QComboBox()
+        w.addItems(spec.choices)
+        w.setCurrentText(default)
+        return w
+    if kind is int:
+        w = QSpinBox()
+        w.setRange(int(spec.range[0]), int(spec.range[1]))
+    else:
+        w = QDoubleSpinBox()
+        w.setDecimals(spec.decimals or 2)
+        w.setRange(spec.range[0], spec.range[1])
+        w.setSingleStep(spec.step or 0.1)
+    w.setValue(default)
     return w
