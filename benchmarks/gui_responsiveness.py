@@ -119,16 +119,16 @@ def measure_stalls(home: Path, per_class: int, backbone: str, epochs: int) -> di
     # TensorFlow itself is loaded before the measurement (the window does that at startup).
     win.preload_tensorflow()
     run_until(lambda: bool(win.session.device))
-    win.load_folder(str(data))
-    run_until(lambda: win.session.retraining is not None and win.data.choose.isEnabled())
+    win.data_control.load_folder(str(data))
+    run_until(lambda: win.session.folder is not None and win.data.choose.isEnabled())
     win.features.set_backbone(backbone)
     win.features.set_weights("none")
     result = {"images": per_class * 3, "backbone": backbone, "device": win.session.device}
 
     meter.start()
     t0 = time.perf_counter()
-    win.start_caching()
-    run_until(lambda: win.heavy is None)
+    win.run_control.start_caching()
+    run_until(lambda: win.run_control.heavy is None)
     result["caching_s"] = round(time.perf_counter() - t0, 1)
     result["caching_max_stall_ms"] = round(meter.stop(), 1)
     win.show_page("Train")
@@ -136,11 +136,11 @@ def measure_stalls(home: Path, per_class: int, backbone: str, epochs: int) -> di
     win.train.fields["batch_size"].setValue(16)
     meter.start()
     t0 = time.perf_counter()
-    win.start_training()
-    run_until(lambda: win.heavy is None)
+    win.run_control.start_training()
+    run_until(lambda: win.run_control.heavy is None)
     result["training_s"] = round(time.perf_counter() - t0, 1)
     result["training_max_stall_ms"] = round(meter.stop(), 1)
-    result["epochs"] = win.session.retraining.result.epochs_run
+    result["epochs"] = win.session.slot.model.result.epochs_run
     if win.banner.isVisible():
         result["error"] = win.banner.text.text()
     win.close()
@@ -175,7 +175,7 @@ def measure_folder(home: Path, data: Path) -> dict:
             app.processEvents()
         meter.start()
         t0 = time.perf_counter()
-        win.load_folder(str(data))
+        win.data_control.load_folder(str(data))
         end = time.monotonic() + 3600
         while not (shown and not win.jobs.running):
             if time.monotonic() > end:
@@ -190,7 +190,7 @@ def measure_folder(home: Path, data: Path) -> dict:
         result[f"{attempt}_table_s"] = round(shown[0] - t0, 2)
         result[f"{attempt}_complete_s"] = round(complete - t0, 2)
         result[f"{attempt}_max_stall_ms"] = round(meter.stop(), 1)
-    result["images"] = len(win.session.retraining.dataset.images)
+    result["images"] = len(win.session.dataset.images)
     result["classes"] = win.data.table.rowCount()
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if win.banner.isVisible():

@@ -84,25 +84,25 @@ def walk(args) -> int:
             print("  message shown:", win.banner.text.text(), flush=True)
 
     run_until(lambda: bool(win.session.device))
-    win.load_folder(args.data)
-    run_until(lambda: win.session.retraining is not None and win.data.choose.isEnabled())
+    win.data_control.load_folder(args.data)
+    run_until(lambda: win.session.folder is not None and win.data.choose.isEnabled())
     shot("1-data")
 
     win.show_page("Features")
     win.features.set_backbone("mobilenet")
     win.features.set_weights(args.weights)
-    win.start_caching()
-    run_until(lambda: win.heavy is None or win.features.bar.value() > 300)
+    win.run_control.start_caching()
+    run_until(lambda: win.run_control.heavy is None or win.features.bar.value() > 300)
     shot("3a-features-running")
-    run_until(lambda: win.heavy is None)
+    run_until(lambda: win.run_control.heavy is None)
     shot("3-features")
 
     win.show_page("Train")
     win.train.fields["epochs"].setValue(args.epochs)
-    win.start_training()
-    run_until(lambda: win.heavy is None or len(win.train.history) >= 2)
+    win.run_control.start_training()
+    run_until(lambda: win.run_control.heavy is None or len(win.train.history) >= 2)
     shot("4a-train-running")
-    run_until(lambda: win.heavy is None)
+    run_until(lambda: win.run_control.heavy is None)
     shot("4-train")
 
     win.show_page("Evaluate")
@@ -113,7 +113,7 @@ def walk(args) -> int:
     broken = tmp / "broken.jpg"
     broken.write_bytes(b"this is not a photo")
     samples = sorted(Path(args.data).glob("*/*.jpg"))[::170][:6]
-    win.predict_paths([str(p) for p in samples] + [str(broken)])
+    win.predict_control.predict_paths([str(p) for p in samples] + [str(broken)])
     run_until(lambda: win.predict.table.rowCount() > 0 and not win.predict.bar.isVisible())
     shot("6-predict")
 
@@ -128,10 +128,10 @@ def walk(args) -> int:
     for c in classes[:5]:
         for f in sorted(c.glob("*.jpg"))[3:15]:
             shutil.copy(f, pile / f"{len(list(pile.iterdir())):04d}.jpg")
-    win.load_folder(str(labelled))
-    run_until(lambda: win.session.retraining is not None and win.data.choose.isEnabled())
-    win.labeling.add([str(pile)])
-    run_until(lambda: win.labeling.view is not None and win.labeling.worker is None)
+    win.data_control.load_folder(str(labelled))
+    run_until(lambda: win.session.folder is not None and win.data.choose.isEnabled())
+    win.label_control.add([str(pile)])
+    run_until(lambda: win.label_control.view is not None and win.label_control.worker is None)
     end = time.monotonic() + 5  # the thumbnails load in the background
     while time.monotonic() < end:
         app.processEvents()

@@ -23,41 +23,48 @@ if TYPE_CHECKING:
 
 
 class LastModel(QObject):
+    """Which model the kept folder holds is a value: the slot ``generation`` of the model it
+    was written from (a newer model has another)."""
+
     def __init__(self, session: Session, jobs: Jobs, activity: ActivityLabel,
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.session, self.jobs, self.activity = session, jobs, activity
         self._saving: Worker | None = None
         self._writing: Worker | None = None  # the threshold being written
-        self._next: Any = None  # a trained run waiting for the current write to end
-        self.holds: Any = None  # the model (slot.model) the folder holds now
+        self._next: tuple[Any, int] | None = None  # a model waiting for the write to end
+        self.holds: int | None = None  # the slot generation of the model the folder holds
         self._written: float | None = None  # the threshold that folder answers with
 
     @property
     def busy(self) -> bool:
         return self._saving is not None or self._writing is not None
 
-    def opened(self, model: str, threshold: float | None) -> None:
-        """The current model was opened from that folder: moving its threshold writes there."""
-        self.holds, self._written = model, threshold
+    def opened(self, generation: int, threshold: float | None) -> None:
+        """The current model (of ``generation``) was opened from that folder: moving its
+        threshold writes there."""
+        self.holds, self._written = generation, threshold
 
-    def save(self, run) -> Worker | None:
-        """Keep ``run``'s model for the next start (waiting for a write in progress)."""
+    def save(self, model, generation: int) -> Worker | None:
+        """Keep ``model`` (the slot's model of ``generation``) for the next start, waiting
+        for a write in progress."""
         if self.busy:
-            self._next = run
+            self._next = (model, generation)
             return None
         slot = self.session.slot
-        threshold = slot.threshold if run is slot.model else None  # what the save writes
+        current = generation == slot.generation
+        threshold = slot.threshold if current else None  # what the save writes
 
         def saved(_report) -> None:
-            self.holds, self._written = run, threshold
+            self.holds, self._written = generation, threshold
 
         def done() -> None:
             self._saving = None
             self._free()
 
-        self._saving = self.jobs.start(SAVING, self.session.export_job(last_model_dir(), run),
-                                       on_result=saved, on_done=done)
+        job = self.session.export_job(last_model_dir(), model, threshold,
+                                      slot.review if current else None)
+        self._saving = self.jobs.start(SAVING, job, on_result=saved, on_done=done)
         self.activity.track(self._saving, "Saving the model for the next start…")
         return self._saving
 
@@ -65,7 +72,7 @@ class LastModel(QObject):
         """Write the threshold now in use into the kept folder, when it holds the current
         model and answers with another threshold."""
         slot = self.session.slot
-        if (slot.empty or slot.model is not self.holds or self.busy
+        if (slot.empty or slot.generation != self.holds or self.busy
                 or slot.threshold is None or slot.threshold == self._written):
             return None
         threshold, folder = slot.threshold, last_model_dir()
@@ -87,6 +94,6 @@ class LastModel(QObject):
         written."""
         following, self._next = self._next, None
         if following is not None:
-            self.save(following)
+            self.save(*following)
         else:
             self.remember_threshold()

@@ -2,7 +2,8 @@
 threshold, Predict, Export) works on, whether it was trained in this window, kept at quit
 and reopened, or opened from a model folder.
 
-It holds the model (a trained run, or a model folder's path), its predictor once built, where
+It holds the model (a trained model, or a model folder opened: values with the same face), its
+predictor once built, where
 it came from, what the Evaluate page shows of it (and where those figures come from), the
 "unknown" threshold as a value, and a generation that a new model bumps, so that an answer
 made by an earlier model is recognised and dropped. It is changed on the GUI thread only;
@@ -18,17 +19,17 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from app.core.pipeline.retrain import Retraining
-
 
 class ModelSlot(QObject):
     changed = Signal()  # another model is the current one
     reviewed = Signal()  # the current model's review (test answers, hardest images) arrived
-    threshold_changed = Signal(float)
+    threshold_changed = Signal(float)  # only when it changed
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.model: Retraining | str | None = None  # a trained run, or a model folder
+        # a TrainedModel (trained in this session) or an OpenedModel (a model folder): both
+        # give predictor(), export(), evaluation, history, detector, classes
+        self.model: Any = None
         self.predictor: Any = None  # app.core.delivery.predict.Predictor, once built
         self.source = ""  # where it came from, in words
         self.generation = 0
@@ -46,14 +47,9 @@ class ModelSlot(QObject):
         return self.model is None
 
     @property
-    def trained_run(self) -> Retraining | None:
-        """The run behind the current model when it was trained in this session."""
-        return self.model if isinstance(self.model, Retraining) else None
-
-    @property
     def folder(self) -> str | None:
         """The model folder the current model was opened from."""
-        return self.model if isinstance(self.model, str) else None
+        return getattr(self.model, "folder", None)
 
     @property
     def accuracy(self) -> float | None:
@@ -61,33 +57,27 @@ class ModelSlot(QObject):
         return None if ev is None else ev.main_accuracy
 
     # --- changing it (GUI thread) ---------------------------------------------------------
-    def set_trained(self, run: Retraining, source: str) -> None:
-        detector = run.trust.detector if run.trust is not None else None
-        note = "Scores on the test images, which training never saw."
-        self._set(run, None, source, run.evaluation, None, note, detector,
-                  list(run.result.history) if run.result is not None else [])
-
-    def set_opened(self, folder: str, predictor: Any, source: str, saved: Any, why: str,
-                   history: list | None = None) -> None:
-        """A model folder: its evaluation as kept in the folder (``saved``, a SavedReview)
-        or ``why`` there is none."""
-        if saved is not None:
+    def set_model(self, model: Any, source: str) -> None:
+        """``model`` becomes the current one: a TrainedModel (its test scores) or an
+        OpenedModel (its evaluation as kept in the folder, or why there is none)."""
+        self.generation += 1
+        self.model, self.source = model, source
+        self.predictor = None if model.reviewable else model.predictor()
+        self.evaluation, self.review = model.evaluation, None
+        if model.reviewable:
+            self.evaluation_note = "Scores on the test images, which training never saw."
+        elif model.saved is not None:
+            saved = model.saved
             made = f" on {saved.made[:10]}" if saved.made else ""
             data = f" ({saved.dataset})" if saved.dataset else ""
-            note = (f"Scores kept in the model folder, measured when it was exported{made} on "
-                    f"the test images of its data folder{data}.")
-            evaluation, review = saved.evaluation, saved.review
+            self.evaluation_note = (
+                f"Scores kept in the model folder, measured when it was exported{made} on "
+                f"the test images of its data folder{data}.")
+            self.review = saved.review
         else:
-            note, evaluation, review = f"No scores for this model: {why}", None, None
-        self._set(folder, predictor, source, evaluation, review, note, predictor.unknown,
-                  list(history or []))
-
-    def _set(self, model, predictor, source, evaluation, review, note, detector,
-             history) -> None:
-        self.generation += 1
-        self.history = history
-        self.model, self.predictor, self.source = model, predictor, source
-        self.evaluation, self.review, self.evaluation_note = evaluation, review, note
+            self.evaluation_note = f"No scores for this model: {model.why}"
+        self.history = list(model.history)
+        detector = model.detector
         if detector is None:
             self.threshold = self.method = self.fitted_threshold = None
         else:
@@ -108,11 +98,14 @@ class ModelSlot(QObject):
         self.reviewed.emit()
         return True
 
-    def set_threshold(self, threshold: float) -> None:
-        if self.threshold is None:
-            return
+    def set_threshold(self, threshold: float) -> bool:
+        """Use ``threshold`` from now on; True (and ``threshold_changed``) only when it is
+        another value: a threshold set to what it was is not news."""
+        if self.threshold is None or float(threshold) == self.threshold:
+            return False
         self.threshold = float(threshold)
         self.threshold_changed.emit(self.threshold)
+        return True
 
     # --- the one place a score becomes "unknown" --------------------------------------------
     def flag(self, predictions: list) -> bool:

@@ -1,25 +1,23 @@
-"""The state of one retraining session and the jobs that change it.
+"""The state of one retraining session, as values, and the jobs that make new ones.
 
-Jobs never touch this state. Each job gets copies of its inputs, returns a result, and the
-window hands that result to an ``apply_*`` method here, on the GUI thread (Orange3's pattern).
-A result that belongs to inputs the user has since replaced is dropped, not applied:
+Jobs never touch this state. Each job gets the values it works from, returns a value, and a
+controller hands that value to an ``apply_*`` method here, on the GUI thread (Orange3's
+pattern). A value that belongs to inputs the user has since replaced is dropped, never
+applied; staleness is a value, never an identity:
 
-- caching and training work on a copy of the :class:`Retraining` they started from; their
-  result is applied only while that object is still the session's ``retraining``;
-- predictions and reviews carry the model ``generation`` they were made with; a new model
-  (trained or opened) bumps it, so answers of the old model are never shown as the new
-  one's, and the old predictor is never put back.
+- the data folder read last has a ``data_generation``: caching and training outcomes carry the
+  one they started from;
+- the current model (:attr:`slot`, :class:`~app.gui.model_slot.ModelSlot`) has a
+  ``generation``: predictions and reviews carry the one they were made with.
 
-The current model lives in one place, :attr:`slot` (:class:`~app.gui.model_slot.ModelSlot`):
-a trained head stays with the backbone, weights and splits it was trained on, whatever the
-Features page says now; a model folder opened brings its kept evaluation with it.
+The user's choices (folder, backbone, weights, where the backbone runs, the training
+settings) are one frozen :class:`~app.core.pipeline.retrain.RunChoice`, :attr:`choice`,
+replaced when a choice changes (``choice_changed`` only on a real change).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +27,8 @@ from PySide6.QtGui import QImage
 from app.core.base.jobs import CancelToken, ProgressCallback, long_lived_objects
 from app.core.base.paths import user_cache_dir
 from app.core.intake.dataset import Dataset, scan_dataset
-from app.core.pipeline.retrain import Retraining
+from app.core.pipeline.retrain import RunChoice
 from app.core.storage.store import FeatureStore
-from app.core.training.settings import TrainSettings
 from app.gui import thumbnails
 from app.gui.model_slot import ModelSlot
 
@@ -40,7 +37,7 @@ THUMB = 56
 Job = Any  # fn(progress, cancel) -> result, run by app.gui.worker
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSummary:
     """What the Data and Train pages show of a dataset, counted once in the worker (a
     100k-image dataset takes tens of milliseconds to count: too long for the GUI thread)."""
@@ -54,75 +51,116 @@ def summarize(ds: Dataset) -> DataSummary:
     return DataSummary(ds.class_counts(), ds.split_counts(), len({r.digest for r in ds.images}))
 
 
-@dataclass
-class ScanResult:
+@dataclass(frozen=True)
+class Scanned:
+    """What reading a folder gives: its dataset, its counts and a strip of photos a class."""
+
     dataset: Dataset
+    summary: DataSummary
     strips: dict[str, QImage]
-    summary: DataSummary | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
+class FolderChange:
+    """The data folder as just read: what every page follows (``folder_changed``)."""
+
+    dataset: Dataset
+    summary: DataSummary
+    strips: dict[str, QImage]
+    generation: int
+
+    @property
+    def root(self) -> Path:
+        return Path(self.dataset.root)
+
+
+@dataclass(frozen=True)
 class Predicted:
     prediction: Any  # app.core.delivery.predict.Prediction
     image: QImage | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictOutcome:
-    """What a predict job returns: the predictor it used (built if it had to) and its answers,
-    with the model generation they belong to."""
+    """A predict job's answers, the predictor it used (built if it had to), and the model
+    generation they belong to."""
 
     predictor: Any  # app.core.delivery.predict.Predictor
     results: list[Predicted]
     generation: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReviewOutcome:
     review: Any  # app.core.pipeline.review.Review
     generation: int  # of the model reviewed
 
 
-@dataclass
-class OpenedModel:
-    """A model folder read by a job: its predictor and its kept evaluation (or why none)."""
-
-    folder: str
-    predictor: Any  # app.core.delivery.predict.Predictor
-    saved: Any  # app.core.pipeline.review.SavedReview | None
-    why: str
-    history: list = field(default_factory=list)  # its training curves (history.json)
+@dataclass(frozen=True)
+class CacheOutcome:
+    cache: Any  # app.core.features.caching.CacheResult
+    dataset: Dataset
+    choice: RunChoice  # what it cached for
+    generation: int  # of the data folder it started from
 
 
-@dataclass
-class RunOutcome:
-    """What a caching or training job returns: the run it worked on (a copy) and the session
-    object it was copied from, so that a stale outcome can be recognised."""
+@dataclass(frozen=True)
+class TrainOutcome:
+    model: Any  # app.core.pipeline.trained.TrainedModel | None (stopped before an epoch)
+    cache: Any  # the CacheResult it trained from
+    choice: RunChoice
+    generation: int
 
-    run: Retraining
-    base: Retraining
+    @property
+    def stopped(self) -> bool:
+        return self.model is not None and self.model.result.cancelled
 
 
 class Session(QObject):
-    scanned = Signal(object)  # ScanResult: the folder just read (its strips and counts)
-    dataset_changed = Signal(object)  # Dataset
-    cache_changed = Signal(object)  # CacheResult
-    trained = Signal(object)  # Retraining (result, evaluation, training_warnings)
+    folder_changed = Signal(object)  # FolderChange: the data folder just read
+    cache_changed = Signal(object)  # CacheResult: the features just cached
+    trained = Signal(object)  # TrainOutcome
+    choice_changed = Signal(object)  # RunChoice: a choice the user changed
 
     def __init__(self, cache_dir: str | Path | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.cache_dir = cache_dir
-        self.retraining: Retraining | None = None  # the data side: dataset, cache
+        self.choice = RunChoice()
+        self.folder: FolderChange | None = None  # the data folder read last
+        self.data_generation = 0
+        self.cache: Any = None  # the last CacheResult of this folder (for its choice)
+        self.cache_choice: RunChoice | None = None
         self.slot = ModelSlot(self)  # the current model
-        self.stopped_run = None  # a stopped run not (yet) chosen over the current model
+        self.stopped: TrainOutcome | None = None  # a stopped run not (yet) chosen
         self.device = ""
-        self._summary: tuple[Dataset, DataSummary] | None = None
+
+    # --- choices ------------------------------------------------------------------------
+    def set_choice(self, **changes) -> bool:
+        """Replace the choice (True: it changed, and ``choice_changed`` said so)."""
+        new = self.choice.replace(**changes)
+        if new == self.choice:
+            return False
+        self.choice = new
+        self.choice_changed.emit(new)
+        return True
 
     # --- data ---------------------------------------------------------------------------
+    @property
+    def dataset(self) -> Dataset | None:
+        return None if self.folder is None else self.folder.dataset
+
+    @property
+    def data_dir(self) -> Path | None:
+        return None if self.folder is None else self.folder.root
+
+    @property
+    def has_data(self) -> bool:
+        return self.folder is not None
+
     def scan_job(self, folder: str) -> Job:
         cache_dir = self.cache_dir
 
-        def job(progress: ProgressCallback, cancel: CancelToken) -> ScanResult:
+        def job(progress: ProgressCallback, cancel: CancelToken) -> Scanned:
             # the records and strips live as long as the session: no collection pass while
             # they are built, and no full pass walks them afterwards (each held the window's
             # event loop 40-70 ms on a 100k-image folder)
@@ -138,93 +176,98 @@ class Session(QObject):
                 for c in ds.classes:
                     cancel.raise_if_cancelled()
                     strips[c] = thumbnails.strip(first[c], THUMB)
-            return ScanResult(ds, strips, summary)
+            return Scanned(ds, summary, strips)
 
         return job
 
-    def apply_scan(self, result: ScanResult) -> None:
-        """Use the scanned folder (the window runs one scan at a time: a later one replaces
-        an earlier one before its result can arrive)."""
-        ds = result.dataset
-        self._summary = (ds, result.summary or summarize(ds))
-        self.retraining = Retraining(str(ds.root), cache_dir=self.cache_dir, dataset=ds)
-        self.scanned.emit(result)
-        self.dataset_changed.emit(ds)
-
-    def summary(self, ds: Dataset) -> DataSummary:
-        """``ds``'s counts: those the scan made when it is the scanned dataset."""
-        if self._summary is None or self._summary[0] is not ds:
-            self._summary = (ds, summarize(ds))
-        return self._summary[1]
-
-    @property
-    def has_data(self) -> bool:
-        return self.retraining is not None
+    def apply_scan(self, scanned: Scanned) -> FolderChange:
+        """Use the folder just read (one read runs at a time: a later one replaces an earlier
+        one before its result can arrive)."""
+        ds = scanned.dataset
+        self.data_generation += 1
+        self.folder = FolderChange(ds, scanned.summary, scanned.strips, self.data_generation)
+        self.cache = self.cache_choice = None
+        self.set_choice(folder=str(ds.root))
+        self.folder_changed.emit(self.folder)
+        return self.folder
 
     # --- features -----------------------------------------------------------------------
-    def cache_job(self, backbone: str, weights: str, retry_skipped: bool = False,
-                  mode: str = "head", engine: str = "local",
-                  ray_address: str | None = None) -> Job:
-        """Cache what ``mode`` trains from: pooled taps ("head") or the cut ("finetune"),
-        on this computer (``engine`` "local") or on a Ray cluster ("ray", ``ray_address``)."""
-        base = self._need_data()
-        run = copy.copy(base)
-        run.backbone, run.weights = backbone, weights
-        run.settings = dataclasses.replace(run.settings, mode=mode)
-        run.cache = run.splits = run.result = run.evaluation = None
+    def cache_job(self, retry_skipped: bool = False) -> Job:
+        """Cache what the chosen mode trains from, as the choice says (backbone, weights,
+        this computer or a Ray cluster)."""
+        dataset, choice, generation = self._need_data(), self.choice, self.data_generation
+        cache_dir = self.cache_dir
 
-        def job(progress: ProgressCallback, cancel: CancelToken) -> RunOutcome:
-            run.run_cache(progress, cancel, retry_skipped=retry_skipped, engine=engine,
-                          ray_address=ray_address)
-            return RunOutcome(run, base)
+        def job(progress: ProgressCallback, cancel: CancelToken) -> CacheOutcome:
+            from app.core.pipeline.retrain import cache_features
+
+            cache, ds = cache_features(choice, dataset, cache_dir, progress, cancel,
+                                       retry_skipped)
+            return CacheOutcome(cache, ds, choice, generation)
 
         return job
 
-    def apply_cache(self, outcome: RunOutcome) -> bool:
-        if outcome.base is not self.retraining:
+    def apply_cache(self, outcome: CacheOutcome) -> bool:
+        if outcome.generation != self.data_generation:
             return False
-        self.retraining = outcome.run
-        self.cache_changed.emit(outcome.run.cache)
+        self.cache, self.cache_choice = outcome.cache, outcome.choice
+        self.cache_changed.emit(outcome.cache)
         return True
+
+    def cache_for(self, choice: RunChoice):
+        """The last cache result when it is ``choice``'s (same backbone, weights, mode)."""
+        c = self.cache_choice
+        if c is None or (c.backbone, c.weights, c.mode) != (choice.backbone, choice.weights,
+                                                            choice.mode):
+            return None
+        return self.cache
 
     # --- training -----------------------------------------------------------------------
-    def train_job(self, settings: TrainSettings, backbone: str, weights: str) -> Job:
-        base = self._need_data()
-        run = copy.copy(base)
-        if (run.backbone, run.weights) != (backbone, weights):
-            run.backbone, run.weights, run.cache = backbone, weights, None
-        run.settings = settings
-        run.splits = run.result = run.evaluation = None
+    def train_job(self) -> Job:
+        dataset, choice, generation = self._need_data(), self.choice, self.data_generation
+        cache, cache_dir = self.cache_for(self.choice), self.cache_dir
 
-        def job(progress: ProgressCallback, cancel: CancelToken) -> RunOutcome:
+        def job(progress: ProgressCallback, cancel: CancelToken) -> TrainOutcome:
+            from app.core.base.jobs import Cancelled
+            from app.core.pipeline.retrain import train
+
             # In a child process: TensorFlow compiling the training step would otherwise
             # hold this process's GIL, and with it the event loop, for ~150 ms at a time.
-            run.run_training_isolated(progress, cancel)
-            return RunOutcome(run, base)
+            try:
+                model, used = train(choice, dataset, cache, cache_dir, progress, cancel,
+                                    isolated=True)
+            except Cancelled:
+                if cancel.cancelled:
+                    return TrainOutcome(None, cache, choice, generation)
+                raise
+            if model.result.epochs_run == 0:
+                model = None
+            return TrainOutcome(model, used, choice, generation)
 
         return job
 
-    def apply_training(self, outcome: RunOutcome) -> bool:
-        """The trained run becomes the session's run and its model the current one, unless
-        it was stopped and there is a model already: a stopped run never replaces the user's
-        model unasked (it waits in :attr:`stopped_run` for :meth:`adopt`)."""
-        if outcome.base is not self.retraining:
+    def apply_training(self, outcome: TrainOutcome) -> bool:
+        """The trained model becomes the current one, unless it was stopped and there is a
+        model already: a stopped run never replaces the user's model unasked (it waits in
+        :attr:`stopped` for :meth:`adopt_stopped`)."""
+        if outcome.generation != self.data_generation:
             return False
-        run = self.retraining = outcome.run
-        self.stopped_run = None
-        if run.result is not None and run.result.epochs_run > 0:
-            if run.result.cancelled and not self.slot.empty:
-                self.stopped_run = run
+        self.stopped = None
+        if outcome.cache is not None:
+            self.cache, self.cache_choice = outcome.cache, outcome.choice
+        if outcome.model is not None:
+            if outcome.stopped and not self.slot.empty:
+                self.stopped = outcome
             else:
-                self.slot.set_trained(run, "the model just trained")
-        self.trained.emit(run)
+                self.slot.set_model(outcome.model, "the model just trained")
+        self.trained.emit(outcome)
         return True
 
-    def adopt(self, run) -> None:
+    def adopt_stopped(self) -> None:
         """The user chose the stopped run over the model they had."""
-        if run is self.stopped_run:
-            self.stopped_run = None
-            self.slot.set_trained(run, "the stopped run, chosen over the earlier model")
+        if self.stopped is not None:
+            model, self.stopped = self.stopped.model, None
+            self.slot.set_model(model, "the stopped run, chosen over the earlier model")
 
     def thumbnails_job(self, items: list[dict], size: int = 96) -> Job:
         """Thumbnails of ``items`` (entries with a "path"): ``[(entry, QImage | None)]``."""
@@ -237,18 +280,18 @@ class Session(QObject):
 
         return job
 
-    # --- reviewing the trained model ----------------------------------------------------
+    # --- reviewing the current model ----------------------------------------------------
     def review_job(self) -> Job:
         """Every test image's answer, the hardest training images and the validation
-        images' unknown scores of the current trained model (cached features only)."""
-        run, generation = self.slot.trained_run, self.slot.generation
-        if run is None:
+        images' unknown scores of the current model (cached features only)."""
+        model, generation = self.slot.model, self.slot.generation
+        if model is None or not model.reviewable:
             raise RuntimeError("train a model first")
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> ReviewOutcome:
             from app.core.pipeline.review import review
 
-            return ReviewOutcome(review(run), generation)
+            return ReviewOutcome(review(model), generation)
 
         return job
 
@@ -259,22 +302,24 @@ class Session(QObject):
     def set_unknown_threshold(self, threshold: float) -> dict | None:
         """Use ``threshold`` for "unknown" answers from now on (and in the next export);
         returns what it does on the validation images, None without an unknown test."""
+        slot = self.slot
+        if slot.threshold is None:
+            return None
+        slot.set_threshold(threshold)
+        return self.threshold_effect()
+
+    def threshold_effect(self) -> dict | None:
+        """What the threshold now in use does on the validation images."""
         from app.core.pipeline.review import threshold_effect
 
         slot = self.slot
         if slot.threshold is None:
             return None
-        slot.set_threshold(threshold)
         review = slot.review
         return threshold_effect(review.validation_scores if review is not None else None,
                                 slot.threshold)
 
     # --- fixing labels ------------------------------------------------------------------
-    @property
-    def data_dir(self) -> Path | None:
-        run = self.retraining
-        return None if run is None or run.dataset is None else Path(run.dataset.root)
-
     def move_image(self, path: str, new_class: str):
         """Move ``path`` into the class folder ``new_class`` of the data folder (a real file
         move, journaled); returns the core Move. Raises LabelError (nothing changed)."""
@@ -317,61 +362,47 @@ class Session(QObject):
         return excluded(self.cache_dir or user_cache_dir(), self.data_dir)
 
     def _digest_of(self, path: str) -> str:
-        run = self.retraining
-        for r in (run.dataset.images if run is not None and run.dataset else ()):
+        for r in (self.dataset.images if self.dataset is not None else ()):
             if r.path == path:
                 return r.digest
         return ""
 
     # --- the model ----------------------------------------------------------------------
-    def export_job(self, out_dir: str | Path, run: Retraining | None = None) -> Job:
-        """Export ``run``'s model (default: the current model, trained or opened) with the
-        unknown threshold now in use; returns the core's ExportReport."""
+    def export_job(self, out_dir: str | Path, model: Any = None,
+                   threshold: float | None = None, review: Any = None) -> Job:
+        """Export ``model`` (default: the current model, trained or opened, with the unknown
+        threshold now in use and its review); returns the core's ExportReport."""
         slot = self.slot
-        if run is None and slot.folder is not None:
-            folder, threshold = slot.folder, slot.threshold
-
-            def copy_job(progress: ProgressCallback, cancel: CancelToken):
-                from app.core.delivery.export import copy_model
-
-                return copy_model(folder, out_dir, threshold)
-
-            return copy_job
-        run = run or slot.trained_run
-        if run is None:
+        if model is None:
+            model, threshold, review = slot.model, slot.threshold, slot.review
+        if model is None:
             raise RuntimeError("train a model or open a model folder before exporting")
-        trust = run.trust
-        if trust is not None and trust.detector is not None:
-            detector = copy.copy(trust.detector)  # the run's own is never moved
-            if run is slot.model and slot.threshold is not None:
-                detector.threshold = slot.threshold
-            trust = dataclasses.replace(trust, detector=detector)
-        review = slot.review if run is slot.model else None
-
         from app.core.delivery.export import onnx_unavailable
 
         formats = ("keras",) if onnx_unavailable() else ("keras", "onnx")
 
         def job(progress: ProgressCallback, cancel: CancelToken):
-            return run.export(out_dir, formats, trust=trust, review=review)
+            from app.core.pipeline.review import review as review_of
+            from app.core.pipeline.review import review_document
+
+            doc = None
+            if model.reviewable and model.evaluation is not None:
+                doc = review_document(model.evaluation, review or review_of(model),
+                                      str(model.dataset.root))
+            return model.export(out_dir, formats, threshold, doc)
 
         return job
 
     def open_model_job(self, folder: str) -> Job:
-        def job(progress: ProgressCallback, cancel: CancelToken) -> OpenedModel:
-            from app.core.delivery.export import read_history
-            from app.core.delivery.predict import Predictor
-            from app.core.pipeline.review import saved_review
+        def job(progress: ProgressCallback, cancel: CancelToken):
+            from app.core.pipeline.opened import open_model
 
-            predictor = Predictor.from_dir(folder)
-            saved, why = saved_review(folder, predictor.classes)
-            return OpenedModel(str(folder), predictor, saved, why, read_history(folder))
+            return open_model(folder)
 
         return job
 
-    def apply_model(self, opened: OpenedModel, source: str | None = None) -> None:
-        self.slot.set_opened(opened.folder, opened.predictor, source or opened.folder,
-                             opened.saved, opened.why, opened.history)
+    def apply_model(self, opened, source: str | None = None) -> None:
+        self.slot.set_model(opened, source or opened.folder)
 
     # --- prediction ---------------------------------------------------------------------
     def predict_job(self, paths: list[str], top_k: int, size: int = 72) -> Job:
@@ -382,14 +413,7 @@ class Session(QObject):
             raise RuntimeError("train a model or open an exported model folder first")
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> PredictOutcome:
-            built = predictor
-            if built is None:
-                if isinstance(model, Retraining):
-                    built = model.predictor()
-                else:
-                    from app.core.delivery.predict import Predictor
-
-                    built = Predictor.from_dir(model)
+            built = predictor or model.predictor()
             preds = built.predict(paths, top_k=top_k, progress=progress, cancel=cancel,
                                   threshold=threshold)
             cancel.raise_if_cancelled()
@@ -409,10 +433,10 @@ class Session(QObject):
         self.slot.flag(outcome.results)
         return True
 
-    def _need_data(self) -> Retraining:
-        if self.retraining is None:
+    def _need_data(self) -> Dataset:
+        if self.folder is None:
             raise RuntimeError("open a data folder first (page 1)")
-        return self.retraining
+        return self.folder.dataset
 
 
 def predictions_csv(results: list[Predicted], sep: str = ",", top_k: int | None = None) -> str:

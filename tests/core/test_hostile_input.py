@@ -134,7 +134,7 @@ def test_cache_arguments_out_of_range_end_in_one_error_line(tmp_path, args, word
 @pytest.mark.parametrize("args, words", [
     (["--aux-weight", "nan"], "aux weight"),
     (["--aux-weight", "inf"], "aux weight"),
-    (["--early-stopping", "-1"], "early-stopping"),
+    (["--early-stopping", "-1"], "early stopping"),
     (["--format", "bogus"], "format"),
     (["--batch-size", "0"], "batch size"),
 ])

@@ -127,23 +127,26 @@ def test_bad_settings_are_refused_with_a_message(bad):
 
 
 def test_a_head_answers_only_on_the_features_it_was_trained_on(cached_run, tmp_path):
-    """Another weights file gives features of the same width: pairing the old head with them
-    would answer wrong in silence, so it is refused."""
+    """The weights file a model was trained with, changed on disk since, gives features of
+    the same width: pairing the head with them would answer wrong in silence, so it is
+    refused. (The model is a value: another backbone or weights chosen since is not its
+    business; it keeps its own.)"""
     from app.core.features.backbones import build_backbone, get_spec
 
-    cached_run.settings = TrainSettings(epochs=1, batch_size=8)
-    cached_run.run_training()
-    assert cached_run.predictor() is not None
-    weights = tmp_path / "other.weights.h5"
+    weights = tmp_path / "mine.weights.h5"
     model = build_backbone(get_spec("tiny"), "none")
-    model.set_weights([w * 0.5 for w in model.get_weights()])
     model.save_weights(weights)
     cached_run.weights = str(weights)
-    cached_run.run_cache()  # what the window does when the user picks other weights
+    cached_run.settings = TrainSettings(epochs=1, batch_size=8)
+    cached_run.run_training()
+    trained = cached_run.model
+    assert trained.predictor() is not None
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save_weights(weights)  # the same file, other weights
     with pytest.raises(RuntimeError, match="train again"):
-        cached_run.predictor()
+        trained.predictor()
     with pytest.raises(RuntimeError, match="train again"):
-        cached_run.export(tmp_path / "m")
+        trained.export(tmp_path / "m")
     assert not (tmp_path / "m").exists()
 
 

@@ -66,15 +66,15 @@ def use_tiny(win) -> None:
 
 
 def open_folder(qtbot, win, folder) -> None:
-    win.load_folder(str(folder))
-    qtbot.waitUntil(lambda: win.session.retraining is not None
+    win.data_control.load_folder(str(folder))
+    qtbot.waitUntil(lambda: win.session.folder is not None
                     and win.data.choose.isEnabled(), timeout=20000)
 
 
 def wait_idle(qtbot, win, timeout=180000) -> None:
     # generous: training starts a child process that imports TensorFlow (~6 s idle, several
     # times that on a loaded 2-core machine); a hang still fails, only later
-    qtbot.waitUntil(lambda: win.heavy is None, timeout=timeout)
+    qtbot.waitUntil(lambda: win.run_control.heavy is None, timeout=timeout)
 
 
 def train(qtbot, win, epochs=2, timeout=90000) -> None:
@@ -82,13 +82,13 @@ def train(qtbot, win, epochs=2, timeout=90000) -> None:
     win.show_page("Train")
     win.train.fields["epochs"].setValue(epochs)
     win.train.start.click()
-    assert win.heavy is not None and win.heavy.name == "training"
+    assert win.run_control.heavy is not None and win.run_control.heavy.name == "training"
     wait_idle(qtbot, win, timeout)
 
 
 def open_fake_model(win, predictor, name: str) -> None:
     """Make ``predictor`` (a stand-in with ``classes``, ``unknown`` and ``predict``) the
     current model, as opening a model folder without a kept evaluation does."""
-    from app.gui.session import OpenedModel
+    from app.core.pipeline.opened import OpenedModel
 
     win.session.apply_model(OpenedModel(name, predictor, None, "a stand-in model"))

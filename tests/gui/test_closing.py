@@ -19,7 +19,7 @@ def start_long_training(qtbot, win, epochs=500):
     win.train.fields["epochs"].setValue(epochs)
     win.train.fields["early_stopping"].setValue(0)
     win.train.start.click()
-    worker = win.heavy
+    worker = win.run_control.heavy
     assert worker is not None and worker.name == "training"
     qtbot.waitUntil(lambda: len(win.train.history) >= 2, timeout=90000)
     return worker
@@ -37,7 +37,7 @@ def test_close_while_training_asks_keeps_the_model_and_reopens_it(qtbot, new_win
     win.confirm_quit = lambda text: asked.append(text) or False  # "No": keep training
     win.close()
     assert asked and asked[0].startswith("Training is running — stop and quit?")
-    assert win.isVisible() and win.heavy is worker and not worker.is_cancelled
+    assert win.isVisible() and win.run_control.heavy is worker and not worker.is_cancelled
     assert win.centralWidget().isEnabled()
 
     win.confirm_quit = lambda text: asked.append(text) or True  # "Yes"
@@ -52,8 +52,8 @@ def test_close_while_training_asks_keeps_the_model_and_reopens_it(qtbot, new_win
 
     again = new_window()  # the same settings, cache and data folder
     qtbot.waitUntil(lambda: again.session.slot.predictor is not None
-                    and again.session.retraining is not None, timeout=60000)
-    assert str(again.session.retraining.dataset.root) == str(data)
+                    and again.session.folder is not None, timeout=60000)
+    assert str(again.session.dataset.root) == str(data)
     assert again.data.table.rowCount() == 3
     assert str(folder) in again.predict.model.text()
     assert again.session.slot.predictor.classes == ["blue", "green", "red"]
@@ -75,7 +75,7 @@ def test_every_finished_training_run_is_kept_for_the_next_start(qtbot, window, t
     window.train.fields["epochs"].setValue(1)
     window.train.start.click()
     wait_idle(qtbot, window, 90000)
-    assert window.session.slot.trained_run is not None
+    assert window.session.slot.model is not None
     qtbot.waitUntil(lambda: not window.jobs.running, timeout=60000)
     assert is_model_folder(last_model_dir())
     meta = json.loads((last_model_dir() / "metadata.json").read_text())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from app.core.features.engines.ray import RayUnavailable
-from app.core.pipeline.retrain import Retraining
+from app.core.pipeline import retrain
 from app.gui.pages import compute_on
 from app.gui.pages.compute_on import INSTALL_RAY
 from tests.conftest import make_dataset
@@ -31,14 +31,14 @@ def test_ray_choice_and_address_are_remembered_and_reach_the_job(
 
     asked = []
 
-    def unreachable(self, progress, cancel, **kwargs):
-        asked.append(kwargs)
+    def unreachable(choice, *args, **kwargs):
+        asked.append({"engine": choice.engine, "ray_address": choice.ray_address})
         raise RayUnavailable("cannot reach the Ray cluster at head-node:6379: timed out\n"
                              "Traceback (most recent call last): ...")
 
-    monkeypatch.setattr(Retraining, "run_cache", unreachable)
+    monkeypatch.setattr(retrain, "cache_features", unreachable)
     open_folder(qtbot, second, make_dataset(tmp_path / "photos", per_class=3))
-    worker = second.start_caching()
+    worker = second.run_control.start_caching()
     with qtbot.waitSignal(worker.done, timeout=20000):
         pass
     assert asked[0]["engine"] == "ray" and asked[0]["ray_address"] == "head-node:6379"
@@ -104,12 +104,12 @@ def test_caching_through_a_local_ray_from_the_window(qtbot, window, tmp_path):
             bars.append((window.features.bar.value(), window.features.bar.maximum()))
 
     window.features.show_progress = shown
-    worker = window.start_caching()
+    worker = window.run_control.start_caching()
     with qtbot.waitSignal(worker.done, timeout=180000):
         pass
     wait_idle(qtbot, window)
     assert window.banner.isHidden(), window.banner.text.text()
-    cache = window.session.retraining.cache
+    cache = window.session.cache
     assert cache.device.startswith("Ray (") and (cache.computed, cache.images) == (12, 12)
     assert bars and bars[-1] == (12, 12)
     assert "12</b> images ready" in window.features.counts.text()

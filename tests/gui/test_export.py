@@ -14,7 +14,7 @@ from tests.gui.conftest import open_folder, train, use_tiny
 
 
 def export(qtbot, win, folder):
-    worker = win.export_to(str(folder))
+    worker = win.models.export_to(str(folder))
     assert worker is not None
     assert win.statusBar().currentMessage().startswith("Exporting to")
     assert "Exporting…" in win.activity.text()
@@ -50,7 +50,7 @@ def test_export_refuses_a_folder_that_is_not_ours_then_warns_when_parity_uncheck
     assert (good / "model.onnx").is_file()
     assert window.banner.isHidden()
 
-    for record in window.session.slot.trained_run.dataset.subset("validation"):
+    for record in window.session.slot.model.dataset.subset("validation"):
         Path(record.path).unlink()  # parity has nothing left to compare
     export(qtbot, window, good)
     assert window.banner.isVisible() and window.banner.level == "warning"
@@ -88,13 +88,13 @@ def test_a_second_export_asks_to_replace_and_never_nests(qtbot, window, tmp_path
     monkeypatch.setattr(QFileDialog, "getSaveFileName",
                         lambda *a, **k: (starts.append(a[2]), ("", ""))[1])
     asked = []
-    window.confirm_replace = lambda text: asked.append(text) or False
-    window.choose_export()  # No: the dialog opens beside it, on a new name
+    window.models.confirm_replace = lambda text: asked.append(text) or False
+    window.models.choose_export()  # No: the dialog opens beside it, on a new name
     assert asked and str(first) in asked[0]
     assert starts == [str(tmp_path / "photos-model-2")]
-    window.confirm_replace = lambda text: True
+    window.models.confirm_replace = lambda text: True
     before = (first / "metadata.json").stat().st_mtime_ns
-    window.choose_export()  # Yes: replaced in place, no dialog, nothing nested
+    window.models.choose_export()  # Yes: replaced in place, no dialog, nothing nested
     qtbot.waitUntil(lambda: (first / "metadata.json").stat().st_mtime_ns != before,
                     timeout=60000)
     qtbot.waitUntil(lambda: "Exporting" not in window.activity.text(), timeout=60000)

@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
 from app.core.pipeline.labeling import Ask, LabelingView, Pool, Queue, Suggestions
-from app.gui.labeling import class_keys
+from app.gui.controllers.label import class_keys
 from app.gui.pages.label import KEYS, ClassChooser, LabelPage
 
 

@@ -13,9 +13,10 @@ from tests.gui.conftest import open_folder, use_tiny
 
 
 def _view_ready(qtbot, win, before=None):
-    qtbot.waitUntil(lambda: win.labeling.view is not None and win.labeling.view is not before
-                    and win.labeling.worker is None, timeout=60000)
-    return win.labeling.view
+    control = win.label_control
+    qtbot.waitUntil(lambda: control.view is not None and control.view is not before
+                    and control.worker is None, timeout=60000)
+    return control.view
 
 
 @pytest.mark.slow
@@ -29,7 +30,7 @@ def test_label_an_unsorted_pile_with_the_keyboard(qtbot, window, tmp_path):
     use_tiny(window)
     window.show_page("Label")
     page = window.label
-    window.labeling.add([str(pile)])
+    window.label_control.add([str(pile)])
     view = _view_ready(qtbot, window)
     assert len(view.pool.paths) == 12 and page.queue.count() > 0
     assert [page.class_list.item(i).text() for i in range(3)] == [
@@ -48,7 +49,7 @@ def test_label_an_unsorted_pile_with_the_keyboard(qtbot, window, tmp_path):
 
     # Ctrl+Z puts it back
     qtbot.keyClick(grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
+    qtbot.waitUntil(lambda: not window.label_control.work.busy, timeout=30000)
     assert not filed.exists() and moves(data) == []
     assert window.label.ops.text.text().startswith("Undid")
     view = _view_ready(qtbot, window, view)
@@ -70,7 +71,7 @@ def test_label_an_unsorted_pile_with_the_keyboard(qtbot, window, tmp_path):
     qtbot.keyClick(groups, Qt.Key.Key_Delete)
     assert groups.paths == members[1:]
     qtbot.keyClick(groups, "1")
-    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
+    qtbot.waitUntil(lambda: not window.label_control.work.busy, timeout=30000)
     filed = sorted(p.name for p in (data / "blue").iterdir())
     assert filed == sorted(p.split("/")[-1] for p in members[1:])
     assert taken_out.split("/")[-1] not in filed
@@ -157,14 +158,14 @@ def test_photos_filed_on_the_label_page_are_what_training_gets(qtbot, window, tm
     open_folder(qtbot, window, data)
     use_tiny(window)
     window.show_page("Label")
-    window.labeling.add([str(pile)])
+    window.label_control.add([str(pile)])
     view = _view_ready(qtbot, window)
-    before = len(window.session.retraining.dataset.images)
+    before = len(window.session.dataset.images)
     photos = [p for p in view.pool.paths if "red" in p or "blue" in p]
-    window.labeling.assign(photos, "red")
-    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
+    window.label_control.assign(photos, "red")
+    qtbot.waitUntil(lambda: not window.label_control.work.busy, timeout=30000)
     window.show_page("Train")
     assert not window.train.start.isEnabled() and "read again" in window.train.need.text()
-    qtbot.waitUntil(lambda: len(window.session.retraining.dataset.images) == before + 2,
+    qtbot.waitUntil(lambda: len(window.session.dataset.images) == before + 2,
                     timeout=60000)
     qtbot.waitUntil(window.train.start.isEnabled, timeout=10000)

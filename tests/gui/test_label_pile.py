@@ -12,9 +12,10 @@ from tests.gui.conftest import open_folder, use_tiny
 
 
 def _view_ready(qtbot, win, before=None):
-    qtbot.waitUntil(lambda: win.labeling.view is not None and win.labeling.view is not before
-                    and win.labeling.worker is None, timeout=60000)
-    return win.labeling.view
+    control = win.label_control
+    qtbot.waitUntil(lambda: control.view is not None and control.view is not before
+                    and control.worker is None, timeout=60000)
+    return control.view
 
 
 def _pile(tmp_path, per_colour=3):
@@ -30,13 +31,13 @@ def test_the_pile_comes_back_after_a_relaunch(qtbot, new_window, gui_settings, t
     open_folder(qtbot, win, data)
     use_tiny(win)
     win.show_page("Label")
-    win.labeling.add([str(tmp_path / "pile")])
+    win.label_control.add([str(tmp_path / "pile")])
     assert len(_view_ready(qtbot, win).pool.paths) == 9
     win.close()
     qtbot.waitUntil(lambda: not win.isVisible(), timeout=60000)
     again = new_window(settings=gui_settings)  # the same settings: a relaunch
     use_tiny(again)
-    qtbot.waitUntil(lambda: again.session.retraining is not None, timeout=20000)
+    qtbot.waitUntil(lambda: again.session.folder is not None, timeout=20000)
     assert again.stack.currentWidget() is again.label  # the page it was left on
     view = _view_ready(qtbot, again)
     assert len(view.pool.paths) == 9 and "9 photos unsorted" in again.label.summary.text()
@@ -49,7 +50,7 @@ def test_any_group_chosen_shows_its_photos(qtbot, window, tmp_path):
     open_folder(qtbot, window, data)
     use_tiny(window)
     window.show_page("Label")
-    window.labeling.add([str(tmp_path / "pile")])
+    window.label_control.add([str(tmp_path / "pile")])
     page = window.label
     page.tabs.setCurrentIndex(1)
     page.group_count.setCurrentIndex(page.group_count.findData(3))
@@ -71,16 +72,16 @@ def test_file_the_rest_is_one_operation_undone_at_once(qtbot, window, tmp_path):
     open_folder(qtbot, window, data)
     use_tiny(window)
     window.show_page("Label")
-    window.labeling.add([str(tmp_path / "pile")])
+    window.label_control.add([str(tmp_path / "pile")])
     view = _view_ready(qtbot, window)
     assert view.suggestions is not None and view.suggestions.calibrated
     page = window.label
     assert page.file_rest.isEnabled()
     asked = []
-    window.labeling.confirm = lambda text: asked.append(text) or True
+    window.label_control.confirm = lambda text: asked.append(text) or True
     page.accept_at.setValue(90.0)
     page.file_rest.click()
-    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
+    qtbot.waitUntil(lambda: not window.label_control.work.busy, timeout=30000)
     assert asked and "_not_sure" in asked[0]
     filed = moves(data)
     assert len(filed) == len(pile) + 1 and len(operations(data)) == 1
@@ -91,7 +92,7 @@ def test_file_the_rest_is_one_operation_undone_at_once(qtbot, window, tmp_path):
     unsure = [m for m in filed if m.target.startswith("_not_sure/")]
     assert len(view.pool.paths) == len(unsure)  # still to label, here
     page.ops.undo.click()
-    qtbot.waitUntil(lambda: not window.labeling.work.busy, timeout=30000)
+    qtbot.waitUntil(lambda: not window.label_control.work.busy, timeout=30000)
     assert moves(data) == [] and all(not (data / m.target).exists() for m in filed)
 
 
@@ -107,13 +108,13 @@ def test_a_message_goes_once_its_cause_is_fixed(qtbot, window, tmp_path, monkeyp
     bad.write_bytes(b"not a weights file")
     window.features.set_weights(str(bad))
     window.show_page("Label")
-    window.labeling.add([str(tmp_path / "pile")])
+    window.label_control.add([str(tmp_path / "pile")])
     qtbot.waitUntil(lambda: window.banner.isVisible(), timeout=60000)
     assert "could not be prepared" in window.label.summary.text()
     assert "Weights file" in window.label.summary.text()  # the fix is named, on this page
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))
     use_tiny(window)  # fixed: random weights
-    window.labeling.refresh()
+    window.label_control.refresh()
     _view_ready(qtbot, window)
     assert not window.banner.isVisible()
 

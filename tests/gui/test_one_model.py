@@ -65,7 +65,7 @@ def test_the_model_kept_at_quit_is_the_current_model_on_every_page(qtbot, new_wi
 
     # Export (Ctrl+E) works on it: a copy with the threshold now in use and its evaluation
     out = tmp_path / "handed-on"
-    worker = again.export_to(str(out))
+    worker = again.models.export_to(str(out))
     assert worker is not None
     qtbot.waitUntil(worker.isFinished, timeout=60000)
     assert is_model_folder(out)
@@ -85,10 +85,10 @@ def test_a_model_folder_without_a_kept_evaluation_says_so(qtbot, new_window, tmp
     qtbot.waitUntil(lambda: win.session.slot.review is not None, timeout=60000)
     assert win.evaluate.scores["main_accuracy"].text() != "—"
     old = tmp_path / "old-model"
-    worker = win.export_to(str(old))
+    worker = win.models.export_to(str(old))
     qtbot.waitUntil(worker.isFinished, timeout=60000)
     (old / "evaluation.json").unlink()  # as an earlier version exported it
-    worker = win.open_model(str(old))
+    worker = win.models.open_model(str(old))
     qtbot.waitUntil(worker.isFinished, timeout=60000)
     qtbot.waitUntil(lambda: win.session.slot.folder == str(old), timeout=10000)
     page = win.evaluate

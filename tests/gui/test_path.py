@@ -44,7 +44,7 @@ def test_whole_path(qtbot, window, tmp_path):
     qtbot.mouseClick(window.features.start, Qt.MouseButton.LeftButton)
     assert window.features.cancel.isEnabled() and not window.features.start.isEnabled()
     wait_idle(qtbot, window)
-    cache = window.session.retraining.cache
+    cache = window.session.cache
     assert cache.computed == 36 and not cache.cancelled
     assert "36 computed" in window.features.counts.text()
 
@@ -53,13 +53,13 @@ def test_whole_path(qtbot, window, tmp_path):
     assert window.train.fields["aux_weight"].value() == 0.3
     qtbot.mouseClick(window.train.start, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, window)
-    assert window.session.retraining.result.epochs_run == 2
+    assert window.session.slot.model.result.epochs_run == 2
     drawn = {key: xs_of(curve) for key, curve in window.train.curves.items()}
     assert {o for o, _, _ in drawn} == {"main", "aux1", "aux2"}
     assert {(m, s) for _, m, s in drawn} == {(m, s) for m in ("loss", "accuracy")
                                             for s in ("train", "val")}
     assert all(xs == [1, 2] for xs in drawn.values()), drawn  # one point per epoch, from 1
-    history = window.session.retraining.result.history
+    history = window.session.slot.model.result.history
     xs, ys = window.train.curves[("aux2", "accuracy", "val")].getData()
     assert list(ys) == [h["val_aux2_accuracy"] for h in history]
     assert window.train.best_lines[0].isVisible()
@@ -71,11 +71,11 @@ def test_whole_path(qtbot, window, tmp_path):
     window.train.fields["epochs"].setValue(1)
     window.train.start.click()
     wait_idle(qtbot, window)
-    assert window.session.retraining.result.epochs_run == 1
+    assert window.session.slot.model.result.epochs_run == 1
     for (output, _, _), curve in window.train.curves.items():
         assert xs_of(curve) == ([1] if output == "main" else []), output
 
-    ev = window.session.retraining.evaluation
+    ev = window.session.slot.model.evaluation
     assert window.evaluate.scores["main_accuracy"].text().endswith("%")
     assert window.evaluate.confusion.rowCount() == 3
     assert window.evaluate.per_class.rowCount() == 3
@@ -104,7 +104,7 @@ def test_cancel_during_caching_keeps_what_was_computed(qtbot, window, tmp_path):
     open_folder(qtbot, window, data)
     use_tiny(window)
     window.features.start.click()
-    worker = window.heavy
+    worker = window.run_control.heavy
     first = []
 
     def cancel_on_first_batch(p):
@@ -114,7 +114,7 @@ def test_cancel_during_caching_keeps_what_was_computed(qtbot, window, tmp_path):
 
     worker.progressed.connect(cancel_on_first_batch)
     wait_idle(qtbot, window)
-    cache = window.session.retraining.cache
+    cache = window.session.cache
     assert cache.cancelled
     assert 0 < cache.computed < 72
     assert "cancelled" in window.features.rate.text()
@@ -126,7 +126,7 @@ def test_cancel_during_caching_keeps_what_was_computed(qtbot, window, tmp_path):
 
     window.features.start.click()
     wait_idle(qtbot, window)
-    again = window.session.retraining.cache
+    again = window.session.cache
     assert not again.cancelled and again.reused == cache.computed
     assert again.computed + again.reused == 72
 

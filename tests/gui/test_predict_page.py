@@ -12,8 +12,8 @@ from pathlib import Path
 from PySide6.QtWidgets import QLabel, QProgressBar
 
 from app.core.delivery.predict import Prediction
+from app.gui.controllers.models import export_suggestion
 from app.gui.widgets import dialog_folder
-from app.gui.window import export_suggestion
 from tests.conftest import make_image
 from tests.gui.conftest import open_fake_model, open_folder
 
@@ -33,7 +33,7 @@ class UnknownFirst:
 
 def predict(qtbot, window, paths):
     rows = window.predict.table.rowCount()
-    assert window.predict_paths([str(p) for p in paths]) is not None
+    assert window.predict_control.predict_paths([str(p) for p in paths]) is not None
     qtbot.waitUntil(lambda: window.predict.table.rowCount() == rows + len(paths), timeout=30000)
     qtbot.waitUntil(lambda: not window.predict.bar.isVisible())
 
@@ -87,7 +87,7 @@ def test_dialogs_start_in_the_users_folders_and_export_beside_the_data(tmp_path)
 
 
 def _sorting(qtbot, window, out):
-    assert window.sort_predictions(str(out)) is not None
+    assert window.predict_control.sort_predictions(str(out)) is not None
     qtbot.waitUntil(lambda: not window.predict.work.busy, timeout=30000)
 
 
@@ -97,12 +97,13 @@ def test_sort_the_listed_photos_into_a_folder_preview_then_undo(qtbot, window, t
     open_fake_model(window, UnknownFirst(), "fake-model")
     predict(qtbot, window, [cat, flower])
     asked = []
-    window.confirm_sort = lambda text: asked.append(text) or False  # "No": nothing happens
+    # "No": nothing happens
+    window.predict_control.confirm_sort = lambda text: asked.append(text) or False
     out = tmp_path / "sorted"
     _sorting(qtbot, window, out)
     assert "_unknown: 1" in asked[0] and "daisy: 1" in asked[0] and not out.exists()
     assert "nothing was copied" in window.predict.ops.text.text()
-    window.confirm_sort = lambda text: True
+    window.predict_control.confirm_sort = lambda text: True
     _sorting(qtbot, window, out)
     assert (out / "_unknown" / "cat.png").exists() and (out / "daisy" / "flower.png").exists()
     assert cat.exists() and flower.exists()  # copies
@@ -131,7 +132,7 @@ def test_undo_sort_into_the_data_folder_never_takes_a_label(qtbot, window, tmp_p
     open_fake_model(window, UnknownFirst(), "fake-model")  # answers daisy for each
     predict(qtbot, window, inbox)
     asked = []
-    window.confirm_sort = lambda text: asked.append(text) or True
+    window.predict_control.confirm_sort = lambda text: asked.append(text) or True
     _sorting(qtbot, window, data)
     assert "2 photo(s) would be copied" in asked[0] and "3 already filed" in asked[0]
     assert sorted(p.name for p in (data / "daisy").iterdir()) == ["p3.png", "p4.png"]

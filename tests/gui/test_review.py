@@ -32,7 +32,7 @@ def trained(qtbot, window, tmp_path, per_class=16):
 def test_trust_panel_slider_and_confusion_cells(qtbot, window, tmp_path, monkeypatch):
     monkeypatch.setattr("app.gui.pages.image_grid.PAGE", 1)  # one thumbnail at a time
     trained(qtbot, window, tmp_path)
-    page, run = window.evaluate, window.session.slot.trained_run
+    page, run = window.evaluate, window.session.slot.model
     ev = run.evaluation
 
     bins = ev.reliability
@@ -109,11 +109,11 @@ def test_moved_threshold_is_kept_for_the_next_start(qtbot, new_window, tmp_path)
     meta_file = last_model_dir() / "metadata.json"
     qtbot.waitUntil(meta_file.is_file, timeout=120000)  # the model saved for the next start
     fitted = win.session.slot.threshold
-    assert fitted == win.session.slot.trained_run.trust.detector.threshold
+    assert fitted == win.session.slot.model.trust.detector.threshold
     win.evaluate.trust.slider.setValue(win.evaluate.trust.slider.maximum())
     moved = win.session.slot.threshold
     assert moved > fitted
-    assert win.session.slot.trained_run.trust.detector.threshold == fitted  # never moved
+    assert win.session.slot.model.trust.detector.threshold == fitted  # never moved
 
     def written():
         return json.loads(meta_file.read_text("utf-8"))["unknown"]
@@ -145,26 +145,26 @@ def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path
     hardest.select(str(source))
     assert hardest.move.isEnabled()
     assert not hardest.move_action(entry["true"]).isEnabled()  # not into its own folder
-    before = dict(window.session.retraining.dataset.class_counts())
+    before = dict(window.session.dataset.class_counts())
 
     hardest.move_action(target_class).trigger()
     moved = data / target_class / source.name
     assert moved.is_file() and not source.exists()
     assert page.moves.count() == 1 and source.name in page.moves.item(0).text()
     assert entry["path"] == str(moved) and "moved to" in hardest.list.item(0).text()
-    qtbot.waitUntil(lambda: window.session.retraining.dataset.class_counts()[target_class]
+    qtbot.waitUntil(lambda: window.session.dataset.class_counts()[target_class]
                     == before[target_class] + 1, timeout=30000)
     assert window.stack.currentWidget() is page  # the rescan did not leave the page
 
     page.undo.click()
     assert source.is_file() and not moved.exists()
     assert page.moves.count() == 0 and not page.undo.isEnabled()
-    qtbot.waitUntil(lambda: window.session.retraining.dataset.class_counts() == before,
+    qtbot.waitUntil(lambda: window.session.dataset.class_counts() == before,
                     timeout=30000)
 
     hardest.select(str(source))
     hardest.move_action(target_class).trigger()  # the fix we keep
-    qtbot.waitUntil(lambda: window.session.retraining.dataset.class_counts()[target_class]
+    qtbot.waitUntil(lambda: window.session.dataset.class_counts()[target_class]
                     == before[target_class] + 1, timeout=30000)
     other = hardest.entries[1]
     hardest.select(other["path"])
@@ -174,8 +174,8 @@ def test_move_undo_exclude_then_retrain_computes_nothing(qtbot, window, tmp_path
     assert "excluded" in window.statusBar().currentMessage()
 
     train(qtbot, window, epochs=1)
-    run = window.session.slot.trained_run
-    assert run.cache.computed == 0 and run.cache.reused == run.cache.images
+    run, cache = window.session.slot.model, window.session.cache
+    assert cache.computed == 0 and cache.reused == cache.images
     digests = {d for s in run.splits.values() for d in s.digests}
     assert other["digest"] not in digests
     labels = dict(zip(run.splits["train"].paths, run.splits["train"].labels))
@@ -257,7 +257,7 @@ def test_open_says_so_when_no_program_opens_the_image(qtbot, window, monkeypatch
     from PySide6.QtGui import QDesktopServices
 
     monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: False)  # no image viewer
-    window.fixes.open({"path": str(tmp_path / "a.jpg")})
+    window.evaluate_control.open({"path": str(tmp_path / "a.jpg")})
     assert window.banner.isVisible() and "No program to open" in window.banner.text.text()
 
 

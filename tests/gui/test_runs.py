@@ -28,7 +28,7 @@ def test_a_late_stop_click_does_nothing(qtbot, window, tmp_path):
 
     qtbot.mouseClick(window.train.stop, Qt.MouseButton.LeftButton)  # after the run ended
     window.train.stop_requested.emit()  # even a click that was already on its way
-    assert window.heavy is None
+    assert window.run_control.heavy is None
     assert window.train.history == history
     assert list(curve.getData()[0]) == xs
     assert window.train.start.isEnabled() and not window.train.stop.isEnabled()
@@ -53,10 +53,10 @@ def test_training_is_visible_from_every_page_and_messages_end_with_their_job(
 def test_cancelling_message_ends_when_caching_ends(qtbot, window, tmp_path):
     open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=24))
     use_tiny(window)
-    worker = window.start_caching()
+    worker = window.run_control.start_caching()
 
     def cancel_on_first_batch(p):
-        if p.stage == "cache" and not window.heavy.is_cancelled:
+        if p.stage == "cache" and not window.run_control.heavy.is_cancelled:
             window.features.cancel.click()
             assert window.statusBar().currentMessage() == "Cancelling caching…"
             assert "Caching…" in window.activity.text()
@@ -71,7 +71,7 @@ def test_cancelling_message_ends_when_caching_ends(qtbot, window, tmp_path):
 def test_loading_message_ends_when_the_model_fails_to_load(qtbot, window, tmp_path):
     folder = tmp_path / "not-a-model"
     folder.mkdir()
-    worker = window.open_model(str(folder))
+    worker = window.models.open_model(str(folder))
     assert window.statusBar().currentMessage().startswith("Loading the model")
     assert "Loading the model…" in window.activity.text()
     qtbot.waitUntil(worker.isFinished, timeout=30000)
@@ -84,7 +84,7 @@ def test_a_failed_caching_run_stops_the_busy_bar(qtbot, window, tmp_path):
     open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=4))
     window.features.set_backbone("tiny")
     window.features.set_weights(str(tmp_path / "missing.weights.h5"))
-    window.start_caching()
+    window.run_control.start_caching()
     wait_idle(qtbot, window)
     assert window.banner.isVisible() and "Caching failed" in window.banner.text.text()
     assert window.features.bar.maximum() > 0, "the busy bar still spins"
@@ -99,15 +99,15 @@ def test_retry_skipped_files(qtbot, window, tmp_path):
     open_folder(qtbot, window, data)
     use_tiny(window)
     assert not window.features.retry.isEnabled()
-    window.start_caching()
+    window.run_control.start_caching()
     wait_idle(qtbot, window)
-    assert window.session.retraining.cache.skipped
+    assert window.session.cache.skipped
     assert window.features.retry.isEnabled()
 
     qtbot.mouseClick(window.features.retry, Qt.MouseButton.LeftButton)
-    assert window.heavy is not None and not window.features.retry.isEnabled()
+    assert window.run_control.heavy is not None and not window.features.retry.isEnabled()
     wait_idle(qtbot, window)
-    cache = window.session.retraining.cache
+    cache = window.session.cache
     assert cache.retried == 1  # tried again (and still truncated, so skipped again)
     assert [s.path.rsplit("/", 1)[-1] for s in cache.skipped] == ["truncated.jpg"]
 
@@ -120,12 +120,12 @@ def test_a_stopped_run_never_replaces_the_model_unasked(qtbot, window, tmp_path)
     use_tiny(window)
     train(qtbot, window, epochs=2)
     first = window.session.slot.model
-    assert first is window.session.slot.trained_run and first.result.epochs_run == 2
+    assert first is window.session.slot.model and first.result.epochs_run == 2
     generation = window.session.slot.generation
     asked = []
 
     def stop_after_first_epoch(answer):
-        window.confirm_use_stopped = lambda text: asked.append(text) or answer
+        window.run_control.confirm_use_stopped = lambda text: asked.append(text) or answer
         window.train.fields["epochs"].setValue(500)
         window.train.fields["early_stopping"].setValue(0)
         window.train.start.click()

@@ -6,7 +6,6 @@ import threading
 
 from app.core.base.jobs import CancelToken
 from app.core.delivery.predict import Prediction
-from app.core.pipeline.retrain import Retraining
 from app.gui.session import Session
 from tests.conftest import make_image
 from tests.gui.conftest import open_fake_model
@@ -27,13 +26,24 @@ class FakePredictor:
         return [Prediction(str(p), [{"label": self.label, "probability": 1.0}]) for p in paths]
 
 
+class TrainedStandIn:
+    """A trained model's face (what the slot reads), building ``built`` as its predictor in
+    the job's thread."""
+
+    reviewable, evaluation, history, detector = True, None, [], None
+
+    def __init__(self, built) -> None:
+        self.built = built
+
+    def predictor(self):
+        return self.built
+
+
 def test_predict_job_returns_the_predictor_instead_of_storing_it(qtbot, tmp_path):
     image = make_image(tmp_path / "a.png", (200, 40, 40))
     session = Session(tmp_path / "cache")
-    run = Retraining(str(tmp_path))
     built = FakePredictor("red")
-    run.predictor = lambda: built  # what the trained run builds, in the job's thread
-    session.slot.set_trained(run, "a trained run")
+    session.slot.set_model(TrainedStandIn(built), "a trained model")
 
     outcome = session.predict_job([str(image)], 3)(lambda p: None, CancelToken())
     assert session.slot.predictor is None, "the job changed the session from its own thread"
@@ -49,7 +59,7 @@ def test_stale_predictions_are_dropped_and_the_old_predictor_not_put_back(qtbot,
     gate = threading.Event()
     old, new = FakePredictor("old", gate), FakePredictor("new")
     open_fake_model(window, old, "old-model")
-    worker = window.predict_paths([str(image)])
+    worker = window.predict_control.predict_paths([str(image)])
     assert old.started.wait(30)
     open_fake_model(window, new, "new-model")  # e.g. training finished meanwhile
     with qtbot.waitSignal(worker.done, timeout=30000):
@@ -60,7 +70,7 @@ def test_stale_predictions_are_dropped_and_the_old_predictor_not_put_back(qtbot,
     assert "model changed" in window.statusBar().currentMessage()
     assert "new-model" in window.predict.model.text()
 
-    worker = window.predict_paths([str(image)])  # the new model answers
+    worker = window.predict_control.predict_paths([str(image)])  # the new model answers
     qtbot.waitUntil(lambda: window.predict.table.rowCount() == 1, timeout=30000)
     assert window.predict.results[0].prediction.top[0]["label"] == "new"
 

@@ -232,7 +232,7 @@ def test_fine_tune_run_through_the_window(qtbot, window, tmp_path):
     window.train.start.click()
     qtbot.waitUntil(lambda: "per epoch" in window.train.timing.text(), timeout=90000)
     wait_idle(qtbot, window, 90000)
-    run = window.session.retraining
+    run = window.session.slot.model
     assert run.result.settings.mode == "finetune" and run.result.epochs_run == 3
     for output in ("main", "aux1", "aux2"):
         for metric in ("loss", "accuracy"):

@@ -14,7 +14,7 @@ from tests.gui.conftest import close_window, open_folder, use_tiny
 
 
 def test_error_is_a_message_and_logged(qtbot, window, tmp_path):
-    window.load_folder(str(tmp_path / "does-not-exist"))
+    window.data_control.load_folder(str(tmp_path / "does-not-exist"))
     qtbot.waitUntil(window.banner.isVisible)
     assert "is not a folder" in window.banner.text.text()
     log = (user_data_dir() / "logs" / "bottleneck-studio.log").read_text()
@@ -27,7 +27,7 @@ def test_start_without_data_says_what_to_do(qtbot, window, tmp_path):
         assert "Open a data folder first (page 1)" in page.start.toolTip()
         assert page.need.isVisibleTo(page) and "page 1" in page.need.text()
         qtbot.mouseClick(page.start, Qt.MouseButton.LeftButton)
-    assert window.heavy is None and window.banner.isHidden()
+    assert window.run_control.heavy is None and window.banner.isHidden()
 
     open_folder(qtbot, window, make_dataset(tmp_path / "photos", per_class=4))
     for page in (window.features, window.train):
@@ -61,7 +61,7 @@ def test_closing_during_caching_cancels_waits_and_keeps_the_cache(qtbot, window,
     data = make_dataset(tmp_path / "photos", per_class=24)
     open_folder(qtbot, window, data)
     use_tiny(window)
-    worker = window.start_caching()
+    worker = window.run_control.start_caching()
     qtbot.waitUntil(lambda: window.features.bar.maximum() > 1, timeout=60000)
     asked = []
     window.confirm_quit = lambda text: asked.append(text) or True
@@ -126,7 +126,7 @@ def test_features_shows_only_what_is_selected_now(qtbot, window, tmp_path):
     data = make_dataset(tmp_path / "photos", per_class=4)
     open_folder(qtbot, window, data)
     use_tiny(window)
-    worker = window.start_caching()
+    worker = window.run_control.start_caching()
     with qtbot.waitSignal(worker.done, timeout=180000):
         pass
     wait_idle(qtbot, window)

@@ -14,8 +14,9 @@ from app.core.base.jobs import Cancelled, CancelToken, ProgressCallback, no_prog
 from app.core.base.paths import user_cache_dir
 from app.core.features.backbones import get_spec
 from app.core.features.caching import DEFAULT_BATCH, CacheJob, CacheResult
-from app.core.features.keys import features_key, key_precision, key_signature
+from app.core.features.keys import features_key, key_signature
 from app.core.intake.dataset import SPLITS, Dataset, scan_dataset
+from app.core.pipeline.trained import TrainedModel
 from app.core.storage.store import FeatureStore
 from app.core.training.feeds import FeatureSource, SplitData
 from app.core.training.fit import TrainResult, TrainSettings, build_model, predict_split, train_head
@@ -69,9 +70,103 @@ def evaluate_head(result: TrainResult, data: SplitData, trust: Trust | None = No
     return ev
 
 
+@dataclass(frozen=True)
+class RunChoice:
+    """What the user chose for the next run, as a value: the data folder, the backbone and
+    its weights, where the backbone runs, and the training settings (their mode among them).
+    The window keeps one and replaces it when a choice changes; a job gets it as it was."""
+
+    folder: str = ""
+    backbone: str = "inception_v3"
+    weights: str = "imagenet"
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    engine: str = "local"  # where the backbone runs: "local" or "ray"
+    ray_address: str = ""
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
+
+    def replace(self, **changes) -> RunChoice:
+        return replace(self, **changes)
+
+
+def cache_features(choice: RunChoice, data: Dataset | str | Path, cache_dir=None,
+                   progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+                   retry_skipped: bool = False, batch_size: int = DEFAULT_BATCH
+                   ) -> tuple[CacheResult, Dataset]:
+    """Cache what ``choice``'s mode trains from (``batch_size`` images a backbone batch), on
+    the engine it names, into the store; the result and the dataset as read."""
+    return CacheJob(data, choice.backbone, choice.weights, cache_dir, batch_size,
+                    retry_skipped=retry_skipped, mode=choice.mode, engine=choice.engine,
+                    ray_address=choice.ray_address or None).run(progress, cancel)
+
+
+def train(choice: RunChoice, dataset: Dataset, cache: CacheResult | None = None,
+          cache_dir=None, progress: ProgressCallback = no_progress,
+          cancel: CancelToken | None = None, isolated: bool = False,
+          unknown_method: str = DEFAULT_METHOD) -> tuple[TrainedModel, CacheResult]:
+    """Cache what is missing (unless ``cache`` is this choice's, whole), then train, fit the
+    trust and evaluate: a :class:`TrainedModel`, with the cache result it was trained from.
+    ``isolated``: the training itself runs in a child process (for a GUI: TensorFlow compiling
+    the training step would hold this process's GIL for ~150 ms at a time); the results are
+    the same."""
+    if (cache is None or cache.cancelled or cache.mode != choice.mode
+            or cache.model_key != _key_of(choice, cache)):
+        cache, dataset = cache_features(choice, dataset, cache_dir, progress, cancel)
+        if cache.cancelled:
+            raise Cancelled()
+    from app.core.intake.labels import excluded
+
+    left_out = excluded(cache_dir or user_cache_dir(), dataset.root)
+    if left_out:
+        dataset = dataset.without({d: "excluded from training" for d in left_out})
+    dataset, warnings = dataset.for_training()
+    backbone = (get_spec(choice.backbone), choice.weights)
+    if isolated:
+        judged = _train_isolated(dataset, cache.model_key, cache_dir, choice.settings,
+                                 backbone, progress, cancel, unknown_method)
+    else:
+        judged = train_and_judge(dataset, cache.model_key, cache_dir, choice.settings,
+                                 backbone, progress, cancel, unknown_method)
+    result = replace(judged.result, model_key=cache.model_key, backbone=choice.backbone,
+                     weights=choice.weights)
+    return TrainedModel(dataset, judged.splits, result, judged.trust, judged.evaluation,
+                        tuple(warnings)), cache
+
+
+def _key_of(choice: RunChoice, cache: CacheResult) -> str:
+    """The model key ``choice`` caches under now (a cache result of another backbone, weights
+    file or mode is not this choice's)."""
+    return features_key(get_spec(choice.backbone), choice.weights, choice.mode,
+                        key_signature(cache.model_key))
+
+
+def _train_isolated(dataset, model_key, cache_dir, settings, backbone, progress, cancel,
+                    unknown_method) -> Judged:
+    import tempfile
+
+    from app.core.base.isolation import run_isolated
+
+    with tempfile.TemporaryDirectory(prefix="bottleneck-train-") as tmp:
+        weights = str(Path(tmp) / "trained.weights.h5")
+        judged: Judged = run_isolated(train_in_child, {
+            "dataset": dataset, "model_key": model_key, "cache_dir": cache_dir,
+            "settings": settings, "backbone": backbone, "weights_file": weights,
+            "unknown_method": unknown_method}, progress, cancel)
+        shape = judged.result.shape
+        model, head, base, _, _ = build_model(settings, lambda _: shape, backbone)
+        model.load_weights(weights)
+    judged.result = replace(judged.result, head=head, model=model, base=base)
+    judged.splits = load_splits(dataset, model_key, cache_dir)
+    return judged
+
+
 @dataclass
 class Retraining:
-    """One run's inputs and everything it produced so far."""
+    """A script's or the command line's run, step by step: the data side (the dataset and the
+    cache of the chosen backbone) and, once trained, the :class:`TrainedModel` it produced
+    (:attr:`model`). The window does not use it: it keeps a :class:`RunChoice` and values."""
 
     data_dir: str | Path
     backbone: str = "inception_v3"
@@ -80,169 +175,80 @@ class Retraining:
     settings: TrainSettings = field(default_factory=TrainSettings)
     dataset: Dataset | None = None
     cache: CacheResult | None = None
-    splits: dict[str, SplitData] | None = None
-    result: TrainResult | None = None
-    evaluation: Evaluation | None = None
-    trust: Trust | None = None  # temperature fitted on the validation split after training
+    model: TrainedModel | None = None
     unknown_method: str = DEFAULT_METHOD  # the "unknown" score (app.core.trust.unknown.METHODS)
-    training_warnings: list[str] = field(default_factory=list)  # classes left out
+
+    @property
+    def choice(self) -> RunChoice:
+        return RunChoice(str(self.data_dir), self.backbone, self.weights, self.settings)
 
     def run_cache(self, progress: ProgressCallback = no_progress,
                   cancel: CancelToken | None = None, retry_skipped: bool = False,
                   engine: str = "local", ray_address: str | None = None,
                   batch_size: int = DEFAULT_BATCH) -> CacheResult:
-        """Cache what the mode trains from (``batch_size`` images a backbone batch);
-        ``engine`` "ray" computes on a Ray cluster (``ray_address``, else RAY_ADDRESS, else a
-        local Ray) into the same store."""
-        self.cache, self.dataset = CacheJob(self.dataset or self.data_dir, self.backbone,
-                                            self.weights, self.cache_dir, batch_size,
-                                            retry_skipped=retry_skipped,
-                                            mode=self.settings.mode, engine=engine,
-                                            ray_address=ray_address).run(progress, cancel)
+        """Cache what the mode trains from; ``engine`` "ray" computes on a Ray cluster
+        (``ray_address``, else RAY_ADDRESS, else a local Ray) into the same store."""
+        choice = replace(self.choice, engine=engine, ray_address=ray_address or "")
+        self.cache, self.dataset = cache_features(choice, self.dataset or self.data_dir,
+                                                  self.cache_dir, progress, cancel,
+                                                  retry_skipped, batch_size)
         return self.cache
 
-    def _ensure_cached(self, progress: ProgressCallback, cancel: CancelToken | None) -> Dataset:
-        """Cache what is missing; the dataset training uses (images excluded by the user and
-        classes with < 2 images left out, the latter listed in :attr:`training_warnings`)."""
-        if self.cache is None or self.cache.cancelled or self.cache.mode != self.settings.mode:
-            self.run_cache(progress, cancel)
-            if self.cache.cancelled:
-                raise Cancelled()
-        from app.core.intake.labels import excluded
-
-        dataset = self.dataset
-        left_out = excluded(self.cache_dir or user_cache_dir(), dataset.root)
-        if left_out:
-            dataset = dataset.without({d: "excluded from training" for d in left_out})
-        dataset, self.training_warnings = dataset.for_training()
-        return dataset
-
-    def _stamp(self, result: TrainResult) -> TrainResult:
-        result.model_key, result.backbone, result.weights = (self.cache.model_key, self.backbone,
-                                                             self.weights)
-        return result
-
     def run_training(self, progress: ProgressCallback = no_progress,
-                     cancel: CancelToken | None = None) -> TrainResult:
-        dataset = self._ensure_cached(progress, cancel)
-        judged = train_and_judge(dataset, self.cache.model_key, self.cache_dir, self.settings,
-                                 self._backbone(), progress, cancel, self.unknown_method)
-        return self._adopt(judged)
-
-    def _adopt(self, judged: Judged) -> TrainResult:
-        self.splits, self.result = judged.splits, self._stamp(judged.result)
-        self.trust, self.evaluation = judged.trust, judged.evaluation
-        return self.result
+                     cancel: CancelToken | None = None, isolated: bool = False
+                     ) -> TrainResult:
+        if self.dataset is None:
+            self.dataset = scan_dataset(self.data_dir)
+        self.model, self.cache = train(self.choice, self.dataset, self.cache, self.cache_dir,
+                                       progress, cancel, isolated, self.unknown_method)
+        return self.model.result
 
     def run_training_isolated(self, progress: ProgressCallback = no_progress,
                               cancel: CancelToken | None = None) -> TrainResult:
-        """:meth:`run_training` with the training itself in a child process.
+        return self.run_training(progress, cancel, isolated=True)
 
-        For a GUI: TensorFlow compiling the training step would hold this process's GIL for
-        ~150 ms at a time. The trained model comes back as a weights file; results are the
-        same.
-        """
-        import tempfile
+    # what the trained model holds, read through (None before training)
+    @property
+    def result(self) -> TrainResult | None:
+        return None if self.model is None else self.model.result
 
-        from app.core.base.isolation import run_isolated
+    @property
+    def evaluation(self) -> Evaluation | None:
+        return None if self.model is None else self.model.evaluation
 
-        dataset = self._ensure_cached(progress, cancel)
-        with tempfile.TemporaryDirectory(prefix="bottleneck-train-") as tmp:
-            weights = str(Path(tmp) / "trained.weights.h5")
-            judged: Judged = run_isolated(train_in_child, {
-                "dataset": dataset, "model_key": self.cache.model_key,
-                "cache_dir": self.cache_dir, "settings": self.settings,
-                "backbone": self._backbone(), "weights_file": weights,
-                "unknown_method": self.unknown_method}, progress, cancel)
-            shape = judged.result.shape
-            model, head, base, _, _ = build_model(self.settings, lambda _: shape,
-                                                  self._backbone())
-            model.load_weights(weights)
-        judged.result = replace(judged.result, head=head, model=model, base=base)
-        judged.splits = load_splits(dataset, self.cache.model_key, self.cache_dir)
-        return self._adopt(judged)
+    @property
+    def trust(self) -> Trust | None:
+        return None if self.model is None else self.model.trust
 
-    def _backbone(self) -> tuple:
-        return (get_spec(self.backbone), self.weights)
+    @property
+    def splits(self) -> dict[str, SplitData] | None:
+        return None if self.model is None else self.model.splits
 
-    def _trained(self) -> TrainResult:
-        """The trained head, refused when it no longer matches the features it was trained on
-        (another backbone cached since, or its weights file changed on disk)."""
-        result = self.result
-        if result is None or self.splits is None:
+    @property
+    def training_warnings(self) -> list[str]:
+        return [] if self.model is None else list(self.model.training_warnings)
+
+    def _trained(self) -> TrainedModel:
+        if self.model is None:
             raise RuntimeError("train a model first")
-        current = features_key(get_spec(result.backbone), result.weights,
-                               result.settings.mode, key_signature(result.model_key))
-        if current != result.model_key or (self.cache is not None
-                                           and self.cache.model_key != result.model_key):
-            raise RuntimeError(f"the trained model belongs to the {result.backbone} features "
-                               "it was trained on, which are no longer the current ones; "
-                               "train again")
-        return result
+        return self.model
 
     def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",),
-               trust: Trust | None = None, review=None) -> ExportReport:
-        """``trust``: this run's with the unknown threshold the user chose (default: the
-        fitted one). The evaluation and ``review`` (default: made now) go into the folder,
-        so that the Evaluate page shows them when the folder is opened again."""
-        from app.core.delivery.export import export_model
-        from app.core.pipeline.review import review as review_of
-        from app.core.pipeline.review import review_document
+               threshold: float | None = None) -> ExportReport:
+        """The model folder, with the evaluation and the review kept beside it."""
+        from app.core.pipeline.review import review, review_document
 
-        result = self._trained()
-        trust = trust or self.trust or Trust(note="no calibration was fitted")
-        evaluation = None
-        if self.evaluation is not None:
-            review = review or review_of(self)
-            evaluation = review_document(self.evaluation, review, str(self.dataset.root))
-        return export_model(
-            out_dir, spec=get_spec(result.backbone), weights=result.weights, result=result,
-            trust=trust,
-            validation=self.splits["validation"], precision=key_precision(result.model_key),
-            extra_metadata={
-                "dataset": str(self.dataset.root),
-                "split": {s: len(self.splits[s]) for s in SPLITS},
-                "split_fractions": [self.dataset.split_spec.train,
-                                    self.dataset.split_spec.validation,
-                                    self.dataset.split_spec.test],
-                "test": None if self.evaluation is None else {
-                    k: getattr(self.evaluation, k) for k in
-                    ("count", "main_accuracy", "accuracy_interval", "balanced_accuracy",
-                     "aux1_accuracy", "aux2_accuracy", "few_images", "calibration",
-                     "unknown_rate")},
-                "training": result.summary()["settings"],
-                "mode": result.settings.mode,
-                "trainable_backbone_layers": result.trainable_backbone_layers,
-                "best_epoch": result.best_epoch,
-                "cancelled": result.cancelled,
-                "left_out_classes": sorted(set(self.dataset.classes) - set(result.classes)),
-            },
-            formats=formats, evaluation=evaluation,
-        )
+        model = self._trained()
+        doc = None
+        if model.evaluation is not None:
+            doc = review_document(model.evaluation, review(model), str(model.dataset.root))
+        return model.export(out_dir, formats, threshold, doc)
 
     def hardest_training_images(self, n: int = 20) -> list[dict]:
-        """The training images with the highest loss under the trained model (calibrated),
-        hardest first: where mislabelled photos usually are."""
-        from app.core.trust.evaluation import hardest
-
-        result = self._trained()
-        train = self.splits["train"]
-        _, logits = main_outputs(result, train)
-        temperature = self.trust.temperature if self.trust else 1.0
-        return hardest(result.classes, train, softmax(logits, temperature), n)
+        return self._trained().hardest_training_images(n)
 
     def predictor(self) -> Predictor:
-        """The in-app classifier (backbone + heads in memory, answering as the export
-        does), without exporting."""
-        from app.core.delivery.export import answer_taps, classifier_model
-        from app.core.delivery.predict import Predictor
-
-        result = self._trained()
-        spec = get_spec(result.backbone)
-        trust = self.trust or Trust()
-        model = classifier_model(spec, result.weights, result.head, result.base,
-                                 trust.temperature, answer_taps(spec, result))
-        return Predictor(model, result.classes, spec.input_size, unknown=trust.detector)
+        return self._trained().predictor()
 
 
 @dataclass

@@ -17,7 +17,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from app.core.storage.model_folder import (
 from app.core.trust.calibration import softmax
 from app.core.trust.evaluation import Evaluation
 from app.core.trust.fit import main_outputs
+
+if TYPE_CHECKING:
+    from app.core.pipeline.trained import TrainedModel
 
 HARDEST = 60  # training images listed by default
 SLIDER_STEPS = 1000
@@ -61,15 +64,11 @@ def answers(classes: list[str], paths: list[str], digests: list[str], true: np.n
              "confidence": round(float(probs[i, pred[i]]), 4)} for i in range(len(paths))]
 
 
-def review(run: Any, n_hardest: int = HARDEST) -> Review:
-    """Compute the :class:`Review` of ``run`` (a trained ``Retraining``, with its splits)
-    from cached features: no backbone runs. For a worker thread; ``run`` is only read (the
-    run's own module uses this one, so it is not imported here)."""
-    result, splits = run.result, run.splits
-    if result is None or splits is None:
-        raise RuntimeError("train a model first")
-    temperature = run.trust.temperature if run.trust else 1.0
-    detector = run.trust.detector if run.trust else None
+def review(model: TrainedModel, n_hardest: int = HARDEST) -> Review:
+    """Compute the :class:`Review` of ``model`` (its splits' cached features: no backbone
+    runs). For a worker thread."""
+    result, splits = model.result, model.splits
+    temperature, detector = model.trust.temperature, model.trust.detector
     out = Review(list(result.classes))
     probs = {}
     feats = {}
@@ -81,7 +80,7 @@ def review(run: Any, n_hardest: int = HARDEST) -> Review:
     train = splits["train"]
     digest_of = dict(zip(train.paths, train.digests))
     out.hardest = [{**h, "true": h["label"], "digest": digest_of.get(h["path"], "")}
-                   for h in run.hardest_training_images(n_hardest)]
+                   for h in model.hardest_training_images(n_hardest)]
     if detector is not None:
         out.method, out.default_threshold = detector.method, detector.fitted_threshold
         out.validation_scores = detector.score(feats["validation"], probs["validation"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QHBoxLayout,
@@ -30,6 +30,8 @@ def ray_installed() -> bool:
 class ComputeOn(QWidget):
     """The choice "(•) this computer  ( ) Ray cluster at [address]". The Ray choice is
     disabled, with the command that installs it, when Ray is not installed."""
+
+    changed = Signal()  # the user chose another place or address
 
     def __init__(self, parent: QWidget | None = None, has_ray: bool | None = None) -> None:
         super().__init__(parent)
@@ -72,6 +74,8 @@ class ComputeOn(QWidget):
         outer.addWidget(self.token)
         self.ray.toggled.connect(lambda _on: self._update())
         self.address.textChanged.connect(lambda _text: self._update())
+        self.ray.toggled.connect(lambda _on: self.changed.emit())
+        self.address.textChanged.connect(lambda _text: self.changed.emit())
         self._update()
 
     def engine(self) -> str:

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.intake.dataset import Dataset, DatasetError
-from app.gui.session import ScanResult, summarize
+from app.gui.session import FolderChange
 from app.gui.widgets import folder_urls, heading, hint
 
 
@@ -96,9 +96,9 @@ class DataPage(QWidget):
         self.choose.setEnabled(True)
         self.new.setEnabled(True)
 
-    def show_scan(self, result: ScanResult) -> None:
+    def show_scan(self, result: FolderChange) -> None:
         ds = result.dataset
-        summary = result.summary or summarize(ds)
+        summary = result.summary
         self.folder.setText(str(ds.root))
         counts = summary.class_counts
         self.table.setRowCount(len(ds.classes))

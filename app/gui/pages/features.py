@@ -49,6 +49,7 @@ class FeaturesPage(QWidget):
     start_requested = Signal()
     cancel_requested = Signal()
     retry_requested = Signal()  # start again, retrying the files remembered as unreadable
+    changed = Signal()  # the user changed the backbone, its weights or where it runs
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -79,6 +80,9 @@ class FeaturesPage(QWidget):
         self.backbone.currentIndexChanged.connect(lambda _i: self.forget_result())
         self.weights.currentIndexChanged.connect(lambda _i: self.forget_result())
         self.weights_file.textChanged.connect(lambda _t: self.forget_result())
+        for signal in (self.backbone.currentIndexChanged, self.weights.currentIndexChanged,
+                       self.weights_file.textChanged):
+            signal.connect(lambda *_a: self.changed.emit())
 
         form = QFormLayout()
         form.addRow("&Backbone:", self.backbone)
@@ -87,6 +91,7 @@ class FeaturesPage(QWidget):
         file_label.setBuddy(self.weights_file)
         form.addRow(file_label, file_row)
         self.compute_on = ComputeOn()
+        self.compute_on.changed.connect(self.changed)
         form.addRow("Compute on:", self.compute_on)
 
         self.start = QPushButton("&Start")
@@ -159,6 +164,28 @@ class FeaturesPage(QWidget):
 
     def backbone_name(self) -> str:
         return self.backbone.currentData()
+
+    def choice(self) -> dict:
+        """What the page says, as RunChoice fields (weights "" while a file is still to be
+        chosen)."""
+        try:
+            weights = self.weights_value()
+        except ValueError:
+            weights = ""
+        return {"backbone": self.backbone_name(), "weights": weights,
+                "engine": self.compute_on.engine(),
+                "ray_address": self.compute_on.ray_address() or ""}
+
+    def show_choice(self, choice) -> None:
+        """Show ``choice`` (a RunChoice), without announcing it as the user's change."""
+        self.blockSignals(True)
+        try:
+            if choice.backbone != self.backbone_name():
+                self.set_backbone(choice.backbone)
+            if choice.weights and choice.weights != self.choice()["weights"]:
+                self.set_weights(choice.weights)
+        finally:
+            self.blockSignals(False)
 
     def weights_value(self) -> str:
         key = self.weights.currentData()

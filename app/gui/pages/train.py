@@ -36,6 +36,7 @@ class TrainPage(QWidget):
     start_requested = Signal()
     stop_requested = Signal()
     export_requested = Signal()
+    changed = Signal()  # the user changed a setting or the mode
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -47,6 +48,10 @@ class TrainPage(QWidget):
             for name, (default, kind, spec) in self.settings_table.items() if name != "mode"}
         self.mode = ModeBox()
         self.mode.changed.connect(self._mode_changed)
+        self.mode.changed.connect(lambda _m: self.changed.emit())
+        for w in self.fields.values():
+            (w.currentIndexChanged if isinstance(w, QComboBox) else w.valueChanged).connect(
+                lambda *_a: self.changed.emit())
         self.clock = EpochClock()
         form = QFormLayout()
         form.setVerticalSpacing(2)  # sixteen settings and the plots fit a 1280x720 screen
@@ -272,6 +277,12 @@ class TrainPage(QWidget):
                             f"The current model ({_escape(source)}) keeps no curves." if source
                             else "")
         self.export.setEnabled(bool(source))
+
+    def show_stopped_before_an_epoch(self) -> None:
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.status.setText("Training stopped before its first epoch ended: no model was "
+                            "kept.")
 
     def show_result(self, result) -> None:
         self.bar.setRange(0, 1)

@@ -141,8 +141,7 @@ class TrustPanel(QWidget):
         self.slider.blockSignals(True)
         self.slider.setRange(0, scale.steps)
         self.slider.setValue(scale.position(threshold))
-        self.slider.blockSignals(False)
-        self.threshold_moved.emit(threshold)
+        self.slider.blockSignals(False)  # shown, not moved: nothing is announced
 
     def show_effect(self, effect: dict | None) -> None:
         """What the threshold does on the validation images (from the session)."""

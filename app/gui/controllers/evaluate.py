@@ -1,7 +1,7 @@
-"""Wiring of the Evaluate page's review side to the session: the review job after training,
-the unknown threshold, confusion cells, thumbnails a page at a time, and fixing labels (move
-with undo, exclude, open). It starts jobs and applies their results on the GUI thread; the
-computing is in app.core.
+"""The Evaluate page's controller: the review job after training, the unknown threshold,
+confusion cells, thumbnails a page at a time, and fixing labels (move with undo, exclude,
+open). It starts jobs and applies their results on the GUI thread; the computing is in
+app.core.
 
 It is handed what it works with (the session, the Evaluate page, the job runner, the banner,
 the status bar) and says what the window must do by its signals: remember the threshold,
@@ -29,10 +29,9 @@ if TYPE_CHECKING:
     from app.gui.worker import Jobs
 
 
-class Fixes(QObject):
+class EvaluateControl(QObject):
     threshold_resting = Signal()  # the slider rests at a new threshold: remember it
     folder_changed = Signal(str)  # files moved in this data folder: read it again
-    threshold_changed = Signal()  # answers already shown must be flagged again
 
     def __init__(self, parent: QObject, session: Session, page: EvaluatePage, jobs: Jobs,
                  banner: ErrorBanner, status: QStatusBar, refused_while_busy: Callable[[str], bool]
@@ -53,7 +52,7 @@ class Fixes(QObject):
         session.slot.reviewed.connect(self.show_review)
         self._remember = QTimer(self, singleShot=True, interval=400)  # once the slider rests
         self._remember.timeout.connect(self.threshold_resting)
-        self.session.dataset_changed.connect(lambda _ds: self.page.show_moves(
+        self.session.folder_changed.connect(lambda _change: self.page.show_moves(
             self.session.moves()))
 
     # --- after training -----------------------------------------------------------------
@@ -88,18 +87,22 @@ class Fixes(QObject):
         elif slot.threshold is None:
             why = "No “unknown” answers: this model has no unknown test (its validation " \
                   "split was empty)."
-        elif review is None and slot.trained_run is not None:
+        elif review is None and slot.model.reviewable:
             why = "Gathering the validation images' scores…"
         elif scale is None:
             why = ("This model folder keeps no validation scores, so the threshold cannot be "
                    "shown against them; it answers with the threshold it was saved with.")
         self.page.trust.set_threshold_range(scale, current, slot.method, why)
         self.page.trust.default = slot.fitted_threshold
+        if scale is not None:  # what the threshold in use does: shown, never re-announced
+            self.page.trust.show_effect(self.session.threshold_effect())
 
     def set_threshold(self, threshold: float) -> None:
+        """The user moved the slider (or pressed Default)."""
+        if self.session.slot.threshold == threshold:
+            return
         self.page.trust.show_effect(self.session.set_unknown_threshold(threshold))
         self._remember.start()
-        self.threshold_changed.emit()
 
     def flush_threshold(self) -> None:
         """Write a threshold the slider moved to now, not after the pause (closing)."""

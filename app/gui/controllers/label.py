@@ -15,11 +15,13 @@ remembered with the data folder across launches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, SignalInstance
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox, QWidget
 
 from app.core.intake.filing import (
     LabelError,
@@ -33,6 +35,12 @@ from app.gui.activity import progress_text
 from app.gui.operations import FileWork
 from app.gui.pages.label import ICON, KEYS, LabelPage, photos
 from app.gui.widgets import dialog_folder
+
+if TYPE_CHECKING:
+    from app.gui.errors import ErrorBanner
+    from app.gui.preferences import Preferences
+    from app.gui.session import Session
+    from app.gui.worker import Jobs
 
 RETRAIN_EVERY = 3
 
@@ -54,11 +62,26 @@ def class_keys(slots: list[str], classes: list[str]) -> list[str]:
     return out
 
 
-class Labeling(QObject):
-    def __init__(self, win) -> None:
-        super().__init__(win)
-        self.win = win
-        self.page: LabelPage = win.label
+class LabelControl(QObject):
+    """Handed its collaborators, never the window: the session (the folder, the choices, the
+    cache folder), the job runner, the Label page, the preferences, the banner, and callables
+    to show a page, to know which page is shown, to tell the Features and Train pages that the
+    folder is being read again, to read it again, and to know whether a heavy run holds the
+    files."""
+
+    def __init__(self, session: Session, jobs: Jobs, page: LabelPage, prefs: Preferences,
+                 banner: ErrorBanner, show_page: Callable[[str], None],
+                 shown_page: Callable[[], QWidget], page_changed: SignalInstance,
+                 reading_again: Callable[[str], None], reload_folder: Callable[[str], None],
+                 busy: Callable[[], bool], refused_while_busy: Callable[[str], bool],
+                 dialog_parent: QWidget, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.session, self.jobs, self.page, self.prefs, self.banner = (session, jobs, page,
+                                                                       prefs, banner)
+        self.show_page, self.shown_page, self.reading_again = show_page, shown_page, reading_again
+        self.reload_folder, self.busy, self.refused_while_busy = (reload_folder, busy,
+                                                                  refused_while_busy)
+        self.dialog_parent = dialog_parent
         self.inbox: list[str] = []  # dropped photos and folders; empty: loose photos
         self.groups = 0
         self.since_refresh = 0
@@ -66,8 +89,7 @@ class Labeling(QObject):
         self.view = None
         self.slots: list[str] = []  # the class of each key
         self._folder: str | None = None  # whose inbox and keys are loaded
-        page = self.page
-        self.work = FileWork(win.jobs, page.ops, win.banner.show_warning, self)
+        self.work = FileWork(jobs, page.ops, banner.show_warning, self)
         page.add_photos_requested.connect(self.choose_photos)
         page.add_folder_requested.connect(self.choose_inbox_folder)
         page.photos_dropped.connect(self.add)
@@ -81,38 +103,43 @@ class Labeling(QObject):
         page.weights_requested.connect(self.choose_weights)
         self.dirty = True
         self.filed = False  # photos filed since the data folder was last read
-        win.session.dataset_changed.connect(self._changed)
-        win.stack.currentChanged.connect(lambda _i: self._page_changed())
-        for signal in (win.features.backbone.currentIndexChanged,
-                       win.features.weights.currentIndexChanged):
-            signal.connect(lambda _i: self._name_backbone())
+        session.folder_changed.connect(self._changed)
+        session.choice_changed.connect(self._choice_changed)
+        page_changed.connect(lambda _i: self._page_changed())
         self._name_backbone()
+
+    def _shown(self) -> bool:
+        return self.shown_page() is self.page
 
     def _changed(self, *_args) -> None:
         """Work only for a user who is labelling: refresh when the page is shown."""
         self.dirty = True
         self._load_folder_state()
-        if self.win.stack.currentWidget() is self.page:
+        if self._shown():
             self.refresh()
+
+    def _choice_changed(self, choice) -> None:
+        old = getattr(self, "_measured_with", None)
+        self._name_backbone()
+        if old is not None and old != (choice.backbone, choice.weights):
+            self._changed()
 
     def _page_changed(self) -> None:
         """Leaving the page after filing photos: the data folder is read again, so that the
         other pages (counts, caching, training) see the photos filed; until it is read,
         Features and Train say so instead of starting on the old list."""
-        if self.filed and self.win.stack.currentWidget() is not self.page \
-                and self.data_dir is not None:
+        if self.filed and not self._shown() and self.data_dir is not None:
             self.filed = False
-            wait = "the data folder is being read again (photos were filed on the Label page)"
-            self.win.features.set_missing(wait)
-            self.win.train.set_missing(wait)
-            self.win.load_folder(str(self.data_dir), show=False)
+            self.reading_again("the data folder is being read again (photos were filed on "
+                               "the Label page)")
+            self.reload_folder(str(self.data_dir))
             return
-        if self.win.stack.currentWidget() is self.page and self.dirty:
+        if self._shown() and self.dirty:
             self.refresh()
 
     @property
     def data_dir(self) -> Path | None:
-        folder = self.win.session.data_dir or self.win.prefs.last_folder
+        folder = self.session.data_dir or self.prefs.last_folder
         return Path(folder) if folder and Path(folder).is_dir() else None
 
     def _load_folder_state(self) -> None:
@@ -121,47 +148,55 @@ class Labeling(QObject):
         if root is None or str(root) == self._folder:
             return
         self._folder = str(root)
-        state = self.win.prefs.label_state(str(root))
+        state = self.prefs.label_state(str(root))
         self.inbox = [p for p in state.get("inbox", []) if Path(p).exists()]
         self.slots = list(state.get("keys", []))
 
     def _remember(self) -> None:
         if self.data_dir is not None:
-            self.win.prefs.remember_label_state(str(self.data_dir), inbox=self.inbox,
-                                                keys=self.slots)
+            self.prefs.remember_label_state(str(self.data_dir), inbox=self.inbox,
+                                            keys=self.slots)
 
     def _name_backbone(self) -> None:
-        features = self.win.features
-        weights = features.weights.currentData()
+        from app.core.features.backbones import BACKBONES
+
+        choice = self.session.choice
+        self._measured_with = (choice.backbone, choice.weights)
+        spec = BACKBONES.get(choice.backbone)
+        weights = choice.weights
         where = {"imagenet": "ImageNet weights (downloaded once)", "none": "random weights",
-                 "file": f"weights from {Path(features.weights_file.text()).name or '?'}"
-                 }.get(weights, weights)
-        self.page.set_backbone(f"Measures photos with {features.backbone.currentText()}, "
-                               f"{where}")
+                 "": "a weights file still to choose"}.get(
+            weights, f"weights from {Path(weights).name}")
+        self.page.set_backbone(f"Measures photos with {spec.title if spec else '?'}, {where}")
 
     # --- inputs -----------------------------------------------------------------------------
     def choose_photos(self) -> None:
-        files, _ = QFileDialog.getOpenFileNames(self.win, "Unsorted photos",
-                                                dialog_folder(self.win.prefs.images_folder))
+        files, _ = QFileDialog.getOpenFileNames(self.dialog_parent, "Unsorted photos",
+                                                dialog_folder(self.prefs.images_folder))
         if files:
             self.add(files)
 
     def choose_inbox_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self.win, "Folder of unsorted photos",
-                                                  dialog_folder(self.win.prefs.images_folder))
+        folder = QFileDialog.getExistingDirectory(self.dialog_parent, "Folder of unsorted photos",
+                                                  dialog_folder(self.prefs.images_folder))
         if folder:
             self.add([folder])
+
+    def _backbone_title(self) -> str:
+        from app.core.features.backbones import BACKBONES
+
+        spec = BACKBONES.get(self.session.choice.backbone)
+        return spec.title if spec else self.session.choice.backbone
 
     def choose_weights(self) -> None:
         """A local weights file for the backbone (an offline machine), chosen here."""
         path, _ = QFileDialog.getOpenFileName(
-            self.win, f"Weights file for {self.win.features.backbone.currentText()}",
-            dialog_folder(str(Path(self.win.features.weights_file.text()).parent)
-                          if self.win.features.weights_file.text() else ""),
+            self.dialog_parent, f"Weights file for {self._backbone_title()}",
+            dialog_folder(str(Path(self.session.choice.weights).parent)
+                          if Path(self.session.choice.weights).is_file() else ""),
             "Keras weights (*.h5 *.keras);;All files (*)")
         if path:
-            self.win.features.set_weights(path)
-            self.refresh()
+            self.session.set_choice(weights=path)  # the Features page follows the choice
 
     def add(self, paths: list[str]) -> None:
         from app.core.pipeline.labeling import check_inbox
@@ -171,11 +206,11 @@ class Labeling(QObject):
             try:
                 check_inbox(self.data_dir, paths)
             except LabelError as exc:
-                self.win.banner.show_warning(str(exc))
+                self.banner.show_warning(str(exc))
                 return
         self.inbox = list(dict.fromkeys([*self.inbox, *paths]))
         self._remember()
-        self.win.show_page("Label")
+        self.show_page("Label")
         self.refresh()
 
     def _groups(self, k: int) -> None:
@@ -185,18 +220,17 @@ class Labeling(QObject):
     # --- the one refresh task -----------------------------------------------------------------
     def refresh(self):
         root = self.data_dir
-        if root is None or self.win.heavy is not None:
+        if root is None or self.busy():
             return None
         self._load_folder_state()
         self.dirty = False
-        try:
-            backbone = self.win.features.backbone_name()
-            weights = self.win.features.weights_value()
-        except ValueError as exc:
-            self.win.banner.show_warning(f"{exc} (Weights file… on the Label page)")
+        backbone, weights = self.session.choice.backbone, self.session.choice.weights
+        if not weights:
+            self.banner.show_warning("Choose a weights file for the backbone (Weights file… "
+                                     "above), or pick ImageNet on the Features page.")
             return None
         inbox = list(self.inbox) or None
-        cache_dir, groups = self.win.session.cache_dir, self.groups or None
+        cache_dir, groups = self.session.cache_dir, self.groups or None
 
         def job(progress, cancel):
             from threadpoolctl import threadpool_limits
@@ -211,7 +245,7 @@ class Labeling(QObject):
                                progress=progress, cancel=cancel)
 
         self.since_refresh = 0
-        self.worker = self.win.jobs.start(
+        self.worker = self.jobs.start(
             "preparing the photos to label", job, slot="photos to label",
             on_result=lambda view: self._show(view, root),
             on_error=self._failed,
@@ -228,7 +262,7 @@ class Labeling(QObject):
     def _show(self, view, root: Path) -> None:
         self.worker = None
         self.view = view
-        self.win.banner.clear_if_about("preparing the photos to label")
+        self.banner.clear_if_about("preparing the photos to label")
         self.slots = class_keys(self.slots, view.pool.classes)
         self._remember()
         keys = {c: KEYS[i] for i, c in enumerate(self.slots) if c}
@@ -241,7 +275,7 @@ class Labeling(QObject):
         try:
             ops = operations(self.data_dir) if self.data_dir is not None else []
         except LabelError as exc:
-            self.win.banner.show_warning(str(exc))
+            self.banner.show_warning(str(exc))
             ops = []
         self.page.ops.set_operations(ops)
 
@@ -256,13 +290,13 @@ class Labeling(QObject):
                     self.page.queue.set_icon(entry["path"], pix)
                     self.page.group_grid.set_icon(entry["path"], pix)
 
-        self.win.jobs.start("loading thumbnails",
-                            self.win.session.thumbnails_job(entries, size=ICON),
+        self.jobs.start("loading thumbnails",
+                            self.session.thumbnails_job(entries, size=ICON),
                             on_result=apply, slot="label thumbnails")
 
     # --- filing -------------------------------------------------------------------------------
     def _refused(self) -> bool:
-        return self.win.refused_while_busy("filing photos in the data folder") \
+        return self.refused_while_busy("filing photos in the data folder") \
             or self.data_dir is None
 
     def _digests(self) -> dict[str, str]:
@@ -283,7 +317,7 @@ class Labeling(QObject):
             try:
                 filing = file_photos(self.data_dir, requests, "label", title)
             except LabelError as exc:
-                self.win.banner.show_warning(str(exc))
+                self.banner.show_warning(str(exc))
                 return
             self._filed(filing, cls)
             return
@@ -295,7 +329,7 @@ class Labeling(QObject):
 
     def _filed(self, filing, cls: str) -> None:
         for _path, why in filing.refused[:3]:
-            self.win.banner.show_warning(why)
+            self.banner.show_warning(why)
         self.filed = self.filed or bool(filing.done)
         for grid in (self.page.queue, self.page.group_grid):
             grid.mark_filed(set(filing.photos), cls)
@@ -311,7 +345,7 @@ class Labeling(QObject):
     def _elsewhere(self) -> bool:
         """A filing that ended after the user left the page: the data folder is read again
         now (as leaving the page does)."""
-        if self.win.stack.currentWidget() is self.page:
+        if self._shown():
             return False
         self.dirty = True
         self._page_changed()
@@ -323,14 +357,14 @@ class Labeling(QObject):
             return
         if not name:
             name, ok = QInputDialog.getText(
-                self.win, "New class", f"Name of the new class (the {photos(len(paths))} "
+                self.dialog_parent, "New class", f"Name of the new class (the {photos(len(paths))} "
                 "selected go into it):" if paths else "Name of the new class:")
             if not ok or not name.strip():
                 return
         try:
             create_class(self.data_dir, name.strip())
         except LabelError as exc:
-            self.win.banner.show_warning(str(exc))
+            self.banner.show_warning(str(exc))
             return
         if paths:
             self.assign(paths, name.strip())
@@ -345,7 +379,7 @@ class Labeling(QObject):
         def done(result) -> None:
             self.filed = True
             for _m, why in result.kept[:3]:
-                self.win.banner.show_warning(why)
+                self.banner.show_warning(why)
             self.page.ops.finish(f"{result.summary()}.")
             if not self._elsewhere():
                 self.refresh()
@@ -379,7 +413,7 @@ class Labeling(QObject):
             try:
                 create_class(self.data_dir, labeling.UNSURE_FOLDER)
             except LabelError as exc:
-                self.win.banner.show_warning(str(exc))
+                self.banner.show_warning(str(exc))
                 return
         else:
             title = f"Accepted {photos(len(requests))} suggested at >= {at_least:.0%}"
@@ -387,7 +421,7 @@ class Labeling(QObject):
 
         def done(filing) -> None:
             for _path, why in filing.refused[:3]:
-                self.win.banner.show_warning(why)
+                self.banner.show_warning(why)
             self.filed = self.filed or bool(filing.done)
             self.page.ops.finish(f"{filing.summary()} (about {wrong:.1f} expected wrong).")
             if not self._elsewhere():
@@ -406,5 +440,5 @@ class Labeling(QObject):
 
     def confirm(self, text: str) -> bool:
         """Ask before a bulk filing (tests replace this method)."""
-        return QMessageBox.question(self.win, "File the rest", text) == \
+        return QMessageBox.question(self.dialog_parent, "File the rest", text) == \
             QMessageBox.StandardButton.Yes
