@@ -51,6 +51,7 @@ def test_the_built_in_answer_is_the_apps_numpy_answer(tmp_path, temperature):
             assert (reference == np.float32(np.log(1e-30))).any()
 
 
+@pytest.mark.slow  # trains a Keras head
 @pytest.mark.parametrize("mode", ["head", "finetune"])
 def test_the_answer_is_the_mean_of_the_outputs_everywhere(dataset_dir, cache_dir, tmp_path,
                                                           mode):
@@ -73,6 +74,7 @@ def test_the_answer_is_the_mean_of_the_outputs_everywhere(dataset_dir, cache_dir
         pytest.approx(1 / run.trust.temperature)
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_main_alone_when_asked(dataset_dir, cache_dir, tmp_path):
     run = _trained(dataset_dir, cache_dir, answer="main")
     assert not run.result.averages

@@ -75,6 +75,7 @@ def trained(tmp_path_factory):
     return run, root
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_training_fits_a_temperature_and_evaluation_scores_calibration(trained):
     run, _ = trained
     # 5 validation images: the fit is made, but it may only soften, never sharpen, and the

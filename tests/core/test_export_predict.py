@@ -24,6 +24,7 @@ def trained(tmp_path_factory):
     return run, model_dir, root
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_export_writes_a_complete_model_folder(trained):
     run, model_dir, _ = trained
     names = {p.name for p in model_dir.iterdir()}
@@ -50,6 +51,7 @@ def _umask() -> int:
     return mask
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_exported_model_predicts_like_the_app(trained):
     run, model_dir, root = trained
     files = [make_image(root / "new" / f"{i}.jpg", c, seed=50 + i)
@@ -67,6 +69,7 @@ def test_exported_model_predicts_like_the_app(trained):
     assert sum(t["probability"] for t in exported[0].top) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_parity_check_catches_wrong_preprocessing(trained, monkeypatch, tmp_path):
     import keras
 
@@ -95,6 +98,7 @@ def test_evaluate_model_dir_matches_in_app_evaluation(trained):
     ("garbled_meta", "damaged"),
     ("garbled_model", "cannot be loaded"),
 ])
+@pytest.mark.slow  # trains a Keras head
 def test_damaged_model_folders_give_one_clear_error(trained, tmp_path, damage, message):
     import shutil
 
@@ -119,6 +123,7 @@ def test_damaged_model_folders_give_one_clear_error(trained, tmp_path, damage, m
     assert last.startswith("error:") and message in last
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_export_replaces_only_a_model_folder_of_ours(trained, tmp_path):
     run, _, _ = trained
     target = tmp_path / "model"
@@ -145,6 +150,7 @@ def test_export_replaces_only_a_model_folder_of_ours(trained, tmp_path):
         run.export(tmp_path / "file")
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_a_failed_export_leaves_the_old_model(trained, monkeypatch, tmp_path):
     import keras
 
@@ -161,6 +167,7 @@ def test_a_failed_export_leaves_the_old_model(trained, monkeypatch, tmp_path):
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_a_crash_between_renames_never_leaves_neither(trained, monkeypatch, tmp_path):
     """Without an atomic exchange, the old model is renamed aside before the new one moves
     in; if the second rename fails, the old one comes back."""
@@ -188,6 +195,7 @@ def test_a_crash_between_renames_never_leaves_neither(trained, monkeypatch, tmp_
     assert not list(tmp_path.glob(".model*"))
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_export_says_when_parity_could_not_be_checked(tmp_path):
     from app.core.intake.dataset import SplitSpec, scan_dataset
 
@@ -211,6 +219,7 @@ def test_export_says_when_parity_could_not_be_checked(tmp_path):
     assert "none of the" in report.parity_note and "could be decoded" in report.parity_note
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_mixed_precision_features_export_within_the_stated_tolerance(tmp_path, monkeypatch):
     """GPU features are computed in mixed float16; forced here on the CPU. The exported model
     computes in float32, so parity holds within the tolerance the metadata states."""

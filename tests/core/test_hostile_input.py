@@ -167,6 +167,7 @@ def test_json_output_never_holds_a_bare_nan():
     assert doc == {"a": None, "b": [1.0, None], "p": "caf\udce9"}
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_a_nan_loss_stops_training_with_a_clear_error():
     labels = np.arange(60) % 3
     train = _synthetic(60, labels, 0)

@@ -17,6 +17,7 @@ def cached_run(dataset_dir, cache_dir):
     return run
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_aux_outputs_train_and_every_metric_streams_each_epoch(cached_run):
     seen = []
     cached_run.run_training(progress=lambda p: p.data and not p.data["partial"]
@@ -32,6 +33,7 @@ def test_aux_outputs_train_and_every_metric_streams_each_epoch(cached_run):
     assert ev.aux1_accuracy is not None and ev.aux2_accuracy is not None
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_training_uses_only_cached_features(cached_run, monkeypatch):
     import app.core.features.backbones as backbones
 
@@ -43,6 +45,7 @@ def test_training_uses_only_cached_features(cached_run, monkeypatch):
     assert cached_run.result.epochs_run == 6
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_seeded_runs_repeat_exactly(cached_run):
     cached_run.run_training()
     first = json.dumps(cached_run.result.history)
@@ -62,6 +65,7 @@ def test_aux_weight_zero_turns_aux_outputs_off(cached_run):
     assert cached_run.evaluation.aux1_accuracy is None
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_cancel_mid_epoch_keeps_the_best_model(cached_run):
     token = CancelToken()
     cached_run.settings = TrainSettings(epochs=50, batch_size=2, stream_interval=0.0)
@@ -89,6 +93,7 @@ def _synthetic(n, labels, seed):
         labels, [f"img{i}" for i in range(n)])
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_early_stopping_restores_the_best_epoch():
     labels = np.arange(60) % 3
     train = _synthetic(60, labels, 0)
@@ -126,6 +131,7 @@ def test_bad_settings_are_refused_with_a_message(bad):
         TrainSettings(**bad)
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_a_head_answers_only_on_the_features_it_was_trained_on(cached_run, tmp_path):
     """The weights file a model was trained with, changed on disk since, gives features of
     the same width: pairing the head with them would answer wrong in silence, so it is
@@ -150,6 +156,7 @@ def test_a_head_answers_only_on_the_features_it_was_trained_on(cached_run, tmp_p
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_cancel_keeps_exactly_the_best_epochs_weights(cached_run):
     """The kept head equals a run of the same seed stopped at the best epoch."""
     token = CancelToken()

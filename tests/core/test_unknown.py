@@ -175,6 +175,7 @@ def two_colours(tmp_path_factory):
     return run, root, blue, known
 
 
+@pytest.mark.slow  # trains a Keras head
 def test_the_app_calls_a_class_it_never_saw_unknown(two_colours):
     run, _, blue, known = two_colours
     det = run.trust.detector

@@ -3,6 +3,8 @@ a job runs, TensorFlow loaded in the background."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from PySide6.QtCore import Qt
 
@@ -61,8 +63,30 @@ def test_closing_during_caching_cancels_waits_and_keeps_the_cache(qtbot, window,
     data = make_dataset(tmp_path / "photos", per_class=24)
     open_folder(qtbot, window, data)
     use_tiny(window)
+    # the caching holds after its first report until it is cancelled: closing always meets
+    # it running (a fast machine finished it before the test looked, and the test waited
+    # for a progress bar that had come and gone)
+    started = threading.Event()
+    job = window.session.cache_job
+
+    def held_cache_job(*args, **kwargs):
+        real = job(*args, **kwargs)
+
+        def run(progress, cancel):
+            def reported(p):
+                progress(p)
+                if p.stage == "cache":
+                    started.set()
+                    while not cancel.cancelled:
+                        cancel_seen.wait(0.05)
+            return real(reported, cancel)
+
+        return run
+
+    cancel_seen = threading.Event()
+    window.session.cache_job = held_cache_job
     worker = window.run_control.start_caching()
-    qtbot.waitUntil(lambda: window.features.bar.maximum() > 1, timeout=60000)
+    qtbot.waitUntil(started.is_set, timeout=60000)
     asked = []
     window.confirm_quit = lambda text: asked.append(text) or True
     close_window(qtbot, window)
