@@ -1,7 +1,9 @@
 """How many labels the app needs: an oracle labels what the app asks for, through the same code
 the window uses (app.core.pipeline.labeling: groups, suggestions, queue, the retrained model),
 and the test accuracy after N labels is printed for the app's order and for random order,
-side by side.
+side by side. The app's order also prints how often it says "maybe a new class" about the
+photos it asks of classes already labelled (a false alarm each: every class of the pool is
+known to the oracle), per stretch between checkpoints.
 
 The pool is the data folder's training split (its labels hidden from the app), the model is
 judged on the test split. A label is one photo the oracle looked at. The app's queue starts
@@ -60,6 +62,7 @@ def run(order: str, pool_x, pool_y, test_x, test_y, n_classes, seed, batch, max_
     given: dict[int, int] = {}  # pool index -> label the oracle gave
     group_stats = {"groups": 0, "labelled": 0, "wrong": 0}
     curve = []
+    alarms: dict[int, list[int]] = {}  # checkpoint -> [asked of a labelled class, flagged]
 
     def record():
         while len(curve) < len(CHECKPOINTS) and len(labelled) >= CHECKPOINTS[len(curve)]:
@@ -94,10 +97,20 @@ def run(order: str, pool_x, pool_y, test_x, test_y, n_classes, seed, batch, max_
                          n_classes, model, min(batch, max_labels - len(labelled)), seed=seed,
                          pool_main=pool_main[free],
                          labelled_main=pool_main[idx] if len(idx) else pool_main[:0])
+        sug = labeling.suggest(model, unlabelled)
+        if sug is not None:
+            seen = set(labels.tolist())
+            stretch = next((c for c in CHECKPOINTS if c > len(labelled)), CHECKPOINTS[-1])
+            counts = alarms.setdefault(stretch, [0, 0])
+            for i in q.indices:
+                if int(pool_y[free[i]]) in seen:
+                    counts[0] += 1
+                    counts[1] += int(sug.new_class[i])
         for i in q.indices:
             labelled.append(int(free[i]))
             given[int(free[i])] = int(pool_y[free[i]])
             record()
+    group_stats["new_class_alarms"] = {c: v for c, v in sorted(alarms.items())}
     return curve, group_stats
 
 
@@ -141,7 +154,18 @@ def main() -> int:
         print("| labels | app | random |\n|---:|---:|---:|")
         for (k, a), (_, r) in zip(mean["app"], mean["random"]):
             print(f"| {k} | {a:.1%} | {r:.1%} |")
-        print(f"cold-start groups (per seed): {groups}")
+        print(f"cold-start groups (per seed): "
+              f"{[{k: v for k, v in g.items() if k != 'new_class_alarms'} for g in groups]}")
+        print('"maybe a new class" on questions about labelled classes, up to each checkpoint '
+              "(all seeds):")
+        total: dict[int, list[int]] = {}
+        for g in groups:
+            for c, (n, flagged) in g["new_class_alarms"].items():
+                t = total.setdefault(c, [0, 0])
+                t[0] += n
+                t[1] += flagged
+        for c, (n, flagged) in sorted(total.items()):
+            print(f"  <= {c} labels: {flagged} of {n} ({flagged / max(n, 1):.1%})")
     return 0
 
 

@@ -360,3 +360,23 @@ def test_the_calibration_holds_for_every_draw_once_each_class_has_two_labels():
     for seed in range(25):
         model = labeling.fit_model(x, y, 17, seed=seed)
         assert model.calibrated, seed
+
+
+def test_maybe_a_new_class_is_set_by_the_labelled_photos_own_scores():
+    """The threshold is what all but 2% of the labelled photos score, each without itself
+    (as the unknown test's is set), on the likeness relative to the neighbours' own density;
+    a class never labelled is flagged, photos among the labelled ones are not."""
+    rng = np.random.default_rng(5)
+    d = 64
+    centres = 2.0 * rng.normal(size=(4, d))
+    photos = [centres[c] + rng.normal(size=(80, d)) for c in range(4)]
+    labelled = np.concatenate([p[:40] for p in photos[:3]])
+    labels = np.repeat(np.arange(3), 40)
+    model = labeling.fit_model(labelled, labels, 4, pool=np.concatenate(photos))
+    ul = labeling.unit(labelled)
+    sims = ul @ ul.T
+    np.fill_diagonal(sims, -np.inf)  # each labelled photo without itself
+    own = labeling._relative(sims, model.density)
+    assert (own < model.novelty).mean() <= 1 - labeling.KEEP_KNOWN + 1 / len(own)
+    assert labeling.suggest(model, photos[3]).new_class.mean() > 0.9
+    assert labeling.suggest(model, labelled + 0.01).new_class.mean() <= 0.05
