@@ -329,7 +329,10 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
                        pool=pool if pool_logits is not None else None, pool_logits=pool_logits)
     counts = np.bincount(yy)
     if len(present) > 1 and len(y) >= 20 and counts.min() >= 2:
-        fold = stratified_folds(yy, folds, seed)
+        fold = np.random.default_rng(seed).permutation(len(y)) % folds
+        if any(len(np.unique(yy[fold != f])) < len(present) for f in range(folds)):
+            # a class left out of a fold's training part switched the calibration off
+            fold = stratified_folds(yy, folds, seed)
         oof = np.zeros((len(y), len(present)))
         for f in range(folds):
             train = fold != f
@@ -365,9 +368,10 @@ def _relative(sims: np.ndarray, density: np.ndarray) -> np.ndarray:
 
 def stratified_folds(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     """A fold per label, each class spread over the folds in turn (shuffled within the
-    class): with 2 photos in every class, every fold's training part holds every class, so
-    the calibration never switches off and on between refreshes as random folds made it
-    (seen at 101 labels: "once there are 20 labels..." for a while, Accept disabled)."""
+    class): with 2 photos in every class, every fold's training part holds every class. Used
+    where random folds leave a class out of one, which switched the calibration off and on
+    between refreshes (seen at 101 labels: "once there are 20 labels..." for a while, Accept
+    disabled)."""
     rng = np.random.default_rng(seed)
     fold = np.empty(len(y), np.int64)
     offset = 0
