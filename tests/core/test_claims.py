@@ -14,8 +14,8 @@ from app.core.features.caching import CacheJob
 from app.core.features.extract import keras_extractor
 from app.core.features.keys import model_key
 from app.core.intake.dataset import scan_dataset
-from app.core.storage import store as store_module
 from app.core.storage.store import FeatureStore, StoreError
+from app.core.storage.store import common as store_common
 
 
 def test_a_store_that_cannot_be_opened_says_so(tmp_path):
@@ -43,8 +43,8 @@ def test_a_live_claim_is_refreshed_while_its_owner_is_slow(dataset_dir, cache_di
                                                           monkeypatch):
     """A slow start (weights download, a long batch) must not let another process take the
     images over as stale and compute them twice."""
-    monkeypatch.setattr(store_module, "CLAIM_STALE_SECONDS", 0.6)
-    monkeypatch.setattr(store_module, "CLAIM_REFRESH_SECONDS", 0.1)
+    monkeypatch.setattr(store_common, "CLAIM_STALE_SECONDS", 0.6)
+    monkeypatch.setattr(store_common, "CLAIM_REFRESH_SECONDS", 0.1)
     release = threading.Event()
 
     def slow_build(*args):
@@ -63,7 +63,7 @@ def test_a_live_claim_is_refreshed_while_its_owner_is_slow(dataset_dir, cache_di
             while not other.db.execute("SELECT count(*) FROM claims").fetchone()[0]:
                 assert time.monotonic() < deadline, "no claim appeared"
                 time.sleep(0.02)
-            time.sleep(3 * store_module.CLAIM_STALE_SECONDS)  # claims would be stale by now
+            time.sleep(3 * store_common.CLAIM_STALE_SECONDS)  # claims would be stale by now
             claimed = [r[0] for r in other.db.execute("SELECT digest FROM claims")]
             assert other.claim(key, claimed) == []
     finally:

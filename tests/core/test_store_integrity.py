@@ -26,6 +26,7 @@ from app.core.storage.store import (
     NonFiniteFeatures,
     StoreError,
 )
+from app.core.storage.store import shards as store_shards
 from tests.conftest import make_image
 
 
@@ -300,7 +301,7 @@ def test_a_shard_write_on_a_full_disk_is_one_line_and_leaves_no_partial_file(cac
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with FeatureStore(cache_dir) as store:
-        monkeypatch.setattr(store_module.os, "fsync", no_space)
+        monkeypatch.setattr(store_shards.os, "fsync", no_space)
         with pytest.raises(StoreError, match="the disk is full"):
             store.put_arrays("k", ["a"], np.zeros((1, 4), np.float16))
         monkeypatch.undo()

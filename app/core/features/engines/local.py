@@ -61,10 +61,10 @@ class _ClaimHeartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        from app.core.storage import store as store_module
+        from app.core.storage.store import common as store_common
 
         with FeatureStore(self.dir) as store:
-            while not self._stop.wait(store_module.CLAIM_REFRESH_SECONDS):
+            while not self._stop.wait(store_common.CLAIM_REFRESH_SECONDS):
                 # a full disk is reported by the writer; stale claims are only taken over
                 with contextlib.suppress(StoreError):
                     store.refresh_claims(self.key, self.owner)
