@@ -45,6 +45,9 @@ HARD_TASK = 0.65  # below this out-of-fold accuracy, margins come from the dense
 PSEUDO_WEIGHT = 0.5  # self-training: the unlabelled photos lent as labels weigh this many labels
 PSEUDO_ROWS = 2000  # and are at most this many (the fit's cost grows with its rows)
 REFIT_STEPS = 300  # the second fit, from where the first ended
+RECALIBRATE = 0.1  # a refresh fits the temperature again once the labels grew by this share
+WARM_STEPS = 100  # a fit that starts from the last refresh's answer to the same question
+COVER_SAMPLE = 5000  # the queue's coverage groups are fitted on at most this many photos
 CLUSTER_SAMPLE = 20000  # k-means is fitted on at most this many photos (then all assigned)
 LOAD_CHUNK = 4096  # photos whose stored taps are read at once
 
@@ -75,14 +78,14 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 # -- groups -------------------------------------------------------------------------------
-def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 25
-           ) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 25,
+           sample: int = CLUSTER_SAMPLE) -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means (k-means++ start) of unit rows ``x``: (centres, assignment). Fitted
-    on a sample when ``x`` is large; every row is assigned."""
+    on a ``sample`` of the rows when ``x`` is larger; every row is assigned."""
     rng = np.random.default_rng(seed)
     n = len(x)
     k = max(1, min(k, n))
-    fit = x if n <= CLUSTER_SAMPLE else x[rng.choice(n, CLUSTER_SAMPLE, replace=False)]
+    fit = x if n <= sample else x[rng.choice(n, sample, replace=False)]
     centres = np.empty((k, x.shape[1]), np.float32)
     centres[0] = fit[rng.integers(len(fit))]
     closest = 1 - fit @ centres[0]
@@ -188,6 +191,10 @@ class LabelModel:
     density: np.ndarray | None = None  # each labelled photo's likeness to its nearest others
     novelty: float = -math.inf  # below this relative likeness: maybe a new class
     calibrated: bool = False  # the temperature was fitted on out-of-fold answers
+    labels: int = 0  # how many labels the temperature was fitted on
+    first: tuple | None = None  # the fit on the labels alone (where a next refresh starts)
+    half_fits: list = field(default_factory=list)  # each pool half's model, likewise
+    stable_halves: bool = False  # the halves were by content (each photo stays in its half)
     oof_accuracy: float | None = None  # how often out-of-fold answers were right
     centre: np.ndarray | None = None  # the mean unit feature of every photo it knows of
     pool: np.ndarray | None = None  # the unlabelled rows it was fitted with (the object)
@@ -262,13 +269,15 @@ def _fit_softmax(x: np.ndarray, y: np.ndarray, n: int, l2: float = 1e-3, steps: 
 
 
 def _self_trained(x: np.ndarray, y: np.ndarray, n: int, pool: np.ndarray | None,
-                  first: tuple[np.ndarray, np.ndarray] | None = None
+                  first: tuple[np.ndarray, np.ndarray] | None = None,
+                  warm: tuple[np.ndarray, np.ndarray] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Fit on the labelled rows (or start from ``first``, that fit), then once more with the
     unlabelled rows it is surest of as labels (the surer half of each suggested class, at most
     ``PSEUDO_ROWS``), weighing ``PSEUDO_WEIGHT`` of the labels in all: self-training, which
     measured +4.7 points on Oxford-17 and +1.3 on flowers5 at 120 random labels
-    (docs/benchmarks.md)."""
+    (docs/benchmarks.md). ``warm``: the second fit starts there (the last refresh's answer to
+    the same question) and takes ``WARM_STEPS``."""
     w, b = first if first is not None else _fit_softmax(x, y, n)
     if pool is None or not len(pool):
         return w, b
@@ -287,17 +296,25 @@ def _self_trained(x: np.ndarray, y: np.ndarray, n: int, pool: np.ndarray | None,
     weight = np.concatenate([np.ones(len(y)), np.full(len(take), PSEUDO_WEIGHT * len(y)
                                                       / len(take))])
     return _fit_softmax(np.concatenate([x, pool[take]]), np.concatenate([y, label[take]]), n,
-                        weight=weight, start=(w, b), steps=REFIT_STEPS)
+                        weight=weight, start=warm or (w, b),
+                        steps=WARM_STEPS if warm is not None else REFIT_STEPS)
 
 
 def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
-              seed: int = 0, pool: np.ndarray | None = None) -> LabelModel | None:
+              seed: int = 0, pool: np.ndarray | None = None,
+              previous: LabelModel | None = None, halves: np.ndarray | None = None
+              ) -> LabelModel | None:
     """The model for labelled unit rows ``x`` with class ids ``y`` (None without labels).
     ``pool``: the unlabelled photos' rows; they set the centre the features are measured
     from and lend their surest suggestions as extra labels (self-training). The temperature
     is fitted on out-of-fold answers (the same procedure, the held-out labels left out) once
     every labelled class has 2 photos and there are 20 labels; before that it is 1 and the
-    confidence is rough."""
+    confidence is rough. ``previous``: the model of the last refresh; its calibration is kept
+    while the labels are the same classes and grew by less than :data:`RECALIBRATE` (a label
+    more moves the temperature by little, and its five folds were most of a refresh's time).
+    ``halves``: which half of the pool each photo is in for the cross-fitted answers (0/1;
+    default a random split): a split that stays from one refresh to the next (by content) lets
+    each half's model start from the last refresh's."""
     y = np.asarray(y, np.int64)
     if not len(y):
         return None
@@ -311,24 +328,44 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
     cx = unit(ux - centre)  # centred(), from the unit rows already at hand
     cpool = None if upool is None else unit(upool - centre)
     pool_logits = None
+    half_fits: list = []
+    warm = (previous is not None and previous.classes == present
+            and previous.first is not None and previous.weights.shape == (x.shape[1],
+                                                                          len(present)))
+    first = None
     if len(present) == 1:
         w, b = np.zeros((x.shape[1], 1)), np.zeros(1)
     else:
-        first = _fit_softmax(cx, yy, len(present))
-        w, b = _self_trained(cx, yy, len(present), cpool, first)
+        # with the last refresh's model (the same classes), its fits are the starting points:
+        # the same objectives, a few labels more (a convex fit: the same answer, sooner)
+        first = (_fit_softmax(cx, yy, len(present), start=previous.first, steps=WARM_STEPS)
+                 if warm else _fit_softmax(cx, yy, len(present)))
+        w, b = _self_trained(cx, yy, len(present), cpool, first,
+                             (previous.weights, previous.bias) if warm else None)
         if cpool is not None and len(cpool) > 1:
             # the pool's own answers come from a model that did not lend it as labels: the
             # half a photo is in is answered by the model self-trained on the other half
             # (a photo lent as a label is answered too surely by the model it taught)
-            half = np.random.default_rng(seed).permutation(len(cpool)) % 2
+            half = (np.asarray(halves) if halves is not None and len(halves) == len(cpool)
+                    else np.random.default_rng(seed).permutation(len(cpool)) % 2)
             pool_logits = np.empty((len(cpool), len(present)), np.float32)
+            half_fits = []
             for h in (0, 1):
-                hw, hb = _self_trained(cx, yy, len(present), cpool[half != h], first)
+                start = (previous.half_fits[h] if warm and halves is not None
+                         and previous.stable_halves and len(previous.half_fits) == 2
+                         else None)
+                hw, hb = _self_trained(cx, yy, len(present), cpool[half != h], first, start)
+                half_fits.append((hw, hb))
                 pool_logits[half == h] = cpool[half == h] @ hw + hb
     model = LabelModel(w, b, present, n_classes, reference=ux, centre=centre,
-                       pool=pool if pool_logits is not None else None, pool_logits=pool_logits)
+                       pool=pool if pool_logits is not None else None, pool_logits=pool_logits,
+                       first=first, half_fits=half_fits, stable_halves=halves is not None)
     counts = np.bincount(yy)
-    if len(present) > 1 and len(y) >= 20 and counts.min() >= 2:
+    if (previous is not None and previous.calibrated and previous.classes == present
+            and previous.labels <= len(y) < previous.labels * (1 + RECALIBRATE)):
+        model.temperature, model.calibrated = previous.temperature, True
+        model.oof_accuracy, model.labels = previous.oof_accuracy, previous.labels
+    elif len(present) > 1 and len(y) >= 20 and counts.min() >= 2:
         fold = np.random.default_rng(seed).permutation(len(y)) % folds
         if any(len(np.unique(yy[fold != f])) < len(present) for f in range(folds)):
             # a class left out of a fold's training part switched the calibration off
@@ -347,7 +384,7 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
             # never sharpened on thin evidence (fewer than 30 labels, or none answered
             # wrong out of fold): T would shrink towards 0 and every suggestion read 100%
             model.temperature, _ = safe_temperature(oof, yy)
-            model.calibrated = True
+            model.calibrated, model.labels = True, len(y)
             model.oof_accuracy = float((oof.argmax(axis=1) == yy).mean())
     if len(y) >= 3:
         sims = ux @ ux.T
@@ -458,7 +495,7 @@ def next_batch(pool: np.ndarray, labelled: np.ndarray, model: LabelModel | None,
     # 1. coverage: the most typical photo of each sizeable group that has no label yet
     if n >= 2:
         both = np.concatenate([labelled, pool]) if len(labelled) else pool
-        _, assign = kmeans(both, len(labelled) + batch, seed)
+        _, assign = kmeans(both, len(labelled) + batch, seed, sample=COVER_SAMPLE)
         lab_groups = set(assign[:len(labelled)].tolist())
         pool_assign = assign[len(labelled):]
         typ = typicality(both, assign, rows=np.arange(len(labelled), len(both)))[len(labelled):]
@@ -554,10 +591,14 @@ class Pool:
     findings: list = field(default_factory=list)
     labelled_main: np.ndarray | None = None  # the unit main tap alone (for ask on a hard task)
     unsorted_main: np.ndarray | None = None
+    table: FeatureTable | None = None  # what was read, for the next refresh
 
-    def model(self, seed: int = 0) -> LabelModel | None:
+    def model(self, seed: int = 0, previous: LabelModel | None = None) -> LabelModel | None:
+        """The label model; the pool's halves by content (a photo stays in its half from one
+        refresh to the next, so each half's model may start from the last one's)."""
+        halves = np.array([int(d[:8], 16) & 1 for d in self.digests], np.int64)
         return fit_model(self.labelled, self.labels, len(self.classes), seed=seed,
-                         pool=self.unsorted)
+                         pool=self.unsorted, previous=previous, halves=halves)
 
     def ask(self, model: LabelModel | None, batch: int, seed: int = 0) -> Queue:
         return ask(self.unsorted, self.labelled, self.labels, len(self.classes), model, batch,
@@ -588,14 +629,56 @@ def check_inbox(data_dir, inbox) -> None:
                 "of it, or lay them loose in the data folder itself")
 
 
+@dataclass(frozen=True)
+class FeatureTable:
+    """The photos' features as one refresh read them (float16, as the store keeps them), by
+    digest: the next refresh reads only the photos it has not seen (at 20,000 photos the
+    three taps are 700 MB to read again)."""
+
+    key: str
+    index: dict[str, int]
+    rows: np.ndarray  # photo_features
+    main: np.ndarray  # main_features
+
+    def take(self, digests: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        at = np.array([self.index[d] for d in digests], np.int64)
+        return (self.rows[at].astype(np.float32), self.main[at].astype(np.float32))
+
+
+def _features(store, key: str, digests: list[str], known: FeatureTable | None
+              ) -> FeatureTable:
+    """The features of ``digests`` (in order): those ``known`` already holds for this key
+    taken from it, the others read from the store."""
+    if known is None or known.key != key:
+        known = FeatureTable(key, {}, np.zeros((0, 0), np.float16), np.zeros((0, 0), np.float16))
+    todo = [d for d in dict.fromkeys(digests) if d not in known.index]
+    parts = []
+    for i in range(0, len(todo), LOAD_CHUNK):  # the aux grids pooled as they come
+        b = store.load_features(key, todo[i:i + LOAD_CHUNK])
+        parts.append((photo_features(b.main, b.aux1, b.aux2).astype(np.float16),
+                      main_features(b.main).astype(np.float16)))
+    new_index = {d: len(known.index) + i for i, d in enumerate(todo)}
+    if parts:
+        rows = np.concatenate([known.rows] * bool(len(known.index)) + [p[0] for p in parts])
+        main = np.concatenate([known.main] * bool(len(known.index)) + [p[1] for p in parts])
+    else:
+        rows, main = known.rows, known.main
+    index = {**known.index, **new_index}
+    keep = np.array([index[d] for d in dict.fromkeys(digests)], np.int64)  # drop the gone
+    return FeatureTable(key, {d: i for i, d in enumerate(dict.fromkeys(digests))},
+                        rows[keep] if len(keep) else rows[:0], main[keep] if len(keep)
+                        else main[:0])
+
+
 def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str = "imagenet",
-                 cache_dir=None, progress=None, cancel=None) -> Pool:
+                 cache_dir=None, progress=None, cancel=None,
+                 known: FeatureTable | None = None) -> Pool:
     """Scan and cache (the same store, keyed by content) the data folder and the unsorted
     photos: ``inbox`` a folder (or a list of photos and folders), or None for the photos lying
     loose in the data folder beside its class folders; the photos a sort left in the data
     folder's ``_not_sure`` and ``_unknown`` folders are unsorted too. A photo whose content is
     labelled already, or listed twice, is left out. Bad files are skipped with their
-    reasons."""
+    reasons. ``known``: the features the last refresh read (only the others are read)."""
     from pathlib import Path
 
     from app.core.base.jobs import no_progress
@@ -620,11 +703,11 @@ def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str
     if data.images:
         result, data = CacheJob(data, backbone, weights, cache_dir).run(progress, cancel)
         key = result.model_key
-    known = {r.digest for r in data.images}
+    seen = {r.digest for r in data.images}
     unique = []
     for r in pile.images:
-        if r.digest not in known:
-            known.add(r.digest)
+        if r.digest not in seen:
+            seen.add(r.digest)
             unique.append(r)
     pile.images = unique
     if pile.images:
@@ -632,20 +715,16 @@ def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str
         key = result.model_key
     skipped = list(data.skipped) + list(pile.skipped)  # caching adds what did not decode
     feats = {}
+    table = None
     if key is not None:
-        with FeatureStore(cache_dir) as store:
-            digests = [r.digest for r in data.images] + [r.digest for r in pile.images]
-            if digests:
-                parts = []
-                for i in range(0, len(digests), LOAD_CHUNK):  # the aux grids pooled as they come
-                    b = store.load_features(key, digests[i:i + LOAD_CHUNK])
-                    parts.append((photo_features(b.main, b.aux1, b.aux2),
-                                  main_features(b.main)))
-                rows = np.concatenate([p[0] for p in parts])
-                main = np.concatenate([p[1] for p in parts])
-                n = len(data.images)
-                feats = {"labelled": rows[:n], "unsorted": rows[n:],
-                         "labelled_main": main[:n], "unsorted_main": main[n:]}
+        digests = [r.digest for r in data.images] + [r.digest for r in pile.images]
+        if digests:
+            with FeatureStore(cache_dir) as store:
+                table = _features(store, key, digests, known)
+            rows, main = table.take(digests)
+            n = len(data.images)
+            feats = {"labelled": rows[:n], "unsorted": rows[n:],
+                     "labelled_main": main[:n], "unsorted_main": main[n:]}
     dim = next(iter(feats.values())).shape[1] if feats else 0
     index = {c: i for i, c in enumerate(data.classes)}
     return Pool(list(data.classes), [r.path for r in data.images],
@@ -654,7 +733,7 @@ def prepare_pool(data_dir, inbox=None, backbone: str = "mobilenet", weights: str
                 [r.path for r in pile.images], [r.digest for r in pile.images],
                 feats.get("unsorted", np.zeros((0, dim), np.float32)), skipped,
                 [f for f in data.findings if "no usable images" not in f.message],
-                feats.get("labelled_main"), feats.get("unsorted_main"))
+                feats.get("labelled_main"), feats.get("unsorted_main"), table)
 
 
 def accept_requests(pool: Pool, sug: Suggestions, at_least: float):
@@ -691,25 +770,60 @@ def rest_requests(pool: Pool, sug: Suggestions, at_least: float):
 @dataclass
 class LabelingView:
     """One refresh of what the Label page shows: the pool, its suggestions, the queue and the
-    groups (computed off the GUI thread; the page only shows them)."""
+    groups (computed off the GUI thread; the page only shows them); the model and the groups
+    by digest are what the next refresh may build on."""
 
     pool: Pool
     suggestions: Suggestions | None
     queue: Queue
     groups: list[Group]
     calibrated: bool
+    model: LabelModel | None = None
+    group_digests: tuple = ()  # each group's members by digest, most typical first
+    groups_asked: int | None = None  # the number of groups asked for (None: automatic)
+
+
+REGROUP = 0.1  # the groups are made again once this share of the unsorted photos changed
 
 
 def refresh(data_dir, inbox, backbone: str, weights: str, cache_dir=None, seed: int = 1,
             batch: int = 24, groups: int | None = None, progress=None,
-            cancel=None) -> LabelingView:
+            cancel=None, previous: LabelingView | None = None) -> LabelingView:
     """Everything the Label page needs after a change: scan and cache what is new (the same
     store), fit the model on the labelled photos, suggest, order the queue, group the
-    unsorted photos."""
-    pool = prepare_pool(data_dir, inbox, backbone, weights, cache_dir, progress, cancel)
-    model = pool.model(seed)
+    unsorted photos. ``previous``: the last refresh, whose work is reused where nothing
+    changed: the features read, the calibration (until the labels grew by a tenth), and the
+    groups (less the photos filed since, until a tenth of the pile changed)."""
+    pool = prepare_pool(data_dir, inbox, backbone, weights, cache_dir, progress, cancel,
+                        known=previous.pool.table if previous is not None else None)
+    model = pool.model(seed, previous.model if previous is not None else None)
     sug = suggest(model, pool.unsorted)
     queue = pool.ask(model, batch, seed)
-    grouped = make_groups(pool.unsorted, groups, seed=seed,
-                          classes=len(pool.classes)) if len(pool.paths) >= 2 else []
-    return LabelingView(pool, sug, queue, grouped, bool(sug is not None and sug.calibrated))
+    grouped = _regrouped(previous, pool, groups)
+    if grouped is None:
+        grouped = make_groups(pool.unsorted, groups, seed=seed,
+                              classes=len(pool.classes)) if len(pool.paths) >= 2 else []
+    digests = tuple(tuple(pool.digests[m] for m in g.members) for g in grouped)
+    return LabelingView(pool, sug, queue, grouped, bool(sug is not None and sug.calibrated),
+                        model, digests, groups)
+
+
+def _regrouped(previous: LabelingView | None, pool: Pool, groups: int | None
+               ) -> list[Group] | None:
+    """The last refresh's groups less the photos gone since, while no photo came and no more
+    than :data:`REGROUP` of them went, with the same number asked for; else None."""
+    if previous is None or previous.groups_asked != groups or not previous.group_digests:
+        return None
+    at = {d: i for i, d in enumerate(pool.digests)}
+    before = sum(len(g) for g in previous.group_digests)
+    if len(at) > before or before - len(at) > REGROUP * before:
+        return None
+    out = []
+    for g, old in zip(previous.group_digests, previous.groups):
+        kept = [(at[d], t) for d, t in zip(g, old.typical) if d in at]
+        if kept:
+            out.append(Group([m for m, _ in kept], [t for _, t in kept]))
+    if sum(len(g.members) for g in out) != len(at):
+        return None
+    out.sort(key=lambda grp: -len(grp.members))
+    return out

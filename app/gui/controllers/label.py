@@ -87,6 +87,7 @@ class LabelControl(QObject):
         self.since_refresh = 0
         self.worker = None
         self.view = None
+        self._view_for: tuple = ()  # the folder, backbone and weights the view was made for
         self.slots: list[str] = []  # the class of each key
         self._folder: str | None = None  # whose inbox and keys are loaded
         self.work = FileWork(jobs, page.ops, banner.show_warning, self)
@@ -231,6 +232,9 @@ class LabelControl(QObject):
             return None
         inbox = list(self.inbox) or None
         cache_dir, groups = self.session.cache_dir, self.groups or None
+        # the last refresh's work is reused where nothing changed: same folder and backbone
+        made_for = (str(root), backbone, weights)
+        previous = self.view if self._view_for == made_for else None
 
         def job(progress, cancel):
             from threadpoolctl import threadpool_limits
@@ -242,12 +246,12 @@ class LabelControl(QObject):
             # products (a refresh of 700 photos took 60 s instead of 1.2 s beside one)
             with threadpool_limits(1, user_api="blas"):
                 return refresh(root, inbox, backbone, weights, cache_dir, groups=groups,
-                               progress=progress, cancel=cancel)
+                               progress=progress, cancel=cancel, previous=previous)
 
         self.since_refresh = 0
         self.worker = self.jobs.start(
             "preparing the photos to label", job, slot="photos to label",
-            on_result=lambda view: self._show(view, root),
+            on_result=lambda view: self._show(view, root, made_for),
             on_error=self._failed,
             on_progress=lambda p: self.page.summary.setText(
                 progress_text("reading and caching the photos", p)))
@@ -259,9 +263,9 @@ class LabelControl(QObject):
         self.page.summary.setText(f"The photos could not be prepared: {message}. (Weights "
                                   "file… above uses a local file instead of a download.)")
 
-    def _show(self, view, root: Path) -> None:
+    def _show(self, view, root: Path, made_for: tuple = ()) -> None:
         self.worker = None
-        self.view = view
+        self.view, self._view_for = view, made_for
         self.banner.clear_if_about("preparing the photos to label")
         self.slots = class_keys(self.slots, view.pool.classes)
         self._remember()
