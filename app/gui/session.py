@@ -360,7 +360,7 @@ class Session(QObject):
             from app.core.delivery.predict import Predictor
             from app.core.pipeline.review import saved_review
 
-            predictor = Predictor.from_dir(folder)
+            predictor = Predictor.from_dir(folder, self.cache_dir or user_cache_dir())
             saved, why = saved_review(folder, predictor.classes)
             return OpenedModel(str(folder), predictor, saved, why)
 
@@ -375,6 +375,7 @@ class Session(QObject):
         slot = self.slot
         model, predictor, generation = slot.model, slot.predictor, slot.generation
         threshold = slot.threshold
+        cache_dir = self.cache_dir or user_cache_dir()  # photos cached there: no backbone
         if model is None:
             raise RuntimeError("train a model or open an exported model folder first")
 
@@ -386,7 +387,7 @@ class Session(QObject):
                 else:
                     from app.core.delivery.predict import Predictor
 
-                    built = Predictor.from_dir(model)
+                    built = Predictor.from_dir(model, cache_dir)
             preds = built.predict(paths, top_k=top_k, progress=progress, cancel=cancel,
                                   threshold=threshold)
             cancel.raise_if_cancelled()

@@ -14,10 +14,15 @@ def model_key(spec: BackboneSpec, weights: str, signature: str | None = None) ->
     with ``signature`` (Keras backend and precision,
     :func:`app.core.base.device.compute_signature`): mixed-precision GPU rows are never
     mistaken for float32 CPU rows."""
+    return key_of(spec.name, weights_fingerprint(spec, weights), signature)
+
+
+def key_of(backbone: str, fingerprint: str, signature: str | None = None) -> str:
+    """:func:`model_key` from its parts, e.g. a model folder's ``backbone`` and
+    ``weights_fingerprint`` (no weights file needed)."""
     from app.core.base.device import compute_signature
 
-    return (f"{spec.name}|{weights_fingerprint(spec, weights)}|prep{PREPROCESS_VERSION}"
-            f"|{signature or compute_signature()}")
+    return f"{backbone}|{fingerprint}|prep{PREPROCESS_VERSION}|{signature or compute_signature()}"
 
 
 def key_signature(key: str) -> str:

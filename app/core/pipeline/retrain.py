@@ -233,16 +233,24 @@ class Retraining:
 
     def predictor(self) -> Predictor:
         """The in-app classifier (backbone + heads in memory, answering as the export
-        does), without exporting."""
+        does), without exporting. A head-mode model answers photos already in this run's
+        cache from their cached taps (float32 keys: a GPU's mixed-float16 features are
+        computed by TensorFlow, not by the predictor's float32 backbone)."""
         from app.core.delivery.export import answer_taps, classifier_model
-        from app.core.delivery.predict import Predictor
+        from app.core.delivery.predict import CachedTaps, Predictor
+        from app.core.features.backbones import weights_fingerprint
 
         result = self._trained()
         spec = get_spec(result.backbone)
         trust = self.trust or Trust()
         model = classifier_model(spec, result.weights, result.head, result.base,
                                  trust.temperature, answer_taps(spec, result))
-        return Predictor(model, result.classes, spec.input_size, unknown=trust.detector)
+        cached = None
+        if result.settings.mode == "head" and key_precision(result.model_key) == "float32":
+            cached = CachedTaps(Path(self.cache_dir or user_cache_dir()), result.model_key,
+                                spec, weights_fingerprint(spec, result.weights))
+        return Predictor(model, result.classes, spec.input_size, unknown=trust.detector,
+                         cached=cached)
 
 
 @dataclass
