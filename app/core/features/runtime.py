@@ -255,6 +255,10 @@ def _session(ort, path: Path, notes: list[str]):
     for providers in tries:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: a failed provider is our note
+        # idle threads sleep instead of spinning: the caching job's decode threads share
+        # the cores (2 cores, 680 photos, MobileNet: 117 and 122 img/s against 112 and 119
+        # spinning, interleaved; pure compute unchanged)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # any failure of a provider: the next one is tried
