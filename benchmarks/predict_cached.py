@@ -11,8 +11,10 @@ just-cached photos, timed, with the model folder loaded beforehand:
 3. computed through the caching job's extractor (``CachedTaps`` pointed at an empty cache
    folder holding only the ONNX graph): what a photo not in the cache costs now.
 
-It prints the seconds and images/s of each, the ratio today / from the cache, and whether the
-answers of (2) and (3) are identical (they must be) and how far (1) is from them.
+It prints the seconds and images/s of each, the ratio today / from the cache, whether the
+answers of (2) and (3) are identical (they must be) and how far (1) is from them, and the
+export's parity check (the exported model against the app's answers from the cached features,
+which the caching engine computed: ONNX Runtime where installed).
 
 usage: python benchmarks/predict_cached.py DATA --backbone mobilenet --weights FILE
        [--images 600] [--epochs 3] [--json]
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         run.run_training()
         model = run.export(scratch / "model").folder
         device = run.cache.device
+        parity = json.loads((model / "metadata.json").read_text())["parity"]
 
         today = Predictor.from_dir(model)
         cached = Predictor.from_dir(model, cache)
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                                zip(answers(a_today), answers(a_cached))),
             "errors": sum(p.error is not None for p in a_cached),
             "goal": f">= {GOAL_SPEEDUP:g}x",
+            "export_parity": parity,
         }
         doc["goal_status"] = "PASS" if doc["speedup_today_over_cache"] >= GOAL_SPEEDUP \
             else "FAIL"
@@ -150,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{doc['cache_and_computed_identical']}; today's path is "
           f"{doc['today_vs_cache_max_abs_diff']:.2g} away at most "
           f"({doc['today_vs_cache_top1_changes']} top-1 changes)")
+    print(f"export's parity check (the exported model on decoded photos against the app's "
+          f"answers from features computed on {device}): max {parity.get('max_abs_diff'):.2g} "
+          f"on {parity.get('images')} validation photos, tolerance {parity.get('tolerance')}, "
+          f"{parity.get('top1_mismatches')} top-1 changes")
     return 0
 
 
