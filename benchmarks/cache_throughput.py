@@ -563,7 +563,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                  (cli_onnx or cli_keras).seconds / warm_cli.seconds if warm_cli else None,
                  GOAL_WARM_SPEEDUP),
         ]
-        out = {
+        out |= {
             "rows": rows, "compute_rate": compute.rate, "goals": goals, "checks": checks,
             "decode": decode,
             "environment": {
