@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--top", type=int, default=3, help="how many labels per image")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache folder whose photos are answered from their cached "
+                        "features (default: the user cache directory); never written")
     p.add_argument("--sort-into", default=None, metavar="OUT",
                    help="file the photos into OUT/<class>/ and OUT/_unknown/ by the answers "
                         "(copies; journaled in OUT, never overwriting); see --dry-run, --undo")
@@ -419,7 +422,9 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
         return EXIT_CANCELLED if result.cancelled else EXIT_OK
     if args.top < 1:
         raise SettingsError(f"--top must be at least 1, got {args.top}")
-    predictor = Predictor.from_dir(args.model_dir)
+    from app.core.base.paths import user_cache_dir
+
+    predictor = Predictor.from_dir(args.model_dir, args.cache_dir or user_cache_dir())
     preds = predictor.predict(args.paths, top_k=args.top, progress=bar, cancel=cancel)
     if args.sort_into:
         return _sort(args, preds, bar, cancel)

@@ -130,7 +130,7 @@ def _run(work: Path) -> None:
     _step("predict")
     from app.core.delivery.predict import Predictor
 
-    exported = Predictor.from_dir(out).predict(files, top_k=len(CLASSES))
+    exported = Predictor.from_dir(out, cache).predict(files, top_k=len(CLASSES))
     in_app = run.predictor().predict(files, top_k=len(CLASSES))
     worst = 0.0
     for a, b in zip(exported, in_app):

@@ -397,7 +397,7 @@ class Session(QObject):
         def job(progress: ProgressCallback, cancel: CancelToken):
             from app.core.pipeline.opened import open_model
 
-            return open_model(folder)
+            return open_model(folder, self.cache_dir or user_cache_dir())
 
         return job
 

@@ -57,6 +57,14 @@ def compute_precision() -> str:
     return "mixed_float16" if os.path.exists("/dev/nvidia0") else "float32"
 
 
+def precision_settled() -> bool:
+    """Whether :func:`compute_precision` already says the truth without :func:`configure`
+    (forced, configured, or no NVIDIA device to guess from): then nothing needs TensorFlow
+    imported to know how features are computed."""
+    return (bool(os.environ.get(PRECISION_ENV, "").strip()) or _configured is not None
+            or not os.path.exists("/dev/nvidia0"))
+
+
 def compute_signature() -> str:
     """What besides the weights changes the numbers a backbone gives: backend and precision."""
     return f"{keras_backend_name()}-{compute_precision()}"

@@ -314,6 +314,30 @@ def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
         return keras.Model(features.input, probs, name="bottleneck_studio_classifier")
 
 
+def taps_extractor(spec: BackboneSpec, model: keras.Model) -> keras.Model:
+    """The cache's extractor (uint8 pixels -> ``[main, aux1, aux2]`` pooled taps, as
+    :func:`~app.core.features.backbones.build_extractor` makes it) on the frozen backbone
+    inside a head-mode :func:`classifier_model` (one just built, or loaded from a model
+    folder): what Predict runs for photos that are not in the cache, with no weights file."""
+    import keras
+
+    from app.core.features.backbones import build_extractor, pixel_input, pool_taps
+
+    with KERAS_BUILDS:
+        names = {layer.name for layer in model.layers}
+        if f"{spec.name}_taps" in names:  # a model answering with the average
+            inp, x = pixel_input(spec)
+            out = pool_taps(*model.get_layer(f"{spec.name}_taps")(x))
+            extractor = keras.Model(inp, out, name=f"{spec.name}_extractor")
+            extractor.trainable = False
+            return extractor
+        base = next((layer for layer in model.layers if isinstance(layer, keras.Model)
+                     and layer.name != "main_head"), None)
+        if base is None:
+            raise ValueError("the model holds no backbone to extract taps with")
+        return build_extractor(spec, "none", backbone=base)
+
+
 def answer_taps(spec: BackboneSpec, result: TrainResult) -> tuple[str, str] | None:
     """The backbone layers a run answering with the average reads its aux taps from (those
     the cache pooled in the head mode, the top blocks' in the fine-tune mode); None when it

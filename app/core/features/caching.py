@@ -3,7 +3,9 @@
 The job scans the data folder, filters out what the store already holds (and checks it), and
 hands the rest to an engine: this process (:mod:`.engines.local`) or a Ray cluster
 (:mod:`.engines.ray`), both calling the same decode function and the same extractor
-(:mod:`.extract`). With nothing to compute, Keras is never imported.
+(:mod:`.extract`; :mod:`.runtime` picks ONNX Runtime or Keras). With nothing to compute,
+Keras is never imported; with the backbone's ONNX graph already in the cache folder and a CPU,
+neither is TensorFlow.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from app.core.base.jobs import CancelToken, ProgressCallback, no_progress
 from app.core.base.paths import user_cache_dir
 from app.core.features.backbones import DEFAULT_BACKBONE, BackboneSpec, get_spec
 from app.core.features.engines.local import LocalEngine, PrecisionChanged
-from app.core.features.extract import Decoder, ExtractorFactory, keras_extractor
+from app.core.features.extract import Decoder, ExtractorFactory
 from app.core.intake.dataset import Dataset, Skipped, SplitSpec, scan_dataset
 from app.core.intake.imaging import PREPROCESS_VERSION, load_rgb
 from app.core.storage.store import CUT, FeatureStore
@@ -83,14 +85,15 @@ class CacheJob:
     engine: str = "local"  # "local": this process | "ray": a Ray cluster (engines/)
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray on this machine
     read_only: bool | None = None  # never write the cache (None: when it is not writable)
-    extractor: ExtractorFactory = keras_extractor  # pixels -> features (features/extract.py)
+    # pixels -> features (features/extract.py); None: the fastest engine here (runtime.py)
+    extractor: ExtractorFactory | None = None
     decoder: Decoder = load_rgb  # file -> pixels, in the local engine's decode threads
 
     def _engine(self, spec: BackboneSpec, store: FeatureStore):
         if self.engine == "ray":
             from app.core.features.engines.ray import RayEngine
 
-            if self.decoder is not load_rgb or self.extractor is not keras_extractor:
+            if self.decoder is not load_rgb or self.extractor is not None:
                 raise SettingsError("the Ray engine decodes and extracts on its workers "
                                     "with the app's own decoder and extractor")
 
@@ -137,10 +140,11 @@ class CacheJob:
                     bad.update(failed)
                     break
                 device = engine.device
+                engine_notes = list(getattr(engine, "notes", []))
             if bad:
                 ds = ds.without(bad)
             disk = _disk_bytes(store, key, len(first_path))
-            notes = list(store.notes)
+            notes = list(store.notes) + engine_notes
         seconds = time.perf_counter() - start
         n_computed = sum(1 for r in ds.images if r.digest in computed)
         result = CacheResult(

@@ -1,9 +1,11 @@
 """The extractor interface every caching engine uses: pixels in, one array per stored name out.
 
 One factory builds the frozen Keras extractor in the precision a model key names
-(:func:`keras_extractor`); an engine (this process, a Ray actor) only calls ``predict``. A
-caller may hand :class:`~app.core.features.caching.CacheJob` another factory with the same
-signature: the benchmarks measure the pipeline with an extractor that costs nothing, and the
+(:func:`keras_extractor`); :func:`app.core.features.runtime.best_extractor`, the engines'
+default, runs the same model as an ONNX graph where ONNX Runtime is installed. An engine (this
+process, a Ray actor) only calls ``predict``. A caller may hand
+:class:`~app.core.features.caching.CacheJob` another factory with the same signature: the
+benchmarks measure the pipeline with an extractor that costs nothing, and the
 tests one that runs out of memory or overflows. Beside it, the two rules both engines share:
 how a model key is registered in the store (:func:`register`), and which failures are
 remembered (:func:`remember_failures`: content that cannot be decoded, never a transient
@@ -26,8 +28,14 @@ if TYPE_CHECKING:
     import keras
 
 
+class PrecisionChanged(Exception):
+    """The device turned out to compute in another precision than the model key assumed."""
+
+
 class Extractor(Protocol):
-    """What an engine needs of an extractor."""
+    """What an engine needs of an extractor. It may also say where it runs (``device``, e.g.
+    "CPU, ONNX Runtime", read after its runs: a fallback changes it) and carry one-line
+    ``notes`` for the user (why it is not the fastest engine)."""
 
     names: tuple[str, ...]  # the store's names of the outputs: TAPS, or (CUT,)
     shapes: dict[str, tuple[int, ...]]  # per name, one image's output shape
@@ -52,9 +60,11 @@ def output_names(cut: bool) -> tuple[str, ...]:
 class KerasExtractor:
     """A frozen Keras model as an :class:`Extractor`."""
 
-    def __init__(self, model: keras.Model, names: tuple[str, ...]) -> None:
+    def __init__(self, model: keras.Model, names: tuple[str, ...], device: str = "") -> None:
         self.model, self.names = model, names
         self.shapes = {n: tuple(o.shape[1:]) for n, o in zip(names, model.outputs)}
+        self.device = device or keras_device()
+        self.notes: list[str] = []
 
     def predict(self, pixels: np.ndarray) -> list[np.ndarray]:
         res = self.model.predict_on_batch(pixels)
@@ -66,7 +76,13 @@ class KerasExtractor:
 def keras_extractor(spec: BackboneSpec, weights: str, precision: str, cut: bool,
                     progress: ProgressCallback, cancel: CancelToken) -> KerasExtractor:
     """The frozen extractor of the pooled taps (or of the fine-tune cut), built in
-    ``precision`` ('float32' or 'mixed_float16'), scaling inside the graph."""
+    ``precision`` ('float32' or 'mixed_float16'), scaling inside the graph. Raises
+    :class:`PrecisionChanged` when the device computes in another precision."""
+    from app.core.base import device as dev
+
+    dev.configure()
+    if dev.compute_precision() != precision:
+        raise PrecisionChanged()
     import keras
 
     from app.core.features.backbones import build_extractor
@@ -83,6 +99,15 @@ def keras_extractor(spec: BackboneSpec, weights: str, precision: str, cut: bool,
         finally:
             keras.config.set_dtype_policy(previous)
     return KerasExtractor(model, output_names(cut))
+
+
+def keras_device() -> str:
+    """Where Keras computes, and that it is Keras: 'CPU, Keras/TensorFlow'."""
+    from app.core.base import device as dev
+
+    backend = dev.keras_backend_name()
+    pretty = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}.get(backend, backend)
+    return f"{dev.configure()}, Keras/{pretty}"
 
 
 def register(store: FeatureStore, key: str, spec: BackboneSpec,

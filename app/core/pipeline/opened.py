@@ -51,13 +51,14 @@ class OpenedModel:
         return copy_model(self.folder, out_dir, threshold)
 
 
-def open_model(folder: str | Path) -> OpenedModel:
-    """Read a model folder (every file checked): its predictor, its kept evaluation or why
-    there is none, its training curves."""
+def open_model(folder: str | Path, cache_dir: str | Path | None = None) -> OpenedModel:
+    """Read a model folder (every file checked): its predictor (answering photos already in
+    the feature cache ``cache_dir`` from their cached taps), its kept evaluation or why there
+    is none, its training curves."""
     from app.core.delivery.export import read_history
     from app.core.delivery.predict import Predictor
     from app.core.pipeline.review import saved_review
 
-    predictor = Predictor.from_dir(folder)
+    predictor = Predictor.from_dir(folder, cache_dir)
     saved, why = saved_review(folder, predictor.classes)
     return OpenedModel(str(folder), predictor, saved, why, read_history(folder))

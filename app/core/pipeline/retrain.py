@@ -132,7 +132,7 @@ def train(choice: RunChoice, dataset: Dataset, cache: CacheResult | None = None,
     result = replace(judged.result, model_key=cache.model_key, backbone=choice.backbone,
                      weights=choice.weights)
     return TrainedModel(dataset, judged.splits, result, judged.trust, judged.evaluation,
-                        tuple(warnings)), cache
+                        tuple(warnings), str(cache_dir) if cache_dir else None), cache
 
 
 def _key_of(choice: RunChoice, cache: CacheResult) -> str:

@@ -35,6 +35,7 @@ class TrainedModel:
     trust: Trust
     evaluation: Evaluation | None
     training_warnings: tuple[str, ...] = ()
+    cache_dir: str | None = None  # where its features are cached (None: the user's cache)
 
     reviewable = True  # its review is made from its splits' cached features
 
@@ -119,12 +120,21 @@ class TrainedModel:
 
     def predictor(self) -> Predictor:
         """The in-app classifier (backbone + heads in memory, answering as the export
-        does), without exporting."""
+        does), without exporting. A head-mode model answers photos already in its cache from
+        their cached taps (float32 keys: a GPU's mixed-float16 features are computed by
+        TensorFlow, not by the predictor's float32 backbone)."""
+        from app.core.base.paths import user_cache_dir
         from app.core.delivery.export import answer_taps, classifier_model
-        from app.core.delivery.predict import Predictor
+        from app.core.delivery.predict import CachedTaps, Predictor
+        from app.core.features.backbones import weights_fingerprint
 
         result = self.current()
         spec = get_spec(result.backbone)
         model = classifier_model(spec, result.weights, result.head, result.base,
                                  self.trust.temperature, answer_taps(spec, result))
-        return Predictor(model, result.classes, spec.input_size, unknown=self.trust.detector)
+        cached = None
+        if result.settings.mode == "head" and key_precision(result.model_key) == "float32":
+            cached = CachedTaps(Path(self.cache_dir or user_cache_dir()), result.model_key,
+                                spec, weights_fingerprint(spec, result.weights))
+        return Predictor(model, result.classes, spec.input_size, unknown=self.trust.detector,
+                         cached=cached)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -264,6 +266,9 @@ class FeaturesPage(QWidget):
         if p.stage == "scan":
             self.rate.setText(f"reading files {p.done}/{p.total}")
             return
+        if p.stage == "convert":  # the backbone's ONNX graph, made once per backbone
+            self.rate.setText(f"making the {p.message}…" if p.done < p.total else p.message)
+            return
         self.bar.setRange(0, max(1, p.total))
         self.bar.setValue(p.done)
         self.rate.setText(f"{p.rate:.1f} images/s · ETA {duration(p.eta)}")
@@ -284,6 +289,8 @@ class FeaturesPage(QWidget):
                               f"{duration(result.seconds)}")
         done = (f"{result.computed} computed, {result.reused} reused from the cache, "
                 f"{len(result.skipped)} skipped. Backbone ran on: {result.device}.")
+        for note in result.notes:  # why not the fastest engine, a cache moved aside
+            done += f" {html.escape(note[:1].upper() + note[1:])}."
         if result.disk_bytes:
             what = "cut tensors" if result.mode == "finetune" else "features"
             done += f" The cached {what} take {size_text(result.disk_bytes)} on disk."

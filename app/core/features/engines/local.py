@@ -2,14 +2,17 @@
 process, every batch committed to the store on its own (a killed or cancelled run resumes
 where it stopped).
 
-The extractor is built on first use, after the first batches were handed to the decode pool,
-so TensorFlow's import and the model build overlap the first decodes. Digests another process
-claimed are waited for, and this process's claims are kept fresh while it computes.
+The extractor (by default :func:`app.core.features.runtime.best_extractor`: ONNX Runtime
+where it is installed, its graph kept in the cache folder, else Keras) is built on first use,
+after the first batches were handed to the decode pool, so its start overlaps the first
+decodes. Digests another process claimed are waited for, and this process's claims are kept
+fresh while it computes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -25,11 +28,12 @@ from app.core.features.extract import (
     Decoder,
     Extractor,
     ExtractorFactory,
-    keras_extractor,
+    PrecisionChanged,
     register,
     remember_failures,
 )
 from app.core.features.keys import features_key, key_precision
+from app.core.features.runtime import best_extractor
 from app.core.intake.imaging import ImageError, load_rgb
 from app.core.storage.store import FeatureBatch, FeatureStore, NonFiniteFeatures, StoreError
 
@@ -39,8 +43,7 @@ WRITE_AHEAD_BATCHES = 2  # computed batches waiting for the writer, at most
 WAIT_POLL_SECONDS = 0.5
 
 
-class PrecisionChanged(Exception):
-    """The device turned out to compute in another precision than the model key assumed."""
+__all__ = ["LocalEngine", "PrecisionChanged"]
 
 
 class _ClaimHeartbeat:
@@ -149,14 +152,17 @@ class LocalEngine:
 
     def __init__(self, spec: BackboneSpec, weights: str, mode: str, store: FeatureStore,
                  batch_size: int, workers: int,
-                 extractor: ExtractorFactory = keras_extractor,
+                 extractor: ExtractorFactory | None = None,
                  decoder: Decoder = load_rgb) -> None:
         self.spec, self.weights, self.mode, self.store = spec, weights, mode, store
         self.cut = mode == "finetune"  # the fine-tune cut (one tensor, into shards)
         self.batch_size = max(1, batch_size)
         self.workers = workers
-        self.factory, self.decoder = extractor, decoder
-        self.device = "none (nothing to compute)"
+        # the default keeps its ONNX graphs in this store's folder
+        self.factory = extractor or functools.partial(best_extractor, cache_dir=store.dir)
+        self.decoder = decoder
+        self._idle = "none (nothing to compute)"
+        self._where = ""  # where an extractor that does not say so computes
         self.key = ""
         self._extractor: Extractor | None = None
         self._buffers: list[np.ndarray] = []  # the ring of batch buffers (_next_buffer)
@@ -176,17 +182,30 @@ class LocalEngine:
         return self.key
 
     @property
+    def device(self) -> str:
+        """Where the features were computed ('CPU, ONNX Runtime', 'GPU: ..., Keras/TensorFlow');
+        read after the run: an extractor that falls back says so."""
+        if self._extractor is None:
+            return self._idle
+        return getattr(self._extractor, "device", "") or self._where
+
+    @property
+    def notes(self) -> list[str]:
+        """One line each on why the fastest engine was not used (the extractor's notes)."""
+        return list(getattr(self._extractor, "notes", None) or [])
+
+    @property
     def extractor(self) -> Extractor:
         if self._extractor is None:
-            from app.core.base import device as dev
-
-            self.device = dev.configure()
             precision = key_precision(self.key)
-            if dev.compute_precision() != precision:
-                raise PrecisionChanged()
-            self._extractor = self.factory(self.spec, self.weights, precision, self.cut,
-                                           self._progress, self._cancel)
-            register(self.store, self.key, self.spec, self._extractor.shapes)
+            made = self.factory(self.spec, self.weights, precision, self.cut, self._progress,
+                                self._cancel)  # raises PrecisionChanged for a wrong guess
+            if not getattr(made, "device", ""):
+                from app.core.base import device as dev
+
+                self._where = dev.configure()
+            self._extractor = made
+            register(self.store, self.key, self.spec, made.shapes)
         return self._extractor
 
     def compute(self, todo: list[str], paths: dict[str, str], progress: ProgressCallback,
@@ -196,8 +215,8 @@ class LocalEngine:
         when the device computes in another precision than the key assumed. Returns the
         digests whose features are now stored, and the failures (digest -> reason)."""
         self._progress, self._cancel = progress, cancel
-        if self.device.startswith("none"):
-            self.device = "none (nothing could be decoded)"
+        if self._extractor is None:
+            self._idle = "none (nothing could be decoded)"
         meter = RateMeter(len(todo))
         computed: set[str] = set()
         bad: dict[str, str] = {}

@@ -2,8 +2,10 @@
 
 Ray Data reads the list of images still missing from the store, decodes them with
 :func:`app.core.intake.imaging.load_rgb` in CPU tasks, and runs them through the same extractor
-(:func:`app.core.features.backbones.build_extractor` or the fine-tune cut) in an actor pool, one
-actor per GPU (or one on the CPU): the model loads once per actor. Each actor writes its results
+(:func:`app.core.features.runtime.best_extractor`: the pooled taps or the fine-tune cut, as an
+ONNX graph kept in the cache folder where ONNX Runtime is installed, else the Keras model) in
+an actor pool, one actor per GPU (or one on the CPU): the model loads once per actor, and says
+where it computes in the manifest it returns. Each actor writes its results
 as a Parquet shard keyed by content digest into ``ray-results/`` beside the store (written to a
 temporary name, then renamed, so a shard is whole or absent) and returns only a small manifest;
 this process merges each shard into the same store in one transaction, then deletes it, so the
@@ -35,7 +37,7 @@ import numpy as np
 from app.core.base.errors import UserError
 from app.core.base.jobs import CancelToken, ProgressCallback, RateMeter
 from app.core.features.backbones import BackboneSpec, get_spec
-from app.core.features.extract import keras_extractor, output_names, register, remember_failures
+from app.core.features.extract import output_names, register, remember_failures
 from app.core.features.keys import features_key, key_precision
 from app.core.storage.store import CUT, TAPS, FeatureBatch, FeatureStore
 
@@ -279,12 +281,11 @@ class ExtractActor:
     manifest (digest, shard, error, transient)."""
 
     def __init__(self, backbone: str, weights: str, precision: str, cut: bool, key: str,
-                 out_dir: str) -> None:
-        from app.core.base import device
+                 out_dir: str, cache_dir: str | None = None) -> None:
+        from app.core.features.runtime import best_extractor
 
-        device.configure()
-        self.extractor = keras_extractor(get_spec(backbone), weights, precision, cut,
-                                         lambda _: None, CancelToken())
+        self.extractor = best_extractor(get_spec(backbone), weights, precision, cut,
+                                        lambda _: None, CancelToken(), cache_dir)
         self.names = self.extractor.names
         self.key, self.out_dir = key, Path(out_dir)
 
@@ -305,18 +306,22 @@ class ExtractActor:
     def __call__(self, batch: dict) -> dict:
         out = self.features(batch)
         shard = write_shard(self.out_dir, self.key, self.names, out)
-        return {"digest": out["digest"], "shard": np.array([shard] * len(out["digest"])),
-                "error": out["error"], "transient": out["transient"]}
+        n = len(out["digest"])
+        where = getattr(self.extractor, "device", "") or "Keras"
+        return {"digest": out["digest"], "shard": np.array([shard] * n),
+                "error": out["error"], "transient": out["transient"],
+                "device": np.array([where] * n)}
 
 
 def compute(todo: list[str], paths: dict[str, str], backbone: str, weights: str, key: str,
             store: FeatureStore, batch_size: int, progress: ProgressCallback,
-            cancel: CancelToken, gpus: int, cut: bool = False
-            ) -> tuple[set[str], dict[str, str]]:
+            cancel: CancelToken, gpus: int, cut: bool = False,
+            devices: set[str] | None = None) -> tuple[set[str], dict[str, str]]:
     """Compute ``todo`` on the cluster and merge each returned batch into ``store``.
 
     Returns the digests computed and the failures (digest -> reason); failures of content
-    are remembered as bad, transient ones are not, as the local engine does."""
+    are remembered as bad, transient ones are not, as the local engine does. ``devices``
+    collects where the actors said they computed."""
     ray = _import_ray()
 
     spec = get_spec(backbone)
@@ -326,7 +331,7 @@ def compute(todo: list[str], paths: dict[str, str], backbone: str, weights: str,
                         batch_size=batch_size, batch_format="numpy")
     ds = ds.map_batches(ExtractActor, fn_constructor_kwargs={
         "backbone": backbone, "weights": weights, "precision": key_precision(key), "cut": cut,
-        "key": key, "out_dir": str(folder)},
+        "key": key, "out_dir": str(folder), "cache_dir": str(store.dir)},
         batch_size=batch_size, batch_format="numpy", concurrency=max(1, gpus),
         num_gpus=1 if gpus else 0)
     meter = RateMeter(len(todo))
@@ -335,6 +340,8 @@ def compute(todo: list[str], paths: dict[str, str], backbone: str, weights: str,
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         if cancel.cancelled:
             break
+        if devices is not None and "device" in batch:
+            devices.update(str(d) for d in batch["device"])
         for shard in dict.fromkeys(str(s) for s in batch["shard"]):
             good, failures = merge_shard(store, key, folder / shard, cut, spec.name)
             computed.update(good)
@@ -367,8 +374,9 @@ class RayEngine:
         self.key = features_key(self.spec, self.weights, self.mode, signature)
         # shards a killed job wrote but did not merge count as computed already
         merge_leftovers(self.store, self.key, self.cut, self.spec.name)
-        where = f"{self.gpus} GPU(s)" if self.gpus else "CPU"
-        self.device = f"Ray ({where}, {signature})"
+        self._where = f"{self.gpus} GPU(s)" if self.gpus else "CPU"
+        self._signature = signature
+        self.device = f"Ray ({self._where}, {signature})"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -379,5 +387,12 @@ class RayEngine:
 
     def compute(self, todo: list[str], paths: dict[str, str], progress: ProgressCallback,
                 cancel: CancelToken) -> tuple[set[str], dict[str, str]]:
-        return compute(todo, paths, self.spec.name, self.weights, self.key, self.store,
-                       self.batch_size, progress, cancel, self.gpus, cut=self.cut)
+        devices: set[str] = set()
+        try:
+            return compute(todo, paths, self.spec.name, self.weights, self.key, self.store,
+                           self.batch_size, progress, cancel, self.gpus, cut=self.cut,
+                           devices=devices)
+        finally:
+            if devices:  # e.g. "Ray (CPU, tensorflow-float32; CPU, ONNX Runtime)"
+                self.device = (f"Ray ({self._where}, {self._signature}; "
+                               f"{', '.join(sorted(devices))})")
