@@ -576,7 +576,7 @@ def _sort(args: argparse.Namespace, preds, bar: ProgressBar, cancel: CancelToken
     from app.core.intake.sorting import filed_in, sort_into, sort_plan
     from app.core.storage.store import FeatureStore
 
-    with FeatureStore(user_cache_dir()) as store:
+    with FeatureStore(args.cache_dir or user_cache_dir()) as store:
         filed = filed_in(args.sort_into, store, bar, cancel)
     plan = sort_plan(preds, args.sort_into, filed)
     doc = {"plan": plan.counts(), "errors": [{"path": p, "error": e} for p, e in plan.errors],

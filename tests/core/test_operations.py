@@ -85,7 +85,7 @@ def test_the_cli_undo_of_a_sort_takes_back_the_sort_only(tmp_path, monkeypatch, 
 
     class Fixed:
         @classmethod
-        def from_dir(cls, _folder):
+        def from_dir(cls, _folder, *_cache):
             return cls()
 
         def predict(self, paths, **_kwargs):
