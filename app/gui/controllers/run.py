@@ -155,7 +155,11 @@ class RunControl(QObject):
             page.show_progress(p)
             self.activity.update_text(worker, progress_text(name, p))
 
-        worker = self.jobs.start(name, job, on_result=on_result, on_progress=progressed,
+        def finished(result):  # the run has ended: its page shows what is kept, not a run
+            page.set_running(False)
+            on_result(result)
+
+        worker = self.jobs.start(name, job, on_result=finished, on_progress=progressed,
                                  on_error=page.show_error, on_done=done)
         self.activity.track(worker, f"{name.capitalize()}…")
         self.heavy = worker
