@@ -380,3 +380,41 @@ def test_maybe_a_new_class_is_set_by_the_labelled_photos_own_scores():
     assert (own < model.novelty).mean() <= 1 - labeling.KEEP_KNOWN + 1 / len(own)
     assert labeling.suggest(model, photos[3]).new_class.mean() > 0.9
     assert labeling.suggest(model, labelled + 0.01).new_class.mean() <= 0.05
+
+
+def test_a_refresh_after_a_label_reads_only_new_photos_and_answers_as_a_fresh_one(
+        tmp_path, monkeypatch):
+    """A refresh built on the last one (the Label page's after every label) reads from the
+    store and caches only photos it has not seen, and shows what a refresh from nothing shows."""
+    from app.core.features.caching import CacheJob
+    from app.core.storage.store import FeatureStore
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pile = make_dataset(tmp_path / "pile", per_class=6)
+    photos = sorted(pile.rglob("*.jpg"))
+    for colour in {p.parent.name for p in photos}:
+        create_class(data, colour)
+    args = dict(backbone="tiny", weights="none", cache_dir=tmp_path / "cache", seed=3)
+    for photo in photos[:1] + photos[6:7] + photos[12:13]:  # one of each colour
+        label_image(data, photo, photo.parent.name)
+    first = labeling.refresh(data, pile, **args)
+
+    read, cached = [], []
+    real_load, real_run = FeatureStore.load_features, CacheJob.run
+    monkeypatch.setattr(FeatureStore, "load_features", lambda self, key, digests: (
+        read.extend(digests), real_load(self, key, digests))[1])
+    monkeypatch.setattr(CacheJob, "run", lambda self, *a, **k: (
+        cached.extend(r.path for r in self.data.images), real_run(self, *a, **k))[1])
+    label_image(data, photos[2], photos[2].parent.name)
+    new = tmp_path / "pile" / "late.jpg"
+    make_image(new, (200, 40, 40))
+    again = labeling.refresh(data, pile, previous=first, **args)
+    assert cached == [str(new)]  # the new photo alone: nothing read before is cached again
+    assert len(read) == 1
+    monkeypatch.undo()
+    fresh = labeling.refresh(data, pile, **args)
+    assert again.pool.paths == fresh.pool.paths and str(new) in fresh.pool.paths
+    assert again.pool.labelled_paths == fresh.pool.labelled_paths
+    np.testing.assert_allclose(again.pool.unsorted, fresh.pool.unsorted, atol=1e-6)
+    assert (again.suggestions.label == fresh.suggestions.label).all()
