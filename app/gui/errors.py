@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -30,7 +31,10 @@ def setup_logging() -> Path:
         handler = logging.FileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    # BOTTLENECK_STUDIO_LOG=debug: also what the user looks at (the current photo on the Label
+    # page, with its caption), for a support case or a scripted walk that follows the screen
+    debug = os.environ.get("BOTTLENECK_STUDIO_LOG", "").strip().lower() == "debug"
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
     return path
 

@@ -122,3 +122,38 @@ def test_a_message_goes_once_its_cause_is_fixed(qtbot, window, tmp_path, monkeyp
 def test_a_long_message_never_pushes_the_window_past_a_720_px_screen(qtbot, window):
     window.banner.show_error("a very long message " * 200, "Something failed", "x")
     assert window.minimumSizeHint().height() <= 690
+
+
+def test_the_refresh_never_searches_the_loaded_libraries_off_the_gui_thread(
+        qtbot, window, tmp_path, monkeypatch):
+    """The relaunch in the walk froze on a black window: the refresh job's BLAS limit searched
+    the loaded libraries (the loader's lock held, calling back into Python) in its worker while
+    another worker imported an extension module (the GIL held, waiting for that lock). The
+    search is done once on the GUI thread; the job only applies the limit."""
+    import threading
+
+    import threadpoolctl
+
+    searched, limited = [], []
+    real_init = threadpoolctl.ThreadpoolController.__init__
+    real_limit = threadpoolctl.ThreadpoolController.limit
+
+    def init(self, *args, **kwargs):
+        searched.append(threading.current_thread() is threading.main_thread())
+        real_init(self, *args, **kwargs)
+
+    def limit(self, *args, **kwargs):
+        limited.append(threading.current_thread() is threading.main_thread())
+        return real_limit(self, *args, **kwargs)
+
+    monkeypatch.setattr(threadpoolctl.ThreadpoolController, "__init__", init)
+    monkeypatch.setattr(threadpoolctl.ThreadpoolController, "limit", limit)
+    data = make_dataset(tmp_path / "data", per_class=2)
+    _pile(tmp_path, per_colour=1)
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    window.show_page("Label")
+    window.label_control.add([str(tmp_path / "pile")])
+    assert len(_view_ready(qtbot, window).pool.paths) == 3
+    assert limited and not any(limited)  # the refresh ran with the limit, in its worker
+    assert all(searched)  # never a search in a worker

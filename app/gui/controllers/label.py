@@ -62,6 +62,17 @@ def class_keys(slots: list[str], classes: list[str]) -> list[str]:
     return out
 
 
+def blas_controller():
+    """The process's BLAS libraries, found here on the GUI thread while no job runs: the
+    search (``dl_iterate_phdr`` calling back into Python with the loader's lock held) in a
+    worker thread deadlocked the window at launch against another thread loading an extension
+    module (which holds the GIL while it waits for that lock): a black window, for good."""
+    import numpy  # noqa: F401  (its OpenBLAS is what the limit is for)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 class LabelControl(QObject):
     """Handed its collaborators, never the window: the session (the folder, the choices, the
     cache folder), the job runner, the Label page, the preferences, the banner, and callables
@@ -91,6 +102,7 @@ class LabelControl(QObject):
         self.slots: list[str] = []  # the class of each key
         self._folder: str | None = None  # whose inbox and keys are loaded
         self.work = FileWork(jobs, page.ops, banner.show_warning, self)
+        self._blas = blas_controller()
         page.add_photos_requested.connect(self.choose_photos)
         page.add_folder_requested.connect(self.choose_inbox_folder)
         page.photos_dropped.connect(self.add)
@@ -236,15 +248,15 @@ class LabelControl(QObject):
         made_for = (str(root), backbone, weights)
         previous = self.view if self._view_for == made_for else None
 
-        def job(progress, cancel):
-            from threadpoolctl import threadpool_limits
+        blas = self._blas
 
+        def job(progress, cancel):
             from app.core.pipeline.labeling import refresh
 
             # one BLAS thread: this worker runs at a lower priority, and OpenBLAS's helper
             # threads, starved by any busy process, held each of the fit's thousands of small
             # products (a refresh of 700 photos took 60 s instead of 1.2 s beside one)
-            with threadpool_limits(1, user_api="blas"):
+            with blas.limit(limits=1, user_api="blas"):
                 return refresh(root, inbox, backbone, weights, cache_dir, groups=groups,
                                progress=progress, cancel=cancel, previous=previous)
 

@@ -12,6 +12,7 @@ last operation (Undo's arrow lists the others).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
@@ -33,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.base.errors import shown
+from app.gui.errors import log
 from app.gui.operations import OperationBar
 from app.gui.widgets import heading, hint
 
@@ -78,6 +80,12 @@ class PhotoGrid(QListWidget):
         self.setStyleSheet("PhotoGrid { border: 2px solid transparent; }"
                            "PhotoGrid:focus { border: 2px solid palette(highlight); }")
         self.paths: list[str] = []
+        self.currentItemChanged.connect(self._log_current)
+
+    def _log_current(self, item, _previous) -> None:
+        if item is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("Label page, %s: current photo %s [%s]", self.objectName(),
+                      item.data(Qt.ItemDataRole.UserRole), item.text().replace("\n", " | "))
 
     def set_photos(self, rows: list[tuple[str, str, str]]) -> None:
         """``rows``: (path, caption, tooltip)."""
@@ -255,9 +263,11 @@ class LabelPage(QWidget):
         self.queue = PhotoGrid("The photos to label next, most useful first: a class's key "
                                "files the selected ones, Enter accepts the suggestion shown, "
                                "Space skips, typing a letter chooses a class by name")
+        self.queue.setObjectName("label next")
         self.group_grid = PhotoGrid("A group of alike photos, most typical first (the least "
                                     "typical quarter is marked 'check'): Delete takes a photo "
                                     "out, then a class's key files the rest", icon=GROUP_ICON)
+        self.group_grid.setObjectName("groups")
         self.group_pick = QComboBox()
         self.group_pick.setToolTip("Which group of alike photos to show")
         self.group_pick.currentIndexChanged.connect(self._show_group)
