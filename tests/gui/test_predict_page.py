@@ -177,3 +177,26 @@ def test_save_csv_never_suggests_a_folder_of_the_training_data(qtbot, tmp_path, 
                         lambda *a, **k: (starts.append(a[2]), ("", ""))[1])
     page._save()
     assert starts == [str(tmp_path / "predictions.csv")]
+
+
+def test_the_sort_folder_is_chosen_among_folders_near_the_photos(qtbot, window, tmp_path,
+                                                                 monkeypatch):
+    """The walk: the sort's dialog opened in HOME and, a save dialog, could not choose an
+    existing folder (its path and Enter opened it). Now a folder dialog (New Folder for a new
+    one) that opens beside the photos' folder, and the folder chosen is what is sorted into."""
+    from PySide6.QtWidgets import QFileDialog
+
+    from app.core.delivery.predict import Prediction
+    from app.gui.session import Predicted
+
+    photos = tmp_path / "trip" / "day1"
+    photos.mkdir(parents=True)
+    window.predict.results = [Predicted(Prediction(str(photos / "a.jpg"), [
+        {"label": "red", "probability": 0.9}]), None)]
+    asked, sorted_into = [], []
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        lambda parent, title, start, *a, **k: (asked.append(start),
+                                                               str(tmp_path / "out"))[1])
+    monkeypatch.setattr(window.predict_control, "sort_predictions", sorted_into.append)
+    window.predict_control.choose_sort_folder()
+    assert asked == [str(tmp_path / "trip")] and sorted_into == [str(tmp_path / "out")]

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject
 from PySide6.QtWidgets import QFileDialog, QMessageBox, QStatusBar, QWidget
 
-from app.core.base.errors import shown
 from app.gui.operations import FileWork
 from app.gui.widgets import dialog_folder
 
@@ -75,19 +74,18 @@ class PredictControl(QObject):
 
     # --- sorting a folder by the answers ------------------------------------------------
     def choose_sort_folder(self) -> None:
-        """A folder to sort into: an existing one, or a new name (made when sorting)."""
-        images = self.page.images_dir
-        start = Path(dialog_folder(self.page.sort_dir, str(Path(images).parent)
-                                   if images else "", self.page.save_dir))
-        path, _ = QFileDialog.getSaveFileName(
-            self.dialog_parent, "Sort the photos into this folder (an existing one, or a new "
-            "name)", str(start / "sorted"), "", options=QFileDialog.Option.ShowDirsOnly
-            | QFileDialog.Option.DontConfirmOverwrite)
+        """A folder to sort into: an existing one, or a new one made with the dialog's New
+        Folder button. (A save dialog took a new name but no existing folder: a folder's path
+        typed and Enter opened it, and an open folder cannot be saved as.)"""
+        photos = [r.prediction.path for r in self.page.results if r.prediction.path]
+        near = str(Path(photos[0]).parent.parent) if photos else ""
+        data = self.session.data_dir
+        start = dialog_folder(self.page.sort_dir, near, str(data.parent) if data else "",
+                              self.page.save_dir)
+        path = QFileDialog.getExistingDirectory(
+            self.dialog_parent, "Sort the photos into this folder (New Folder makes one)",
+            start)
         if not path:
-            return
-        if Path(path).exists() and not Path(path).is_dir():
-            self.banner.show_warning(f"{shown(path)} is a file, not a folder: choose another "
-                                     "name.")
             return
         self.sort_predictions(path)
 
