@@ -465,3 +465,29 @@ def test_any_interleaving_keeps_every_photo_once_and_undo_restores(tmp_path_fact
         present = {digest_file(p)[0] for p in [*filed, *data.glob("l*.jpg"), *outside]
                    if p.exists()}
         assert present == contents
+
+
+def test_a_photo_waiting_in_not_sure_is_labelled_from_there_and_undo_puts_it_back(tmp_path):
+    """The walk: after File the rest, no photo left in _not_sure could be labelled ("filed
+    already as _not_sure/p153.jpg"), neither on the Label page (the _not_sure copy) nor by a
+    sort of the pile (the original). Filing it takes it out of _not_sure, as one operation."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for c in ("red", "green", "_not_sure"):
+        (data / c).mkdir()
+    inbox = _pile(tmp_path, n=3)
+    rest = file_photos(data, [Request(str(p), "_not_sure") for p in inbox], "rest", "rest")
+    assert len(rest.done) == 3 and _files(data) == [f"_not_sure/p{i}.jpg" for i in range(3)]
+    # the Label page files the copy in _not_sure; a sort files the pile's original
+    first = file_photos(data, [Request(str(data / "_not_sure" / "p0.jpg"), "red")])
+    second = file_photos(data, [Request(str(inbox[1]), "green")], "sort", "sort")
+    assert not first.refused and not second.refused
+    assert _files(data) == ["_not_sure/p2.jpg", "green/p1.jpg", "red/p0.jpg"]
+    assert all(p.exists() for p in inbox)  # the originals outside are never touched
+    # a photo in a class is still refused a second class
+    third = file_photos(data, [Request(str(inbox[0]), "green")])
+    assert third.refused and "filed already as red/p0.jpg" in third.refused[0][1]
+    undo(data, second.operation)
+    assert _files(data) == ["_not_sure/p1.jpg", "_not_sure/p2.jpg", "red/p0.jpg"]
+    undo(data, first.operation)
+    assert _files(data) == [f"_not_sure/p{i}.jpg" for i in range(3)]

@@ -29,6 +29,7 @@ from pathlib import Path
 from app.core.base.errors import bad_name_reason, os_error_message, shown
 from app.core.base.jobs import CancelToken, ProgressCallback, RateMeter, no_progress
 from app.core.intake import journal
+from app.core.intake.dataset import NOT_CLASSES
 from app.core.intake.journal import (
     CHUNK,
     JournalState,
@@ -193,9 +194,19 @@ def _plan(root: Path, req: Request, copy: bool | None, filed: dict[str, str],
     if req.digest is not None and digest != req.digest:
         raise LabelError(f"{shown(image)} changed since it was listed (not the photo shown); "
                          "nothing was changed: look at it again")
-    if digest in filed:
-        raise LabelError(f"{shown(image.name)} is filed already as {shown(filed[digest])}; "
-                         "a photo goes into one class only")
+    where = filed.get(digest)
+    if where is not None and where != source:
+        waiting = root / check_relative(root, where)
+        if where.split("/", 1)[0] not in NOT_CLASSES or not waiting.is_file():
+            raise LabelError(f"{shown(image.name)} is filed already as {shown(where)}; "
+                             "a photo goes into one class only")
+        # it waits in _not_sure or _unknown (File the rest, a sort): filing it, from there
+        # or from anywhere, takes it out of there (a move, undone by moving it back)
+        source, op, image = where, "move", waiting
+        target = check_relative(root, f"{cls}/{waiting.name}")
+        if (root / target).exists() or (root / target).is_symlink() or target in taken:
+            raise LabelError(f"{shown(root / target)} already exists; nothing was changed "
+                             "(rename one of them)")
     return Move(source, target, journal.new_id(), op, digest), image
 
 
