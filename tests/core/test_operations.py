@@ -491,3 +491,27 @@ def test_a_photo_waiting_in_not_sure_is_labelled_from_there_and_undo_puts_it_bac
     assert _files(data) == ["_not_sure/p1.jpg", "_not_sure/p2.jpg", "red/p0.jpg"]
     undo(data, first.operation)
     assert _files(data) == [f"_not_sure/p{i}.jpg" for i in range(3)]
+
+
+def test_a_sort_previews_and_files_the_photos_waiting_in_not_sure(tmp_path):
+    """The walk: the preview promised 154 copies and the sort then refused all 154 (they
+    waited in _not_sure). The preview says how many move out of _not_sure, the sort files
+    them, one that stays unsure stays where it is, and the undo puts them back."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for c in ("red", "green", "_not_sure"):
+        (data / c).mkdir()
+    inbox = _pile(tmp_path, n=3)
+    file_photos(data, [Request(str(p), "_not_sure") for p in inbox], "rest", "rest")
+    answers = _answers(inbox[:2]) + _answers([data / "_not_sure" / "p2.jpg"])
+    answers[2].top[0]["probability"] = 0.2  # stays unsure
+    plan = sort_plan(answers, data, filed_in(data), unsure_below=0.5)
+    assert plan.counts() == {"red": 2} and plan.waiting == 2
+    assert plan.already == [(str(data / "_not_sure" / "p2.jpg"), "_not_sure/p2.jpg")]
+    assert "2 photo(s) would be copied into" in plan.preview(data)
+    assert "(2 of them moved out of _not_sure or _unknown there)" in plan.preview(data)
+    filing = sort_into(data, plan)
+    assert not filing.refused and _files(data) == ["_not_sure/p2.jpg", "red/p0.jpg",
+                                                   "red/p1.jpg"]
+    undo(data, filing.operation)
+    assert _files(data) == [f"_not_sure/p{i}.jpg" for i in range(3)]

@@ -28,6 +28,8 @@ class SortPlan:
     errors: list[tuple[str, str]] = field(default_factory=list)
     already: list[tuple[str, str]] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # photo -> content, when known
+    waiting: int = 0  # of the photos to file, those waiting in the target's _not_sure or
+    # _unknown (filing moves them out of there rather than copying them again)
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.folders.items()}
@@ -38,7 +40,9 @@ class SortPlan:
 
     def preview(self, out: str | Path, verb: str = "copied") -> str:
         """What the confirmation shows: how many go where, how many are filed already."""
-        lines = [f"{self.to_file} photo(s) would be {verb} into {out}:"]
+        moved = (f" ({self.waiting} of them moved out of {UNSURE_FOLDER} or {UNKNOWN_FOLDER} "
+                 "there)" if self.waiting else "")
+        lines = [f"{self.to_file} photo(s) would be {verb} into {out}{moved}:"]
         lines += [f"  {folder}: {n}" for folder, n in self.counts().items()]
         if self.already:
             where = sorted({w.split('/')[0] for _p, w in self.already})
@@ -83,6 +87,7 @@ def sort_plan(predictions, out: str | Path | None = None,
     filed, digests = filed or {}, dict(digests or {})
     folders: dict[str, list[str]] = {}
     errors, already = [], []
+    waits, waiting = _waiting(root), 0
     for p in predictions:
         if p.error or not p.top:
             errors.append((p.path, p.error or "no answer"))
@@ -102,8 +107,24 @@ def sort_plan(predictions, out: str | Path | None = None,
             folder = UNSURE_FOLDER
         else:
             folder = p.top[0]["label"]
+        if root is not None and Path(p.path).expanduser().absolute().parent.resolve() == \
+                root / folder:  # a photo of _not_sure that stays unsure stays there
+            already.append((p.path, f"{folder}/{Path(p.path).name}"))
+            continue
+        waiting += bool(waits) and (digests.get(p.path) or _digest_or_none(p.path)) in waits
         folders.setdefault(folder, []).append(p.path)
-    return SortPlan(dict(sorted(folders.items())), errors, already, digests)
+    return SortPlan(dict(sorted(folders.items())), errors, already, digests, waiting)
+
+
+def _waiting(root: Path | None) -> set[str]:
+    """The contents of the photos in ``root``'s _not_sure and _unknown folders."""
+    found = set()
+    for name in (UNSURE_FOLDER, UNKNOWN_FOLDER):
+        folder = root / name if root is not None else None
+        if folder is not None and folder.is_dir():
+            found |= {d for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+                      and (d := _digest_or_none(str(f))) is not None}
+    return found
 
 
 def _in_class_folder(root: Path | None, path: str) -> str | None:
@@ -117,8 +138,8 @@ def _in_class_folder(root: Path | None, path: str) -> str | None:
     except ValueError:
         return None
     parts = rel.parts
-    if not parts or parts[0].startswith("."):
-        return None
+    if not parts or parts[0].startswith(".") or parts[0] in (UNSURE_FOLDER, UNKNOWN_FOLDER):
+        return None  # _not_sure and _unknown are no classes: their photos still to be filed
     return f"{parts[0]}/{p.name}"
 
 
