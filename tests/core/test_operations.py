@@ -503,7 +503,8 @@ def test_a_sort_previews_and_files_the_photos_waiting_in_not_sure(tmp_path):
         (data / c).mkdir()
     inbox = _pile(tmp_path, n=3)
     file_photos(data, [Request(str(p), "_not_sure") for p in inbox], "rest", "rest")
-    answers = _answers(inbox[:2]) + _answers([data / "_not_sure" / "p2.jpg"])
+    # the pile's p0, and p1 as the Predict page lists it when dropped from _not_sure
+    answers = _answers([inbox[0], data / "_not_sure" / "p1.jpg", data / "_not_sure" / "p2.jpg"])
     answers[2].top[0]["probability"] = 0.2  # stays unsure
     plan = sort_plan(answers, data, filed_in(data), unsure_below=0.5)
     assert plan.counts() == {"red": 2} and plan.waiting == 2
