@@ -478,6 +478,7 @@ def test_a_photo_waiting_in_not_sure_is_labelled_from_there_and_undo_puts_it_bac
     inbox = _pile(tmp_path, n=3)
     rest = file_photos(data, [Request(str(p), "_not_sure") for p in inbox], "rest", "rest")
     assert len(rest.done) == 3 and _files(data) == [f"_not_sure/p{i}.jpg" for i in range(3)]
+    assert rest.summary() == "Copied 3 photos (3 of them into _not_sure)"
     # the Label page files the copy in _not_sure; a sort files the pile's original
     first = file_photos(data, [Request(str(data / "_not_sure" / "p0.jpg"), "red")])
     second = file_photos(data, [Request(str(inbox[1]), "green")], "sort", "sort")

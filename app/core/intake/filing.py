@@ -118,6 +118,10 @@ class Filing:
             parts.append(f"copied {_photos(copied)}")
         if not parts:
             parts.append("filed no photo")
+        for folder in NOT_CLASSES:  # not a label: say how many went there
+            n = sum(m.target.split("/", 1)[0] == folder for m in self.done)
+            if n:
+                parts[-1] += f" ({n} of them into {folder})"
         if self.already:
             parts.append(f"{_photos(len(self.already))} {_were(len(self.already))} "
                          "already filed")
