@@ -447,6 +447,7 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
 def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     from pathlib import Path
 
+    from app.core import labeling
     from app.core.intake.filing import (
         LabelError,
         Request,
@@ -455,7 +456,6 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         operations,
         undo,
     )
-    from app.core.pipeline import labeling
 
     if args.seed < 0:
         raise SettingsError(f"--seed must be 0 or more, got {args.seed}")

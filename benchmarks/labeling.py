@@ -1,5 +1,5 @@
 """How many labels the app needs: an oracle labels what the app asks for, through the same code
-the window uses (app.core.pipeline.labeling: groups, suggestions, queue, the retrained model),
+the window uses (app.core.labeling: groups, suggestions, queue, the retrained model),
 and the test accuracy after N labels is printed for the app's order and for random order,
 side by side. The app's order also prints how often it says "maybe a new class" about the
 photos it asks of classes already labelled (a false alarm each: every class of the pool is
@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.core import labeling  # noqa: E402
 from app.core.features.caching import CacheJob  # noqa: E402
-from app.core.pipeline import labeling  # noqa: E402
 from app.core.pipeline.retrain import load_splits  # noqa: E402
 
 SHOW = 8  # typical photos a group shows

@@ -94,7 +94,7 @@ def main() -> int:
     home = scratch / "home"
     os.environ.update(BOTTLENECK_STUDIO_DATA=str(home / "data"),
                       BOTTLENECK_STUDIO_CONFIG=str(home / "config"))
-    from app.core.pipeline.labeling import prepare_pool
+    from app.core.labeling import prepare_pool
 
     t0 = time.perf_counter()
     prepare_pool(folder, [str(pile)], args.backbone, args.weights, scratch / "cache")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app import cli
+from app.core import labeling
 from app.core.intake import journal
 from app.core.intake.filing import (
     LabelError,
@@ -20,7 +21,6 @@ from app.core.intake.filing import (
     operations,
     undo_move,
 )
-from app.core.pipeline import labeling
 from tests.conftest import COLOURS, killed_after_journal, make_dataset, make_image
 
 

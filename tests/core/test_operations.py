@@ -367,7 +367,7 @@ def test_two_windows_filing_the_same_pile_put_no_photo_in_two_classes(tmp_path):
 
 
 def test_an_inbox_inside_the_data_folder_is_refused_not_made_a_class(tmp_path):
-    from app.core.pipeline.labeling import check_inbox
+    from app.core.labeling import check_inbox
 
     data = make_dataset(tmp_path / "d", per_class=1)
     (data / "unsorted").mkdir()

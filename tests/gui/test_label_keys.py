@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
-from app.core.pipeline.labeling import Ask, LabelingView, Pool, Queue, Suggestions
+from app.core.labeling import Ask, LabelingView, Pool, Queue, Suggestions
 from app.gui.controllers.label import class_keys
 from app.gui.pages.label import KEYS, ClassChooser, LabelPage
 

@@ -100,7 +100,7 @@ def test_a_refresh_never_moves_a_waiting_photo(qtbot):
     """Photos the user is about to label keep their places when the queue is refreshed."""
     import numpy as np
 
-    from app.core.pipeline.labeling import Ask, LabelingView, Pool, Queue
+    from app.core.labeling import Ask, LabelingView, Pool, Queue
     from app.gui.pages.label import LabelPage
 
     page = LabelPage()

@@ -109,7 +109,9 @@ def test_a_message_goes_once_its_cause_is_fixed(qtbot, window, tmp_path, monkeyp
     window.features.set_weights(str(bad))
     window.show_page("Label")
     window.label_control.add([str(tmp_path / "pile")])
-    qtbot.waitUntil(lambda: window.banner.isVisible(), timeout=60000)
+    # the failure reaches the banner and the page as two queued calls: wait for the page's
+    qtbot.waitUntil(lambda: window.banner.isVisible() and window.label_control.worker is None,
+                    timeout=60000)
     assert "could not be prepared" in window.label.summary.text()
     assert "Weights file" in window.label.summary.text()  # the fix is named, on this page
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))

@@ -1,6 +1,6 @@
 """The Label page's controller: the unsorted photos, one refresh task at a time, and filing.
 
-A refresh (scan, cache, fit, suggest, queue, group: ``app.core.pipeline.labeling.refresh``) runs
+A refresh (scan, cache, fit, suggest, queue, group: ``app.core.labeling.refresh``) runs
 in the generic worker with frozen inputs and returns a view; starting another cancels the
 previous one and disconnects it, so a stale view never arrives. Every filing is one operation
 of the data folder's journal (``app.core.intake.filing``): one photo is filed at once on the GUI
@@ -212,7 +212,7 @@ class LabelControl(QObject):
             self.session.set_choice(weights=path)  # the Features page follows the choice
 
     def add(self, paths: list[str]) -> None:
-        from app.core.pipeline.labeling import check_inbox
+        from app.core.labeling import check_inbox
 
         self._load_folder_state()
         if self.data_dir is not None:
@@ -251,7 +251,7 @@ class LabelControl(QObject):
         blas = self._blas
 
         def job(progress, cancel):
-            from app.core.pipeline.labeling import refresh
+            from app.core.labeling import refresh
 
             # one BLAS thread: this worker runs at a lower priority, and OpenBLAS's helper
             # threads, starved by any busy process, held each of the fit's thousands of small
@@ -407,7 +407,7 @@ class LabelControl(QObject):
             root, operation or None, progress=progress, cancel=cancel), done, failed)
 
     def _bulk(self, kind: str, at_least: float) -> None:
-        from app.core.pipeline import labeling
+        from app.core import labeling
 
         view = self.view
         if self._refused() or view is None or view.suggestions is None:

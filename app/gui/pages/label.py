@@ -1,6 +1,6 @@
 """The Label page: unsorted photos in, a sorted data folder out, with the keyboard.
 
-It shows what :func:`app.core.pipeline.labeling.refresh` computed (the queue with suggestions, the
+It shows what :func:`app.core.labeling.refresh` computed (the queue with suggestions, the
 groups, the classes) and turns keys and clicks into requests; the controller
 (``app.gui.labeling``) files the photos and asks for a refresh. Keys on a grid: a class's key
 (1-9, then 0: a class keeps its key when others are made) files the selected photos (on the
@@ -353,7 +353,7 @@ class LabelPage(QWidget):
 
     def show_view(self, view, data_dir: Path | None, keys: dict[str, str] | None = None
                   ) -> None:
-        """Show one refresh (app.core.pipeline.labeling.LabelingView); ``keys``: class ->
+        """Show one refresh (app.core.labeling.LabelingView); ``keys``: class ->
         its key (stable across refreshes; see ``app.gui.labeling.class_keys``)."""
         self.view = view
         pool = view.pool
