@@ -18,7 +18,9 @@ HARD_RANDOM_SHARE = 0.5  # and while the task is hard (a weak model's doubts mis
 COVER_FIRST = 40  # labels asked only to cover the photos' groups before margins join
 LATER_TYPICAL = 0.3  # then this share of a batch covers groups; the rest: margins, random
 HARD_TASK = 0.65  # below this out-of-fold accuracy, margins come from the denser photos only
-COVER_SAMPLE = 2000  # the queue's coverage groups are fitted on at most this many photos
+# the queue's coverage groups are fitted on at most this many photos (a run with 2,000 had
+# flowers5 1-3 points lower from 80 labels on: docs/benchmarks.md)
+COVER_SAMPLE = 5000
 
 
 @dataclass
