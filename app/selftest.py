@@ -8,7 +8,8 @@ Everything happens in a temporary folder; the user's cache and models are never 
 
 Prints one line per step and "self-test passed"; on any failure "self-test FAILED: <reason>"
 and the exit status is 1. ``BOTTLENECK_STUDIO_SELFTEST_FAIL=<step>`` makes that step fail on
-purpose (steps: data, cache, train, export, predict, window), so the failure path can be tested.
+purpose (steps: data, cache, weights, train, export, predict, window), so the failure path
+can be tested.
 """
 
 from __future__ import annotations
@@ -85,6 +86,29 @@ def _check_window(work: Path) -> str:
     return f"window ok ({app.platformName()}, shown and painted in {shown:.2f} s)"
 
 
+def _check_bundled_weights() -> str:
+    """The local weights file the installer bundled (the backbone it proposes offline): it
+    loads into its backbone, and two different photos give different, finite features."""
+    import numpy as np
+
+    from app.core.features.backbones import BACKBONES, build_extractor
+    from app.core.features.weights import bundled_choice
+
+    bundled = bundled_choice([n for n, spec in BACKBONES.items() if not spec.hidden])
+    if bundled is None:
+        return "bundled weights: none (ImageNet weights are downloaded on first use)"
+    name, path = bundled
+    spec = BACKBONES[name]
+    model = build_extractor(spec, str(path))  # pixels 0..255 -> [main, aux1, aux2]
+    rng = np.random.default_rng(0)
+    size = spec.image_size
+    x = np.stack([np.full((size, size, 3), 120.0), rng.uniform(0, 255, (size, size, 3))])
+    out = np.asarray(model.predict(x.astype("float32"), verbose=0)[0])
+    if not np.isfinite(out).all() or np.allclose(out[0], out[1]):
+        raise SelfTestError(f"the bundled weights {path.name} give no usable features")
+    return f"bundled weights ok ({spec.title}: {path.name})"
+
+
 def _run(work: Path) -> None:
     data, cache, model_dir = work / "photos", work / "cache", work / "model"
 
@@ -108,6 +132,9 @@ def _run(work: Path) -> None:
     _say(f"backbone runs on: {described()}")  # and, on the CPU, why not on a GPU
     if keras_backend_name() == "tensorflow" and (cuda := cuda_summary()):
         _say(f"CUDA libraries beside TensorFlow: {cuda}")
+
+    _step("weights")
+    _say(_check_bundled_weights())
 
     _step("train")
     result = run.run_training_isolated()  # in a child process, as the window trains

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # `make package`: the one-folder PyInstaller build, then (on Debian/Ubuntu) the .deb.
 #
-#   bash packaging/build.sh [--bundle-weights FILE] [--no-deb] [--skip-freeze]
+#   bash packaging/build.sh [--bundle-weights [BACKBONE=]FILE] [--no-deb] [--skip-freeze]
 #
-#   --bundle-weights FILE  copy FILE (a Keras .weights.h5 / .h5 of the default backbone, e.g.
-#                          inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5) into the
+#   --bundle-weights FILE  copy FILE (Keras' own ImageNet file, under the name Keras downloads,
+#                          e.g. inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5) into the
 #                          bundle as _internal/resources/weights/<its name>, so an offline
 #                          workstation works from the first launch. Same as BUNDLE_WEIGHTS=FILE.
+#   --bundle-weights BACKBONE=FILE
+#                          a local .weights.h5 file of real ImageNet weights for BACKBONE (e.g.
+#                          mobilenet_v2=...): _internal/resources/weights/BACKBONE/<its name>; on
+#                          a first launch the app proposes BACKBONE with it (the self-test
+#                          loads it), so it works offline out of the box.
 #   --no-deb               stop after dist/bottleneck-studio/
 #   --skip-freeze          reuse dist/bottleneck-studio/ as it is and only (re)make the .deb
 #   TF_VARIANT=cpu|full|gpu
@@ -42,6 +47,14 @@ while [ $# -gt 0 ]; do
 done
 
 [ -x "$PYTHON" ] || { echo "build.sh: $PYTHON not found (run 'make run' or 'make test' once)" >&2; exit 1; }
+WEIGHTS_FOR=""
+case "$WEIGHTS" in
+    *=*) WEIGHTS_FOR=${WEIGHTS%%=*}; WEIGHTS=${WEIGHTS#*=}
+         case "$WEIGHTS" in
+             *.weights.h5) ;;
+             *) echo "build.sh: $WEIGHTS_FOR=FILE takes a local .weights.h5 file" >&2; exit 1 ;;
+         esac ;;
+esac
 if [ -n "$WEIGHTS" ] && [ ! -f "$WEIGHTS" ]; then
     echo "build.sh: weights file $WEIGHTS not found" >&2; exit 1
 fi
@@ -139,9 +152,13 @@ fi
 
 rm -rf "$BUNDLE/_internal/resources/weights"
 if [ -n "$WEIGHTS" ]; then
-    mkdir -p "$BUNDLE/_internal/resources/weights"
-    cp "$WEIGHTS" "$BUNDLE/_internal/resources/weights/"
-    echo "bundled weights: resources/weights/$(basename "$WEIGHTS")"
+    # BACKBONE=FILE: a local .weights.h5 file for that backbone (what the app proposes offline);
+    # FILE alone: Keras' own download, under its own name
+    WHERE="$BUNDLE/_internal/resources/weights"
+    [ -n "$WEIGHTS_FOR" ] && WHERE="$WHERE/$WEIGHTS_FOR"
+    mkdir -p "$WHERE"
+    cp "$WEIGHTS" "$WHERE/"
+    echo "bundled weights: ${WHERE#"$BUNDLE/_internal/"}/$(basename "$WEIGHTS")"
 fi
 echo "bundle: $BUNDLE ($(du -sh "$BUNDLE" | cut -f1))"
 

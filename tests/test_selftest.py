@@ -47,3 +47,18 @@ def test_run_self_test_reports_exceptions(monkeypatch, capsys, tmp_path):
     assert selftest.run_self_test() == 1
     out = capsys.readouterr().out
     assert "self-test FAILED: SelfTestError: data step failed on purpose" in out
+
+
+def test_a_damaged_bundled_weights_file_fails_the_self_test(tmp_path, monkeypatch):
+    """The installer's bundled weights (the backbone proposed offline) are loaded by the
+    self-test: a damaged file fails it with a reason, and none bundled is said."""
+    import app.core.features.weights as weights
+    from app import selftest
+
+    monkeypatch.setattr(weights, "resources_dir", lambda: tmp_path / "resources")
+    assert "none" in selftest._check_bundled_weights()
+    folder = tmp_path / "resources" / "weights" / "mobilenet_v2"
+    folder.mkdir(parents=True)
+    (folder / "damaged.weights.h5").write_bytes(b"not weights")
+    with pytest.raises(Exception, match="damaged.weights.h5|signature|open"):
+        selftest._check_bundled_weights()

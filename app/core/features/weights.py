@@ -52,6 +52,27 @@ def resources_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "resources"
 
 
+def bundled_local(backbone: str) -> Path | None:
+    """A local weights file bundled with the installer for ``backbone``
+    (``resources/weights/<backbone>/<file>.weights.h5``, ``build.sh --bundle-weights
+    BACKBONE=FILE``): real ImageNet weights that are not Keras' own download, used as the
+    local weights file they are (their own cache key), so an offline machine works from the
+    first launch with the backbone the installer proposes."""
+    folder = resources_dir() / "weights" / backbone
+    files = sorted(folder.glob("*.weights.h5")) if folder.is_dir() else []
+    return next((f for f in files if f.is_file() and f.stat().st_size > 0), None)
+
+
+def bundled_choice(backbones) -> tuple[str, Path] | None:
+    """The first of ``backbones`` (names, in the order the app offers them) with a bundled
+    local weights file, and that file; None when the installer bundled none."""
+    for name in backbones:
+        found = bundled_local(name)
+        if found is not None:
+            return name, found
+    return None
+
+
 def keras_cache_dir(subdir: str = "models") -> Path:
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return Path(home) / subdir

@@ -60,6 +60,13 @@ class RunControl(QObject):
     def restore(self) -> None:
         """The choices remembered from the last session, on the pages and in the session."""
         p = self.prefs
+        if not p.backbone:  # a first launch: the backbone whose weights came with the app
+            from app.core.features.backbones import BACKBONES
+            from app.core.features.weights import bundled_choice
+
+            bundled = bundled_choice([n for n, s in BACKBONES.items() if not s.hidden])
+            if bundled is not None:
+                p.backbone, p.weights, p.weights_file = bundled[0], "file", str(bundled[1])
         if p.backbone:
             self.features.set_backbone(p.backbone)
         if p.weights_file:
