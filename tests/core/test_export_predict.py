@@ -177,7 +177,7 @@ def test_a_crash_between_renames_never_leaves_neither(trained, monkeypatch, tmp_
     target = tmp_path / "model"
     run.export(target)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
-    monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(export.folder, "_exchange", lambda a, b: False)
     real_rename = Path.rename
 
     def rename(self, dest):
