@@ -34,7 +34,7 @@ from app.core.pipeline.retrain import Retraining, load_splits  # noqa: E402
 from app.core.training.feeds import SplitData  # noqa: E402
 from app.core.training.fit import TrainSettings, train_head  # noqa: E402
 from app.core.trust.calibration import ece, fit_temperature, softmax  # noqa: E402
-from app.core.trust.fit import main_outputs  # noqa: E402
+from app.core.trust.fitting import main_outputs  # noqa: E402
 from app.core.trust.unknown import METHODS, auroc, fit_detector  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from app.core.intake.imaging import load_rgb
 from app.core.pipeline.retrain import Retraining, evaluate_head, evaluate_model_dir
 from app.core.training.fit import TrainSettings
 from app.core.trust.calibration import ece, fit_temperature, reliability, safe_temperature, softmax
-from app.core.trust.fit import Trust
+from app.core.trust.fitting import Trust
 from tests.conftest import make_dataset
 
 

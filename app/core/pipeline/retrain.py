@@ -22,7 +22,7 @@ from app.core.training.feeds import FeatureSource, SplitData
 from app.core.training.fit import TrainResult, TrainSettings, build_model, predict_split, train_head
 from app.core.trust.calibration import log_probs_as_logits, softmax
 from app.core.trust.evaluation import Evaluation, score
-from app.core.trust.fit import Trust, fit_trust, main_outputs
+from app.core.trust.fitting import Trust, fit_trust, main_outputs
 from app.core.trust.unknown import DEFAULT_METHOD
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from app.core.storage.model_folder import (
 )
 from app.core.trust.calibration import softmax
 from app.core.trust.evaluation import Evaluation
-from app.core.trust.fit import main_outputs
+from app.core.trust.fitting import main_outputs
 
 if TYPE_CHECKING:
     from app.core.pipeline.trained import TrainedModel

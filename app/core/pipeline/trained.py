@@ -15,7 +15,7 @@ from app.core.training.feeds import SplitData
 from app.core.training.fit import TrainResult
 from app.core.trust.calibration import softmax
 from app.core.trust.evaluation import Evaluation
-from app.core.trust.fit import Trust, main_outputs
+from app.core.trust.fitting import Trust, main_outputs
 
 if TYPE_CHECKING:
     from app.core.delivery.export import ExportReport

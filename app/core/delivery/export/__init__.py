@@ -83,7 +83,7 @@ from app.core.features.backbones import BackboneSpec, weights_fingerprint
 from app.core.intake.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from app.core.storage.model_folder import EVALUATION_FILE
 from app.core.training.fit import SplitData, TrainResult
-from app.core.trust.fit import Trust
+from app.core.trust.fitting import Trust
 
 __all__ = [
     "FORMATS", "MODEL_FILES", "MODEL_FORMAT_VERSION", "PARITY_IMAGES", "PARITY_TOLERANCE",

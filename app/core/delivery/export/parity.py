@@ -11,7 +11,7 @@ from app.core.delivery.export.report import PARITY_IMAGES, PARITY_TOLERANCE, Par
 from app.core.intake.imaging import ImageError, load_rgb
 from app.core.training.fit import SplitData, TrainResult
 from app.core.trust.calibration import softmax
-from app.core.trust.fit import main_outputs
+from app.core.trust.fitting import main_outputs
 
 if TYPE_CHECKING:
     import keras
