@@ -23,7 +23,6 @@ from app.core.labeling.model import (
     KEEP_KNOWN,
     NOVELTY_K,
     RECALIBRATE,
-    WARM_STEPS,
     LabelModel,
     Suggestions,
     _relative,
@@ -59,7 +58,7 @@ from app.core.labeling.queue import (
 __all__ = [
     "CLUSTER_SAMPLE", "COVER_FIRST", "COVER_SAMPLE", "HARD_TASK", "KEEP_KNOWN", "LOAD_CHUNK",
     "MIN_GROUP", "NOVELTY_K", "RANDOM_SHARE", "RECALIBRATE", "REGROUP", "TYPICAL_NEIGHBOURS",
-    "UNSURE_FOLDER", "WARM_STEPS", "Ask", "FeatureTable", "Group", "LabelModel", "LabelingView",
+    "UNSURE_FOLDER", "Ask", "FeatureTable", "Group", "LabelModel", "LabelingView",
     "Pool", "Queue", "Suggestions", "_relative", "accept_requests", "ask", "auto_groups",
     "centred", "check_inbox", "fit_model", "is_hard", "kmeans", "main_features", "make_groups",
     "next_batch", "photo_features", "prepare_pool", "refresh", "rest_requests",

@@ -6,7 +6,7 @@ for a photo less like the labelled photos than they are like each other."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,7 +26,6 @@ PSEUDO_WEIGHT = 0.5  # self-training: the unlabelled photos lent as labels weigh
 PSEUDO_ROWS = 2000  # and are at most this many (the fit's cost grows with its rows)
 REFIT_STEPS = 300  # the second fit, from where the first ended
 RECALIBRATE = 0.1  # a refresh fits the temperature again once the labels grew by this share
-WARM_STEPS = 100  # a fit that starts from the last refresh's answer to the same question
 
 
 @dataclass
@@ -44,9 +43,6 @@ class LabelModel:
     novelty: float = -math.inf  # below this relative likeness: maybe a new class
     calibrated: bool = False  # the temperature was fitted on out-of-fold answers
     labels: int = 0  # how many labels the temperature was fitted on
-    first: tuple | None = None  # the fit on the labels alone (where a next refresh starts)
-    half_fits: list = field(default_factory=list)  # each pool half's model, likewise
-    stable_halves: bool = False  # the halves were by content (each photo stays in its half)
     oof_accuracy: float | None = None  # how often out-of-fold answers were right
     centre: np.ndarray | None = None  # the mean unit feature of every photo it knows of
     pool: np.ndarray | None = None  # the unlabelled rows it was fitted with (the object)
@@ -121,15 +117,16 @@ def _fit_softmax(x: np.ndarray, y: np.ndarray, n: int, l2: float = 1e-3, steps: 
 
 
 def _self_trained(x: np.ndarray, y: np.ndarray, n: int, pool: np.ndarray | None,
-                  first: tuple[np.ndarray, np.ndarray] | None = None,
-                  warm: tuple[np.ndarray, np.ndarray] | None = None
+                  first: tuple[np.ndarray, np.ndarray] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Fit on the labelled rows (or start from ``first``, that fit), then once more with the
     unlabelled rows it is surest of as labels (the surer half of each suggested class, at most
     ``PSEUDO_ROWS``), weighing ``PSEUDO_WEIGHT`` of the labels in all: self-training, which
     measured +4.7 points on Oxford-17 and +1.3 on flowers5 at 120 random labels
-    (docs/benchmarks.md). ``warm``: the second fit starts there (the last refresh's answer to
-    the same question) and takes ``WARM_STEPS``."""
+    (docs/benchmarks.md). Each fit is a fixed number of steps from zero (from the first fit,
+    for the second): stopped early on purpose, so a fit that starts from the last refresh's
+    answer is not the same answer sooner but a sharper one (a walk's File the rest promised
+    2.8 wrong photos and filed 10 after 20 warm-started refreshes; fresh fits: 2.9 and 4)."""
     w, b = first if first is not None else _fit_softmax(x, y, n)
     if pool is None or not len(pool):
         return w, b
@@ -148,8 +145,7 @@ def _self_trained(x: np.ndarray, y: np.ndarray, n: int, pool: np.ndarray | None,
     weight = np.concatenate([np.ones(len(y)), np.full(len(take), PSEUDO_WEIGHT * len(y)
                                                       / len(take))])
     return _fit_softmax(np.concatenate([x, pool[take]]), np.concatenate([y, label[take]]), n,
-                        weight=weight, start=warm or (w, b),
-                        steps=WARM_STEPS if warm is not None else REFIT_STEPS)
+                        weight=weight, start=(w, b), steps=REFIT_STEPS)
 
 
 def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
@@ -165,8 +161,8 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
     while the labels are the same classes and grew by less than :data:`RECALIBRATE` (a label
     more moves the temperature by little, and its five folds were most of a refresh's time).
     ``halves``: which half of the pool each photo is in for the cross-fitted answers (0/1;
-    default a random split): a split that stays from one refresh to the next (by content) lets
-    each half's model start from the last refresh's."""
+    default a random split): by content, a photo keeps its half from one refresh to the
+    next."""
     y = np.asarray(y, np.int64)
     if not len(y):
         return None
@@ -180,20 +176,11 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
     cx = unit(ux - centre)  # centred(), from the unit rows already at hand
     cpool = None if upool is None else unit(upool - centre)
     pool_logits = None
-    half_fits: list = []
-    warm = (previous is not None and previous.classes == present
-            and previous.first is not None and previous.weights.shape == (x.shape[1],
-                                                                          len(present)))
-    first = None
     if len(present) == 1:
         w, b = np.zeros((x.shape[1], 1)), np.zeros(1)
     else:
-        # with the last refresh's model (the same classes), its fits are the starting points:
-        # the same objectives, a few labels more (a convex fit: the same answer, sooner)
-        first = (_fit_softmax(cx, yy, len(present), start=previous.first, steps=WARM_STEPS)
-                 if warm else _fit_softmax(cx, yy, len(present)))
-        w, b = _self_trained(cx, yy, len(present), cpool, first,
-                             (previous.weights, previous.bias) if warm else None)
+        first = _fit_softmax(cx, yy, len(present))
+        w, b = _self_trained(cx, yy, len(present), cpool, first)
         if cpool is not None and len(cpool) > 1:
             # the pool's own answers come from a model that did not lend it as labels: the
             # half a photo is in is answered by the model self-trained on the other half
@@ -201,17 +188,11 @@ def fit_model(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
             half = (np.asarray(halves) if halves is not None and len(halves) == len(cpool)
                     else np.random.default_rng(seed).permutation(len(cpool)) % 2)
             pool_logits = np.empty((len(cpool), len(present)), np.float32)
-            half_fits = []
             for h in (0, 1):
-                start = (previous.half_fits[h] if warm and halves is not None
-                         and previous.stable_halves and len(previous.half_fits) == 2
-                         else None)
-                hw, hb = _self_trained(cx, yy, len(present), cpool[half != h], first, start)
-                half_fits.append((hw, hb))
+                hw, hb = _self_trained(cx, yy, len(present), cpool[half != h], first)
                 pool_logits[half == h] = cpool[half == h] @ hw + hb
     model = LabelModel(w, b, present, n_classes, reference=ux, centre=centre,
-                       pool=pool if pool_logits is not None else None, pool_logits=pool_logits,
-                       first=first, half_fits=half_fits, stable_halves=halves is not None)
+                       pool=pool if pool_logits is not None else None, pool_logits=pool_logits)
     counts = np.bincount(yy)
     if (previous is not None and previous.calibrated and previous.classes == present
             and previous.labels <= len(y) < previous.labels * (1 + RECALIBRATE)):
