@@ -517,3 +517,67 @@ def test_a_sort_previews_and_files_the_photos_waiting_in_not_sure(tmp_path):
                                                    "red/p1.jpg"]
     undo(data, filing.operation)
     assert _files(data) == [f"_not_sure/p{i}.jpg" for i in range(3)]
+
+
+def _rest_folder(tmp_path, n=2):
+    """A data folder with red, green and _not_sure, and ``n`` pile photos filed in _not_sure
+    (File the rest)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for c in ("red", "green", "_not_sure"):
+        (data / c).mkdir()
+    inbox = _pile(tmp_path, n=n)
+    file_photos(data, [Request(str(p), "_not_sure") for p in inbox], "rest", "rest")
+    return data, inbox
+
+
+def test_a_fix_on_a_class_photo_moves_that_photo_not_its_waiting_twin(tmp_path):
+    """Review: the same content in red (put there by hand) and in _not_sure (File the rest):
+    a fix moving the red one to green moved the _not_sure copy instead, leaving the photo in
+    red and green."""
+    data, inbox = _rest_folder(tmp_path, n=1)
+    twin = data / "red" / "hand.jpg"
+    twin.write_bytes(inbox[0].read_bytes())
+    filing = file_photos(data, [Request(str(twin), "green")], "fix", "fix")
+    assert not filing.refused
+    assert _files(data) == ["_not_sure/p0.jpg", "green/hand.jpg"]
+
+
+def test_a_waiting_copy_changed_by_hand_is_never_filed_as_the_photo(tmp_path):
+    data, inbox = _rest_folder(tmp_path, n=1)
+    make_image(data / "_not_sure" / "p0.jpg", COLOURS["green"], seed=999)  # other content
+    filing = file_photos(data, [Request(str(inbox[0]), "red")])
+    assert not filing.done and "no longer that photo" in filing.refused[0][1]
+    assert _files(data) == ["_not_sure/p0.jpg"]
+
+
+def test_a_photo_put_in_not_sure_by_hand_is_sorted_out_of_it_not_copied(tmp_path):
+    data = tmp_path / "data"
+    for c in ("red", "green", "_not_sure"):
+        (data / c).mkdir(parents=True)
+    photo = make_image(data / "_not_sure" / "q.jpg", COLOURS["red"], seed=5)
+    plan = sort_plan(_answers([photo]), data, filed_in(data))
+    assert plan.counts() == {"red": 1} and plan.waiting == 1
+    filing = sort_into(data, plan)
+    assert not filing.refused and _files(data) == ["red/q.jpg"]  # moved: in one place
+    undo(data, filing.operation)
+    assert _files(data) == ["_not_sure/q.jpg"]
+
+
+def test_an_outside_photo_waiting_where_its_answer_goes_stays(tmp_path):
+    data, inbox = _rest_folder(tmp_path, n=1)
+    answer = Prediction(str(inbox[0]), [{"label": "red", "probability": 0.2}], unknown=False)
+    plan = sort_plan([answer], data, filed_in(data), unsure_below=0.5)
+    assert plan.to_file == 0 and plan.already == [(str(inbox[0]), "_not_sure/p0.jpg")]
+
+
+def test_the_name_clash_is_checked_on_the_name_filed(tmp_path):
+    """Review: outside a.jpg whose content waits as _not_sure/p0.jpg was refused because an
+    unrelated red/a.jpg exists, though red/p0.jpg, the file it makes, was free."""
+    data, inbox = _rest_folder(tmp_path, n=1)
+    outside = tmp_path / "elsewhere" / "a.jpg"
+    outside.parent.mkdir()
+    outside.write_bytes(inbox[0].read_bytes())
+    make_image(data / "red" / "a.jpg", COLOURS["blue"], seed=3)
+    filing = file_photos(data, [Request(str(outside), "red")])
+    assert not filing.refused and _files(data) == ["red/a.jpg", "red/p0.jpg"]

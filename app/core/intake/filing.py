@@ -167,29 +167,25 @@ def _relative(root: Path, path: Path, loose: bool = False) -> str:
 def _plan(root: Path, req: Request, copy: bool | None, filed: dict[str, str],
           taken: set[str]) -> tuple[Move, Path]:
     """The item for ``req`` (not yet journaled) and the photo's path, or LabelError: why it
-    is refused. Nothing is changed here."""
+    is refused. Nothing is changed here. A photo waiting in ``_not_sure`` or ``_unknown`` (File
+    the rest, a sort) is filed by moving it out of there, whether the request names it or an
+    outside copy of the same content: those folders are no classes, and a photo is never left
+    in one and a class at once by the app."""
     image = Path(req.photo).expanduser().absolute()
     cls = req.cls
     if not isinstance(cls, str) or not cls or "/" in cls or not (root / cls).is_dir():
         raise LabelError(f"{shown(cls)!r} is not a class folder of {shown(root)}")
     inside = _inside(root, image)
-    if inside and copy is not True:
-        source = _relative(root, image, loose=True)
-        target = check_relative(root, f"{cls}/{Path(source).name}")
-        if source == target:
-            raise LabelError(f"{shown(image)} is already in {shown(cls)!r}")
+    source = _relative(root, image, loose=True) if inside else str(image)
+    waits = inside and source.split("/", 1)[0] in NOT_CLASSES and "/" in source
+    if inside and (copy is not True or waits):  # a waiting photo moves, even in a sort
         op = "move"
     else:
         source, op = str(image), "copy"
-        target = check_relative(root, f"{cls}/{image.name}")
     if image.is_symlink() and op == "move":
         raise LabelError(f"{shown(image)} is a link; the app never moves links")
     if not image.is_file():
         raise LabelError(f"{shown(image)} no longer exists; nothing was changed")
-    dst = root / target
-    if dst.exists() or dst.is_symlink() or target in taken:
-        raise LabelError(f"{shown(dst)} already exists; nothing was changed (rename one of "
-                         "them)")
     try:
         digest = _digest(image)
     except OSError as exc:
@@ -200,17 +196,28 @@ def _plan(root: Path, req: Request, copy: bool | None, filed: dict[str, str],
                          "nothing was changed: look at it again")
     where = filed.get(digest)
     if where is not None and where != source:
-        waiting = root / check_relative(root, where)
-        if where.split("/", 1)[0] not in NOT_CLASSES or not waiting.is_file():
+        in_class = op == "move" and not waits and "/" in source  # a fix on Evaluate
+        if where.split("/", 1)[0] not in NOT_CLASSES:
             raise LabelError(f"{shown(image.name)} is filed already as {shown(where)}; "
                              "a photo goes into one class only")
-        # it waits in _not_sure or _unknown (File the rest, a sort): filing it, from there
-        # or from anywhere, takes it out of there (a move, undone by moving it back)
-        source, op, image = where, "move", waiting
-        target = check_relative(root, f"{cls}/{waiting.name}")
-        if (root / target).exists() or (root / target).is_symlink() or target in taken:
-            raise LabelError(f"{shown(root / target)} already exists; nothing was changed "
-                             "(rename one of them)")
+        if not in_class:  # the content waits there: that copy is the one filed
+            waiting = root / check_relative(root, where)
+            try:
+                same = not waiting.is_symlink() and waiting.is_file() and \
+                    _digest(waiting) == digest
+            except OSError:
+                same = False
+            if not same:
+                raise LabelError(f"{shown(image.name)} is journaled as {shown(where)}, which "
+                                 "is no longer that photo; nothing was changed")
+            source, op, image = where, "move", waiting
+    target = check_relative(root, f"{cls}/{Path(source).name}")
+    if op == "move" and source == target:
+        raise LabelError(f"{shown(image)} is already in {shown(cls)!r}")
+    dst = root / target
+    if dst.exists() or dst.is_symlink() or target in taken:
+        raise LabelError(f"{shown(dst)} already exists; nothing was changed (rename one of "
+                         "them)")
     return Move(source, target, journal.new_id(), op, digest), image
 
 

@@ -111,19 +111,26 @@ def sort_plan(predictions, out: str | Path | None = None,
                 root / folder:  # a photo of _not_sure that stays unsure stays there
             already.append((p.path, f"{folder}/{Path(p.path).name}"))
             continue
-        waiting += bool(waits) and (digests.get(p.path) or _digest_or_none(p.path)) in waits
+        wait = waits.get(digests.get(p.path) or _digest_or_none(p.path) or "") if waits else None
+        if wait is not None and wait.split("/", 1)[0] == folder:  # waits where it would go
+            already.append((p.path, wait))
+            continue
+        waiting += wait is not None
         folders.setdefault(folder, []).append(p.path)
     return SortPlan(dict(sorted(folders.items())), errors, already, digests, waiting)
 
 
-def _waiting(root: Path | None) -> set[str]:
-    """The contents of the photos in ``root``'s _not_sure and _unknown folders."""
-    found = set()
+def _waiting(root: Path | None) -> dict[str, str]:
+    """Content -> ``folder/name`` of the photos in ``root``'s _not_sure and _unknown."""
+    found = {}
     for name in (UNSURE_FOLDER, UNKNOWN_FOLDER):
         folder = root / name if root is not None else None
         if folder is not None and folder.is_dir():
-            found |= {d for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
-                      and (d := _digest_or_none(str(f))) is not None}
+            for f in sorted(folder.iterdir()):
+                d = (_digest_or_none(str(f)) if f.is_file() and not f.is_symlink()
+                     and not f.name.startswith(".") else None)
+                if d is not None:
+                    found.setdefault(d, f"{name}/{f.name}")
     return found
 
 
