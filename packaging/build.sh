@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
         --bundle-weights=*) WEIGHTS=${1#*=}; shift ;;
         --no-deb) MAKE_DEB=0; shift ;;
         --skip-freeze) FREEZE=0; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -49,11 +49,21 @@ done
 [ -x "$PYTHON" ] || { echo "build.sh: $PYTHON not found (run 'make run' or 'make test' once)" >&2; exit 1; }
 WEIGHTS_FOR=""
 case "$WEIGHTS" in
-    *=*) WEIGHTS_FOR=${WEIGHTS%%=*}; WEIGHTS=${WEIGHTS#*=}
-         case "$WEIGHTS" in
-             *.weights.h5) ;;
-             *) echo "build.sh: $WEIGHTS_FOR=FILE takes a local .weights.h5 file" >&2; exit 1 ;;
-         esac ;;
+    *=*) WEIGHTS_FOR=${WEIGHTS%%=*}
+         # a backbone the app offers (a typo would bundle a file the app never reads)
+         if "$PYTHON" -c "import sys; from app.core.features.backbones import BACKBONES as B; \
+sys.exit(0 if sys.argv[1] in B and not B[sys.argv[1]].hidden else 1)" "$WEIGHTS_FOR" 2>/dev/null; then
+             WEIGHTS=${WEIGHTS#*=}
+             case "$WEIGHTS" in
+                 *.weights.h5) ;;
+                 *) echo "build.sh: $WEIGHTS_FOR=FILE takes a local .weights.h5 file" >&2; exit 1 ;;
+             esac
+         elif [ -f "$WEIGHTS" ]; then
+             WEIGHTS_FOR=""  # a file whose name holds '='
+         else
+             echo "build.sh: '$WEIGHTS_FOR' is not a backbone the app offers (BACKBONE=FILE)" >&2
+             exit 1
+         fi ;;
 esac
 if [ -n "$WEIGHTS" ] && [ ! -f "$WEIGHTS" ]; then
     echo "build.sh: weights file $WEIGHTS not found" >&2; exit 1

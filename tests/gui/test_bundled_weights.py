@@ -40,3 +40,17 @@ def test_without_bundled_weights_the_default_stays(new_window, tmp_path, monkeyp
     win = new_window()
     assert win.session.choice.backbone == "inception_v3"
     assert win.session.choice.weights == "imagenet"
+
+
+def test_the_resources_folder_is_the_one_the_app_ships():
+    """From source, the app's own resources/ beside app/ (it was app/resources, which does not
+    exist: a bundled file would never have been found outside a frozen build)."""
+    assert (weights.resources_dir() / "icon.svg").is_file()
+
+
+def test_a_bundled_file_an_update_renamed_is_proposed_again(new_window, gui_settings, bundled):
+    gui_settings.setValue("features/backbone", "mobilenet_v2")
+    gui_settings.setValue("features/weights", "file")
+    gui_settings.setValue("features/weights_file", str(bundled.with_name("old.weights.h5")))
+    win = new_window()
+    assert win.session.choice.weights == str(bundled)

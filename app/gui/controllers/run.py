@@ -60,7 +60,14 @@ class RunControl(QObject):
     def restore(self) -> None:
         """The choices remembered from the last session, on the pages and in the session."""
         p = self.prefs
-        if not p.backbone:  # a first launch: the backbone whose weights came with the app
+        from pathlib import Path
+
+        from app.core.features.weights import resources_dir
+
+        shipped = resources_dir() / "weights"
+        gone = (p.weights == "file" and p.weights_file and not Path(p.weights_file).exists()
+                and Path(p.weights_file).parent.parent == shipped)  # an update renamed it
+        if not p.backbone or gone:  # a first launch: the backbone whose weights came with it
             from app.core.features.backbones import BACKBONES
             from app.core.features.weights import bundled_choice
 
