@@ -159,3 +159,28 @@ def test_the_refresh_never_searches_the_loaded_libraries_off_the_gui_thread(
     assert len(_view_ready(qtbot, window).pool.paths) == 3
     assert limited and not any(limited)  # the refresh ran with the limit, in its worker
     assert all(searched)  # never a search in a worker
+
+
+def test_overlapping_refreshes_give_the_blas_threads_back():
+    """A cancelled refresh still running beside the next one: the limits, restored out of
+    order, left the process at one BLAS thread for good. The last refresh to end gives the
+    threads back; while any runs, there is one."""
+    from app.gui.controllers.label import OneBlasThread
+
+    one = OneBlasThread()
+
+    def threads():
+        return one.controller.select(user_api="blas").info()[0]["num_threads"]
+
+    two = one.controller.limit(limits=2, user_api="blas")  # more than one, on any machine
+    before = threads()
+    assert before == 2
+    a, b = OneBlasThread.__enter__, OneBlasThread.__exit__
+    a(one)            # refresh A starts
+    a(one)            # refresh B starts while A (cancelled) still runs
+    assert threads() == 1
+    b(one)            # A ends first
+    assert threads() == 1  # B still runs: still one
+    b(one)            # B ends
+    assert threads() == before
+    two.restore_original_limits()

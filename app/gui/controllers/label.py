@@ -62,15 +62,40 @@ def class_keys(slots: list[str], classes: list[str]) -> list[str]:
     return out
 
 
-def blas_controller():
-    """The process's BLAS libraries, found here on the GUI thread while no job runs: the
-    search (``dl_iterate_phdr`` calling back into Python with the loader's lock held) in a
-    worker thread deadlocked the window at launch against another thread loading an extension
-    module (which holds the GIL while it waits for that lock): a black window, for good."""
-    import numpy  # noqa: F401  (its OpenBLAS is what the limit is for)
-    from threadpoolctl import ThreadpoolController
+class OneBlasThread:
+    """``with one_thread:`` one BLAS thread while any refresh runs, restored when the last one
+    ends (a cancelled refresh may still run beside the next: nested limits restored out of
+    order left the process at one thread for good). The libraries are found at construction,
+    on the GUI thread while no job runs: the search (``dl_iterate_phdr`` calling back into
+    Python with the loader's lock held) in a worker deadlocked the window at launch against a
+    thread loading an extension module (the GIL held while it waits for that lock)."""
 
-    return ThreadpoolController()
+    def __init__(self, controller=None) -> None:
+        import threading
+
+        if controller is None:
+            import numpy  # noqa: F401  (its OpenBLAS is what the limit is for)
+            from threadpoolctl import ThreadpoolController
+
+            controller = ThreadpoolController()
+        self.controller = controller
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limit = None
+
+    def __enter__(self) -> OneBlasThread:
+        with self._lock:
+            if self._users == 0:
+                self._limit = self.controller.limit(limits=1, user_api="blas")
+            self._users += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._limit is not None:
+                self._limit.restore_original_limits()
+                self._limit = None
 
 
 class LabelControl(QObject):
@@ -102,7 +127,7 @@ class LabelControl(QObject):
         self.slots: list[str] = []  # the class of each key
         self._folder: str | None = None  # whose inbox and keys are loaded
         self.work = FileWork(jobs, page.ops, banner.show_warning, self)
-        self._blas = blas_controller()
+        self._blas = OneBlasThread()
         page.add_photos_requested.connect(self.choose_photos)
         page.add_folder_requested.connect(self.choose_inbox_folder)
         page.photos_dropped.connect(self.add)
@@ -256,7 +281,7 @@ class LabelControl(QObject):
             # one BLAS thread: this worker runs at a lower priority, and OpenBLAS's helper
             # threads, starved by any busy process, held each of the fit's thousands of small
             # products (a refresh of 700 photos took 60 s instead of 1.2 s beside one)
-            with blas.limit(limits=1, user_api="blas"):
+            with blas:
                 return refresh(root, inbox, backbone, weights, cache_dir, groups=groups,
                                progress=progress, cancel=cancel, previous=previous)
 
