@@ -18,6 +18,17 @@ def _view_ready(qtbot, win, before=None):
     return control.view
 
 
+def _start_labelling(qtbot, win, tmp_path, per_colour=3, per_class=2):
+    """A data folder of ``per_class`` photos a class, a pile of ``per_colour`` a colour added
+    on the Label page, the tiny backbone."""
+    data = make_dataset(tmp_path / "data", per_class=per_class)
+    _pile(tmp_path, per_colour=per_colour)
+    open_folder(qtbot, win, data)
+    use_tiny(win)
+    win.show_page("Label")
+    win.label_control.add([str(tmp_path / "pile")])
+
+
 def _pile(tmp_path, per_colour=3):
     return [make_image(tmp_path / "pile" / f"{name}_{i}.png", colour, seed=700 + 10 * j + i)
             for j, (name, colour) in enumerate(COLOURS.items()) for i in range(per_colour)]
@@ -45,12 +56,7 @@ def test_the_pile_comes_back_after_a_relaunch(qtbot, new_window, gui_settings, t
 
 @pytest.mark.slow
 def test_any_group_chosen_shows_its_photos(qtbot, window, tmp_path):
-    data = make_dataset(tmp_path / "data", per_class=2)
-    _pile(tmp_path, per_colour=4)
-    open_folder(qtbot, window, data)
-    use_tiny(window)
-    window.show_page("Label")
-    window.label_control.add([str(tmp_path / "pile")])
+    _start_labelling(qtbot, window, tmp_path, per_colour=4)
     page = window.label
     page.tabs.setCurrentIndex(1)
     page.group_count.setCurrentIndex(page.group_count.findData(3))
@@ -150,12 +156,7 @@ def test_the_refresh_never_searches_the_loaded_libraries_off_the_gui_thread(
 
     monkeypatch.setattr(threadpoolctl.ThreadpoolController, "__init__", init)
     monkeypatch.setattr(threadpoolctl.ThreadpoolController, "limit", limit)
-    data = make_dataset(tmp_path / "data", per_class=2)
-    _pile(tmp_path, per_colour=1)
-    open_folder(qtbot, window, data)
-    use_tiny(window)
-    window.show_page("Label")
-    window.label_control.add([str(tmp_path / "pile")])
+    _start_labelling(qtbot, window, tmp_path, per_colour=1)
     assert len(_view_ready(qtbot, window).pool.paths) == 3
     assert limited and not any(limited)  # the refresh ran with the limit, in its worker
     assert all(searched)  # never a search in a worker
