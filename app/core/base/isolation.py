@@ -52,13 +52,10 @@ def run_isolated(target: Callable[..., Any], kwargs: dict[str, Any],
         while True:
             if cancel is not None and cancel.cancelled:
                 stop.set()
-            try:
-                kind, payload = messages.get(timeout=POLL_SECONDS)
-            except queue_module.Empty:
-                if not child.is_alive():
-                    raise ChildFailed(f"the job's process ended unexpectedly "
-                                      f"(exit code {child.exitcode})") from None
+            message = _next_message(messages, child)
+            if message is None:
                 continue
+            kind, payload = message
             if kind == "progress":
                 progress(payload)
             elif kind == "result":
@@ -77,6 +74,23 @@ def run_isolated(target: Callable[..., Any], kwargs: dict[str, Any],
         if child.is_alive():
             child.kill()
             child.join()
+
+
+def _next_message(messages, child) -> tuple[str, Any] | None:
+    """The child's next message, None when there is none yet; ChildFailed when the child has
+    ended without one. A child that ended may still have sent its last message: it is in the
+    pipe before the process exits, but a wait that timed out just before it arrived found
+    the child gone (a busy machine lost a finished run's model to that)."""
+    try:
+        return messages.get(timeout=POLL_SECONDS)
+    except queue_module.Empty:
+        if child.is_alive():
+            return None
+    try:
+        return messages.get(timeout=POLL_SECONDS)  # what it sent before it ended
+    except queue_module.Empty:
+        raise ChildFailed(f"the job's process ended unexpectedly (exit code "
+                          f"{child.exitcode})") from None
 
 
 def _importable_name(fn: Callable[..., Any]) -> str:
