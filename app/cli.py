@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p)
     p.add_argument("--format", default="keras",
                    help="comma-separated export formats: keras, savedmodel, tflite, onnx")
+    p.add_argument("--multi-label", action="store_true",
+                   help="several tags a photo: DATA_DIR holds photos (in any folders) and a "
+                        "tags file listing them (see --labels); a sigmoid per tag, "
+                        "thresholds per tag")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="with --multi-label: the tags file, CSV rows 'file,tags' with tags "
+                        "joined by ';' (default DATA_DIR/labels.csv)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     p = sub.add_parser("evaluate", help="evaluate an exported model on a dataset folder")
@@ -216,17 +223,22 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         help_text = s.help + (" (fine-tune only)" if s.finetune_only else "")
         if s.range is not None:
             help_text += f"; {s.range[0]:g} to {s.range[1]:g}"
+        shown_default = f"default {default}" + (
+            f"; {s.multi_label} with --multi-label" if s.multi_label is not None else "")
+        # not given: absent from the options, so that the task's default applies
         p.add_argument(s.cli or f"--{name.replace('_', '-')}", dest=name, type=kind,
-                       default=default, choices=s.choices,
-                       help=f"{help_text} (default {default})".replace("%", "%%"))
+                       default=argparse.SUPPRESS, choices=s.choices,
+                       help=f"{help_text} ({shown_default})".replace("%", "%%"))
 
 
-def _settings(args: argparse.Namespace):
-    """The TrainSettings the options say (checked by the table)."""
+def _settings(args: argparse.Namespace, multi_label: bool = False):
+    """The TrainSettings the options say (checked by the table); the others at the task's
+    defaults."""
     from app.core.training.settings import TrainSettings
 
-    return TrainSettings(**{name: getattr(args, name) for name, _d, _k, s in table()
-                            if s.shown})
+    return TrainSettings.for_task(multi_label, **{
+        name: getattr(args, name) for name, _d, _k, s in table()
+        if s.shown and hasattr(args, name)})
 
 
 def _backbone_batch(text: str) -> int:
@@ -293,6 +305,10 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         raise ExportError(f"unknown export format(s) {', '.join(unknown)}; choose from "
                           f"{', '.join(FORMATS)}")
     split = _split(args.split)
+    if args.labels and not args.multi_label:
+        raise SettingsError("--labels names the tags file of --multi-label")
+    if args.multi_label:
+        return _train_tagged(args, out, formats, split, bar, cancel)
 
     settings = _settings(args)
     run = Retraining(args.data_dir, args.backbone, args.weights, args.cache_dir, settings)
@@ -369,6 +385,74 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     return EXIT_OK
 
 
+def _train_tagged(args: argparse.Namespace, out, formats: tuple[str, ...], split,
+                  bar: ProgressBar, cancel: CancelToken) -> int:
+    """``train --multi-label``: the tagged folder's checks, caching, training, the per-tag
+    thresholds and scores, the export."""
+    from app.core.base.paths import user_cache_dir
+    from app.core.intake.tags import scan_tagged
+    from app.core.pipeline.retrain import RunChoice
+    from app.core.pipeline.tagged import train_tagged
+    from app.core.storage.store import FeatureStore
+
+    settings = _settings(args, multi_label=True)
+    if settings.mode != "head":
+        raise SettingsError("--multi-label trains in the head mode for now (--mode head)")
+    with FeatureStore(args.cache_dir or user_cache_dir()) as store:
+        data = scan_tagged(args.data_dir, args.labels, store, split, bar, cancel)
+    for f in data.findings:
+        if f.level != "info" or not f.paths:
+            bar.line(f"{'' if f.level == 'info' else f.level + ': '}{f.message}")
+    choice = RunChoice(str(data.root), args.backbone, args.weights, settings)
+
+    def progress(p: Progress) -> None:
+        if p.stage == "train":
+            if p.data and not p.data.get("partial"):
+                bar.line(p.message)
+        else:
+            bar(p)
+
+    try:
+        model, cache = train_tagged(choice, data, args.cache_dir, progress, cancel)
+    except Cancelled:
+        bar.line("cancelled: not exported, nothing was written")
+        return EXIT_CANCELLED
+    for s in cache.skipped:
+        bar.line(f"skipped {s.path}: {s.reason}")
+    for w in model.training_warnings:
+        bar.line(f"warning: {w}")
+    result = model.result
+    if result.cancelled or cancel.cancelled:
+        bar.line(f"cancelled after {result.epochs_run} epoch(s): not exported")
+        return EXIT_CANCELLED
+    report = model.export(out, formats)
+    if report.parity_note:
+        bar.line(f"warning: {report.parity_note}")
+    doc = {**model.summary(), "cache": cache.as_dict(), "model_dir": str(report.folder),
+           "data": data.summary(),
+           "parity": {"checked": report.parity_checked, "note": report.parity_note,
+                      **({} if report.parity is None else {
+                          "images": report.parity.images,
+                          "max_abs_diff": report.parity.max_abs_diff,
+                          "tag_set_mismatches": report.parity.top1_mismatches,
+                          "tolerance": report.parity.tolerance})}}
+    if args.json:
+        _print_json(doc)
+        return EXIT_OK
+    ev = model.evaluation
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    _say(f"test ({ev.count} photos): mAP {fmt(ev.map)}  micro-F1 {fmt(ev.micro_f1)}  "
+         f"macro-F1 {fmt(ev.macro_f1)}  exact match {fmt(ev.exact_match)}  Hamming loss "
+         f"{fmt(ev.hamming_loss)}")
+    for tag, s in ev.per_tag.items():
+        _say(f"  {tag}: AP {fmt(s['ap'])}  precision {fmt(s['precision'])}  recall "
+             f"{fmt(s['recall'])}  F1 {fmt(s['f1'])}  ({s['support']} photos, threshold "
+             f"{s['threshold']:.2f})")
+    _say(f"thresholds: {model.trust.rule}")
+    _say(f"best epoch {result.best_epoch} of {result.epochs_run}; model in {report.folder}")
+    return EXIT_OK
+
+
 def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     from app.core.pipeline.retrain import evaluate_model_dir
 
@@ -425,6 +509,9 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
     from app.core.base.paths import user_cache_dir
 
     predictor = Predictor.from_dir(args.model_dir, args.cache_dir or user_cache_dir())
+    if args.sort_into and getattr(predictor, "thresholds", None) is not None:
+        raise SettingsError("--sort-into files a photo by its one class; this model gives "
+                            "several tags a photo (use --json for each photo's tag set)")
     preds = predictor.predict(args.paths, top_k=args.top, progress=bar, cancel=cancel)
     if args.sort_into:
         return _sort(args, preds, bar, cancel)
@@ -434,6 +521,11 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
         for p in preds:
             if p.error:
                 _say(f"{p.path}: error: {p.error}")
+            elif p.tags is not None:
+                tags = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.tags)
+                unknown = (f" (unknown: not like the training photos, score {p.score:.3g})"
+                           if p.unknown else "")
+                _say(f"{p.path}: {tags or 'none of my tags'}{unknown}")
             elif p.unknown:
                 best = p.top[0]
                 _say(f"{p.path}: unknown (not like the training classes, score "

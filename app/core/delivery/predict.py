@@ -64,10 +64,16 @@ class Prediction:
     error: str | None = None
     unknown: bool | None = None  # None: the model has no unknown detector (or an error)
     score: float | None = None  # how much it looks like the training classes (higher: more)
+    # several tags a photo: every tag at or above its threshold, most probable first ([]:
+    # "none of my tags"); None for a model of one class a photo
+    tags: list[dict] | None = None
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "top": self.top, "unknown": self.unknown,
-                "score": self.score, "error": self.error}
+        d = {"path": self.path, "top": self.top, "unknown": self.unknown,
+             "score": self.score, "error": self.error}
+        if self.tags is not None:
+            d["tags"] = self.tags
+        return d
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -130,6 +136,9 @@ class Predictor:
         self.model, self.classes, self.image_size = model, list(classes), tuple(image_size)
         self.metadata = metadata or {}
         self.unknown = unknown
+        # several tags a photo: each tag's threshold, in the classes' order
+        self.thresholds = (np.array([float(self.metadata["thresholds"][c]) for c in self.classes])
+                           if self.metadata.get("task") == "multi-label" else None)
         self.cached = cached
         # built here, once, so that predicting never changes the object (any thread may)
         self._with_features = None
@@ -246,9 +255,12 @@ class Predictor:
                         scores is not None and not np.isfinite(scores[n])):
                     results[i].error = NAN_ANSWER  # never a top label with nan
                     continue
-                order = np.argsort(-p)[:k]
+                order = np.argsort(-p)
                 results[i].top = [{"label": self.classes[j], "probability": float(p[j])}
-                                  for j in order]
+                                  for j in order[:k]]
+                if self.thresholds is not None:
+                    results[i].tags = [{"label": self.classes[j], "probability": float(p[j])}
+                                       for j in order if p[j] >= self.thresholds[j]]
                 if scores is not None:
                     results[i].score = float(scores[n])
                     results[i].unknown = bool(flags[n])

@@ -4,6 +4,9 @@ Keras or ONNX Runtime).
 
     python predict.py IMAGE [IMAGE ...] [--top 3] [--json] [--runtime auto|keras|onnx]
 
+A multi-label model (``"task": "multi-label"`` in metadata.json) prints each photo's tag set:
+every tag whose probability reaches its threshold (``thresholds``), or "none of my tags".
+
 ``--runtime onnx`` runs ``model.onnx`` (exported with ``--format onnx``) with ONNX Runtime
 alone: no TensorFlow, no Keras (``pip install onnxruntime pillow numpy``; on Windows
 ``onnxruntime-directml``, on NVIDIA ``onnxruntime-gpu``: this script asks for the best
@@ -149,6 +152,7 @@ def predict(paths: list[str], top: int = 3, runtime: str = "auto") -> list[dict]
     meta = json.loads((HERE / "metadata.json").read_text("utf-8"))
     classes, (width, height) = meta["classes"], meta["image_size"]
     unknown = meta.get("unknown") or {}
+    thresholds = meta.get("thresholds") if meta.get("task") == "multi-label" else None
     needs_features = unknown.get("method") not in (None, "max_probability")
     arrays = unknown_arrays(unknown) if unknown.get("method") else {}
     if runtime == "auto":
@@ -169,6 +173,10 @@ def predict(paths: list[str], top: int = 3, runtime: str = "auto") -> list[dict]
         feats = np.asarray(result[1]) if needs_features else None
         order = np.argsort(-probs[0])[:max(1, top)]
         entry["top"] = [{"label": classes[j], "probability": float(probs[0, j])} for j in order]
+        if thresholds is not None:  # several tags a photo: each tag at or above its threshold
+            entry["tags"] = [{"label": classes[j], "probability": float(probs[0, j])}
+                             for j in np.argsort(-probs[0])
+                             if probs[0, j] >= float(thresholds[classes[j]])]
         if unknown.get("method"):
             score = float(unknown_scores(unknown, feats, probs, arrays)[0])
             entry["score"], entry["unknown"] = score, score < float(unknown["threshold"])
@@ -192,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['path']}: error: {r['error']}")
             continue
         best = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top"])
+        if "tags" in r:
+            best = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["tags"]) or (
+                "none of my tags")
         flag = " (unknown: like none of the training classes)" if r["unknown"] else ""
         print(f"{r['path']}: {best}{flag}")
     return 0

@@ -283,8 +283,32 @@ def _sub(schema: dict[str, tuple[Checker, bool]]) -> Checker:
     return inner
 
 
+def _per_class(check: Checker) -> Checker:
+    """An object of one value per class name, each passing ``check`` (which names: checked
+    against the classes in :func:`validate_metadata`)."""
+    def inner(v: Any, field: str) -> None:
+        _obj(v, field)
+        for name, value in v.items():
+            check(value, f"{field}.{name}")
+    return inner
+
+
+def _threshold(v: Any, field: str) -> None:
+    if not _is_number(v) or not 0 <= v <= 1:
+        raise _fail(field, "a probability threshold from 0 to 1", v)
+
+
+TASKS = ("single-label", "multi-label")
+
+
+def _task(v: Any, field: str) -> None:
+    if v not in TASKS:
+        raise _fail(field, " or ".join(TASKS), v)
+
+
 CALIBRATION = {"temperature": (_positive, False), "method": (_nullable(_string), False),
-               "note": (_nullable(_string), False)}
+               "note": (_nullable(_string), False),
+               "temperatures": (_per_class(_positive), False)}  # multi-label: one a tag
 UNKNOWN = {"method": (_method, False), "threshold": (_finite, False),
            "fitted_threshold": (_finite, False), "k": (_int_range(1, MAX_K), False),
            "keep_known": (_open_unit, False), "known_images": (_nullable(_string), False),
@@ -302,10 +326,13 @@ METADATA = {
     "unknown": (_nullable(_sub(UNKNOWN)), False),
     "split_fractions": (_nullable(_split_fractions), False),
     "left_out_classes": (_nullable(_left_out), False),
+    # several tags a photo: the task, and one threshold a tag (every class name)
+    "task": (_task, False),
+    "thresholds": (_per_class(_threshold), False),
     # what the exporter writes for people: checked for their type only
     **{k: _TEXT for k in ("written_by", "app_version", "keras_version", "created", "backbone",
                           "weights", "weights_fingerprint", "feature_precision", "input",
-                          "resize", "dataset", "mode")},
+                          "resize", "dataset", "mode", "threshold_rule")},
     **{k: _OBJ for k in ("preprocessing", "parity", "split", "test", "training")},
     "preprocess_version": (_nullable(_int_range(0, 2**31)), False),
     "trainable_backbone_layers": (_nullable(_list), False),
@@ -341,6 +368,15 @@ def validate_metadata(meta: Any) -> dict:
     if both:
         raise ModelDirError(f"{META_FILE}: {_got(both[0])} is in both classes and "
                             "left_out_classes")
+    multi = meta.get("task") == "multi-label"
+    for field, values in (("thresholds", meta.get("thresholds")),
+                          ("calibration.temperatures",
+                           (meta.get("calibration") or {}).get("temperatures"))):
+        if multi and field == "thresholds" and values is None:
+            raise ModelDirError(f"{META_FILE}: thresholds is missing (task multi-label)")
+        if values is not None and sorted(values) != sorted(meta["classes"]):
+            raise ModelDirError(f"{META_FILE}: {field} must give one value for each class "
+                                "name, and no other")
     unknown = meta.get("unknown") or {}
     method = unknown.get("method")
     if method is not None:

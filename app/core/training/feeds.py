@@ -82,7 +82,8 @@ class FeatureSource:
 
 @dataclass
 class SplitData:
-    """One split: integer labels, image paths and digests, and where its features are."""
+    """One split: integer labels (or, several tags a photo, a multi-hot float32 matrix
+    (N, tags)), image paths and digests, and where its features are."""
 
     features: dict[str, np.ndarray] | None
     labels: np.ndarray
@@ -142,7 +143,8 @@ def model_input(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def make_feed(split: SplitData, inputs: Sequence[str], outputs: Sequence[str], n_classes: int,
               batch_size: int, shuffle: bool, seed: int,
               sample_weights: np.ndarray | None = None, flip: bool = False):
-    """A Keras ``PyDataset`` over ``split``: (x by input name, one-hot y by output name,
+    """A Keras ``PyDataset`` over ``split``: (x by input name, one-hot y by output name (the
+    multi-hot rows when the split's labels are a matrix: several tags a photo),
     sample weights by output name). Shuffled anew each epoch from ``seed`` when asked;
     ``flip`` mirrors half the cut tensors of each batch left-right (augmentation)."""
     import keras
@@ -168,8 +170,10 @@ def make_feed(split: SplitData, inputs: Sequence[str], outputs: Sequence[str], n
                     if x[name].ndim == 4:
                         x[name][mirror] = x[name][mirror][:, :, ::-1]
             x = model_input(x)
-            onehot = self.eye[split.labels[index]]
-            y = {o: onehot for o in outputs}
+            labels = split.labels[index]
+            # several tags a photo: the labels are a multi-hot matrix already
+            target = labels.astype(np.float32) if labels.ndim == 2 else self.eye[labels]
+            y = {o: target for o in outputs}
             if sample_weights is None:
                 return x, y
             return x, y, {o: sample_weights[index] for o in outputs}

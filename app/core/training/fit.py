@@ -59,6 +59,11 @@ class TrainResult:
             self.shape is not None and self.shape.aux_outputs)
 
     @property
+    def multi_label(self) -> bool:
+        """Several tags a photo: the outputs are a sigmoid per tag."""
+        return bool(self.shape is not None and self.shape.multi_label)
+
+    @property
     def inputs(self) -> tuple[str, ...]:
         """What the trained model reads from the store."""
         if self.settings.mode == "finetune":
@@ -74,7 +79,11 @@ class TrainResult:
 
 
 def sample_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray | None:
-    """Per-sample weights that give each class the same total weight (None when not needed)."""
+    """Per-sample weights that give each class the same total weight (None when not needed).
+    Several tags a photo (``labels`` multi-hot): a photo weighs the mean of its tags'
+    weights (a photo with no tag: 1), so photos of rare tags count more."""
+    if labels.ndim == 2:
+        return _tag_weights(labels, mode)
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     present = counts[counts > 0]
     if mode == "none" or not len(present):
@@ -83,6 +92,19 @@ def sample_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray 
         return None
     per_class = np.where(counts > 0, len(labels) / (len(present) * np.maximum(counts, 1)), 0.0)
     return per_class[labels].astype(np.float32)
+
+
+def _tag_weights(targets: np.ndarray, mode: str) -> np.ndarray | None:
+    counts = targets.sum(axis=0).astype(np.float64)
+    present = counts[counts > 0]
+    if mode == "none" or not len(present):
+        return None
+    if mode == "auto" and present.max() / present.min() < 1.5:
+        return None
+    per_tag = np.where(counts > 0, counts[counts > 0].mean() / np.maximum(counts, 1), 0.0)
+    n_tags = targets.sum(axis=1)
+    w = np.where(n_tags > 0, (targets @ per_tag) / np.maximum(n_tags, 1), 1.0)
+    return (w / w.mean()).astype(np.float32)
 
 
 def _optimizer(settings: TrainSettings, steps: int):
@@ -144,17 +166,27 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
     keras.utils.set_random_seed(settings.seed)
     aux = ("aux1", "aux2") if settings.aux_weight > 0 else ()
     n = len(classes)
+    multi = train.labels.ndim == 2  # several tags a photo
     outputs = ("main", *aux)
     finetune = settings.mode == "finetune"
     inputs = (CUT,) if finetune else outputs
 
     def shape_of(taps):
         return HeadShape(n, taps or train.shapes(outputs), settings.dropout,
-                         settings.hidden_units, aux_outputs=aux)
+                         settings.hidden_units, aux_outputs=aux, multi_label=multi)
 
     model, head, base, top, shape = build_model(settings, shape_of, backbone)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing)
+    if multi:  # one yes/no a tag
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=settings.label_smoothing)
+
+        def scores():
+            return [keras.metrics.AUC(curve="PR", multi_label=True, name="map")]
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing)
+
+        def scores():
+            return ["accuracy"]
     optimizer = _optimizer(settings, steps_per_epoch * settings.epochs)
     layer_names: list[str] = []
     if finetune:
@@ -168,7 +200,7 @@ def train_head(train: SplitData, validation: SplitData | None, classes: list[str
         optimizer=optimizer,
         loss={o: loss for o in outputs},
         loss_weights={o: (1.0 if o == "main" else settings.aux_weight) for o in outputs},
-        metrics={o: ["accuracy"] for o in outputs},
+        metrics={o: scores() for o in outputs},
     )
     sw = sample_weights(train.labels, n, settings.class_weights)
     feed = make_feed(train, inputs, outputs, n, settings.batch_size, shuffle=True,

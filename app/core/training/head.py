@@ -26,10 +26,12 @@ class HeadShape:
     hidden_units: int = 0
     aux_dropout: float = 0.7
     aux_outputs: tuple[str, ...] = ("aux1", "aux2")
+    multi_label: bool = False  # several tags a photo: a sigmoid per tag, not one softmax
 
 
 def build_head(shape: HeadShape) -> keras.Model:
-    """A functional model: dict of tap arrays -> dict of softmax outputs named after OUTPUTS."""
+    """A functional model: dict of tap arrays -> dict of softmax outputs named after OUTPUTS
+    (sigmoid outputs, one per tag, when ``shape.multi_label``)."""
     from app.core.base.device import configure
 
     configure()
@@ -44,7 +46,10 @@ def build_head(shape: HeadShape) -> keras.Model:
         x = layers.Dropout(shape.dropout, name="main_hidden_dropout")(x)
     inputs = {"main": main_in}
     logits = layers.Dense(n, name="main_logits", dtype="float32")(x)
-    outputs = {"main": layers.Softmax(name="main_probs", dtype="float32")(logits)}
+    last = "sigmoid" if shape.multi_label else "softmax"
+    probs = (layers.Activation("sigmoid", name="main_probs", dtype="float32") if shape.multi_label
+             else layers.Softmax(name="main_probs", dtype="float32"))
+    outputs = {"main": probs(logits)}
     for aux in shape.aux_outputs:
         a_in = keras.Input(shape.tap_shapes[aux], name=aux)
         a = layers.Conv2D(128, 1, activation="relu", name=f"{aux}_conv1x1")(a_in)
@@ -52,23 +57,38 @@ def build_head(shape: HeadShape) -> keras.Model:
         a = layers.Dense(1024, activation="relu", name=f"{aux}_fc")(a)
         a = layers.Dropout(shape.aux_dropout, name=f"{aux}_dropout")(a)
         inputs[aux] = a_in
-        outputs[aux] = layers.Dense(n, activation="softmax", name=f"{aux}_probs",
+        outputs[aux] = layers.Dense(n, activation=last, name=f"{aux}_probs",
                                     dtype="float32")(a)
     return keras.Model(inputs, outputs, name="head")
 
 
-def main_branch(head: keras.Model, temperature: float = 1.0) -> keras.Model:
+def main_branch(head: keras.Model, temperature: float | list[float] = 1.0) -> keras.Model:
     """The main classifier alone (shared layers), its logits divided by ``temperature``
     before the softmax (a built-in ``Rescaling`` layer, so Keras' safe mode loads it): what
     inference and export use. The probabilities are calibrated when ``temperature`` is the one
-    fitted on the validation split."""
+    fitted on the validation split. A multi-label head (several tags a photo): ``temperature``
+    is one per tag, and a sigmoid per tag replaces the softmax."""
     import keras
     from keras import layers
 
-    scaled = layers.Rescaling(1.0 / float(temperature), name="main_temperature",
+    if isinstance(temperature, (list, tuple)):
+        scale: float | list[float] = [1.0 / float(t) for t in temperature]
+    else:
+        scale = 1.0 / float(temperature)
+    scaled = layers.Rescaling(scale, name="main_temperature",
                               dtype="float32")(head.get_layer("main_logits").output)
-    probs = layers.Softmax(name="main_probs", dtype="float32")(scaled)
+    if is_multi_label(head):
+        probs = layers.Activation("sigmoid", name="main_probs", dtype="float32")(scaled)
+    else:
+        probs = layers.Softmax(name="main_probs", dtype="float32")(scaled)
     return keras.Model(head.get_layer("main").output, probs, name="main_head")
+
+
+def is_multi_label(head: keras.Model) -> bool:
+    """Whether ``head`` gives a sigmoid per tag (several tags a photo)."""
+    from keras import layers
+
+    return not isinstance(head.get_layer("main_probs"), layers.Softmax)
 
 
 def logits_branch(head: keras.Model) -> keras.Model:

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from app.core.training.head import OUTPUTS
 
-METRIC_KEYS = tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy"))
+# a single-label run scores its outputs by accuracy; a multi-label one (several tags a photo)
+# by "map": Keras' area under the precision-recall curve of each tag, averaged over the tags
+# (``AUC(curve="PR", multi_label=True)``, 200 thresholds: an estimate of the mean average
+# precision the evaluation computes exactly)
+SCORES = ("accuracy", "map")
+SCORE_NAMES = {"accuracy": "accuracy", "map": "mAP"}
+METRIC_KEYS = tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", *SCORES))
 HISTORY_KEYS = METRIC_KEYS + tuple(f"val_{k}" for k in METRIC_KEYS)
 
 
@@ -15,14 +21,14 @@ def normalise(logs: dict) -> dict:
         return logs
     out = dict(logs)
     for prefix in ("", "val_"):
-        for m in ("loss", "accuracy"):
+        for m in ("loss", *SCORES):
             if f"{prefix}{m}" in logs:
                 out[f"{prefix}main_{m}"] = logs[f"{prefix}{m}"]
     return out
 
 
 def epoch_record(epoch: int, logs: dict) -> dict:
-    """One finished epoch: every output's loss and accuracy, train and validation."""
+    """One finished epoch: every output's loss and score, train and validation."""
     logs = normalise(logs)
     rec: dict = {"epoch": epoch}
     for k in HISTORY_KEYS:
@@ -37,12 +43,18 @@ def epoch_text(rec: dict, epochs: int) -> str:
     """One epoch's numbers, each named: loss and accuracy, train and validation."""
     parts = []
     for output in OUTPUTS:
-        loss, acc = rec.get(f"{output}_loss"), rec.get(f"{output}_accuracy")
+        loss = rec.get(f"{output}_loss")
         if loss is None:
             continue
-        text = f"{output}: loss {loss:.3f}, accuracy {acc:.1%}"
-        vloss, vacc = rec.get(f"val_{output}_loss"), rec.get(f"val_{output}_accuracy")
+        m = next((m for m in SCORES if rec.get(f"{output}_{m}") is not None), "accuracy")
+        name, acc = SCORE_NAMES[m], rec.get(f"{output}_{m}")
+        text = f"{output}: loss {loss:.3f}, {name} {_pct(acc)}"
+        vloss, vacc = rec.get(f"val_{output}_loss"), rec.get(f"val_{output}_{m}")
         if vloss is not None:
-            text += f" (validation: loss {vloss:.3f}, accuracy {vacc:.1%})"
+            text += f" (validation: loss {vloss:.3f}, {name} {_pct(vacc)})"
         parts.append(text)
     return f"Epoch {rec['epoch']} of {epochs} — " + "; ".join(parts)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

@@ -84,6 +84,7 @@ from app.core.intake.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from app.core.storage.model_folder import EVALUATION_FILE
 from app.core.training.fit import SplitData, TrainResult
 from app.core.trust.fitting import Trust
+from app.core.trust.tags import TagTrust
 
 __all__ = [
     "FORMATS", "MODEL_FILES", "MODEL_FORMAT_VERSION", "PARITY_IMAGES", "PARITY_TOLERANCE",
@@ -99,13 +100,16 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                  validation: SplitData | None, trust: Trust | None = None,
                  extra_metadata: dict | None = None,
                  formats: tuple[str, ...] = ("keras",),
-                 precision: str = "float32", evaluation: dict | None = None) -> ExportReport:
+                 precision: str = "float32", evaluation: dict | None = None,
+                 tag_trust: TagTrust | None = None) -> ExportReport:
     """Write the model folder to ``out_dir`` once its parity check passed, replacing a model
     folder of ours there; any other non-empty folder raises :class:`ExportError` untouched.
     The model is the backbone (its top blocks as fine-tuned, in the fine-tune mode) with the
     main head, calibrated with ``trust``'s temperature. ``precision`` is the one the cached
     features were computed in (sets the tolerance). ``evaluation``: what the Evaluate page
-    shows of this model, kept as ``evaluation.json``."""
+    shows of this model, kept as ``evaluation.json``. ``tag_trust``: the model gives several
+    tags a photo (a sigmoid per tag); its temperatures go into the model, its thresholds and
+    unknown detector into the folder (``trust`` is then not used)."""
     from app.core.base.device import configure
 
     configure()
@@ -119,9 +123,17 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
     try:
         classes, history = result.classes, result.history
         trust = trust or Trust(note="no calibration was fitted")
+        multi = tag_trust is not None
+        if multi:
+            if result.averages:
+                raise ExportError("a multi-label model answering with the mean of its "
+                                  "outputs cannot be exported; train it with --answer main "
+                                  "(the multi-label default)")
+            trust = Trust(detector=tag_trust.detector, note=tag_trust.note)
         with KERAS_BUILDS:  # loading draws initial weights from the global generator too
             model = classifier_model(spec, weights, result.head, result.base,
-                                     trust.temperature, answer_taps(spec, result))
+                                     trust.temperature, answer_taps(spec, result),
+                                     tag_trust.temperatures if multi else None)
             model.save(staging / "model.keras")
             reloaded = keras.saving.load_model(staging / "model.keras", safe_mode=True)
         parity, note = None, ""
@@ -131,7 +143,7 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
         else:
             parity = check_parity(reloaded, result, validation, spec.input_size,
                                   tolerance=PARITY_TOLERANCE.get(precision, 3e-2),
-                                  temperature=trust.temperature)
+                                  temperature=trust.temperature, tags=tag_trust)
             if parity.images == 0:
                 note = (f"parity could not be checked: none of the {len(validation)} validation "
                         "images could be decoded again (moved, deleted or changed since "
@@ -193,7 +205,7 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
             "preprocess_version": PREPROCESS_VERSION,
             "preprocessing": preprocessing_metadata(spec.input_size, plain, forms),
             "classes": list(classes),
-            "calibration": {
+            "calibration": _tag_calibration(classes, tag_trust) if multi else {
                 "temperature": trust.temperature,
                 "method": "temperature scaling of the answer's logits (the main output's, "
                           "or the log of the mean of the main and aux outputs' probabilities), "
@@ -210,6 +222,7 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                            "top1_mismatches": parity.top1_mismatches,
                            "tolerance": parity.tolerance})},
             **({"onnx": onnx_meta} if onnx_meta is not None else {}),
+            **(_tag_metadata(classes, tag_trust) if multi else {}),
             **(extra_metadata or {}),
         }
         (staging / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False),
@@ -226,3 +239,22 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
             shutil.rmtree(staging, ignore_errors=True)
 
 
+
+
+def _tag_calibration(tags: list[str], tag_trust: TagTrust) -> dict:
+    return {"temperatures": {t: float(v) for t, v in zip(tags, tag_trust.temperatures)},
+            "method": "a temperature per tag: the tag's logit divided by it before its sigmoid "
+                      "(minimum binary cross-entropy on the validation split); inside "
+                      "model.keras as the layer 'main_temperature' (Rescaling by "
+                      "1/temperature, one a tag), so the outputs are the calibrated "
+                      "probabilities",
+            "note": tag_trust.note}
+
+
+def _tag_metadata(tags: list[str], tag_trust: TagTrust) -> dict:
+    """What a multi-label model folder says beside a single-label one's: the task, and each
+    tag's threshold (a photo gets every tag whose probability reaches its threshold; none:
+    "none of my tags")."""
+    return {"task": "multi-label",
+            "thresholds": {t: float(v) for t, v in zip(tags, tag_trust.thresholds)},
+            "threshold_rule": tag_trust.rule}

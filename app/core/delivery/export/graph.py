@@ -17,18 +17,20 @@ if TYPE_CHECKING:
 
 def classifier_model(spec: BackboneSpec, weights: str, head: keras.Model,
                      backbone: keras.Model | None = None, temperature: float = 1.0,
-                     aux_layers: tuple[str, str] | None = None) -> keras.Model:
+                     aux_layers: tuple[str, str] | None = None,
+                     temperatures: list[float] | None = None) -> keras.Model:
     """Pixels -> class probabilities: backbone, main tap (layer ``main_tap``) and main head
     (its logits divided by ``temperature``) as one model; with ``aux_layers`` (a run that
     answers with the average) the aux taps and heads too, and the answer: the mean of the
     three outputs, calibrated with ``temperature``, in Keras' built-in layers only (ending in
-    the layer ``answer``), so plain Keras loads the model."""
+    the layer ``answer``), so plain Keras loads the model. A multi-label head: a sigmoid per
+    tag, each tag's logit divided by its own temperature (``temperatures``)."""
     import keras
 
     with KERAS_BUILDS:  # over a trained run's layers, which a review may be reading
         features = build_image_model(spec, weights, backbone, aux_layers)
         if aux_layers is None:
-            probs = main_branch(head, temperature)(features.output)
+            probs = main_branch(head, temperatures or temperature)(features.output)
         else:
             from app.core.training.answer import average_answer
 

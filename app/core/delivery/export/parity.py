@@ -12,6 +12,7 @@ from app.core.intake.imaging import ImageError, load_rgb
 from app.core.training.fit import SplitData, TrainResult
 from app.core.trust.calibration import softmax
 from app.core.trust.fitting import main_outputs
+from app.core.trust.tags import TagTrust
 
 if TYPE_CHECKING:
     import keras
@@ -20,10 +21,11 @@ if TYPE_CHECKING:
 
 def check_parity(model: keras.Model, result: TrainResult, validation: SplitData,
                  image_size: tuple[int, int], limit: int = PARITY_IMAGES,
-                 tolerance: float = PARITY_TOLERANCE["float32"], temperature: float = 1.0
-                 ) -> ParityReport:
+                 tolerance: float = PARITY_TOLERANCE["float32"], temperature: float = 1.0,
+                 tags: TagTrust | None = None) -> ParityReport:
     """Exported model on decoded images vs. the trained model on cached features (taps or
-    cut tensors), same images, both calibrated with ``temperature``."""
+    cut tensors), same images, both calibrated with ``temperature``. A multi-label model
+    (``tags``): calibrated per tag, and a mismatch is a photo whose tag set differs."""
     pixels, index = [], []
     for i, path in enumerate(validation.paths[:limit]):
         try:
@@ -37,11 +39,16 @@ def check_parity(model: keras.Model, result: TrainResult, validation: SplitData,
     subset = SplitData(validation.rows(index, result.inputs), validation.labels[index],
                        [validation.paths[i] for i in index])
     _, logits = main_outputs(result, subset)
-    in_app = softmax(logits, temperature)
+    if tags is not None:
+        in_app = tags.calibrated(logits)
+        mismatches = int((tags.decide(exported) != tags.decide(in_app)).any(axis=1).sum())
+    else:
+        in_app = softmax(logits, temperature)
+        mismatches = int((exported.argmax(1) != in_app.argmax(1)).sum())
     return ParityReport(
         images=len(index),
         max_abs_diff=float(np.abs(exported - in_app).max()),
-        top1_mismatches=int((exported.argmax(1) != in_app.argmax(1)).sum()),
+        top1_mismatches=mismatches,
         tolerance=tolerance,
     )
 

@@ -1,0 +1,345 @@
+"""Several tags a photo: a folder of photos and a tags file beside them, read and checked.
+
+The tags file is plain CSV any tool reads and writes (the form Create ML's annotations and
+most exporters convert to in one step)::
+
+    file,tags
+    000044.jpg,cat;chair
+    kitchen/0001.png,
+    ...
+
+``file`` is a path relative to the tags file's folder, or a bare name found once anywhere
+below it; ``tags`` are joined by ``;``. A photo listed with no tag is "none of these", a real
+answer. The checks (never a traceback) report rows that cannot be read, photos listed but
+missing, image files not listed (left out: they are not labelled), tags with too few photos,
+and how many photos carry two tags or more. Splits stay by content digest, as a class folder's.
+The file is rewritten only by rename (:func:`write_tags`): a crash leaves the old or the new.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.core.base.errors import bad_name_reason, shown
+from app.core.base.jobs import CancelToken, ProgressCallback, no_progress
+from app.core.intake.dataset import (
+    MIN_IMAGES_ERROR,
+    MIN_IMAGES_WARNING,
+    NOT_CLASSES,
+    Dataset,
+    DatasetError,
+    Finding,
+    ImageRecord,
+    SplitSpec,
+    _collect,
+    _link_findings,
+    _read,
+    _skipped_findings,
+    _Walk,
+    _walk,
+)
+from app.core.storage.store import FeatureStore
+
+TAGS_FILE = "labels.csv"
+SEPARATOR = ";"
+TAGGED = "(tagged)"  # the label of every record of a tagged dataset (its tags are apart)
+MAX_TAGS_FILE_BYTES = 256 << 20  # a tags file larger than this is refused, not read
+
+
+@dataclass(frozen=True)
+class TagRow:
+    file: str  # as written in the file
+    tags: tuple[str, ...]
+    line: int
+
+
+@dataclass
+class TagsFile:
+    """What a tags file says, and what is wrong with it."""
+
+    path: Path
+    rows: list[TagRow] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+def read_tags(path: str | Path) -> TagsFile:
+    """The rows of the tags file at ``path``, each file once (a file listed again: the first
+    row counts, and a finding says so when the rows differ). Unreadable rows, bad tag names and
+    paths leading out of the folder are findings; so is a file that cannot be read at all."""
+    path = Path(path)
+    out = TagsFile(path)
+    try:
+        if path.stat().st_size > MAX_TAGS_FILE_BYTES:
+            out.findings.append(Finding("error", f"{shown(path)} is larger than "
+                                                 f"{MAX_TAGS_FILE_BYTES >> 20} MB: not read"))
+            return out
+        if not path.is_file():
+            raise IsADirectoryError(str(path))
+        raw = path.read_bytes()
+    except OSError as exc:
+        out.findings.append(Finding("error", f"cannot read the tags file {shown(path)}: "
+                                             f"{exc.strerror or exc}"))
+        return out
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        out.findings.append(Finding("error", f"{shown(path)} is not UTF-8 text (byte "
+                                             f"{exc.start}): save it as UTF-8 CSV"))
+        return out
+    bad_rows: list[str] = []
+    bad_tags: dict[str, str] = {}
+    outside: list[str] = []
+    seen: dict[str, TagRow] = {}
+    differing: list[str] = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for number, row in enumerate(reader, 1):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if number == 1 and [c.strip().lower() for c in row[:2]] == ["file", "tags"]:
+                continue  # the header
+            if len(row) > 2 or not row[0].strip():
+                bad_rows.append(f"line {number}: {shown(','.join(row))[:80]}")
+                continue
+            name = row[0].strip()
+            if os.path.isabs(name) or ".." in Path(name).parts or bad_name_reason(name):
+                outside.append(f"line {number}: {shown(name)}")
+                continue
+            tags = []
+            for tag in (row[1] if len(row) > 1 else "").split(SEPARATOR):
+                tag = tag.strip()
+                if not tag:
+                    continue
+                reason = tag_name_reason(tag)
+                if reason:
+                    bad_tags.setdefault(tag, f"line {number}: tag {shown(tag)!r} {reason}")
+                    continue
+                if tag not in tags:
+                    tags.append(tag)
+            entry = TagRow(name, tuple(sorted(tags)), number)
+            first = seen.setdefault(Path(name).as_posix(), entry)
+            if first is not entry and first.tags != entry.tags:
+                differing.append(f"{shown(name)} (lines {first.line} and {number})")
+    except csv.Error as exc:
+        out.findings.append(Finding("error", f"{shown(path)} is not readable CSV: {exc}"))
+    out.rows = list(seen.values())
+    if bad_rows:
+        out.findings.append(Finding("warning", f"{len(bad_rows)} row(s) of {path.name} are not "
+                                               "'file,tags' and were left out",
+                                    tuple(bad_rows)))
+    if outside:
+        out.findings.append(Finding("warning", f"{len(outside)} row(s) name a file outside "
+                                               f"the folder or with an unusable name: left "
+                                               "out", tuple(outside)))
+    if bad_tags:
+        out.findings.append(Finding("warning", f"{len(bad_tags)} tag name(s) cannot be used "
+                                               "and were dropped", tuple(bad_tags.values())))
+    if differing:
+        out.findings.append(Finding("warning", f"{len(differing)} photo(s) are listed twice "
+                                               "with different tags: the first row counts",
+                                    tuple(differing)))
+    return out
+
+
+def tag_name_reason(tag: str) -> str | None:
+    """Why ``tag`` cannot be a tag (it becomes a folder name when photos are sorted by tag):
+    None when it can."""
+    reason = bad_name_reason(tag)
+    if reason:
+        return reason
+    if "/" in tag or "\\" in tag or tag in (".", "..") or tag in NOT_CLASSES:
+        return "cannot be a folder name"
+    if SEPARATOR in tag or "," in tag:
+        return f"holds {SEPARATOR!r} or ','"
+    return None
+
+
+def write_tags(path: str | Path, rows: dict[str, tuple[str, ...]]) -> None:
+    """Write ``rows`` ({file: tags}) as the tags file at ``path``, replacing it by rename
+    (fsynced first): a crash leaves the old file or the new one, never neither."""
+    path = Path(path)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "tags"])
+    for name in sorted(rows):
+        for tag in rows[name]:
+            reason = tag_name_reason(tag)
+            if reason:
+                raise ValueError(f"tag {tag!r} {reason}")
+        writer.writerow([name, SEPARATOR.join(sorted(rows[name]))])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class TaggedDataset:
+    """A folder of photos with several tags each: the photos as a :class:`Dataset` (every
+    record labelled :data:`TAGGED`, digests and splits as usual), the tag names, and each
+    photo's tags by digest. ``findings``: the tags file's and the folder's checks."""
+
+    root: Path
+    tags_file: Path
+    tag_names: list[str]
+    images: Dataset
+    tags: dict[str, tuple[str, ...]]  # digest -> tags (a photo with none: ())
+    findings: list[Finding] = field(default_factory=list)
+    left_out_tags: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    def records(self, split: str | None = None) -> list[ImageRecord]:
+        """One record per content (the first path of each digest), in one split or all."""
+        seen: set[str] = set()
+        out = []
+        for r in self.images.images:
+            if r.digest in seen or (split is not None and r.split != split):
+                continue
+            seen.add(r.digest)
+            out.append(r)
+        return out
+
+    def targets(self, records: list[ImageRecord]) -> np.ndarray:
+        """The records' tags as a multi-hot float32 matrix (N, tags), in tag_names' order."""
+        index = {t: i for i, t in enumerate(self.tag_names)}
+        y = np.zeros((len(records), len(self.tag_names)), np.float32)
+        for row, r in enumerate(records):
+            for t in self.tags.get(r.digest, ()):
+                if t in index:
+                    y[row, index[t]] = 1.0
+        return y
+
+    def tag_counts(self, split: str | None = None) -> dict[str, int]:
+        y = self.targets(self.records(split))
+        return {t: int(n) for t, n in zip(self.tag_names, y.sum(axis=0))}
+
+    def summary(self) -> dict:
+        recs = self.records()
+        per_photo = Counter(len(self.tags.get(r.digest, ())) for r in recs)
+        return {"photos": len(recs), "tags": self.tag_counts(),
+                "tags_per_photo": {str(k): per_photo[k] for k in sorted(per_photo)},
+                "split": {s: len(self.records(s)) for s in ("train", "validation", "test")},
+                "left_out_tags": self.left_out_tags,
+                "findings": [f.as_dict() for f in self.findings]}
+
+
+def find_tags_file(root: str | Path, labels: str | Path | None = None) -> Path:
+    """The tags file: ``labels`` (relative to ``root`` unless absolute), else ``root``'s
+    ``labels.csv``. :class:`DatasetError` when there is none."""
+    root = Path(root).expanduser()
+    path = Path(labels).expanduser() if labels else root / TAGS_FILE
+    if labels and not path.is_absolute() and not path.exists():
+        path = root / path
+    if not path.is_file():
+        raise DatasetError(f"no tags file {shown(path)}: a multi-label folder needs one "
+                           f"('file,tags' rows, tags joined by '{SEPARATOR}')")
+    return path
+
+
+def scan_tagged(root: str | Path, labels: str | Path | None = None,
+                store: FeatureStore | None = None, split: SplitSpec | None = None,
+                progress: ProgressCallback = no_progress, cancel: CancelToken | None = None
+                ) -> TaggedDataset:
+    """The photos below ``root`` that the tags file lists, read like a class folder's (same
+    digests, splits and skipped reasons), with their tags and the checks. Raises
+    :class:`DatasetError` only when ``root`` is no folder or there is no tags file."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder")
+    tags_path = find_tags_file(root, labels)
+    tags_file = read_tags(tags_path)
+    findings = list(tags_file.findings)
+    base = tags_path.resolve().parent
+    split = split or SplitSpec()
+    walk = _Walk(root)
+    files = [p for p in _walk(root, walk)]
+    by_rel = {p.relative_to(base).as_posix(): p for p in files if base in p.parents}
+    by_name: dict[str, list[Path]] = defaultdict(list)
+    for p in files:
+        by_name[p.name].append(p)
+    listed: dict[Path, tuple[str, ...]] = {}
+    missing, ambiguous = [], []
+    for row in tags_file.rows:
+        key = Path(row.file).as_posix()
+        path = by_rel.get(key)
+        if path is None and "/" not in key:
+            named = by_name.get(key, [])
+            if len(named) > 1:
+                ambiguous.append(f"line {row.line}: {shown(row.file)} ({len(named)} files)")
+                continue
+            path = named[0] if named else None
+        if path is None:
+            missing.append(f"line {row.line}: {shown(row.file)}")
+            continue
+        listed.setdefault(path, row.tags)
+    candidates: list[tuple[str, str, int, int]] = []
+    badly_named: list = []
+    _collect(iter(listed), TAGGED, candidates, badly_named)
+    images, skipped = _read(candidates, badly_named, store, split, progress, cancel, False)
+    ds = Dataset(root, [TAGGED], images, skipped, [], split, _link_findings(walk))
+    ds.findings = [*ds.scan_findings, *_skipped_findings(skipped)]
+    findings += ds.findings
+    if missing:
+        findings.append(Finding("warning", f"{len(missing)} photo(s) listed in "
+                                           f"{tags_path.name} are not in the folder",
+                                tuple(missing)))
+    if ambiguous:
+        findings.append(Finding("warning", f"{len(ambiguous)} listed name(s) match several "
+                                           "files: give their path from the tags file's "
+                                           "folder", tuple(ambiguous)))
+    from app.core.intake.imaging import IMAGE_SUFFIXES
+
+    unlisted = [str(p) for p in files if p not in listed and p != tags_path.resolve()
+                and p.suffix.lower() in IMAGE_SUFFIXES]
+    if unlisted:
+        findings.append(Finding("info", f"{len(unlisted)} image file(s) are not in "
+                                        f"{tags_path.name}: not labelled, left out",
+                                tuple(unlisted)))
+    tags: dict[str, tuple[str, ...]] = {}
+    conflicts: list[str] = []
+    for r in images:
+        t = listed[Path(r.path)]
+        if r.digest in tags and tags[r.digest] != t:
+            conflicts.append(r.path)
+            t = tuple(sorted(set(tags[r.digest]) | set(t)))
+        tags[r.digest] = t
+    if conflicts:
+        findings.append(Finding("warning", f"{len(conflicts)} photo(s) have the same content as "
+                                           "another listed with different tags: their tags "
+                                           "are joined", tuple(conflicts)))
+    counts = Counter(t for ts in tags.values() for t in ts)
+    names = sorted(counts)
+    keep = [t for t in names if counts[t] >= MIN_IMAGES_ERROR]
+    left_out = [t for t in names if t not in keep]
+    for t in left_out:
+        findings.append(Finding("warning", f"tag {t!r} has {counts[t]} photo(s); training "
+                                           f"leaves it out (it needs at least "
+                                           f"{MIN_IMAGES_ERROR})"))
+    for t in keep:
+        if counts[t] < MIN_IMAGES_WARNING:
+            findings.append(Finding("warning", f"tag {t!r} has only {counts[t]} photos; "
+                                               f"{MIN_IMAGES_WARNING} or more give a usable "
+                                               "model"))
+    several = sum(1 for ts in tags.values() if len(ts) >= 2)
+    none = sum(1 for ts in tags.values() if not ts)
+    findings.append(Finding("info", f"{len(tags)} photo(s) tagged: {several} with two tags "
+                                    f"or more, {none} with none (\"none of these\")"))
+    if not images:
+        findings.append(Finding("error", f"no usable photo listed in {shown(tags_path)} was "
+                                         f"found below {shown(root)}"))
+    elif len(keep) < 1:
+        findings.append(Finding("error", f"no tag has {MIN_IMAGES_ERROR} photos or more: "
+                                         "nothing to learn"))
+    return TaggedDataset(root, tags_path, keep, ds, tags, findings, left_out)

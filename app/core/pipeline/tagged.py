@@ -1,0 +1,190 @@
+"""Several tags a photo, from a tagged folder to a judged model: cache the photos' features
+(the same store and key as a class folder's: a tag set changes no cached feature), train the
+same head with a sigmoid per tag and binary cross-entropy on every output (the aux loss weight
+as set), fit a temperature and a threshold per tag on the validation split, score the test
+split (:mod:`app.core.trust.tags`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.core.base.errors import SettingsError
+from app.core.base.jobs import Cancelled, CancelToken, ProgressCallback, no_progress
+from app.core.base.paths import user_cache_dir
+from app.core.features.backbones import get_spec
+from app.core.features.caching import CacheResult
+from app.core.features.keys import key_precision
+from app.core.intake.dataset import SPLITS, DatasetError
+from app.core.intake.tags import TaggedDataset
+from app.core.pipeline.retrain import RunChoice, cache_features
+from app.core.storage.store import FeatureStore
+from app.core.training.feeds import FeatureSource, SplitData
+from app.core.training.fit import TrainResult, predict_split, train_head
+from app.core.trust.fitting import main_outputs
+from app.core.trust.tags import TagEvaluation, TagTrust, fit_tag_trust, logit, score_tags
+from app.core.trust.unknown import DEFAULT_METHOD, fit_detector, reference_rows
+
+if TYPE_CHECKING:
+    from app.core.delivery.export import ExportReport
+
+# the unknown scores that read features alone (a class mean or a top-1 probability means
+# nothing when a photo holds several tags)
+TAG_UNKNOWN_METHODS = ("relative_knn", "knn")
+
+
+def load_tagged_splits(data: TaggedDataset, model_key: str, cache_dir: str | Path | None = None
+                       ) -> dict[str, SplitData]:
+    """Each split's photos (one a content) with their multi-hot tags, features streamed from
+    the store."""
+    folder = Path(cache_dir or user_cache_dir())
+    recs = data.records()
+    with FeatureStore(folder) as store:
+        digests = {r.digest for r in recs}
+        missing = digests - store.cached_digests(model_key, digests)
+    if missing:
+        raise KeyError(f"{len(missing)} photos have no cached features for {model_key}")
+    source = FeatureSource(folder, model_key)
+    out = {}
+    for split in SPLITS:
+        rs = data.records(split)
+        out[split] = SplitData(None, data.targets(rs), [r.path for r in rs],
+                               [r.digest for r in rs], source)
+    return out
+
+
+def tag_answer(result: TrainResult, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """Main-tap features (N, D) and the answer's per-tag logits (N, tags) on ``data``: the
+    logit of the mean of the outputs' probabilities (answering with the average), else the
+    main logits."""
+    features, z = main_outputs(result, data)
+    if result.averages:  # main_outputs gives log(mean p): the answer's logit is log(p/(1-p))
+        return features, logit(np.exp(np.asarray(z, np.float64)))
+    return features, np.asarray(z, np.float64)
+
+
+@dataclass
+class TaggedModel:
+    """A multi-label run and what was learned about it."""
+
+    dataset: TaggedDataset
+    splits: dict[str, SplitData]
+    result: TrainResult
+    trust: TagTrust
+    evaluation: TagEvaluation
+    training_warnings: tuple[str, ...] = ()
+    validation: TagEvaluation | None = None
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.result.classes)
+
+    def export(self, out_dir: str | Path, formats: tuple[str, ...] = ("keras",)
+               ) -> ExportReport:
+        """The model folder: per-tag sigmoids calibrated inside the model, each tag's
+        threshold in ``metadata.json``, checked against the app's answers like any export."""
+        from app.core.delivery.export import export_model
+
+        result = self.result
+        spec = self.dataset.images.split_spec
+        return export_model(
+            out_dir, spec=get_spec(result.backbone), weights=result.weights, result=result,
+            validation=self.splits["validation"], precision=key_precision(result.model_key),
+            tag_trust=self.trust, formats=formats,
+            extra_metadata={
+                "dataset": str(self.dataset.root),
+                "split": {s: len(self.splits[s]) for s in SPLITS},
+                "split_fractions": [spec.train, spec.validation, spec.test],
+                "test": {k: getattr(self.evaluation, k) for k in
+                         ("count", "map", "micro_f1", "macro_f1", "exact_match",
+                          "hamming_loss", "none_rate", "unknown_rate")},
+                "training": result.summary()["settings"],
+                "mode": result.settings.mode,
+                "best_epoch": result.best_epoch,
+                "cancelled": result.cancelled,
+                "left_out_classes": list(self.dataset.left_out_tags),
+            },
+            evaluation={"task": "multi-label", **self.evaluation.as_dict()})
+
+    def summary(self) -> dict:
+        ev = self.evaluation
+        return {
+            "mode": "multi-label",
+            "tags": self.tags,
+            "training": self.result.summary(),
+            "thresholds": {"rule": self.trust.rule,
+                           "per_tag": dict(zip(self.tags, (round(t, 4) for t in
+                                                           self.trust.thresholds)))},
+            "calibration": {"temperatures": dict(zip(self.tags, (round(t, 4) for t in
+                                                                 self.trust.temperatures))),
+                            "note": self.trust.note},
+            "test": ev.as_dict(),
+            "warnings": list(self.training_warnings),
+        }
+
+
+def judge_tags(result: TrainResult, splits: dict[str, SplitData],
+               unknown_method: str = DEFAULT_METHOD) -> tuple[TagTrust, TagEvaluation,
+                                                              TagEvaluation | None]:
+    """Per-tag temperatures and thresholds and the unknown detector, fitted on the validation
+    split; the test split scored with them (and the validation split, for comparison)."""
+    val, test, train = splits["validation"], splits["test"], splits["train"]
+    if not len(val):
+        trust = fit_tag_trust(np.zeros((0, len(result.classes))),
+                              np.zeros((0, len(result.classes))))
+        val_ev = None
+    else:
+        val_features, val_logits = tag_answer(result, val)
+        trust = fit_tag_trust(val_logits, val.labels)
+        method = unknown_method if unknown_method in TAG_UNKNOWN_METHODS else "relative_knn"
+        ref = train.take(reference_rows(len(train)))
+        train_features = main_outputs(result, ref)[0]
+        trust.detector = fit_detector(
+            method, train_features, np.zeros(len(ref), np.int64), 1, val_features,
+            trust.calibrated(val_logits), pool_training=result.settings.mode == "head")
+        val_ev = _scored(result, trust, val)
+    return trust, _scored(result, trust, test), val_ev
+
+
+def _scored(result: TrainResult, trust: TagTrust, data: SplitData) -> TagEvaluation:
+    if not len(data):
+        return score_tags(result.classes, data.labels, np.zeros((0, len(result.classes))), [],
+                          trust.thresholds, rule=trust.rule)
+    features, z = tag_answer(result, data)
+    probs = trust.calibrated(z)
+    unknown = None
+    if trust.detector is not None:
+        unknown = trust.detector.flags(trust.detector.score(features, probs))
+    outputs = predict_split(result, data)
+    return score_tags(result.classes, data.labels, probs, data.paths, trust.thresholds,
+                      outputs=outputs, unknown=unknown, rule=trust.rule)
+
+
+def train_tagged(choice: RunChoice, data: TaggedDataset, cache_dir: str | Path | None = None,
+                 progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+                 unknown_method: str = DEFAULT_METHOD) -> tuple[TaggedModel, CacheResult]:
+    """Cache what is missing, train a multi-label head on the tagged folder's photos, fit its
+    trust and score its test split."""
+    if data.errors:
+        raise DatasetError(data.errors[0].message)
+    if not data.tag_names:
+        raise DatasetError("no tag has enough photos to train on")
+    cache, _ = cache_features(choice, data.images, cache_dir, progress, cancel)
+    if cache.cancelled:
+        raise Cancelled()
+    splits = load_tagged_splits(data, cache.model_key, cache_dir)
+    if not len(splits["train"]):
+        raise SettingsError("the training split is empty")
+    backbone = (get_spec(choice.backbone), choice.weights)
+    result = train_head(splits["train"], splits["validation"], data.tag_names,
+                        choice.settings, progress, cancel, backbone)
+    result = replace(result, model_key=cache.model_key, backbone=choice.backbone,
+                     weights=choice.weights)
+    trust, evaluation, val_ev = judge_tags(result, splits, unknown_method)
+    warnings = tuple(f"tag {t!r} left out of training: fewer than 2 photos"
+                     for t in data.left_out_tags)
+    return TaggedModel(data, splits, result, trust, evaluation, warnings, val_ev), cache
+

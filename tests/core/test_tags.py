@@ -1,0 +1,180 @@
+"""Several tags a photo: the tags file read and checked (never a traceback), a tagged folder
+scanned, the file rewritten by rename, and the per-tag rules (temperature, threshold, AP and
+the scores) on sets where the right answer is known by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from app.core.intake.dataset import DatasetError, SplitSpec
+from app.core.intake.tags import read_tags, scan_tagged, write_tags
+from app.core.trust.tags import (
+    DEFAULT_THRESHOLD,
+    MIN_POSITIVES_TO_TUNE,
+    average_precision,
+    best_f1_threshold,
+    fit_tag_temperature,
+    fit_tag_trust,
+    score_tags,
+)
+from tests.conftest import COLOURS, make_image
+
+
+def _messages(findings, level=None):
+    return [f.message for f in findings if level is None or f.level == level]
+
+
+def test_reading_a_tags_file_reports_each_problem_and_keeps_the_good_rows(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text(
+        "\ufefffile,tags\n"  # a BOM, as spreadsheet programs write
+        "a.jpg,cat;chair\n"
+        "b.jpg,\n"  # no tag: "none of these", a real answer
+        "c.jpg,dog;dog; cat \n"  # a tag twice, spaces
+        "d.jpg,x,y\n"  # three columns
+        ",cat\n"  # no file
+        "../e.jpg,cat\n"  # out of the folder
+        "f.jpg,bad/tag;ok\n"  # a tag that cannot be a folder name
+        "a.jpg,cat;chair\n"  # listed again, the same
+        "c.jpg,bird\n"  # listed again, differing
+        "café/été.jpg,ключ\n",  # Unicode names
+        "utf-8")
+    tf = read_tags(path)
+    rows = {r.file: r.tags for r in tf.rows}
+    assert rows == {"a.jpg": ("cat", "chair"), "b.jpg": (), "c.jpg": ("cat", "dog"),
+                    "f.jpg": ("ok",), "café/été.jpg": ("ключ",)}
+    text = " | ".join(_messages(tf.findings))
+    assert "2 row(s) of labels.csv are not 'file,tags'" in text
+    assert "1 row(s) name a file outside the folder" in text
+    assert "1 tag name(s) cannot be used" in text and "bad/tag" in str(tf.findings)
+    assert "1 photo(s) are listed twice with different tags" in text
+    assert not _messages(tf.findings, "error")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"file,tags\n\xff\xfe,cat\n", "is not UTF-8 text"),
+    (b'file,tags\n"a.jpg,cat\n', None),  # an unterminated quote: read to the end, no traceback
+])
+def test_an_unreadable_tags_file_is_one_finding(tmp_path, content, message):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(content)
+    tf = read_tags(path)
+    if message:
+        assert message in _messages(tf.findings, "error")[0] and not tf.rows
+
+
+def test_a_folder_as_tags_file_and_a_missing_one(tmp_path):
+    (tmp_path / "labels.csv").mkdir()
+    assert "cannot read the tags file" in _messages(read_tags(tmp_path / "labels.csv")
+                                                    .findings, "error")[0]
+    with pytest.raises(DatasetError, match="no tags file"):
+        scan_tagged(tmp_path, "nothing.csv")
+
+
+def test_scanning_a_tagged_folder(tmp_path):
+    root = tmp_path / "photos"
+    for i in range(6):
+        make_image(root / "images" / f"p{i}.jpg", COLOURS["red"], seed=i)
+    make_image(root / "more" / "p6.png", COLOURS["green"], seed=6)
+    make_image(root / "more" / "p0.jpg", COLOURS["blue"], seed=7)  # a bare "p0.jpg": ambiguous
+    make_image(root / "unlisted.jpg", COLOURS["blue"], seed=8)
+    (root / "labels.csv").write_text(
+        "file,tags\n"
+        "images/p0.jpg,red;round\n"
+        "p1.jpg,red\n"  # a bare name found below the folder
+        "p2.jpg,red;round\n"
+        "images/p3.jpg,\n"
+        "p4.jpg,red;solo\n"  # 'solo' has one photo: left out of training
+        "images/p5.jpg,red\n"
+        "more/p6.png,green;round\n"
+        "gone.jpg,red\n"  # listed, missing
+        "p0.jpg,blue\n", "utf-8")  # ambiguous
+    data = scan_tagged(root)
+    assert data.tag_names == ["red", "round"] and data.left_out_tags == ["green", "solo"]
+    recs = data.records()
+    assert len(recs) == 7
+    by_name = {r.path.rsplit("/", 1)[-1]: data.tags[r.digest] for r in recs}
+    assert by_name["p3.jpg"] == () and by_name["p0.jpg"] == ("red", "round")
+    text = " | ".join(_messages(data.findings))
+    assert "1 photo(s) listed in labels.csv are not in the folder" in text
+    assert "1 listed name(s) match several files" in text
+    assert "2 image file(s) are not in labels.csv" in text
+    assert "tag 'solo' has 1 photo(s); training leaves it out" in text
+    assert "7 photo(s) tagged: 4 with two tags or more, 1 with none" in text
+    # the split is the content's, as for a class folder
+    assert all(r.split == SplitSpec().assign(r.digest) for r in recs)
+    y = data.targets(recs)
+    assert y.shape == (7, 2) and y.sum(axis=0).tolist() == [5, 3]
+
+
+def test_the_tags_file_is_replaced_by_rename_and_read_back(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("file,tags\nold.jpg,x\n", "utf-8")
+    rows = {"a b.jpg": ("sofa", "cat"), "b,c.jpg": (), "é/ü.png": ("ключ",)}
+    write_tags(path, rows)
+    assert {r.file: r.tags for r in read_tags(path).rows} == {
+        k: tuple(sorted(v)) for k, v in rows.items()}
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.csv"]  # no temporary left
+    with pytest.raises(ValueError, match="cannot be a folder name"):
+        write_tags(path, {"a.jpg": ("a/b",)})
+    assert {r.file for r in read_tags(path).rows} == set(rows)  # the old file, untouched
+
+
+def test_best_f1_threshold_by_hand():
+    # cuts after 1..5 photos: F1 = 0.5, 0.8, 0.667, 0.857, 0.75: the best keeps 4, the
+    # threshold sits between the 4th and the 5th probability
+    p, y = np.array([0.9, 0.8, 0.7, 0.3, 0.2]), np.array([1, 1, 0, 1, 0])
+    assert best_f1_threshold(p, y) == pytest.approx(0.25)
+    assert best_f1_threshold(p, np.zeros(5)) == DEFAULT_THRESHOLD
+    # tied probabilities are never split
+    assert best_f1_threshold(np.array([0.6, 0.6, 0.1]), np.array([1, 0, 0])) == \
+        pytest.approx(0.35)
+
+
+def test_average_precision_by_hand():
+    # positives at ranks 1 and 3: (1/1 + 2/3) / 2
+    assert average_precision(np.array([0.9, 0.8, 0.7, 0.3]), np.array([1, 0, 1, 0])) == \
+        pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(np.array([0.5, 0.4]), np.array([0, 0])) is None
+
+
+def test_a_tag_temperature_undoes_a_known_scaling():
+    rng = np.random.default_rng(0)
+    u = rng.normal(0, 2, 20000)
+    y = (rng.random(u.size) < 1 / (1 + np.exp(-u))).astype(float)
+    assert fit_tag_temperature(3.0 * u, y) == pytest.approx(3.0, rel=0.05)
+
+
+def test_thresholds_move_from_one_half_only_on_enough_validation_photos():
+    rng = np.random.default_rng(1)
+    n = 400
+    y = np.zeros((n, 2))
+    y[:, 0] = rng.random(n) < 0.3  # many photos with tag 0
+    y[: MIN_POSITIVES_TO_TUNE - 5, 1] = 1  # too few with tag 1
+    # logits that rank well but sit too low: the best F1 is well below 0.5
+    z = np.where(y > 0, rng.normal(-0.5, 0.6, y.shape), rng.normal(-3.0, 0.6, y.shape))
+    trust = fit_tag_trust(z, y)
+    probs = trust.calibrated(z)
+    assert trust.thresholds[1] == DEFAULT_THRESHOLD
+    assert trust.thresholds[0] == pytest.approx(best_f1_threshold(probs[:, 0], y[:, 0]))
+    assert trust.thresholds[0] != DEFAULT_THRESHOLD
+    assert all(math.isfinite(t) and t > 0 for t in trust.temperatures)
+
+
+def test_scores_by_hand():
+    tags = ["cat", "dog", "sofa"]
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]])
+    p = np.array([[0.9, 0.6, 0.1],   # cat, and dog wrongly
+                  [0.8, 0.7, 0.2],   # right
+                  [0.1, 0.2, 0.3],   # none, right
+                  [0.2, 0.1, 0.4]])  # sofa missed
+    ev = score_tags(tags, y, p, ["a", "b", "c", "d"], [0.5, 0.5, 0.5])
+    # decisions: tp = 3 (cat a, cat b, dog b), fp = 1 (dog a), fn = 1 (sofa d)
+    assert ev.micro_f1 == pytest.approx(2 * 3 / (2 * 3 + 1 + 1), abs=1e-4)
+    assert ev.exact_match == 0.5 and ev.hamming_loss == pytest.approx(2 / 12, abs=1e-4)
+    assert ev.per_tag["dog"]["precision"] == 0.5 and ev.per_tag["sofa"]["recall"] == 0.0
+    assert ev.confused == {"cat": {"dog": 1}}
+    assert [e["path"] for e in ev.errors] == ["a", "d"]
+    assert ev.none_rate == 0.5
+    assert ev.map == pytest.approx(np.mean([1.0, 1.0, 1.0]), abs=1e-4)
