@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir")
     p.add_argument("--split", default="test", choices=["test", "validation", "train", "all"],
                    help="which images of DATA_DIR (default: its test split)")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="a multi-label model: DATA_DIR's tags file (default "
+                        "DATA_DIR/labels.csv)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("predict", help="classify image files or folders with a model folder")
@@ -396,8 +399,6 @@ def _train_tagged(args: argparse.Namespace, out, formats: tuple[str, ...], split
     from app.core.storage.store import FeatureStore
 
     settings = _settings(args, multi_label=True)
-    if settings.mode != "head":
-        raise SettingsError("--multi-label trains in the head mode for now (--mode head)")
     with FeatureStore(args.cache_dir or user_cache_dir()) as store:
         data = scan_tagged(args.data_dir, args.labels, store, split, bar, cancel)
     for f in data.findings:
@@ -439,7 +440,13 @@ def _train_tagged(args: argparse.Namespace, out, formats: tuple[str, ...], split
     if args.json:
         _print_json(doc)
         return EXIT_OK
-    ev = model.evaluation
+    _tag_scores(model.evaluation)
+    _say(f"best epoch {result.best_epoch} of {result.epochs_run}; model in {report.folder}")
+    return EXIT_OK
+
+
+def _tag_scores(ev) -> None:
+    """A multi-label evaluation in lines: the scores, then each tag's."""
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     _say(f"test ({ev.count} photos): mAP {fmt(ev.map)}  micro-F1 {fmt(ev.micro_f1)}  "
          f"macro-F1 {fmt(ev.macro_f1)}  exact match {fmt(ev.exact_match)}  Hamming loss "
@@ -448,14 +455,32 @@ def _train_tagged(args: argparse.Namespace, out, formats: tuple[str, ...], split
         _say(f"  {tag}: AP {fmt(s['ap'])}  precision {fmt(s['precision'])}  recall "
              f"{fmt(s['recall'])}  F1 {fmt(s['f1'])}  ({s['support']} photos, threshold "
              f"{s['threshold']:.2f})")
-    _say(f"thresholds: {model.trust.rule}")
-    _say(f"best epoch {result.best_epoch} of {result.epochs_run}; model in {report.folder}")
+    if ev.threshold_rule:
+        _say(f"thresholds: {ev.threshold_rule}")
+
+
+def _evaluate_tagged(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
+    from app.core.pipeline.tagged import evaluate_tagged_model_dir
+
+    ev = evaluate_tagged_model_dir(args.model_dir, args.data_dir, args.labels, args.split,
+                                   bar, cancel)
+    if args.json:
+        _print_json({"mode": "multi-label", **ev.as_dict()})
+        return EXIT_OK
+    for s in ev.skipped:
+        _say(f"skipped {shown(s['path'])}: {shown(s['reason'])}")
+    _tag_scores(ev)
     return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
+    from app.core.delivery.predict import read_metadata
     from app.core.pipeline.retrain import evaluate_model_dir
 
+    if read_metadata(args.model_dir).get("task") == "multi-label":
+        return _evaluate_tagged(args, bar, cancel)
+    if args.labels:
+        raise SettingsError("--labels is the tags file of a multi-label model's folder")
     ev = evaluate_model_dir(args.model_dir, args.data_dir, args.split, bar, cancel)
     if args.json:
         _print_json(ev.as_dict())

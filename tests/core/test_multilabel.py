@@ -125,6 +125,13 @@ def test_train_and_predict_tag_sets_on_the_command_line(tmp_path):
                                 "per_tag", "confused", "errors"}
     assert doc["data"]["tags_per_photo"] == {"0": 6, "1": 18, "2": 18}
     assert "Epoch 1 of 3 — main: loss " in out.stderr and "mAP" in out.stderr
+    out = subprocess.run([*run, "evaluate", str(tmp_path / "m"), str(data), "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ev = json.loads(out.stdout)
+    assert ev["mode"] == "multi-label" and ev["count"] == doc["test"]["count"]
+    assert ev["map"] == pytest.approx(doc["test"]["map"], abs=2e-3)  # decoded, not cached
+    assert ev["thresholds"] == doc["thresholds"]["per_tag"]
     out = subprocess.run([*run, "predict", str(tmp_path / "m"), str(data / "s3"), "--json"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -135,3 +142,18 @@ def test_train_and_predict_tag_sets_on_the_command_line(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "several tags a photo" in out.stderr
     assert not (tmp_path / "sorted").exists()
+
+
+def test_the_fine_tune_mode_trains_tags_and_exports_them(tmp_path):
+    """The cut in the same store, the top blocks trained by the per-tag losses, the tag
+    temperatures in the exported model: its answers are the app's."""
+    data = scan_tagged(make_tagged(tmp_path / "photos", per_set=6))
+    settings = TrainSettings.for_task(True, epochs=2, batch_size=8, mode="finetune",
+                                      hidden_units=16, seed=4)
+    model, cache = train_tagged(RunChoice(str(data.root), "tiny", "none", settings), data,
+                                tmp_path / "cache")
+    assert cache.mode == "finetune" and model.result.multi_label
+    assert model.result.trainable_backbone_layers  # the top blocks trained
+    meta = json.loads((model.export(tmp_path / "m").folder / "metadata.json").read_text())
+    assert meta["mode"] == "finetune" and meta["task"] == "multi-label"
+    assert meta["parity"]["checked"] and meta["parity"]["max_abs_diff"] <= 1e-3

@@ -188,3 +188,48 @@ def train_tagged(choice: RunChoice, data: TaggedDataset, cache_dir: str | Path |
                      for t in data.left_out_tags)
     return TaggedModel(data, splits, result, trust, evaluation, warnings, val_ev), cache
 
+
+
+def evaluate_tagged_model_dir(model_dir: str | Path, data_dir: str | Path,
+                              labels: str | Path | None = None, split: str = "test",
+                              progress: ProgressCallback = no_progress,
+                              cancel: CancelToken | None = None) -> TagEvaluation:
+    """Score a multi-label model folder on a tagged folder's photos (its ``split``, by the
+    model's split fractions, or all), each tag decided at the folder's threshold. Photos that
+    cannot be scored are listed with why in the result's errors, never dropped silently."""
+    from app.core.delivery.predict import ModelDirError, Predictor
+    from app.core.intake.dataset import SplitSpec
+    from app.core.intake.tags import scan_tagged
+
+    predictor = Predictor.from_dir(model_dir)
+    if predictor.thresholds is None:
+        raise ModelDirError(f"{model_dir} gives one class a photo: evaluate it on a folder "
+                            "of class folders, without --multi-label")
+    fractions = predictor.metadata.get("split_fractions")
+    data = scan_tagged(data_dir, labels, split=SplitSpec(*fractions) if fractions else None)
+    unknown = sorted(set(data.tag_names) - set(predictor.classes))
+    if unknown:
+        raise ModelDirError(f"{data_dir} has tags the model does not know: "
+                            f"{', '.join(unknown)}")
+    recs = data.records(None if split == "all" else split)
+    preds = predictor.predict([r.path for r in recs], top_k=len(predictor.classes),
+                              progress=progress, cancel=cancel)
+    ok = [(r, p) for r, p in zip(recs, preds) if p.error is None]
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    probs = np.zeros((len(ok), len(index)))
+    for row, (_, p) in enumerate(ok):
+        for t in p.top:
+            probs[row, index[t["label"]]] = t["probability"]
+    targets = np.zeros_like(probs)
+    for row, (r, _) in enumerate(ok):
+        for t in data.tags.get(r.digest, ()):
+            if t in index:
+                targets[row, index[t]] = 1.0
+    unknown_flags = (np.array([p.unknown for _, p in ok], bool)
+                     if predictor.unknown is not None else None)
+    ev = score_tags(predictor.classes, targets, probs, [r.path for r, _ in ok],
+                    predictor.thresholds.tolist(), unknown=unknown_flags,
+                    rule=str(predictor.metadata.get("threshold_rule") or ""))
+    ev.skipped = [{"path": p.path, "reason": p.error} for p in preds if p.error is not None]
+    ev.skipped += [{"path": s.path, "reason": s.reason} for s in data.images.skipped]
+    return ev

@@ -183,6 +183,8 @@ class TagEvaluation:
     threshold_rule: str = ""
     none_rate: float | None = None  # share of photos given no tag ("none of my tags")
     unknown_rate: float | None = None
+    # [{"path", "reason"}]: photos meant to be scored that could not be (not in count)
+    skipped: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
