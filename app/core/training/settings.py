@@ -132,8 +132,9 @@ class TrainSettings:
     def for_task(cls, multi_label: bool, **given: Any) -> TrainSettings:
         """The settings ``given``, the others at their defaults for the task: several tags a
         photo has its own where the table says so (measured on VOC-dev with MobileNet,
-        docs/benchmarks.md: a hidden layer of 1024 gave +4 points of test mAP over a linear
-        head, and the mean with the aux outputs 7 points less than the main output alone)."""
+        docs/benchmarks.md: a hidden layer of 1024 gave about 4 points of test mAP over a
+        linear head, and the mean with the aux outputs 5-7 points less than the main output
+        alone)."""
         if multi_label:
             given = {**{name: s.multi_label for name, _d, _t, s in table()
                         if s.multi_label is not None}, **given}

@@ -9,8 +9,9 @@ begins, and the scores that say when the model is good enough per tag.
   moved to the probability that gives the tag's **best F1 on the validation split** (the
   midpoint between the two neighbouring probabilities) once that split holds at least
   :data:`MIN_POSITIVES_TO_TUNE` photos with the tag. Measured on VOC-dev (MobileNet, 101
-  validation photos, 5-25 a tag): thresholds tuned on so few photos lost 0.5 to 5 points of
-  test micro-F1 against 0.5 in 9 runs of 10 (docs/benchmarks.md).
+  validation photos, 5-25 a tag): thresholds tuned on so few photos lost 0.6 to 5.1 points of
+  test micro-F1 against 0.5 in 8 runs of 11 and won in 2, by at most 1.0
+  (docs/benchmarks.md).
 - **Scores** (:func:`score_tags`): per tag precision, recall, F1 (at its threshold) and
   average precision (AP, the area under the precision-recall curve as scikit-learn computes
   it: the precision at each distinct score, weighted by the recall it adds); mAP (the mean of
