@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SETTING = "setting_"  # the options' dest prefix: never the name of another option
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     """One option a training setting, made from the settings table (its default, choices and
     help), so that no setting is missing here or written twice."""
@@ -229,7 +232,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         shown_default = f"default {default}" + (
             f"; {s.multi_label} with --multi-label" if s.multi_label is not None else "")
         # not given: absent from the options, so that the task's default applies
-        p.add_argument(s.cli or f"--{name.replace('_', '-')}", dest=name, type=kind,
+        # a dest of its own: the backbone's --batch-size is another option with the name
+        # batch_size, and shared, each overwrote the other's value
+        p.add_argument(s.cli or f"--{name.replace('_', '-')}", dest=SETTING + name, type=kind,
                        default=argparse.SUPPRESS, choices=s.choices,
                        help=f"{help_text} ({shown_default})".replace("%", "%%"))
 
@@ -240,8 +245,8 @@ def _settings(args: argparse.Namespace, multi_label: bool = False):
     from app.core.training.settings import TrainSettings
 
     return TrainSettings.for_task(multi_label, **{
-        name: getattr(args, name) for name, _d, _k, s in table()
-        if s.shown and hasattr(args, name)})
+        name: getattr(args, SETTING + name) for name, _d, _k, s in table()
+        if s.shown and hasattr(args, SETTING + name)})
 
 
 def _backbone_batch(text: str) -> int:
@@ -430,7 +435,7 @@ def _train_tagged(args: argparse.Namespace, out, formats: tuple[str, ...], split
     if report.parity_note:
         bar.line(f"warning: {report.parity_note}")
     doc = {**model.summary(), "cache": cache.as_dict(), "model_dir": str(report.folder),
-           "data": data.summary(),
+           "data": model.dataset.summary(),
            "parity": {"checked": report.parity_checked, "note": report.parity_note,
                       **({} if report.parity is None else {
                           "images": report.parity.images,
@@ -467,6 +472,8 @@ def _evaluate_tagged(args: argparse.Namespace, bar: ProgressBar, cancel: CancelT
     if args.json:
         _print_json({"mode": "multi-label", **ev.as_dict()})
         return EXIT_OK
+    for f in ev.findings:
+        _say(f"{f['level']}: {f['message']}")
     for s in ev.skipped:
         _say(f"skipped {shown(s['path'])}: {shown(s['reason'])}")
     _tag_scores(ev)

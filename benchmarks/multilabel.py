@@ -4,8 +4,8 @@ split by the app's own scores (``app.core.trust.tags.score_tags``; its AP checke
 scikit-learn's ``average_precision_score`` here):
 
 - **app**: ``python -m app train DATA --multi-label``'s path (``train_tagged``): the head with
-  a sigmoid per tag (main, aux1, aux2), per-tag temperatures and thresholds (best F1 on the
-  validation split);
+  a sigmoid per tag (main, aux1, aux2), per-tag temperatures and thresholds (0.5 on the
+  calibrated probability, the best validation F1 for a tag with 25+ validation photos);
 - **one-vs-rest logistic regression** (scikit-learn, C=10, on the main tap's pooled features,
   fitted on the training split), decided at 0.5 as the issue measured it, and at per-tag
   thresholds chosen on the validation split by the app's rule;

@@ -50,3 +50,24 @@ def test_every_range_is_checked_at_both_ends_and_refuses_nan(name):
 def test_a_choice_outside_the_table_is_refused_naming_the_choices():
     with pytest.raises(SettingsError, match="choose adam or sgd or rmsprop"):
         TrainSettings(optimizer="adamw")
+
+
+def test_options_not_given_take_the_tasks_defaults_and_given_ones_win():
+    parse = cli.build_parser().parse_args
+    assert cli._settings(parse(["train", "D", "--out", "O"])) == TrainSettings()
+    multi = cli._settings(parse(["train", "D", "--out", "O", "--multi-label"]), True)
+    assert (multi.hidden_units, multi.answer) == (1024, "main")
+    assert multi == TrainSettings(hidden_units=1024, answer="main")
+    given = cli._settings(parse(["train", "D", "--out", "O", "--hidden-units", "0",
+                                 "--answer", "average"]), True)
+    assert (given.hidden_units, given.answer) == (0, "average")
+
+
+def test_the_training_batch_and_the_backbone_batch_are_two_options():
+    """They once shared one name: the training batch came out as the backbone's 32 and
+    --train-batch-size changed the backbone's batch too."""
+    parsed = cli.build_parser().parse_args(["train", "D", "--out", "O", "--batch-size", "16",
+                                            "--train-batch-size", "128"])
+    assert parsed.batch_size == 16 and cli._settings(parsed).batch_size == 128
+    assert cli._settings(cli.build_parser().parse_args(["train", "D", "--out", "O"])) \
+        .batch_size == TrainSettings().batch_size == 64

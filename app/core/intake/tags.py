@@ -9,7 +9,7 @@ most exporters convert to in one step)::
     ...
 
 ``file`` is a path relative to the tags file's folder, or a bare name found once anywhere
-below it; ``tags`` are joined by ``;``. A photo listed with no tag is "none of these", a real
+below the data folder; ``tags`` are joined by ``;``. A photo listed with no tag is "none of these", a real
 answer. The checks (never a traceback) report rows that cannot be read, photos listed but
 missing, image files not listed (left out: they are not labelled), tags with too few photos,
 and how many photos carry two tags or more. Splits stay by content digest, as a class folder's.
@@ -22,7 +22,7 @@ import csv
 import io
 import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +94,7 @@ def read_tags(path: str | Path) -> TagsFile:
                                              f"{exc.start}): save it as UTF-8 CSV"))
         return out
     bad_rows: list[str] = []
-    bad_tags: dict[str, str] = {}
+    bad_tags: list[str] = []
     outside: list[str] = []
     seen: dict[str, TagRow] = {}
     differing: list[str] = []
@@ -112,17 +112,20 @@ def read_tags(path: str | Path) -> TagsFile:
             if os.path.isabs(name) or ".." in Path(name).parts or bad_name_reason(name):
                 outside.append(f"line {number}: {shown(name)}")
                 continue
-            tags = []
+            tags, refused = [], False
             for tag in (row[1] if len(row) > 1 else "").split(SEPARATOR):
                 tag = tag.strip()
                 if not tag:
                     continue
                 reason = tag_name_reason(tag)
                 if reason:
-                    bad_tags.setdefault(tag, f"line {number}: tag {shown(tag)!r} {reason}")
-                    continue
-                if tag not in tags:
+                    bad_tags.append(f"line {number}: {shown(name)}: tag {shown(tag)!r} "
+                                    f"{reason}")
+                    refused = True
+                elif tag not in tags:
                     tags.append(tag)
+            if refused:  # without that tag it would train as a "no" for it: left out
+                continue
             entry = TagRow(name, tuple(sorted(tags)), number)
             first = seen.setdefault(Path(name).as_posix(), entry)
             if first is not entry and first.tags != entry.tags:
@@ -139,8 +142,10 @@ def read_tags(path: str | Path) -> TagsFile:
                                                f"the folder or with an unusable name: left "
                                                "out", tuple(outside)))
     if bad_tags:
-        out.findings.append(Finding("warning", f"{len(bad_tags)} tag name(s) cannot be used "
-                                               "and were dropped", tuple(bad_tags.values())))
+        out.findings.append(Finding("warning", f"{len(bad_tags)} photo(s) have a tag that "
+                                               "cannot be used (a tag becomes a folder name): "
+                                               "left out until it is renamed",
+                                    tuple(bad_tags)))
     if differing:
         out.findings.append(Finding("warning", f"{len(differing)} photo(s) are listed twice "
                                                "with different tags: the first row counts",
@@ -220,6 +225,13 @@ class TaggedDataset:
                 if t in index:
                     y[row, index[t]] = 1.0
         return y
+
+    def only(self, images: Dataset) -> TaggedDataset:
+        """This tagged folder with ``images`` as its photos (what caching kept: a photo that
+        does not decode is skipped there, with its reason)."""
+        kept = {r.digest for r in images.images}
+        return replace(self, images=images,
+                       tags={d: t for d, t in self.tags.items() if d in kept})
 
     def tag_counts(self, split: str | None = None) -> dict[str, int]:
         y = self.targets(self.records(split))

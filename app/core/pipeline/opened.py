@@ -55,10 +55,15 @@ def open_model(folder: str | Path, cache_dir: str | Path | None = None) -> Opene
     """Read a model folder (every file checked): its predictor (answering photos already in
     the feature cache ``cache_dir`` from their cached taps), its kept evaluation or why there
     is none, its training curves."""
+    from app.core.base.errors import shown
     from app.core.delivery.export import read_history
-    from app.core.delivery.predict import Predictor
+    from app.core.delivery.predict import ModelDirError, Predictor
     from app.core.pipeline.review import saved_review
 
     predictor = Predictor.from_dir(folder, cache_dir)
+    if predictor.thresholds is not None:
+        raise ModelDirError(f"{shown(folder)} gives several tags a photo: the window shows "
+                            "one class a photo for now (python -m app predict MODEL PHOTOS "
+                            "gives its tag sets)")
     saved, why = saved_review(folder, predictor.classes)
     return OpenedModel(str(folder), predictor, saved, why, read_history(folder))

@@ -304,6 +304,11 @@ def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str =
     from app.core.intake.dataset import SplitSpec
 
     predictor = Predictor.from_dir(model_dir)  # metadata checked against the schema
+    if predictor.thresholds is not None:
+        raise ModelDirError(f"{model_dir} gives several tags a photo: evaluate it on a "
+                            "tagged folder (app.core.pipeline.tagged."
+                            "evaluate_tagged_model_dir; evaluate MODEL DATA on the command "
+                            "line)")
     fractions = predictor.metadata.get("split_fractions")
     ds = scan_dataset(data_dir, split=SplitSpec(*fractions) if fractions else None)
     left_out = set(predictor.metadata.get("left_out_classes") or ())

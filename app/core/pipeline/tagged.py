@@ -46,7 +46,8 @@ def load_tagged_splits(data: TaggedDataset, model_key: str, cache_dir: str | Pat
         digests = {r.digest for r in recs}
         missing = digests - store.cached_digests(model_key, digests)
     if missing:
-        raise KeyError(f"{len(missing)} photos have no cached features for {model_key}")
+        raise DatasetError(f"{len(missing)} photos have no cached features for {model_key}: "
+                           "cache them first")
     source = FeatureSource(folder, model_key)
     out = {}
     for split in SPLITS:
@@ -172,9 +173,14 @@ def train_tagged(choice: RunChoice, data: TaggedDataset, cache_dir: str | Path |
         raise DatasetError(data.errors[0].message)
     if not data.tag_names:
         raise DatasetError("no tag has enough photos to train on")
-    cache, _ = cache_features(choice, data.images, cache_dir, progress, cancel)
+    if choice.settings.answer == "average" and choice.settings.aux_weight > 0:
+        raise SettingsError("a multi-label model answers with its main output (the mean "
+                            "with the aux outputs cost mAP, and cannot be exported): --answer "
+                            "main, the multi-label default")
+    cache, images = cache_features(choice, data.images, cache_dir, progress, cancel)
     if cache.cancelled:
         raise Cancelled()
+    data = data.only(images)  # less the photos that could not be decoded (each reported)
     splits = load_tagged_splits(data, cache.model_key, cache_dir)
     if not len(splits["train"]):
         raise SettingsError("the training split is empty")
@@ -207,6 +213,8 @@ def evaluate_tagged_model_dir(model_dir: str | Path, data_dir: str | Path,
                             "of class folders, without --multi-label")
     fractions = predictor.metadata.get("split_fractions")
     data = scan_tagged(data_dir, labels, split=SplitSpec(*fractions) if fractions else None)
+    if data.errors:
+        raise DatasetError(data.errors[0].message)
     unknown = sorted(set(data.tag_names) - set(predictor.classes))
     if unknown:
         raise ModelDirError(f"{data_dir} has tags the model does not know: "
@@ -232,4 +240,5 @@ def evaluate_tagged_model_dir(model_dir: str | Path, data_dir: str | Path,
                     rule=str(predictor.metadata.get("threshold_rule") or ""))
     ev.skipped = [{"path": p.path, "reason": p.error} for p in preds if p.error is not None]
     ev.skipped += [{"path": s.path, "reason": s.reason} for s in data.images.skipped]
+    ev.findings = [f.as_dict() for f in data.findings if f.level != "info"]
     return ev

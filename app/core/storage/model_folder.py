@@ -23,7 +23,9 @@ import numpy as np
 
 from app.core.base.errors import UserError, bad_name_reason, shown
 
-SUPPORTED_MODEL_FORMATS = (1,)
+# 1: one class a photo; 2: the same folder, or several tags a photo ("task": "multi-label"),
+# which an app reading 1 alone must refuse rather than answer with one class
+SUPPORTED_MODEL_FORMATS = (1, 2)
 META_FILE = "metadata.json"
 MODEL_FILE = "model.keras"
 EVALUATION_FILE = "evaluation.json"  # the test scores and review, for the Evaluate page
@@ -369,6 +371,8 @@ def validate_metadata(meta: Any) -> dict:
         raise ModelDirError(f"{META_FILE}: {_got(both[0])} is in both classes and "
                             "left_out_classes")
     multi = meta.get("task") == "multi-label"
+    if multi and meta["format_version"] < 2:
+        raise ModelDirError(f"{META_FILE}: a multi-label model needs format_version 2")
     for field, values in (("thresholds", meta.get("thresholds")),
                           ("calibration.temperatures",
                            (meta.get("calibration") or {}).get("temperatures"))):

@@ -22,7 +22,11 @@ from app.core.base.jobs import Cancelled, CancelToken, ProgressCallback, no_prog
 from app.core.storage.store import CUT
 from app.core.training.feeds import SplitData, make_feed
 from app.core.training.head import HeadShape, build_head
-from app.core.training.metrics import HISTORY_KEYS, METRIC_KEYS  # noqa: F401  (API)
+from app.core.training.metrics import (  # noqa: F401  (API)
+    HISTORY_KEYS,
+    METRIC_KEYS,
+    MULTI_LABEL_HISTORY_KEYS,
+)
 from app.core.training.settings import TrainSettings
 
 if TYPE_CHECKING:

@@ -12,7 +12,12 @@ from app.core.training.head import OUTPUTS
 SCORES = ("accuracy", "map")
 SCORE_NAMES = {"accuracy": "accuracy", "map": "mAP"}
 METRIC_KEYS = tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", *SCORES))
-HISTORY_KEYS = METRIC_KEYS + tuple(f"val_{k}" for k in METRIC_KEYS)
+# what an epoch's record holds: a single-label run's keys (as before multi-label existed: a
+# history.csv read by position keeps its columns), or a multi-label run's
+HISTORY_KEYS = (tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy"))
+                + tuple(f"val_{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy")))
+MULTI_LABEL_HISTORY_KEYS = (tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "map"))
+                            + tuple(f"val_{o}_{m}" for o in OUTPUTS for m in ("loss", "map")))
 
 
 def normalise(logs: dict) -> dict:
@@ -31,12 +36,18 @@ def epoch_record(epoch: int, logs: dict) -> dict:
     """One finished epoch: every output's loss and score, train and validation."""
     logs = normalise(logs)
     rec: dict = {"epoch": epoch}
-    for k in HISTORY_KEYS:
+    for k in history_keys(logs):
         v = logs.get(k)
         rec[k] = None if v is None else float(v)
     rec["loss"] = float(logs["loss"]) if "loss" in logs else None
     rec["val_loss"] = float(logs["val_loss"]) if "val_loss" in logs else None
     return rec
+
+
+def history_keys(record: dict) -> tuple[str, ...]:
+    """The keys of a record (or of Keras' logs) of this run's task."""
+    multi = any(k.endswith("_map") or k in ("map", "val_map") for k in record)
+    return MULTI_LABEL_HISTORY_KEYS if multi else HISTORY_KEYS
 
 
 def epoch_text(rec: dict, epochs: int) -> str:

@@ -186,6 +186,7 @@ class TagEvaluation:
     unknown_rate: float | None = None
     # [{"path", "reason"}]: photos meant to be scored that could not be (not in count)
     skipped: list[dict] = field(default_factory=list)
+    findings: list[dict] = field(default_factory=list)  # the tags file's warnings, when read
 
     def as_dict(self) -> dict:
         return asdict(self)

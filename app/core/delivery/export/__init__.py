@@ -49,6 +49,7 @@ from app.core.delivery.export.folder import (
     _SCRATCH,
     MODEL_FILES,
     MODEL_FORMAT_VERSION,
+    MULTI_LABEL_FORMAT_VERSION,
     STANDALONE_SCRIPT,
     WRITTEN_BY,
     _staging_for,
@@ -152,8 +153,8 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                 raise ExportError(
                     f"exported model disagrees with the app on {parity.images} validation "
                     f"images (max probability difference {parity.max_abs_diff:.2g}, tolerance "
-                    f"{parity.tolerance:g}, {parity.top1_mismatches} different top-1 labels); "
-                    "nothing was written"
+                    f"{parity.tolerance:g}, {parity.top1_mismatches} different "
+                    f"{'tag sets' if multi else 'top-1 labels'}); nothing was written"
                 )
         if trust.detector is not None:
             trust.detector.save(staging)
@@ -189,7 +190,7 @@ def export_model(out_dir: str | Path, *, spec: BackboneSpec, weights: str, resul
                                                    "utf-8")
         temperature_layer = "answer_temperature" if result.averages else "main_temperature"
         meta = {
-            "format_version": MODEL_FORMAT_VERSION,
+            "format_version": MULTI_LABEL_FORMAT_VERSION if multi else MODEL_FORMAT_VERSION,
             "written_by": WRITTEN_BY,
             "app_version": __version__,
             "keras_version": importlib.metadata.version("keras"),

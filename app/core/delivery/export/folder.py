@@ -19,7 +19,7 @@ from app.core.base.errors import shown
 from app.core.base.jobs import dead_leftovers
 from app.core.delivery.export.report import ExportError, ExportReport
 from app.core.storage.model_folder import EVALUATION_FILE
-from app.core.training.fit import HISTORY_KEYS
+from app.core.training.metrics import history_keys
 from app.core.trust.unknown import threshold_origin
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 
 MODEL_FORMAT_VERSION = 1
+MULTI_LABEL_FORMAT_VERSION = 2  # apps that read format 1 alone refuse it, as they must
 WRITTEN_BY = "Bottleneck Studio"
 # What an export writes; a folder holding anything else is not replaced.
 MODEL_FILES = frozenset({"model.keras", "labels.txt", "metadata.json", "history.csv",
@@ -229,7 +230,8 @@ def read_history(folder: str | Path) -> list[dict]:
 
 def write_history(folder: Path, history: list[dict]) -> None:
     (folder / "history.json").write_text(json.dumps(history, indent=1))
-    keys = ["epoch", *HISTORY_KEYS, "loss", "val_loss", "best_epoch"]
+    keys = ["epoch", *history_keys(history[0] if history else {}), "loss", "val_loss",
+            "best_epoch"]
     with open(folder / "history.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

@@ -40,8 +40,13 @@ def check_parity(model: keras.Model, result: TrainResult, validation: SplitData,
                        [validation.paths[i] for i in index])
     _, logits = main_outputs(result, subset)
     if tags is not None:
+        # a tag decided differently counts only where the app's probability is clear of the
+        # threshold by more than the tolerance: a tuned threshold sits between two validation
+        # probabilities, and one of those flipping within the tolerance is no disagreement
         in_app = tags.calibrated(logits)
-        mismatches = int((tags.decide(exported) != tags.decide(in_app)).any(axis=1).sum())
+        clear = np.abs(in_app - np.asarray(tags.thresholds)) > tolerance
+        differ = (tags.decide(exported) != tags.decide(in_app)) & clear
+        mismatches = int(differ.any(axis=1).sum())
     else:
         in_app = softmax(logits, temperature)
         mismatches = int((exported.argmax(1) != in_app.argmax(1)).sum())
