@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -172,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort-into", default=None, metavar="OUT",
                    help="file the photos into OUT/<class>/ and OUT/_unknown/ by the answers "
                         "(copies; journaled in OUT, never overwriting); see --dry-run, --undo")
+    p.add_argument("--tags-csv", default=None, metavar="FILE",
+                   help="a multi-label model: write each photo's tag set to FILE, a new "
+                        "file, in the tags file's form (file,tags; paths from FILE's folder), "
+                        "ready to check and train on")
     p.add_argument("--move", action="store_true",
                    help="with --sort-into: move photos that are already inside OUT")
     p.add_argument("--dry-run", action="store_true",
@@ -544,7 +549,14 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
     if args.sort_into and getattr(predictor, "thresholds", None) is not None:
         raise SettingsError("--sort-into files a photo by its one class; this model gives "
                             "several tags a photo (use --json for each photo's tag set)")
+    if args.tags_csv and getattr(predictor, "thresholds", None) is None:
+        raise SettingsError("--tags-csv writes tag sets; this model gives one class a photo")
+    if args.tags_csv and os.path.lexists(args.tags_csv):
+        raise SettingsError(f"{shown(args.tags_csv)} exists: --tags-csv writes a new file "
+                            "only, never over another")
     preds = predictor.predict(args.paths, top_k=args.top, progress=bar, cancel=cancel)
+    if args.tags_csv:
+        _write_tags_csv(args.tags_csv, preds, bar)
     if args.sort_into:
         return _sort(args, preds, bar, cancel)
     if args.json:
@@ -566,6 +578,25 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
                 best = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in p.top)
                 _say(f"{p.path}: {best}")
     return EXIT_OK
+
+
+def _write_tags_csv(path: str, preds, bar: ProgressBar) -> None:
+    """The predicted tag sets as a tags file; photos that could not be answered left out
+    (each said)."""
+    from app.core.intake.tags import write_tags
+
+    folder = os.path.dirname(os.path.abspath(path))
+    rows = {}
+    for p in preds:
+        if p.error:
+            bar.line(f"not in {path}: {p.path}: {p.error}")
+            continue
+        where = os.path.abspath(p.path)
+        inside = os.path.commonpath([folder, where]) == folder
+        rows[os.path.relpath(where, folder) if inside else where] = tuple(
+            t["label"] for t in p.tags)
+    write_tags(path, rows)
+    bar.line(f"wrote the tag sets of {len(rows)} photo(s) to {path}")
 
 
 def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from app.core.delivery.predict import Predictor
-from app.core.intake.tags import scan_tagged
+from app.core.intake.tags import read_tags, scan_tagged
 from app.core.pipeline.retrain import RunChoice
 from app.core.pipeline.tagged import tag_answer, train_tagged
 from app.core.training.fit import MULTI_LABEL_HISTORY_KEYS
@@ -145,6 +145,17 @@ def test_train_and_predict_tag_sets_on_the_command_line(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     preds = json.loads(out.stdout)
     assert len(preds) == 6 and all(isinstance(p["tags"], list) for p in preds)
+    # the tag sets as a tags file, ready to read back (and refused over an existing file)
+    tags_csv = data / "predicted.csv"
+    for expect in (0, 2):
+        out = subprocess.run([*run, "predict", str(tmp_path / "m"), str(data / "s3"),
+                              "--tags-csv", str(tags_csv)], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == expect, out.stderr[-2000:]
+    assert "exists" in out.stderr
+    back = {r.file: r.tags for r in read_tags(tags_csv).rows}
+    assert back == {f"s3/{Path(p['path']).name}": tuple(sorted(t["label"] for t in p["tags"]))
+                    for p in preds}
     out = subprocess.run([*run, "predict", str(tmp_path / "m"), str(data / "s3"),
                           "--sort-into", str(tmp_path / "sorted")],
                          capture_output=True, text=True, timeout=300)

@@ -9,10 +9,11 @@ most exporters convert to in one step)::
     ...
 
 ``file`` is a path relative to the tags file's folder, or a bare name found once anywhere
-below the data folder; ``tags`` are joined by ``;``. A photo listed with no tag is "none of these", a real
-answer. The checks (never a traceback) report rows that cannot be read, photos listed but
-missing, image files not listed (left out: they are not labelled), tags with too few photos,
-and how many photos carry two tags or more. Splits stay by content digest, as a class folder's.
+below the data folder; ``tags`` are joined by ``;``. A photo listed with no tag is "none of
+these", a real answer. The checks (never a traceback) report rows that cannot be read,
+photos listed but missing, image files not listed (left out: they are not labelled), tags
+with too few photos, and how many photos carry two tags or more. Splits stay by content
+digest, as a class folder's.
 The file is rewritten only by rename (:func:`write_tags`): a crash leaves the old or the new.
 """
 
@@ -170,7 +171,8 @@ def write_tags(path: str | Path, rows: dict[str, tuple[str, ...]]) -> None:
     """Write ``rows`` ({file: tags}) as the tags file at ``path``, replacing it by rename
     (fsynced first): a crash leaves the old file or the new one, never neither."""
     path = Path(path)
-    buf = io.StringIO(newline="")
+    buf = io.StringIO(newline="")  # rows with an absolute path (photos outside the folder)
+    # are written as they are; reading them back refuses them, naming each
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["file", "tags"])
     for name in sorted(rows):
