@@ -332,12 +332,7 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     with FeatureStore(args.cache_dir or user_cache_dir()) as store:
         run.dataset = scan_dataset(args.data_dir, store, split, bar, cancel)
 
-    def progress(p: Progress) -> None:
-        if p.stage == "train":
-            if p.data and not p.data.get("partial"):
-                bar.line(p.message)
-        else:
-            bar(p)
+    progress = _training_progress(bar)
 
     cache = run.run_cache(progress, cancel, batch_size=args.batch_size)
     for s in cache.skipped:
@@ -398,6 +393,17 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
     return EXIT_OK
 
 
+def _training_progress(bar: ProgressBar) -> Callable[[Progress], None]:
+    """Caching on the bar; training one line an epoch (not the partial updates within)."""
+    def progress(p: Progress) -> None:
+        if p.stage == "train":
+            if p.data and not p.data.get("partial"):
+                bar.line(p.message)
+        else:
+            bar(p)
+    return progress
+
+
 def _train_tagged(args: argparse.Namespace, out, formats: tuple[str, ...], split,
                   bar: ProgressBar, cancel: CancelToken) -> int:
     """``train --multi-label``: the tagged folder's checks, caching, training, the per-tag
@@ -416,12 +422,7 @@ def _train_tagged(args: argparse.Namespace, out, formats: tuple[str, ...], split
             bar.line(f"{'' if f.level == 'info' else f.level + ': '}{f.message}")
     choice = RunChoice(str(data.root), args.backbone, args.weights, settings)
 
-    def progress(p: Progress) -> None:
-        if p.stage == "train":
-            if p.data and not p.data.get("partial"):
-                bar.line(p.message)
-        else:
-            bar(p)
+    progress = _training_progress(bar)
 
     try:
         model, cache = train_tagged(choice, data, args.cache_dir, progress, cancel)

@@ -75,19 +75,25 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 60
     labels = np.asarray(labels, np.int64)
     if len(labels) == 0:
         return 1.0
+    return best_temperature(lambda t: nll(logits, labels, t), iterations)
+
+
+def best_temperature(loss, iterations: int = 60) -> float:
+    """The ``T`` in :data:`T_RANGE` minimising ``loss(T)`` (unimodal in ``T``): a
+    golden-section search on ``log T``."""
     lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = nll(logits, labels, math.exp(a)), nll(logits, labels, math.exp(b))
+    fa, fb = loss(math.exp(a)), loss(math.exp(b))
     for _ in range(iterations):
         if fa <= fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
-            fa = nll(logits, labels, math.exp(a))
+            fa = loss(math.exp(a))
         else:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
-            fb = nll(logits, labels, math.exp(b))
+            fb = loss(math.exp(b))
     return float(math.exp((lo + hi) / 2))
 
 

@@ -27,12 +27,11 @@ Pure numpy.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from app.core.trust.calibration import T_RANGE
+from app.core.trust.calibration import best_temperature
 
 MIN_POSITIVES_TO_FIT = 3  # photos with a tag in the validation split before its T may sharpen
 MIN_POSITIVES_TO_TUNE = 25  # ... before its threshold moves from 0.5 to its best F1 there
@@ -61,20 +60,7 @@ def fit_tag_temperature(z: np.ndarray, y: np.ndarray, iterations: int = 60) -> f
     """The ``T`` minimising :func:`bce` on one tag: golden-section search on ``log T``."""
     if not len(y):
         return 1.0
-    lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = bce(z, y, math.exp(a)), bce(z, y, math.exp(b))
-    for _ in range(iterations):
-        if fa <= fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = bce(z, y, math.exp(a))
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = bce(z, y, math.exp(b))
-    return float(math.exp((lo + hi) / 2))
+    return best_temperature(lambda t: bce(z, y, t), iterations)
 
 
 def best_f1_threshold(p: np.ndarray, y: np.ndarray) -> float:
