@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     p = sub.add_parser("train", help="cache what is missing, train the head, evaluate, export")
-    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class (with "
+                                    "--multi-label: photos and a tags file)")
     p.add_argument("--out", required=True,
                    help="model folder to write: a new or empty folder, or a model folder "
                         "this app wrote (replaced); any other folder is refused untouched")
