@@ -372,11 +372,7 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         "model_dir": str(model_dir),
         "left_out_classes": sorted(set(run.dataset.classes) - set(result.classes)),
         "warnings": run.training_warnings,
-        "parity": {"checked": report.parity_checked, "note": report.parity_note,
-                   **({} if report.parity is None else {
-                       "images": report.parity.images,
-                       "max_abs_diff": report.parity.max_abs_diff,
-                       "tolerance": report.parity.tolerance})},
+        "parity": _parity_doc(report),
     }
     if args.json:
         _print_json(doc)
@@ -392,6 +388,17 @@ def cmd_train(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         _say(f"best epoch {result.best_epoch} of {result.epochs_run}{stop}; model in "
               f"{model_dir}")
     return EXIT_OK
+
+
+def _parity_doc(report, mismatches: str | None = None) -> dict:
+    """What ``--json`` says of an export's parity check; ``mismatches``: the name under which
+    the answers that differ are counted, when said."""
+    parity = report.parity
+    return {"checked": report.parity_checked, "note": report.parity_note,
+            **({} if parity is None else {
+                "images": parity.images, "max_abs_diff": parity.max_abs_diff,
+                **({mismatches: parity.top1_mismatches} if mismatches else {}),
+                "tolerance": parity.tolerance})}
 
 
 def _training_progress(bar: ProgressBar) -> Callable[[Progress], None]:
@@ -443,12 +450,7 @@ def _train_tagged(args: argparse.Namespace, out, formats: tuple[str, ...], split
         bar.line(f"warning: {report.parity_note}")
     doc = {**model.summary(), "cache": cache.as_dict(), "model_dir": str(report.folder),
            "data": model.dataset.summary(),
-           "parity": {"checked": report.parity_checked, "note": report.parity_note,
-                      **({} if report.parity is None else {
-                          "images": report.parity.images,
-                          "max_abs_diff": report.parity.max_abs_diff,
-                          "tag_set_mismatches": report.parity.top1_mismatches,
-                          "tolerance": report.parity.tolerance})}}
+           "parity": _parity_doc(report, "tag_set_mismatches")}
     if args.json:
         _print_json(doc)
         return EXIT_OK

@@ -76,6 +76,17 @@ class Prediction:
         return d
 
 
+def probability_rows(preds: list[Prediction], classes: list[str]) -> np.ndarray:
+    """Each prediction's probabilities as a row in ``classes``' order (N, classes), from its
+    ``top`` (asked with ``top_k`` = every class); a class not in its top is 0."""
+    index = {c: i for i, c in enumerate(classes)}
+    probs = np.zeros((len(preds), len(index)))
+    for row, p in enumerate(preds):
+        for t in p.top:
+            probs[row, index[t["label"]]] = t["probability"]
+    return probs
+
+
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given; folders walked for images (by content), hidden entries skipped."""
     out: list[Path] = []

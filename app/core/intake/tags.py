@@ -46,6 +46,7 @@ from app.core.intake.dataset import (
     _Walk,
     _walk,
 )
+from app.core.intake.imaging import IMAGE_SUFFIXES
 from app.core.storage.store import FeatureStore
 
 TAGS_FILE = "labels.csv"
@@ -313,8 +314,6 @@ def scan_tagged(root: str | Path, labels: str | Path | None = None,
         findings.append(Finding("warning", f"{len(ambiguous)} listed name(s) match several "
                                            "files: give their path from the tags file's "
                                            "folder", tuple(ambiguous)))
-    from app.core.intake.imaging import IMAGE_SUFFIXES
-
     unlisted = [str(p) for p in files if p not in listed and p != tags_path.resolve()
                 and p.suffix.lower() in IMAGE_SUFFIXES]
     if unlisted:

@@ -300,7 +300,7 @@ def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str =
     """Evaluate an exported model on the images of ``data_dir`` (its ``split``, or all).
     Images that cannot be scored (the scan skipped them, they do not decode, the model
     answers NaN) are listed in the result's ``skipped`` with why, never dropped silently."""
-    from app.core.delivery.predict import ModelDirError, Predictor
+    from app.core.delivery.predict import ModelDirError, Predictor, probability_rows
     from app.core.intake.dataset import SplitSpec
 
     predictor = Predictor.from_dir(model_dir)  # metadata checked against the schema
@@ -324,10 +324,7 @@ def evaluate_model_dir(model_dir: str | Path, data_dir: str | Path, split: str =
     skipped += [{"path": p.path, "reason": p.error} for p in preds if p.error is not None]
     index = {c: i for i, c in enumerate(predictor.classes)}
     ok = [(r, p) for r, p in zip(recs, preds) if p.error is None]
-    probs = np.zeros((len(ok), len(index)))
-    for row, (_, p) in enumerate(ok):
-        for t in p.top:
-            probs[row, index[t["label"]]] = t["probability"]
+    probs = probability_rows([p for _, p in ok], predictor.classes)
     true = np.array([index[r.label] for r, _ in ok], np.int64)
     temperature = float((predictor.metadata.get("calibration") or {}).get("temperature", 1.0))
     # the model outputs calibrated probabilities; log p is its logits / T up to a constant

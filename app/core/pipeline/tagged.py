@@ -25,7 +25,7 @@ from app.core.storage.store import FeatureStore
 from app.core.training.feeds import FeatureSource, SplitData
 from app.core.training.fit import TrainResult, predict_split, train_head
 from app.core.trust.fitting import main_outputs
-from app.core.trust.tags import TagEvaluation, TagTrust, fit_tag_trust, logit, score_tags
+from app.core.trust.tags import TagEvaluation, TagTrust, fit_tag_trust, score_tags
 from app.core.trust.unknown import DEFAULT_METHOD, fit_detector, reference_rows
 
 if TYPE_CHECKING:
@@ -59,11 +59,8 @@ def load_tagged_splits(data: TaggedDataset, model_key: str, cache_dir: str | Pat
 
 def tag_answer(result: TrainResult, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
     """Main-tap features (N, D) and the answer's per-tag logits (N, tags) on ``data``: the
-    logit of the mean of the outputs' probabilities (answering with the average), else the
-    main logits."""
+    main output's (a multi-label model answers with it: :func:`train_tagged`)."""
     features, z = main_outputs(result, data)
-    if result.averages:  # main_outputs gives log(mean p): the answer's logit is log(p/(1-p))
-        return features, logit(np.exp(np.asarray(z, np.float64)))
     return features, np.asarray(z, np.float64)
 
 
@@ -146,15 +143,17 @@ def judge_tags(result: TrainResult, splits: dict[str, SplitData],
         trust.detector = fit_detector(
             method, train_features, np.zeros(len(ref), np.int64), 1, val_features,
             trust.calibrated(val_logits), pool_training=result.settings.mode == "head")
-        val_ev = _scored(result, trust, val)
+        val_ev = _scored(result, trust, val, (val_features, val_logits))
     return trust, _scored(result, trust, test), val_ev
 
 
-def _scored(result: TrainResult, trust: TagTrust, data: SplitData) -> TagEvaluation:
+def _scored(result: TrainResult, trust: TagTrust, data: SplitData,
+            answer: tuple[np.ndarray, np.ndarray] | None = None) -> TagEvaluation:
+    """``data`` scored with ``trust``; ``answer``: its :func:`tag_answer`, when at hand."""
     if not len(data):
         return score_tags(result.classes, data.labels, np.zeros((0, len(result.classes))), [],
                           trust.thresholds, rule=trust.rule)
-    features, z = tag_answer(result, data)
+    features, z = answer if answer is not None else tag_answer(result, data)
     probs = trust.calibrated(z)
     unknown = None
     if trust.detector is not None:
@@ -203,7 +202,7 @@ def evaluate_tagged_model_dir(model_dir: str | Path, data_dir: str | Path,
     """Score a multi-label model folder on a tagged folder's photos (its ``split``, by the
     model's split fractions, or all), each tag decided at the folder's threshold. Photos that
     cannot be scored are listed with why in the result's errors, never dropped silently."""
-    from app.core.delivery.predict import ModelDirError, Predictor
+    from app.core.delivery.predict import ModelDirError, Predictor, probability_rows
     from app.core.intake.dataset import SplitSpec
     from app.core.intake.tags import scan_tagged
 
@@ -224,10 +223,7 @@ def evaluate_tagged_model_dir(model_dir: str | Path, data_dir: str | Path,
                               progress=progress, cancel=cancel)
     ok = [(r, p) for r, p in zip(recs, preds) if p.error is None]
     index = {c: i for i, c in enumerate(predictor.classes)}
-    probs = np.zeros((len(ok), len(index)))
-    for row, (_, p) in enumerate(ok):
-        for t in p.top:
-            probs[row, index[t["label"]]] = t["probability"]
+    probs = probability_rows([p for _, p in ok], predictor.classes)
     targets = np.zeros_like(probs)
     for row, (r, _) in enumerate(ok):
         for t in data.tags.get(r.digest, ()):

@@ -86,29 +86,21 @@ def sample_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray 
     """Per-sample weights that give each class the same total weight (None when not needed).
     Several tags a photo (``labels`` multi-hot): a photo weighs the mean of its tags'
     weights (a photo with no tag: 1), so photos of rare tags count more."""
-    if labels.ndim == 2:
-        return _tag_weights(labels, mode)
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    multi = labels.ndim == 2
+    counts = (labels.sum(axis=0) if multi else np.bincount(labels, minlength=n_classes)
+              ).astype(np.float64)
     present = counts[counts > 0]
     if mode == "none" or not len(present):
         return None
     if mode == "auto" and present.max() / present.min() < 1.5:
         return None
+    if multi:
+        per_tag = np.where(counts > 0, present.mean() / np.maximum(counts, 1), 0.0)
+        n_tags = labels.sum(axis=1)
+        w = np.where(n_tags > 0, (labels @ per_tag) / np.maximum(n_tags, 1), 1.0)
+        return (w / w.mean()).astype(np.float32)
     per_class = np.where(counts > 0, len(labels) / (len(present) * np.maximum(counts, 1)), 0.0)
     return per_class[labels].astype(np.float32)
-
-
-def _tag_weights(targets: np.ndarray, mode: str) -> np.ndarray | None:
-    counts = targets.sum(axis=0).astype(np.float64)
-    present = counts[counts > 0]
-    if mode == "none" or not len(present):
-        return None
-    if mode == "auto" and present.max() / present.min() < 1.5:
-        return None
-    per_tag = np.where(counts > 0, counts[counts > 0].mean() / np.maximum(counts, 1), 0.0)
-    n_tags = targets.sum(axis=1)
-    w = np.where(n_tags > 0, (targets @ per_tag) / np.maximum(n_tags, 1), 1.0)
-    return (w / w.mean()).astype(np.float32)
 
 
 def _optimizer(settings: TrainSettings, steps: int):

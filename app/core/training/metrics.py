@@ -14,10 +14,13 @@ SCORE_NAMES = {"accuracy": "accuracy", "map": "mAP"}
 METRIC_KEYS = tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", *SCORES))
 # what an epoch's record holds: a single-label run's keys (as before multi-label existed: a
 # history.csv read by position keeps its columns), or a multi-label run's
-HISTORY_KEYS = (tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy"))
-                + tuple(f"val_{o}_{m}" for o in OUTPUTS for m in ("loss", "accuracy")))
-MULTI_LABEL_HISTORY_KEYS = (tuple(f"{o}_{m}" for o in OUTPUTS for m in ("loss", "map"))
-                            + tuple(f"val_{o}_{m}" for o in OUTPUTS for m in ("loss", "map")))
+def _record_keys(score: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}{o}_{m}" for prefix in ("", "val_") for o in OUTPUTS
+                 for m in ("loss", score))
+
+
+HISTORY_KEYS = _record_keys("accuracy")
+MULTI_LABEL_HISTORY_KEYS = _record_keys("map")
 
 
 def normalise(logs: dict) -> dict:

@@ -36,14 +36,6 @@ from app.core.trust.calibration import best_temperature
 MIN_POSITIVES_TO_FIT = 3  # photos with a tag in the validation split before its T may sharpen
 MIN_POSITIVES_TO_TUNE = 25  # ... before its threshold moves from 0.5 to its best F1 there
 DEFAULT_THRESHOLD = 0.5
-PROB_FLOOR = 1e-7  # probabilities are clipped to [floor, 1 - floor] before their logit
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), PROB_FLOOR, 1 - PROB_FLOOR)
-    return np.log(p) - np.log1p(-p)
-
-
 def sigmoid(z: np.ndarray, temperature: np.ndarray | float = 1.0) -> np.ndarray:
     z = np.asarray(z, np.float64) / temperature
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(-z)), without overflow
