@@ -213,3 +213,14 @@ def test_single_label_metadata_of_either_format_still_reads():
             ["cat", "dog"]
     ok = {**BASE, "task": "multi-label", "thresholds": {"cat": 0.3, "dog": 0.5}}
     assert validate_metadata(ok)["thresholds"]["cat"] == 0.3
+
+
+@pytest.mark.parametrize("content", [b"", b"file,tags\n", b"file,tags\nnot-there.jpg,cat\n"])
+def test_a_tags_file_that_lists_no_usable_photo_is_one_error(tmp_path, content):
+    make_image(tmp_path / "photos" / "a.jpg", COLOURS["red"])
+    (tmp_path / "photos" / "labels.csv").write_bytes(content)
+    data = scan_tagged(tmp_path / "photos")
+    assert [f.message for f in data.errors] == [
+        f"no usable photo listed in {tmp_path / 'photos' / 'labels.csv'} was found below "
+        f"{tmp_path / 'photos'}"]
+    assert not data.records() and not data.tag_names
