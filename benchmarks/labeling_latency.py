@@ -10,7 +10,8 @@ holds ``--labels`` photos of each class of DATA; the unsorted pile holds N other
 photos, and where N is more than DATA has, variants of them (crops, mirror images, brightness:
 each a photo of its own content) written once into ``--scratch``. Everything is cached first
 (reported apart: a pile is cached once). Then the window files one photo at a time, as a
-person would with a key, and every third label refreshes; the seconds from the third label to
+person would with a key (the event loop runs between two keys), and every third label
+refreshes; the seconds from the third label to
 the new suggestions and queue on the page are measured over several refreshes, while a 10 ms
 timer records the longest stall of the GUI thread. Goals (issue 28): <= 1 s at 1,000 photos,
 <= 5 s at 20,000; the window never blocked more than 100 ms. The process's peak memory is
@@ -139,7 +140,7 @@ def main() -> int:
     control.add([str(pile)])
     run_until(lambda: control.view is not None and control.worker is None)
     first = control.view
-    seconds, filed = [], set()
+    seconds, filed, keys = [], set(), []
     stall["on"] = True
     for _ in range(args.refreshes):
         view = control.view
@@ -151,7 +152,11 @@ def main() -> int:
                 if view.suggestions is not None else view.pool.classes[0]
             start = time.perf_counter()
             control.assign([path], cls)
+            keys.append(time.perf_counter() - start)
             filed.add(path)
+            # a person's keys are events of their own: the loop runs between two of them
+            # (three labels in one go held it for the three filings together)
+            app.processEvents()
         run_until(lambda v=view: control.view is not v and control.worker is None)
         seconds.append(time.perf_counter() - start)
     stall["on"] = False
@@ -161,7 +166,8 @@ def main() -> int:
            "classes": len(first.pool.classes), "caching_seconds": round(caching, 1),
            "label_to_refreshed_seconds": [round(s, 2) for s in seconds],
            "median_seconds": round(statistics.median(seconds), 2),
-           "worst_stall_ms": round(stall["worst"] * 1000, 1), "peak_memory_mb": round(peak_mb),
+           "worst_stall_ms": round(stall["worst"] * 1000, 1),
+           "longest_label_ms": round(max(keys) * 1000, 1), "peak_memory_mb": round(peak_mb),
            "goal_seconds": goal}
     win.close()
     if args.json:
@@ -175,7 +181,8 @@ def main() -> int:
               f"{verdict}; each: {doc['label_to_refreshed_seconds']}")
         calm = "met" if doc["worst_stall_ms"] <= STALL_GOAL_MS else "NOT met"
         print(f"longest stall of the window meanwhile: {doc['worst_stall_ms']} ms (goal <= "
-              f"{STALL_GOAL_MS:g} ms: {calm}); peak memory {doc['peak_memory_mb']} MB")
+              f"{STALL_GOAL_MS:g} ms: {calm}); the longest label (filing one photo on the "
+              f"GUI thread) {doc['longest_label_ms']} ms; peak memory {doc['peak_memory_mb']} MB")
     return 0
 
 

@@ -220,9 +220,8 @@ class LabelPage(QWidget):
         self.setAcceptDrops(True)
         self.classes: list[str] = []
         self.keys: dict[str, str] = {}  # class -> its key
-        self.suggested: dict[str, str] = {}  # path -> suggested class
         self.view = None
-        self._captions: dict[str, str] = {}
+        self._index: dict[str, int] = {}  # unsorted photo -> its row in the view's pool
         self.summary = QLabel("Open or make a data folder, then add unsorted photos.")
         self.summary.setWordWrap(True)
         add = QPushButton("&Add photos…")
@@ -368,30 +367,20 @@ class LabelPage(QWidget):
             item = QListWidgetItem(f"{key or ' '}  {shown(c)} ({counts[c]})")
             item.setData(Qt.ItemDataRole.UserRole, c)
             self.class_list.addItem(item)
-        sug = view.suggestions
-        self.suggested = {}
-        captions = {}
-        for i, path in enumerate(pool.paths):
-            if sug is None:
-                captions[path] = ("no suggestion yet" if len(pool.classes) > 1 else
-                                  "suggestions come once there are two classes")
-                continue
-            cls = pool.classes[int(sug.label[i])]
-            if not sug.new_class[i]:  # Enter files only what the photo's caption says
-                self.suggested[path] = cls
-            rough = "" if sug.calibrated else "~"
-            captions[path] = ("maybe a new class" if sug.new_class[i] else
-                              f"{shown(cls)} {rough}{sug.confidence[i]:.0%}")
+        # captions are made for the photos a grid shows, not for the whole pile (20,000
+        # captions held the event loop ~50 ms at every refresh)
+        self._index = {p: i for i, p in enumerate(pool.paths)}
         why = {pool.paths[a.index]: a.reason for a in view.queue.asks}
         # the photos still waiting in the grid keep their places: a refresh never moves a
         # photo under the user's fingers; new asks come after them
         waiting = [p for i, p in enumerate(self.queue.paths)
-                   if self.queue._open(i) and p in captions]
-        order = waiting + [p for p in why if p not in set(waiting)]
+                   if self.queue._open(i) and p in self._index]
+        held = set(waiting)
+        order = waiting + [p for p in why if p not in held]
         rows = []
         for p in order[:max(len(why), len(waiting))]:
             short, long = WHY.get(why.get(p, "asked before"), WHY["asked before"])
-            rows.append((p, f"{captions[p]} · {short}", long))
+            rows.append((p, f"{self.caption(p)} · {short}", long))
         self.queue.set_photos(rows)
         current = self.group_pick.currentIndex()
         self.group_pick.blockSignals(True)
@@ -401,7 +390,6 @@ class LabelPage(QWidget):
         if 0 <= current < self.group_pick.count():
             self.group_pick.setCurrentIndex(current)
         self.group_pick.blockSignals(False)
-        self._captions = captions
         self._show_group()
         where = shown(data_dir) if data_dir else "no data folder"
         self.summary.setText(
@@ -409,6 +397,27 @@ class LabelPage(QWidget):
             f"{len(pool.classes)} class(es) in {where}"
             + ("" if not pool.skipped else f"; {len(pool.skipped)} skipped (unreadable)"))
         self._describe_accept()
+
+    def suggestion(self, path: str) -> str | None:
+        """The class the caption of unsorted ``path`` suggests (None: none, or "maybe a new
+        class"): what Enter files it under."""
+        sug = self.view.suggestions if self.view is not None else None
+        i = self._index.get(path)
+        if sug is None or i is None or sug.new_class[i]:
+            return None
+        return self.view.pool.classes[int(sug.label[i])]
+
+    def caption(self, path: str) -> str:
+        """What the page says of unsorted ``path``: its suggestion and confidence."""
+        pool, sug = self.view.pool, self.view.suggestions
+        if sug is None:
+            return ("no suggestion yet" if len(pool.classes) > 1 else
+                    "suggestions come once there are two classes")
+        i = self._index[path]
+        if sug.new_class[i]:
+            return "maybe a new class"
+        rough = "" if sug.calibrated else "~"
+        return f"{shown(pool.classes[int(sug.label[i])])} {rough}{sug.confidence[i]:.0%}"
 
     def _show_group(self, *_args) -> None:
         view = self.view
@@ -420,7 +429,7 @@ class LabelPage(QWidget):
         check = set(members[len(members) - len(members) // 4:]) if len(members) >= 8 else set()
         self.group_grid.set_photos([(view.pool.paths[m],
                                      ("check · " if m in check else "")
-                                     + self._captions[view.pool.paths[m]],
+                                     + self.caption(view.pool.paths[m]),
                                      "among the least typical of the group: check it"
                                      if m in check else "") for m in members])
         self.group_shown.emit()
@@ -483,8 +492,9 @@ class LabelPage(QWidget):
 
     def _accept_suggestion(self) -> None:
         for path in self.current_grid().selected_paths():
-            if path in self.suggested:
-                self.assign_requested.emit([path], self.suggested[path])
+            cls = self.suggestion(path)
+            if cls is not None:
+                self.assign_requested.emit([path], cls)
 
     def _remove_from_group(self) -> None:
         grid = self.group_grid
