@@ -110,6 +110,20 @@ def test_scanning_a_tagged_folder(tmp_path):
     assert y.shape == (7, 2) and y.sum(axis=0).tolist() == [5, 3]
 
 
+def test_a_class_folder_read_with_a_tags_file_beside_says_how_to_train_its_tags(tmp_path):
+    """The window and ``train`` without --multi-label read class folders: a tags file at the
+    top (VOC's layout: images/ and labels.csv) would silently become one class "images"."""
+    from app.core.intake.dataset import scan_dataset
+
+    for i in range(3):
+        make_image(tmp_path / "images" / f"p{i}.jpg", COLOURS["red"], seed=i)
+    assert not [f for f in scan_dataset(tmp_path).findings if "--multi-label" in f.message]
+    (tmp_path / "labels.csv").write_text("file,tags\np0.jpg,cat\n", "utf-8")
+    hints = [f for f in scan_dataset(tmp_path).findings if "--multi-label" in f.message]
+    assert len(hints) == 1 and hints[0].level == "warning"
+    assert "labels.csv is a tags file" in hints[0].message
+
+
 def test_the_tags_file_is_replaced_by_rename_and_read_back(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("file,tags\nold.jpg,x\n", "utf-8")

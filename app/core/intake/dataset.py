@@ -48,6 +48,7 @@ UNKNOWN_FOLDER = "_unknown"  # a sort by a model's answers: photos unlike every 
 UNSURE_FOLDER = "_not_sure"  # and those it is not sure of ("file the rest")
 # folders a sort writes beside the classes, which are not classes: their photos are still to be
 # labelled (the Label page lists them as unsorted)
+TAGS_FILE = "labels.csv"  # a multi-label folder's tags file (intake.tags)
 NOT_CLASSES = (UNKNOWN_FOLDER, UNSURE_FOLDER)
 
 
@@ -284,6 +285,12 @@ def scan_dataset(
             continue
         if not p.is_dir():
             loose += p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            if p.name == TAGS_FILE and p.is_file():
+                refused.append(Finding(
+                    "warning", f"{TAGS_FILE} is a tags file (several tags a photo): read "
+                               "here as class folders, one class a photo; to train on its "
+                               f"tags: python -m app train {shown(root)} --multi-label (the "
+                               "window trains one class a photo so far)"))
             continue
         if p.name in NOT_CLASSES:
             refused.append(Finding("info", f"folder {p.name!r} holds photos still to be "

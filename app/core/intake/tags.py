@@ -34,6 +34,7 @@ from app.core.intake.dataset import (
     MIN_IMAGES_ERROR,
     MIN_IMAGES_WARNING,
     NOT_CLASSES,
+    TAGS_FILE,
     Dataset,
     DatasetError,
     Finding,
@@ -49,7 +50,6 @@ from app.core.intake.dataset import (
 from app.core.intake.imaging import IMAGE_SUFFIXES
 from app.core.storage.store import FeatureStore
 
-TAGS_FILE = "labels.csv"
 SEPARATOR = ";"
 TAGGED = "(tagged)"  # the label of every record of a tagged dataset (its tags are apart)
 MAX_TAGS_FILE_BYTES = 256 << 20  # a tags file larger than this is refused, not read
