@@ -420,6 +420,36 @@ def test_a_refresh_after_a_label_reads_only_new_photos_and_answers_as_a_fresh_on
     assert (again.suggestions.label == fresh.suggestions.label).all()
 
 
+def test_a_refresh_cancelled_while_its_model_is_fitted_stops_before_the_queue(
+        tmp_path, monkeypatch):
+    """A newer refresh cancels the one running (the Label page's one job slot): at 20,000
+    photos the cancelled one went on fitting, asking and grouping for seconds, beside the
+    new one, on the same two cores."""
+    from app.core.base.jobs import CancelToken, Cancelled
+    from app.core.labeling import pool as pool_module
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pile = make_dataset(tmp_path / "pile", per_class=4)
+    photos = sorted(pile.rglob("*.jpg"))
+    for photo in photos[:1] + photos[4:5]:
+        create_class(data, photo.parent.name)
+        label_image(data, photo, photo.parent.name)
+    cancel, asked = CancelToken(), []
+    real_model = pool_module.Pool.model
+
+    def model_then_cancelled(self, *a, **k):
+        out = real_model(self, *a, **k)
+        cancel.cancel()  # the user labelled again meanwhile
+        return out
+
+    monkeypatch.setattr(pool_module.Pool, "model", model_then_cancelled)
+    monkeypatch.setattr(pool_module.Pool, "ask", lambda *a, **k: asked.append(1))
+    with pytest.raises(Cancelled):
+        labeling.refresh(data, pile, "tiny", "none", tmp_path / "cache", cancel=cancel)
+    assert not asked
+
+
 def test_a_refresh_built_on_the_last_one_is_no_surer_than_a_fresh_one():
     """The walk: after 20 refreshes that started their fits from the last one's, File the rest
     promised 2.8 wrong photos and filed 10 (a fresh fit: 2.9 and 4). The fits are stopped

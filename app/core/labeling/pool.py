@@ -263,11 +263,18 @@ def refresh(data_dir, inbox, backbone: str, weights: str, cache_dir=None, seed: 
     unsorted photos. ``previous``: the last refresh, whose work is reused where nothing
     changed: the features read, the calibration (until the labels grew by a tenth), and the
     groups (less the photos filed since, until a tenth of the pile changed)."""
+    def check() -> None:  # a refresh replaced by a newer one stops between its stages
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+
     pool = prepare_pool(data_dir, inbox, backbone, weights, cache_dir, progress, cancel,
                         known=previous.pool.table if previous is not None else None)
+    check()
     model = pool.model(seed, previous.model if previous is not None else None)
+    check()
     sug = suggest(model, pool.unsorted)
     queue = pool.ask(model, batch, seed)
+    check()
     grouped = _regrouped(previous, pool, groups)
     if grouped is None:
         grouped = make_groups(pool.unsorted, groups, seed=seed,
