@@ -440,9 +440,10 @@ class Session(QObject):
 
 
 def predictions_csv(results: list[Predicted], sep: str = ",", top_k: int | None = None) -> str:
-    """path, label_1, probability_1, …, unknown, score, error — one row per file (unknown
-    and score empty when the model has no unknown test); ``top_k`` labels a row (default:
-    as many as the answers hold)."""
+    """path, [tags,] label_1, probability_1, …, unknown, score, error — one row per file
+    (unknown and score empty when the model has no unknown test; ``tags``, the tag set joined
+    by ';', for a model of several tags a photo); ``top_k`` labels a row (default: as many as
+    the answers hold)."""
     import csv
     import io
 
@@ -450,13 +451,16 @@ def predictions_csv(results: list[Predicted], sep: str = ",", top_k: int | None 
     k = k if top_k is None else min(k, top_k)
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=sep, lineterminator="\n")
-    header = ["path"]
+    tagged = any(r.prediction.tags is not None for r in results)
+    header = ["path", "tags"] if tagged else ["path"]
     for i in range(1, k + 1):
         header += [f"label_{i}", f"probability_{i}"]
     writer.writerow([*header, "unknown", "score", "error"])
     for r in results:
         p = r.prediction
         row = [p.path]
+        if tagged:
+            row.append(";".join(t["label"] for t in p.tags or ()))
         for i in range(k):
             if i < len(p.top):
                 row += [p.top[i]["label"], f"{p.top[i]['probability']:.6f}"]

@@ -425,7 +425,7 @@ def test_a_refresh_cancelled_while_its_model_is_fitted_stops_before_the_queue(
     """A newer refresh cancels the one running (the Label page's one job slot): at 20,000
     photos the cancelled one went on fitting, asking and grouping for seconds, beside the
     new one, on the same two cores."""
-    from app.core.base.jobs import CancelToken, Cancelled
+    from app.core.base.jobs import Cancelled, CancelToken
     from app.core.labeling import pool as pool_module
 
     data = tmp_path / "data"

@@ -30,6 +30,11 @@ class OpenedModel:
         return list(self.built.classes)
 
     @property
+    def multi_label(self) -> bool:
+        """Several tags a photo (a threshold per tag), not one class."""
+        return self.built.thresholds is not None
+
+    @property
     def evaluation(self):
         return None if self.saved is None else self.saved.evaluation
 
@@ -57,13 +62,14 @@ def open_model(folder: str | Path, cache_dir: str | Path | None = None) -> Opene
     is none, its training curves."""
     from app.core.base.errors import shown
     from app.core.delivery.export import read_history
-    from app.core.delivery.predict import ModelDirError, Predictor
+    from app.core.delivery.predict import Predictor
     from app.core.pipeline.review import saved_review
 
     predictor = Predictor.from_dir(folder, cache_dir)
-    if predictor.thresholds is not None:
-        raise ModelDirError(f"{shown(folder)} gives several tags a photo: the window shows "
-                            "one class a photo for now (python -m app predict MODEL PHOTOS "
-                            "gives its tag sets)")
-    saved, why = saved_review(folder, predictor.classes)
+    if predictor.thresholds is not None:  # several tags a photo: Predict gives tag sets
+        saved, why = None, (f"{shown(folder)} gives several tags a photo: the Evaluate page "
+                            "shows one class a photo so far; its per-tag scores: python -m "
+                            "app evaluate MODEL DATA")
+    else:
+        saved, why = saved_review(folder, predictor.classes)
     return OpenedModel(str(folder), predictor, saved, why, read_history(folder))

@@ -96,6 +96,10 @@ class PredictControl(QObject):
         from app.core.intake.sorting import filed_in, sort_plan
 
         predictions = [r.prediction for r in self.page.results]
+        if any(p.tags is not None for p in predictions):
+            self.banner.show_warning("Sort into folder files one class a photo; this model "
+                                     "gives several tags a photo: Save CSV keeps the tag sets.")
+            return None
         if not any(p.top and not p.error for p in predictions):
             self.banner.show_warning("None of the photos listed has an answer to sort by.")
             return None

@@ -1,7 +1,8 @@
 """Step 5: drop images (or a folder) anywhere on the page and see what the model says.
 
 Dropped or added images join the list (Clear empties it). An image the model calls unknown
-reads "Unknown — closest: daisy (41%)", not a confident wrong label."""
+reads "Unknown — closest: daisy (41%)", not a confident wrong label. A model of several tags a
+photo reads "Tags: car, person" (or "None of its tags") above its top tags, a ✓ on each given."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ class PredictPage(QWidget):
             self.table.setItem(row, 1, name)
             k = self.top_k.value()
             self.table.setCellWidget(row, 2, _labels(pred, k))
-            lines = 2 if pred.unknown else min(k, len(pred.top))
+            lines = 2 if pred.unknown else min(k, len(pred.top)) + (pred.tags is not None)
             self.table.setRowHeight(row, max(80, 26 * max(1, lines) + 8))
         if len(results) > old:
             self.table.scrollToBottom()
@@ -238,11 +239,21 @@ def _labels(pred, k: int = 3) -> QWidget:
             others.setStyleSheet("color: #444;")
             layout.addWidget(others)
         return box
+    given = None if pred.tags is None else {t["label"] for t in pred.tags}
+    if given is not None:  # several tags a photo: the set first, then the top k tags
+        names = ", ".join(t["label"] for t in pred.tags)
+        heading = QLabel(f"<b>Tags:</b> {names}" if names else
+                         "<b>None of its tags</b>")
+        heading.setToolTip("Each tag is given when its calibrated probability reaches that "
+                           "tag's threshold, chosen on the validation photos (the model "
+                           "folder's metadata.json lists them)")
+        layout.addWidget(heading)
     for t in pred.top[:k]:
         bar = QProgressBar()
         bar.setRange(0, 1000)
         bar.setValue(int(round(t["probability"] * 1000)))
-        bar.setFormat(f"{t['label']}  {t['probability']:.1%}")
+        mark = "" if given is None else ("✓ " if t["label"] in given else "   ")
+        bar.setFormat(f"{mark}{t['label']}  {t['probability']:.1%}")
         bar.setTextVisible(True)
         bar.setMaximumHeight(22)
         layout.addWidget(bar)

@@ -172,8 +172,15 @@ class TrainPlots(pg.GraphicsLayoutWidget):
     # --- data -----------------------------------------------------------------------------
     def show_history(self, history: list[dict], epochs: int) -> None:
         """Draw every curve from the epoch records; x from 1 to ``epochs`` (or further)."""
+        # a model of several tags a photo records mAP (Keras' PR-AUC per tag, averaged)
+        # where one of one class a photo records accuracy: the lower plot shows which
+        tagged = any("main_map" in h for h in history)
+        axis, want = self.plot_items["accuracy"].getAxis("left"), "mAP" if tagged else "Accuracy"
+        if axis.labelText != want:
+            axis.setLabel(want, color=self.palette().color(QPalette.ColorRole.WindowText).name())
         for (output, metric, split), curve in self.curves.items():
-            key = curve_key(output, metric, split)
+            key = curve_key(output, "map" if tagged and metric == "accuracy" else metric,
+                            split)
             points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
             curve.setData([e for e, _ in points], [v for _, v in points])
         last = max([epochs, *(h["epoch"] for h in history)])

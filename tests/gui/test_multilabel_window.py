@@ -1,0 +1,76 @@
+"""A model of several tags a photo in the window: its folder opens (the window refused it), the
+Predict page gives each photo's tag set as the model folder's own predictor does, the CSV keeps
+the tag sets, a sort into class folders is refused with why, the Train page draws its mAP
+curves and the Evaluate page says where its per-tag scores are."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from PySide6.QtWidgets import QLabel, QProgressBar
+
+from app.core.delivery.predict import Predictor
+from app.core.intake.tags import scan_tagged
+from app.core.pipeline.retrain import RunChoice
+from app.core.pipeline.tagged import train_tagged
+from app.core.training.settings import TrainSettings
+from tests.core.test_multilabel import make_tagged
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlwin")
+    data = scan_tagged(make_tagged(root / "photos", per_set=6))
+    settings = TrainSettings.for_task(True, epochs=6, batch_size=8, learning_rate=3e-3,
+                                      seed=2, hidden_units=32)
+    model, _ = train_tagged(RunChoice(str(data.root), "tiny", "none", settings), data,
+                            root / "cache")
+    model.export(root / "model", ("keras",))
+    return root
+
+
+def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window, model_dir,
+                                                                   tmp_path):
+    folder = model_dir / "model"
+    worker = window.models.open_model(str(folder))
+    qtbot.waitUntil(lambda: not window.session.slot.empty, timeout=60000)
+    assert worker is not None and window.session.slot.model.multi_label
+    photos = [model_dir / "photos" / f"s{s}" / "p0.png" for s in (0, 3, 6)]
+    page = window.predict
+    assert window.predict_control.predict_paths([str(p) for p in photos]) is not None
+    qtbot.waitUntil(lambda: page.table.rowCount() == 3 and not page.bar.isVisible(),
+                    timeout=60000)
+
+    expected = Predictor.from_dir(folder).predict([str(p) for p in photos], top_k=3)
+    for row, want in enumerate(expected):
+        cell = page.table.cellWidget(row, 2)
+        names = ", ".join(t["label"] for t in want.tags)
+        heading = f"<b>Tags:</b> {names}" if names else "<b>None of its tags</b>"
+        assert heading in [w.text() for w in cell.findChildren(QLabel)]
+        given = {t["label"] for t in want.tags}
+        bars = [b.format() for b in cell.findChildren(QProgressBar)]
+        assert len(bars) == 3 and all(b.startswith("✓ ") == (b.split()[-2] in given)
+                                      for b in bars)
+    assert any(p.tags for p in expected) and any(len(p.tags) < 3 for p in expected)
+
+    out = tmp_path / "answers.csv"
+    page.save_csv(str(out))
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["tags"] for r in rows] == [";".join(t["label"] for t in p.tags)
+                                         for p in expected]
+
+    shown = []
+    window.banner.shown.connect(shown.append)
+    assert window.predict_control.sort_predictions(str(tmp_path / "sorted")) is None
+    assert shown and "several tags a photo" in shown[-1]
+    assert not (tmp_path / "sorted").exists()
+
+    plots = window.train.plots
+    assert plots is not None
+    assert plots.plot_items["accuracy"].getAxis("left").labelText == "mAP"
+    xs, _ = plots.curves[("main", "accuracy", "val")].getData()
+    assert xs is not None and len(xs) > 0  # the folder's val_main_map curve
+    assert "per-tag scores" in window.evaluate.note.text()
