@@ -1,6 +1,6 @@
 """A model of several tags a photo in the window: its folder opens (the window refused it), the
 Predict page gives each photo's tag set as the model folder's own predictor does, the CSV keeps
-the tag sets, a sort into class folders is refused with why, the Train page draws its mAP
+the tag sets, a sort into class folders is disabled and refused with why, the Train page draws its mAP
 curves and the Evaluate page says where its per-tag scores are."""
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window
     assert [r["tags"] for r in rows] == [";".join(t["label"] for t in p.tags)
                                          for p in expected]
 
+    assert not page.sort.isEnabled() and "several tags a photo" in page.sort.toolTip()
     shown = []
     window.banner.shown.connect(shown.append)
     assert window.predict_control.sort_predictions(str(tmp_path / "sorted")) is None
@@ -74,3 +75,5 @@ def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window
     xs, _ = plots.curves[("main", "accuracy", "val")].getData()
     assert xs is not None and len(xs) > 0  # the folder's val_main_map curve
     assert "per-tag scores" in window.evaluate.note.text()
+    # no scores is not "no misclassified test images" (a perfect model)
+    assert "No test scores" in window.evaluate.wrong.empty.text()

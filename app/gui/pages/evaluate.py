@@ -182,6 +182,8 @@ class EvaluatePage(QWidget):
         self.trust.show_calibration(None, None)
         for grid in self.grids:
             grid.set_items([])
+        # no scores: not "no misclassified images", which reads as a perfect model
+        self.wrong.empty.setText("No test scores for this model (see above).")
         for i, text in enumerate(("Misclassified test images", "Confusion cell",
                                   "Hardest training images")):
             self.tabs.setTabText(i, text)
@@ -230,6 +232,7 @@ class EvaluatePage(QWidget):
                                     getattr(ev, "reliability", None))
         for grid in self.grids:
             grid.set_classes(self.labels)
+        self.wrong.empty.setText("No misclassified test images.")
         self.wrong.set_items(ev.misclassified)
         self.tabs.setTabText(0, f"Misclassified test images ({len(ev.misclassified)})")
         self.cell.set_items([])

@@ -60,9 +60,7 @@ class PredictPage(QWidget):
         self.save.setToolTip("Save the results as a CSV file")
         self.save.clicked.connect(self._save)
         self.sort = QPushButton("&Sort into folder…")
-        self.sort.setToolTip("Copy the photos listed into a folder's <class>/ and _unknown/ "
-                             "sub-folders by these answers (a preview of the counts first; "
-                             "never overwrites; undoable)")
+        self.sort.setToolTip(SORT_TIP)
         self.sort.clicked.connect(self.sort_requested)
         self.ops = OperationBar("Undo sort")  # the last sort: what it did, its Undo
         self.ops.undo.setToolTip("Remove the copies the last sort made (only copies still "
@@ -163,6 +161,11 @@ class PredictPage(QWidget):
     def _update_buttons(self) -> None:
         for w in (self.copy, self.save, self.sort, self.clear):
             w.setEnabled(bool(self.results))
+        if any(r.prediction.tags is not None for r in self.results):
+            self.sort.setEnabled(False)  # one class a photo; a tag set has several
+            self.sort.setToolTip(SORT_TAGS_TIP)
+        else:
+            self.sort.setToolTip(SORT_TIP)
 
     def _choose(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(
@@ -209,6 +212,12 @@ class PredictPage(QWidget):
         if paths:
             event.acceptProposedAction()
             self.predict_requested.emit(paths)
+
+
+SORT_TIP = ("Copy the photos listed into a folder's <class>/ and _unknown/ sub-folders by "
+            "these answers (a preview of the counts first; never overwrites; undoable)")
+SORT_TAGS_TIP = ("This model gives several tags a photo; sorting files one class a photo. "
+                 "Save CSV keeps each photo's tag set.")
 
 
 def _labels(pred, k: int = 3) -> QWidget:
