@@ -276,12 +276,15 @@ class LabelControl(QObject):
         blas = self._blas
 
         def job(progress, cancel):
+            from app.core.base.jobs import long_lived_objects
             from app.core.labeling import refresh
 
             # one BLAS thread: this worker runs at a lower priority, and OpenBLAS's helper
             # threads, starved by any busy process, held each of the fit's thousands of small
-            # products (a refresh of 700 photos took 60 s instead of 1.2 s beside one)
-            with blas:
+            # products (a refresh of 700 photos took 60 s instead of 1.2 s beside one); and
+            # no full collection pass while it runs: each held every thread, the window's
+            # included, 10-23 ms at 20,000 photos, several a refresh
+            with blas, long_lived_objects():
                 return refresh(root, inbox, backbone, weights, cache_dir, groups=groups,
                                progress=progress, cancel=cancel, previous=previous)
 
