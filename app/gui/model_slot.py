@@ -34,6 +34,7 @@ class ModelSlot(QObject):
         self.source = ""  # where it came from, in words
         self.generation = 0
         self.evaluation: Any = None  # app.core.trust.evaluation.Evaluation
+        self.tag_scores: Any = None  # app.core.pipeline.review.SavedTagScores (several tags)
         self.review: Any = None  # app.core.pipeline.review.Review
         self.evaluation_note = ""  # where the Evaluate page's figures come from, or why none
         self.threshold: float | None = None  # below it an answer is "unknown"; None: no test
@@ -64,6 +65,7 @@ class ModelSlot(QObject):
         self.model, self.source = model, source
         self.predictor = None if model.reviewable else model.predictor()
         self.evaluation, self.review = model.evaluation, None
+        self.tag_scores = model.tag_scores
         if model.reviewable:
             self.evaluation_note = "Scores on the test images, which training never saw."
         elif model.saved is not None:
@@ -74,6 +76,10 @@ class ModelSlot(QObject):
                 f"Scores kept in the model folder, measured when it was exported{made} on "
                 f"the test images of its data folder{data}.")
             self.review = saved.review
+        elif model.tag_scores is not None:
+            self.evaluation_note = (
+                "Scores kept in the model folder, measured when it was exported on the test "
+                "photos of its data folder; a tag is given at or above its threshold.")
         else:
             self.evaluation_note = f"No scores for this model: {model.why}"
         self.history = list(model.history)

@@ -238,3 +238,37 @@ def test_a_tags_file_that_lists_no_usable_photo_is_one_error(tmp_path, content):
         f"no usable photo listed in {tmp_path / 'photos' / 'labels.csv'} was found below "
         f"{tmp_path / 'photos'}"]
     assert not data.records() and not data.tag_names
+
+
+GOOD_SCORES = {"task": "multi-label", "count": 10, "map": 0.8, "micro_f1": 0.7,
+               "macro_f1": 0.6, "exact_match": 0.5, "hamming_loss": 0.1, "none_rate": 0.1,
+               "unknown_rate": None, "threshold_rule": "0.5",
+               "per_tag": {t: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "ap": 0.7,
+                               "support": 4, "threshold": 0.5} for t in ("cat", "dog")}}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({}, ""),
+    ({"task": None}, "not the scores of a model of several tags"),
+    ({"count": -1}, "is not a count"),
+    ({"map": 1.5}, "map is not a fraction"),
+    ({"per_tag": {"cat": GOOD_SCORES["per_tag"]["cat"]}}, "its tags are not the model's"),
+    ({"per_tag": {"cat": GOOD_SCORES["per_tag"]["cat"],
+                  "dog": {**GOOD_SCORES["per_tag"]["dog"], "recall": "all"}}},
+     "dog: recall is not a fraction"),
+])
+def test_a_multi_label_folders_kept_scores_are_read_or_refused_with_why(tmp_path, changes,
+                                                                         message):
+    """What the window's Evaluate page shows of a multi-label model folder: every field of a
+    received evaluation.json checked, a damaged one a reason, never a traceback."""
+    import json
+
+    from app.core.pipeline.review import saved_tag_scores
+
+    (tmp_path / "evaluation.json").write_text(json.dumps({**GOOD_SCORES, **changes}), "utf-8")
+    scores, why = saved_tag_scores(tmp_path, ["cat", "dog"])
+    if not message:
+        assert why == "" and scores.count == 10 and scores.scores["map"] == 0.8
+        assert list(scores.per_tag) == ["cat", "dog"] and scores.per_tag["dog"]["support"] == 4
+    else:
+        assert scores is None and "is damaged" in why and message in why

@@ -1,11 +1,12 @@
 """A model of several tags a photo in the window: its folder opens (the window refused it), the
 Predict page gives each photo's tag set as the model folder's own predictor does, the CSV keeps
-the tag sets, a sort into class folders is disabled and refused with why, the Train page draws its mAP
-curves and the Evaluate page says where its per-tag scores are."""
+the tag sets, a sort into class folders is disabled and refused with why, the Train page draws
+the folder's mAP curves and the Evaluate page shows its kept per-tag scores (or why none)."""
 
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from PySide6.QtWidgets import QLabel, QProgressBar
@@ -15,6 +16,7 @@ from app.core.intake.tags import scan_tagged
 from app.core.pipeline.retrain import RunChoice
 from app.core.pipeline.tagged import train_tagged
 from app.core.training.settings import TrainSettings
+from app.gui.widgets import percent
 from tests.core.test_multilabel import make_tagged
 
 pytestmark = pytest.mark.slow
@@ -74,6 +76,28 @@ def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window
     assert plots.plot_items["accuracy"].getAxis("left").labelText == "mAP"
     xs, _ = plots.curves[("main", "accuracy", "val")].getData()
     assert xs is not None and len(xs) > 0  # the folder's val_main_map curve
-    assert "per-tag scores" in window.evaluate.note.text()
+    # Evaluate: the folder's kept scores, per tag
+    kept = json.loads((folder / "evaluation.json").read_text("utf-8"))
+    page = window.evaluate
+    assert [page.captions[k].text() for k in ("main_accuracy", "count")] == ["mAP",
+                                                                            "Test photos"]
+    assert page.scores["main_accuracy"].text() == percent(kept["map"])
+    assert page.scores["count"].text() == str(kept["count"])
+    table = page.per_class
+    header = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    assert header == ["Tag", "Precision", "Recall", "F1", "AP", "Threshold", "Photos"]
+    rows = {table.item(r, 0).text(): [table.item(r, c).text() for c in range(1, 7)]
+            for r in range(table.rowCount())}
+    assert rows == {t: [percent(v["precision"]), percent(v["recall"]), percent(v["f1"]),
+                        percent(v["ap"]), f"{v['threshold']:.2f}", str(v["support"])]
+                    for t, v in kept["per_tag"].items()}
+    assert "Hamming loss" in page.few.text()
+
+    # a damaged evaluation.json: no scores, and why; the captions are a class model's again
+    (folder / "evaluation.json").write_text('{"task": "multi-label", "count": -1}', "utf-8")
+    window.models.open_model(str(folder))
+    qtbot.waitUntil(lambda: "damaged" in page.note.text(), timeout=60000)
+    assert page.captions["main_accuracy"].text() == "Accuracy"
+    assert page.per_class.rowCount() == 0
     # no scores is not "no misclassified test images" (a perfect model)
-    assert "No test scores" in window.evaluate.wrong.empty.text()
+    assert "No test scores" in page.wrong.empty.text()

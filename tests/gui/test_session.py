@@ -30,7 +30,7 @@ class TrainedStandIn:
     """A trained model's face (what the slot reads), building ``built`` as its predictor in
     the job's thread."""
 
-    reviewable, evaluation, history, detector = True, None, [], None
+    reviewable, evaluation, history, detector, tag_scores = True, None, [], None, None
 
     def __init__(self, built) -> None:
         self.built = built

@@ -22,6 +22,7 @@ class OpenedModel:
     saved: Any = None  # app.core.pipeline.review.SavedReview | None
     why: str = ""  # why no evaluation is kept, when none is
     history: list[dict] = field(default_factory=list)  # its training curves (history.json)
+    tag_scores: Any = None  # SavedTagScores of a model of several tags a photo, if kept
 
     reviewable = False  # its review is what the folder kept (saved), not made again
 
@@ -60,16 +61,15 @@ def open_model(folder: str | Path, cache_dir: str | Path | None = None) -> Opene
     """Read a model folder (every file checked): its predictor (answering photos already in
     the feature cache ``cache_dir`` from their cached taps), its kept evaluation or why there
     is none, its training curves."""
-    from app.core.base.errors import shown
     from app.core.delivery.export import read_history
     from app.core.delivery.predict import Predictor
-    from app.core.pipeline.review import saved_review
+    from app.core.pipeline.review import saved_review, saved_tag_scores
 
     predictor = Predictor.from_dir(folder, cache_dir)
-    if predictor.thresholds is not None:  # several tags a photo: Predict gives tag sets
-        saved, why = None, (f"{shown(folder)} gives several tags a photo: the Evaluate page "
-                            "shows one class a photo so far; its per-tag scores: python -m "
-                            "app evaluate MODEL DATA")
+    tag_scores = None
+    if predictor.thresholds is not None:  # several tags a photo: per-tag scores, tag sets
+        saved = None
+        tag_scores, why = saved_tag_scores(folder, predictor.classes)
     else:
         saved, why = saved_review(folder, predictor.classes)
-    return OpenedModel(str(folder), predictor, saved, why, read_history(folder))
+    return OpenedModel(str(folder), predictor, saved, why, read_history(folder), tag_scores)

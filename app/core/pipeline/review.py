@@ -177,6 +177,60 @@ def saved_review(folder: str | Path, classes: list[str]) -> tuple[SavedReview | 
         return None, f"{shown(folder)}/{EVALUATION_FILE} is damaged ({shown(str(exc)[:120])})"
 
 
+TAG_SCORES = ("map", "micro_f1", "macro_f1", "exact_match", "hamming_loss", "none_rate",
+              "unknown_rate")
+PER_TAG = ("precision", "recall", "f1", "ap", "threshold")
+
+
+@dataclass(frozen=True)
+class SavedTagScores:
+    """A multi-label model folder's test scores as kept at export (``evaluation.json``), read
+    as plain values: the scores of the whole set and each tag's precision, recall, F1, AP,
+    support and threshold."""
+
+    count: int
+    scores: dict[str, float | None]  # TAG_SCORES
+    per_tag: dict[str, dict[str, float | int | None]]  # in the model's tag order
+    threshold_rule: str = ""
+
+
+def saved_tag_scores(folder: str | Path, tags: list[str]
+                     ) -> tuple[SavedTagScores | None, str]:
+    """The per-tag scores kept in multi-label ``folder`` for a model of ``tags``; (None, why)
+    when there are none or they cannot be trusted (every field checked, as
+    :func:`saved_review` does)."""
+    folder = Path(folder)
+    if not (folder / EVALUATION_FILE).exists():
+        return None, "this model folder holds no evaluation"
+    try:
+        doc = read_json(regular_file(folder, EVALUATION_FILE, EVALUATION_FILE),
+                        MAX_EVALUATION_BYTES)
+        if not isinstance(doc, dict) or doc.get("task") != "multi-label":
+            raise ValueError("not the scores of a model of several tags a photo")
+        _count(doc["count"])
+        for key in TAG_SCORES:
+            _fraction(doc.get(key), key)
+        per = doc["per_tag"]
+        if not isinstance(per, dict) or sorted(per) != sorted(tags):
+            raise ValueError("its tags are not the model's")
+        per_tag = {}
+        for t in tags:
+            row = per[t]
+            if not isinstance(row, dict):
+                raise ValueError(f"tag {shown(t)!r} has no scores")
+            _count(row["support"])
+            for key in PER_TAG:
+                _fraction(row.get(key), f"{t}: {key}")
+            per_tag[t] = {"support": row["support"], **{k: row.get(k) for k in PER_TAG}}
+        rule = doc.get("threshold_rule")
+        return SavedTagScores(doc["count"], {k: doc.get(k) for k in TAG_SCORES}, per_tag,
+                              shown(rule[:300]) if isinstance(rule, str) else ""), ""
+    except ModelDirError as exc:
+        return None, str(exc)
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"{shown(folder)}/{EVALUATION_FILE} is damaged ({shown(str(exc)[:120])})"
+
+
 def _parse_saved(doc: Any, classes: list[str]) -> SavedReview:
     if not isinstance(doc, dict) or doc.get("evaluation_version") != EVALUATION_VERSION:
         raise ValueError("not an evaluation this version writes")

@@ -38,6 +38,7 @@ class TrainedModel:
     cache_dir: str | None = None  # where its features are cached (None: the user's cache)
 
     reviewable = True  # its review is made from its splits' cached features
+    tag_scores = None  # one class a photo (an OpenedModel of several tags holds them)
 
     @property
     def detector(self):

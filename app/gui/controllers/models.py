@@ -54,8 +54,11 @@ class ModelsControl(QObject):
         self.predict.set_model(slot.source)
         if not slot.model.reviewable:  # its curves, where the folder keeps them
             self.train.show_model_history(slot.history, slot.source)
-        self.evaluate.show_model(slot.evaluation, slot.source, slot.evaluation_note,
-                                 not slot.empty)
+        if slot.tag_scores is not None:  # several tags a photo: the folder's per-tag scores
+            self.evaluate.show_tag_scores(slot.tag_scores, slot.source, slot.evaluation_note)
+        else:
+            self.evaluate.show_model(slot.evaluation, slot.source, slot.evaluation_note,
+                                     not slot.empty)
         self.review.show_review()  # its review, or why the slider cannot move yet
         if slot.review is None and slot.model.reviewable and slot.evaluation is not None \
                 and not self.closing_underway():

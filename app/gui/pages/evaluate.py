@@ -37,6 +37,30 @@ def hardest_caption(e: dict) -> str:
     return f"{e['true']}{says}\nloss {max(0.0, e['loss']):.3g}"
 
 
+# the five figures of a model of one class a photo, and what a model of several tags a photo
+# shows in their places (its scores as kept in the model folder)
+SCORES = (
+    ("main_accuracy", "Accuracy", "Share of test images the model gets right (its answer: "
+     "the main and the aux outputs averaged, unless Train's 'Answer' says main)"),
+    ("balanced_accuracy", "Balanced accuracy",
+     "Mean recall over classes: a weak small class cannot hide here"),
+    ("aux1_accuracy", "Aux 1 accuracy", "The auxiliary output on an earlier layer"),
+    ("aux2_accuracy", "Aux 2 accuracy", "The auxiliary output on a later layer"),
+    ("count", "Test images", "Images held out from training and validation"),
+)
+TAG_SCORES = (
+    ("map", "mAP", "Mean over the tags of the average precision (the area under each tag's "
+     "precision-recall curve): how well the model ranks the photos with a tag first"),
+    ("micro_f1", "Micro-F1", "F1 of every (photo, tag) decision together, at the tags' "
+     "thresholds"),
+    ("macro_f1", "Macro-F1", "F1 of each tag, averaged: a weak rare tag cannot hide here"),
+    ("exact_match", "Exact match", "Share of test photos whose whole tag set is right"),
+    ("count", "Test photos", "Photos held out from training and validation"),
+)
+CLASS_COLUMNS = ["Class", "Precision", "Recall", "Images"]
+TAG_COLUMNS = ["Tag", "Precision", "Recall", "F1", "AP", "Threshold", "Photos"]
+
+
 class EvaluatePage(QWidget):
     export_requested = Signal()
     cell_wanted = Signal(str, str)  # true label, predicted label
@@ -45,17 +69,9 @@ class EvaluatePage(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.scores: dict[str, QLabel] = {}
+        self.captions: dict[str, QLabel] = {}
         grid = QGridLayout()
-        for col, (key, title, tip) in enumerate((
-            ("main_accuracy", "Accuracy", "Share of test images the model gets right (its "
-             "answer: the main and the aux outputs averaged, unless Train's 'Answer' says "
-             "main)"),
-            ("balanced_accuracy", "Balanced accuracy",
-             "Mean recall over classes: a weak small class cannot hide here"),
-            ("aux1_accuracy", "Aux 1 accuracy", "The auxiliary output on an earlier layer"),
-            ("aux2_accuracy", "Aux 2 accuracy", "The auxiliary output on a later layer"),
-            ("count", "Test images", "Images held out from training and validation"),
-        )):
+        for col, (key, title, tip) in enumerate(SCORES):
             name = QLabel(title)
             name.setToolTip(tip)
             value = QLabel("—")
@@ -67,6 +83,7 @@ class EvaluatePage(QWidget):
             grid.addWidget(name, 0, col)
             grid.addWidget(value, 1, col)
             self.scores[key] = value
+            self.captions[key] = name
         self.interval = QLabel("")
         self.interval.setToolTip("95% Wilson interval: with this few test images the true "
                                  "accuracy on new photos is likely anywhere in this range")
@@ -94,8 +111,8 @@ class EvaluatePage(QWidget):
         self.confusion.setTabKeyNavigation(False)
         self.confusion.cellActivated.connect(self._cell_clicked)
         self.confusion.installEventFilter(self)
-        self.per_class = QTableWidget(0, 4)
-        self.per_class.setHorizontalHeaderLabels(["Class", "Precision", "Recall", "Images"])
+        self.per_class = QTableWidget(0, len(CLASS_COLUMNS))
+        self.per_class.setHorizontalHeaderLabels(CLASS_COLUMNS)
         self.per_class.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.per_class.verticalHeader().setVisible(False)
         self.per_class.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
@@ -136,7 +153,8 @@ class EvaluatePage(QWidget):
         left.addWidget(QLabel("<b>Confusion matrix</b> (rows: true, columns: predicted)"))
         left.addWidget(self.confusion)
         middle = QVBoxLayout()
-        middle.addWidget(QLabel("<b>Per class</b>"))
+        self.per_title = QLabel("<b>Per class</b>")
+        middle.addWidget(self.per_title)
         middle.addWidget(self.per_class)
         tables.addLayout(left, 3)
         tables.addLayout(middle, 2)
@@ -170,7 +188,51 @@ class EvaluatePage(QWidget):
 
     NO_MODEL = "Train a model first; its scores on the held-out test images show here."
 
+    def show_tag_scores(self, scores, source: str, note: str) -> None:
+        """A model of several tags a photo (``scores``: its SavedTagScores): mAP, micro- and
+        macro-F1, exact match and each tag's precision, recall, F1, AP and threshold."""
+        self._clear()
+        self._captions(TAG_SCORES, TAG_COLUMNS, "<b>Per tag</b>")
+        for (slot, _, _), (key, _, _) in zip(SCORES, TAG_SCORES):  # the same five places
+            v = scores.count if key == "count" else scores.scores.get(key)
+            self.scores[slot].setText(str(v) if key == "count" else percent(v))
+        extra = scores.scores
+        self.few.setText(
+            f"Hamming loss {extra['hamming_loss']:.3f}"
+            + (f"; no tag for {extra['none_rate']:.0%} of the photos"
+               if extra.get("none_rate") is not None else "")
+            + (f"; {extra['unknown_rate']:.0%} read unknown"
+               if extra.get("unknown_rate") is not None else "")
+            if extra.get("hamming_loss") is not None else "")
+        self.per_class.setRowCount(len(scores.per_tag))
+        for row, (tag, pt) in enumerate(scores.per_tag.items()):
+            threshold = pt.get("threshold")
+            cells = (shown(tag), percent(pt.get("precision")), percent(pt.get("recall")),
+                     percent(pt.get("f1")), percent(pt.get("ap")),
+                     "—" if threshold is None else f"{threshold:.2f}", str(pt["support"]))
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if col == 5 and scores.threshold_rule:
+                    item.setToolTip(f"How the thresholds were chosen: {scores.threshold_rule}")
+                self.per_class.setItem(row, col, item)
+        self.wrong.empty.setText("A model of several tags a photo: the photos behind each "
+                                 "error are listed by python -m app evaluate MODEL DATA "
+                                 "--json.")
+        self.note.setText(f"Model: <b>{_html(source)}</b>. {_html(note)}")
+        self.export.setEnabled(True)
+
+    def _captions(self, scores, columns: list[str], title: str) -> None:
+        for (slot, _, _), (_, caption, tip) in zip(SCORES, scores):
+            self.captions[slot].setText(caption)
+            self.captions[slot].setToolTip(tip)
+            self.scores[slot].setToolTip(tip)
+        if self.per_class.columnCount() != len(columns):
+            self.per_class.setColumnCount(len(columns))
+        self.per_class.setHorizontalHeaderLabels(columns)
+        self.per_title.setText(title)
+
     def _clear(self) -> None:
+        self._captions(SCORES, CLASS_COLUMNS, "<b>Per class</b>")
         for label in self.scores.values():
             label.setText("—")
         self.interval.setText("")
@@ -191,6 +253,7 @@ class EvaluatePage(QWidget):
     def show_evaluation(self, ev) -> None:
         self.export.setEnabled(True)
         self.note.setText("Scores on the test images, which training never saw.")
+        self._captions(SCORES, CLASS_COLUMNS, "<b>Per class</b>")
         for key, label in self.scores.items():
             v = getattr(ev, key)
             label.setText(str(v) if key == "count" else percent(v))
