@@ -91,13 +91,14 @@ def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window
     assert rows == {t: [percent(v["precision"]), percent(v["recall"]), percent(v["f1"]),
                         percent(v["ap"]), f"{v['threshold']:.2f}", str(v["support"])]
                     for t, v in kept["per_tag"].items()}
-    assert "Hamming loss" in page.few.text()
+    assert "Hamming loss" in page.note.text() and not page.confusion_box.isVisibleTo(page)
 
     # a damaged evaluation.json: no scores, and why; the captions are a class model's again
     (folder / "evaluation.json").write_text('{"task": "multi-label", "count": -1}', "utf-8")
     window.models.open_model(str(folder))
     qtbot.waitUntil(lambda: "damaged" in page.note.text(), timeout=60000)
     assert page.captions["main_accuracy"].text() == "Accuracy"
+    assert page.confusion_box.isVisibleTo(page)
     assert page.per_class.rowCount() == 0
     # no scores is not "no misclassified test images" (a perfect model)
     assert "No test scores" in page.wrong.empty.text()

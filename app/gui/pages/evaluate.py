@@ -149,14 +149,16 @@ class EvaluatePage(QWidget):
         self.tabs.setMinimumHeight(210)  # the same height whichever tab is open; 720 px fit
 
         tables = QHBoxLayout()
-        left = QVBoxLayout()
+        self.confusion_box = QWidget()  # hidden for a tag model: the others take its room
+        left = QVBoxLayout(self.confusion_box)
+        left.setContentsMargins(0, 0, 0, 0)
         left.addWidget(QLabel("<b>Confusion matrix</b> (rows: true, columns: predicted)"))
         left.addWidget(self.confusion)
         middle = QVBoxLayout()
         self.per_title = QLabel("<b>Per class</b>")
         middle.addWidget(self.per_title)
         middle.addWidget(self.per_class)
-        tables.addLayout(left, 3)
+        tables.addWidget(self.confusion_box, 3)
         tables.addLayout(middle, 2)
         tables.addWidget(self.trust, 3)
         self.confusion.setMinimumHeight(120)
@@ -197,13 +199,12 @@ class EvaluatePage(QWidget):
             v = scores.count if key == "count" else scores.scores.get(key)
             self.scores[slot].setText(str(v) if key == "count" else percent(v))
         extra = scores.scores
-        self.few.setText(
-            f"Hamming loss {extra['hamming_loss']:.3f}"
-            + (f"; no tag for {extra['none_rate']:.0%} of the photos"
-               if extra.get("none_rate") is not None else "")
-            + (f"; {extra['unknown_rate']:.0%} read unknown"
-               if extra.get("unknown_rate") is not None else "")
-            if extra.get("hamming_loss") is not None else "")
+        more = (f" Hamming loss {extra['hamming_loss']:.3f}"
+                + (f"; no tag for {extra['none_rate']:.0%} of the photos"
+                   if extra.get("none_rate") is not None else "")
+                + (f"; {extra['unknown_rate']:.0%} read unknown"
+                   if extra.get("unknown_rate") is not None else "") + "."
+                if extra.get("hamming_loss") is not None else "")
         self.per_class.setRowCount(len(scores.per_tag))
         for row, (tag, pt) in enumerate(scores.per_tag.items()):
             threshold = pt.get("threshold")
@@ -218,7 +219,10 @@ class EvaluatePage(QWidget):
         self.wrong.empty.setText("A model of several tags a photo: the photos behind each "
                                  "error are listed by python -m app evaluate MODEL DATA "
                                  "--json.")
-        self.note.setText(f"Model: <b>{_html(source)}</b>. {_html(note)}")
+        self.per_class.resizeColumnsToContents()
+        # a tag model has no confusion matrix: its table takes that room
+        self.confusion_box.setVisible(False)
+        self.note.setText(f"Model: <b>{_html(source)}</b>. {_html(note)}{_html(more)}")
         self.export.setEnabled(True)
 
     def _captions(self, scores, columns: list[str], title: str) -> None:
@@ -230,6 +234,7 @@ class EvaluatePage(QWidget):
             self.per_class.setColumnCount(len(columns))
         self.per_class.setHorizontalHeaderLabels(columns)
         self.per_title.setText(title)
+        self.confusion_box.setVisible(True)
 
     def _clear(self) -> None:
         self._captions(SCORES, CLASS_COLUMNS, "<b>Per class</b>")
