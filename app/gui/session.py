@@ -439,11 +439,12 @@ class Session(QObject):
         return self.folder.dataset
 
 
-def predictions_csv(results: list[Predicted], sep: str = ",", top_k: int | None = None) -> str:
+def predictions_csv(results: list[Predicted], sep: str = ",", top_k: int | None = None,
+                    tagged: bool | None = None) -> str:
     """path, [tags,] label_1, probability_1, …, unknown, score, error — one row per file
     (unknown and score empty when the model has no unknown test; ``tags``, the tag set joined
     by ';', for a model of several tags a photo); ``top_k`` labels a row (default: as many as
-    the answers hold)."""
+    the answers hold); ``tagged``: the model gives tag sets (default: some row has one)."""
     import csv
     import io
 
@@ -451,7 +452,8 @@ def predictions_csv(results: list[Predicted], sep: str = ",", top_k: int | None 
     k = k if top_k is None else min(k, top_k)
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=sep, lineterminator="\n")
-    tagged = any(r.prediction.tags is not None for r in results)
+    if tagged is None:
+        tagged = any(r.prediction.tags is not None for r in results)
     header = ["path", "tags"] if tagged else ["path"]
     for i in range(1, k + 1):
         header += [f"label_{i}", f"probability_{i}"]

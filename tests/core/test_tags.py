@@ -256,6 +256,9 @@ GOOD_SCORES = {"task": "multi-label", "count": 10, "map": 0.8, "micro_f1": 0.7,
     ({"per_tag": {"cat": GOOD_SCORES["per_tag"]["cat"],
                   "dog": {**GOOD_SCORES["per_tag"]["dog"], "recall": "all"}}},
      "dog: recall is not a fraction"),
+    ({"per_tag": {"cat": GOOD_SCORES["per_tag"]["cat"],
+                  "dog": {**GOOD_SCORES["per_tag"]["dog"], "threshold": 0.3}}},
+     "its thresholds are not the model's"),
 ])
 def test_a_multi_label_folders_kept_scores_are_read_or_refused_with_why(tmp_path, changes,
                                                                          message):
@@ -266,7 +269,7 @@ def test_a_multi_label_folders_kept_scores_are_read_or_refused_with_why(tmp_path
     from app.core.pipeline.review import saved_tag_scores
 
     (tmp_path / "evaluation.json").write_text(json.dumps({**GOOD_SCORES, **changes}), "utf-8")
-    scores, why = saved_tag_scores(tmp_path, ["cat", "dog"])
+    scores, why = saved_tag_scores(tmp_path, ["cat", "dog"], [0.5, 0.5])
     if not message:
         assert why == "" and scores.count == 10 and scores.scores["map"] == 0.8
         assert list(scores.per_tag) == ["cat", "dog"] and scores.per_tag["dog"]["support"] == 4

@@ -23,6 +23,7 @@ class UnknownFirst:
 
     classes = ["daisy", "tulip"]
     unknown = None  # flags set here, none for the window to move
+    thresholds = None  # one class a photo
 
     def predict(self, paths, top_k=3, progress=None, cancel=None, threshold=None):
         return [Prediction(str(p), [{"label": "daisy", "probability": 0.41},
@@ -200,3 +201,37 @@ def test_the_sort_folder_is_chosen_among_folders_near_the_photos(qtbot, window, 
     monkeypatch.setattr(window.predict_control, "sort_predictions", sorted_into.append)
     window.predict_control.choose_sort_folder()
     assert asked == [str(tmp_path / "trip")] and sorted_into == [str(tmp_path / "out")]
+
+
+class Tagger:
+    """A model of several tags a photo whose tag names are markup; 'bad*' files unreadable."""
+
+    classes = ["<i>a&b", "dog"]
+    unknown = None
+    thresholds = [0.5, 0.5]
+
+    def predict(self, paths, top_k=3, progress=None, cancel=None, threshold=None):
+        out = []
+        for p in paths:
+            if Path(p).name.startswith("bad"):
+                out.append(Prediction(str(p), error="cannot identify image file"))
+                continue
+            top = [{"label": "<i>a&b", "probability": 0.9}, {"label": "dog", "probability": 0.2}]
+            out.append(Prediction(str(p), top, tags=top[:1]))
+        return out
+
+
+def test_tag_names_are_text_and_the_csv_keeps_a_tags_column_for_a_tag_model(qtbot, window,
+                                                                             tmp_path):
+    """Tag names come from a received model folder: shown as text, never as markup; a tag
+    model's CSV has its tags column even when every row is an error."""
+    open_fake_model(window, Tagger(), "tagger")
+    page = window.predict
+    predict(qtbot, window, [tmp_path / "bad.png"])
+    out = tmp_path / "errors.csv"
+    page.save_csv(str(out))
+    assert next(csv.reader(out.open(encoding="utf-8")))[:2] == ["path", "tags"]
+    photo = make_image(tmp_path / "p.png", (90, 90, 90))
+    predict(qtbot, window, [photo])
+    texts = [w.text() for w in page.table.cellWidget(1, 2).findChildren(QLabel)]
+    assert "<b>Tags:</b> &lt;i&gt;a&amp;b" in texts

@@ -17,7 +17,7 @@ class FakePredictor:
     def __init__(self, label: str, gate: threading.Event | None = None) -> None:
         self.label, self.gate, self.classes = label, gate, [label]
         self.started = threading.Event()
-        self.unknown = None
+        self.unknown = self.thresholds = None  # no unknown test; one class a photo
 
     def predict(self, paths, top_k=3, progress=None, cancel=None, threshold=None):
         self.started.set()
@@ -31,6 +31,7 @@ class TrainedStandIn:
     the job's thread."""
 
     reviewable, evaluation, history, detector, tag_scores = True, None, [], None, None
+    multi_label = False
 
     def __init__(self, built) -> None:
         self.built = built

@@ -22,13 +22,15 @@ def _detector(threshold=0.4):
 def _trained(threshold=0.4, history=({"epoch": 1},)):
     return SimpleNamespace(reviewable=True, evaluation=SimpleNamespace(main_accuracy=0.9),
                            history=list(history), detector=_detector(threshold),
-                           predictor=lambda: "built", tag_scores=None)
+                           predictor=lambda: "built", tag_scores=None,
+                           multi_label=False)
 
 
 def _opened(saved=None):
     return SimpleNamespace(reviewable=False, evaluation=None, history=[], saved=saved,
                            why="none kept", detector=None, folder="/m",
-                           predictor=lambda: "from the folder", tag_scores=None)
+                           predictor=lambda: "from the folder", tag_scores=None,
+                           multi_label=False)
 
 
 def test_a_new_model_bumps_the_generation_and_brings_its_threshold_and_curves(qtbot):

@@ -87,23 +87,27 @@ class RateMeter:
 _pause_lock = threading.Lock()
 _pauses = 0
 _threshold: tuple[int, int, int] | None = None
+_freeze = False  # a use that ended (or runs) asked for gc.freeze when the last one ends
 NEVER = 1 << 30  # a generation-2 threshold that is never reached
 
 
 @contextmanager
-def long_lived_objects() -> Iterator[None]:
+def long_lived_objects(freeze: bool = True) -> Iterator[None]:
     """For a job that builds many objects meant to live on (100k records of a scanned folder):
     while it runs, Python's cyclic collector makes no full pass (its young generations still
-    collect, in a millisecond or two, so the cycles any thread leaves behind die young as
-    usual), and what exists when the block ends is frozen out of later full passes
-    (``gc.freeze``). A full pass walks every tracked object holding the GIL, which stops every
-    other thread, a window's event loop included: measured 40-70 ms each, several per
-    100k-image scan. Frozen objects are still freed by reference counting; only a cycle that
-    became garbage in the oldest generation before the freeze is never collected. Nested and
-    concurrent uses are counted: full passes come back when the last one ends."""
-    global _pauses, _threshold
+    collect, in a millisecond or two, so most cycles any thread leaves behind die young as
+    usual), and with ``freeze`` what exists when the block ends is frozen out of later full
+    passes (``gc.freeze``). A full pass walks every tracked object holding the GIL, which stops
+    every other thread, a window's event loop included: measured 40-70 ms each, several per
+    100k-image scan. Frozen objects are still freed by reference counting; a cycle that is
+    garbage but not yet collected when the freeze comes is never collected, so a job that runs
+    again and again (the Label page's refresh) pauses the passes without freezing. Nested and
+    concurrent uses are counted: full passes come back when the last one ends (with the freeze
+    if any of them asked for it)."""
+    global _pauses, _threshold, _freeze
     with _pause_lock:
         _pauses += 1
+        _freeze = _freeze or freeze
         if _pauses == 1:
             _threshold = gc.get_threshold()
             gc.set_threshold(_threshold[0], _threshold[1], NEVER)
@@ -113,7 +117,9 @@ def long_lived_objects() -> Iterator[None]:
         with _pause_lock:
             _pauses -= 1
             if _pauses == 0 and _threshold is not None:
-                gc.freeze()
+                if _freeze:
+                    gc.freeze()
+                _freeze = False
                 gc.set_threshold(*_threshold)
 
 

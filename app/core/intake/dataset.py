@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import math
 import os
+import shlex
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -289,8 +290,8 @@ def scan_dataset(
                 refused.append(Finding(
                     "warning", f"{TAGS_FILE} is a tags file (several tags a photo): read "
                                "here as class folders, one class a photo; to train on its "
-                               f"tags: python -m app train {shown(root)} --multi-label (the "
-                               "window trains one class a photo so far)"))
+                               f"tags: python -m app train {shlex.quote(shown(root))} "
+                               "--multi-label (the window trains one class a photo so far)"))
             continue
         if p.name in NOT_CLASSES:
             refused.append(Finding("info", f"folder {p.name!r} holds photos still to be "

@@ -69,7 +69,8 @@ def open_model(folder: str | Path, cache_dir: str | Path | None = None) -> Opene
     tag_scores = None
     if predictor.thresholds is not None:  # several tags a photo: per-tag scores, tag sets
         saved = None
-        tag_scores, why = saved_tag_scores(folder, predictor.classes)
+        tag_scores, why = saved_tag_scores(folder, predictor.classes,
+                                           predictor.thresholds.tolist())
     else:
         saved, why = saved_review(folder, predictor.classes)
     return OpenedModel(str(folder), predictor, saved, why, read_history(folder), tag_scores)

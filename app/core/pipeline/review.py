@@ -194,10 +194,11 @@ class SavedTagScores:
     threshold_rule: str = ""
 
 
-def saved_tag_scores(folder: str | Path, tags: list[str]
+def saved_tag_scores(folder: str | Path, tags: list[str], thresholds=None
                      ) -> tuple[SavedTagScores | None, str]:
-    """The per-tag scores kept in multi-label ``folder`` for a model of ``tags``; (None, why)
-    when there are none or they cannot be trusted (every field checked, as
+    """The per-tag scores kept in multi-label ``folder`` for a model of ``tags`` deciding at
+    ``thresholds`` (metadata.json's; scores measured at other thresholds are not its scores);
+    (None, why) when there are none or they cannot be trusted (every field checked, as
     :func:`saved_review` does)."""
     folder = Path(folder)
     if not (folder / EVALUATION_FILE).exists():
@@ -222,6 +223,10 @@ def saved_tag_scores(folder: str | Path, tags: list[str]
             for key in PER_TAG:
                 _fraction(row.get(key), f"{t}: {key}")
             per_tag[t] = {"support": row["support"], **{k: row.get(k) for k in PER_TAG}}
+        if thresholds is not None and any(
+                per_tag[t]["threshold"] is None or abs(per_tag[t]["threshold"] - float(m)) > 1e-6
+                for t, m in zip(tags, thresholds)):
+            raise ValueError("its thresholds are not the model's (metadata.json)")
         rule = doc.get("threshold_rule")
         return SavedTagScores(doc["count"], {k: doc.get(k) for k in TAG_SCORES}, per_tag,
                               shown(rule[:300]) if isinstance(rule, str) else ""), ""

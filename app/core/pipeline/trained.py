@@ -39,6 +39,7 @@ class TrainedModel:
 
     reviewable = True  # its review is made from its splits' cached features
     tag_scores = None  # one class a photo (an OpenedModel of several tags holds them)
+    multi_label = False
 
     @property
     def detector(self):

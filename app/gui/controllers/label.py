@@ -283,8 +283,9 @@ class LabelControl(QObject):
             # threads, starved by any busy process, held each of the fit's thousands of small
             # products (a refresh of 700 photos took 60 s instead of 1.2 s beside one); and
             # no full collection pass while it runs: each held every thread, the window's
-            # included, 10-23 ms at 20,000 photos, several a refresh
-            with blas, long_lived_objects():
+            # included, 10-23 ms at 20,000 photos, several a refresh (no freeze: it runs every
+            # third label, and a freeze keeps the cyclic garbage of that moment for good)
+            with blas, long_lived_objects(freeze=False):
                 return refresh(root, inbox, backbone, weights, cache_dir, groups=groups,
                                progress=progress, cancel=cancel, previous=previous)
 

@@ -51,7 +51,7 @@ class ModelsControl(QObject):
     def model_changed(self) -> None:
         """Another model is the current one: every page shows it."""
         slot = self.session.slot
-        self.predict.set_model(slot.source)
+        self.predict.set_model(slot.source, slot.model.multi_label)
         if not slot.model.reviewable:  # its curves, where the folder keeps them
             self.train.show_model_history(slot.history, slot.source)
         if slot.tag_scores is not None:  # several tags a photo: the folder's per-tag scores

@@ -214,7 +214,8 @@ class EvaluatePage(QWidget):
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if col == 5 and scores.threshold_rule:
-                    item.setToolTip(f"How the thresholds were chosen: {scores.threshold_rule}")
+                    item.setToolTip("How the thresholds were chosen: "
+                                    + _html(scores.threshold_rule))
                 self.per_class.setItem(row, col, item)
         self.wrong.empty.setText("A model of several tags a photo: the photos behind each "
                                  "error are listed by python -m app evaluate MODEL DATA "

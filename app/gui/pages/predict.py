@@ -6,6 +6,7 @@ photo reads "Tags: car, person" (or "None of its tags") above its top tags, a �
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -38,6 +39,7 @@ class PredictPage(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.multi_label = False  # the current model gives tag sets
         self.setAcceptDrops(True)
         self.model = QLabel("No model yet: train one, or open an exported model folder.")
         self.model.setWordWrap(True)
@@ -110,9 +112,11 @@ class PredictPage(QWidget):
         self.sort_dir = ""  # where the last sort's folder is
         self._update_buttons()
 
-    def set_model(self, source: str) -> None:
-        """A new model: the answers shown so far were another model's, so they go."""
-        self.model.setText(f"Model: <b>{source}</b>")
+    def set_model(self, source: str, multi_label: bool = False) -> None:
+        """A new model: the answers shown so far were another model's, so they go.
+        ``multi_label``: it gives tag sets (the CSV has a ``tags`` column whatever the rows)."""
+        self.model.setText(f"Model: <b>{html.escape(source)}</b>")
+        self.multi_label = multi_label
         self.show_results([])
 
     def set_running(self, running: bool) -> None:
@@ -176,8 +180,8 @@ class PredictPage(QWidget):
             self.predict_requested.emit(paths)
 
     def _copy(self) -> None:
-        QGuiApplication.clipboard().setText(predictions_csv(self.results, "\t",
-                                                            self.top_k.value()))
+        QGuiApplication.clipboard().setText(predictions_csv(
+            self.results, "\t", self.top_k.value(), tagged=self.multi_label))
 
     def _save(self) -> None:
         folder = Path(dialog_folder(self.save_dir, self.images_dir))
@@ -193,7 +197,8 @@ class PredictPage(QWidget):
     def save_csv(self, path: str) -> None:
         """Write the list as CSV to ``path`` and say where it went."""
         with open(path, "w", encoding="utf-8", newline="") as f:
-            f.write(predictions_csv(self.results, top_k=self.top_k.value()))
+            f.write(predictions_csv(self.results, top_k=self.top_k.value(),
+                                    tagged=self.multi_label))
         self.save_dir = str(Path(path).parent)
         self.saved_note.setText(f"✔ Saved {len(self.results)} rows to {path}")
         self.saved_note.setVisible(True)
@@ -236,7 +241,7 @@ def _labels(pred, k: int = 3) -> QWidget:
         return box
     if pred.unknown and pred.top:
         best = pred.top[0]
-        unknown = QLabel(f"<b>Unknown</b> — closest: {best['label']} "
+        unknown = QLabel(f"<b>Unknown</b> — closest: {html.escape(best['label'])} "
                          f"({best['probability']:.0%})")
         unknown.setToolTip("This image does not look like the training classes enough "
                            "(its score is below the threshold set on the Evaluate page); "
@@ -245,12 +250,18 @@ def _labels(pred, k: int = 3) -> QWidget:
         rest = ", ".join(f"{t['label']} {t['probability']:.0%}" for t in pred.top[1:k])
         if rest:
             others = QLabel(f"then {rest}")
+            others.setTextFormat(Qt.TextFormat.PlainText)  # labels are the model folder's
             others.setStyleSheet("color: #444;")
             layout.addWidget(others)
+        if pred.tags:  # a tag model's set is still what the CSV keeps: said, not hidden
+            tags = QLabel("its tags would be: " + ", ".join(t["label"] for t in pred.tags))
+            tags.setTextFormat(Qt.TextFormat.PlainText)
+            tags.setStyleSheet("color: #444;")
+            layout.addWidget(tags)
         return box
     given = None if pred.tags is None else {t["label"] for t in pred.tags}
     if given is not None:  # several tags a photo: the set first, then the top k tags
-        names = ", ".join(t["label"] for t in pred.tags)
+        names = ", ".join(html.escape(t["label"]) for t in pred.tags)  # the folder's names
         heading = QLabel(f"<b>Tags:</b> {names}" if names else
                          "<b>None of its tags</b>")
         heading.setToolTip("Each tag is given when its calibrated probability reaches that "
