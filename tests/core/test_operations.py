@@ -492,6 +492,18 @@ def test_a_photo_waiting_in_not_sure_is_labelled_from_there_and_undo_puts_it_bac
     assert _files(data) == ["_not_sure/p1.jpg", "_not_sure/p2.jpg", "red/p0.jpg"]
     undo(data, first.operation)
     assert _files(data) == [f"_not_sure/p{i}.jpg" for i in range(3)]
+    # File the rest undone: the _not_sure it filled goes with its copies (the walk saw an
+    # empty one stay); the class folders stay, empty or not
+    undo(data, rest.operation)
+    assert _files(data) == [] and not (data / "_not_sure").exists()
+    assert (data / "red").is_dir() and (data / "green").is_dir()
+    # a _not_sure that holds a file of someone else's after the undo stays, with it
+    (data / "_not_sure").mkdir()  # as File the rest makes it
+    again = file_photos(data, [Request(str(p), "_not_sure") for p in inbox], "rest", "rest")
+    assert len(again.done) == 3
+    (data / "_not_sure" / "notes.txt").write_text("mine")
+    undo(data, again.operation)
+    assert _files(data) == ["_not_sure/notes.txt"]
 
 
 def test_a_sort_previews_and_files_the_photos_waiting_in_not_sure(tmp_path):

@@ -525,7 +525,18 @@ def undo(data_dir: str | Path, operation: str | None = None,
                            "be written")
             return result
         lock.clear()
+        _drop_emptied(root, result.undone)
     return result
+
+
+def _drop_emptied(root: Path, undone: list[Move]) -> None:
+    """The waiting folders (``_not_sure``, ``_unknown``) that an undo left empty go: they
+    hold the app's copies, and one left empty after undoing File the rest looked like work
+    still to do. ``rmdir`` removes only an empty folder; a file put there since keeps it."""
+    emptied = {Path(m.target).parts[0] for m in undone if len(Path(m.target).parts) == 2}
+    for name in sorted(emptied & set(NOT_CLASSES)):
+        with contextlib.suppress(OSError):
+            (root / name).rmdir()
 
 
 FIXES = ("fix", "move")  # the moves made on Evaluate (and single moves of the first format)
