@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,14 +164,22 @@ def saved_review(folder: str | Path, classes: list[str]) -> tuple[SavedReview | 
     """The evaluation kept in ``folder`` for a model answering ``classes``; (None, why) when
     there is none or it cannot be trusted (a folder from someone else is read like any
     other input: every field checked, nothing from it executed)."""
+    return _read_kept(folder, lambda doc: _parse_saved(doc, list(classes)),
+                      "this model folder holds no evaluation (exported before this version "
+                      "kept one): open its data folder and train again to see one")
+
+
+def _read_kept(folder: str | Path, parse: Callable[[Any], Any], none: str
+               ) -> tuple[Any, str]:
+    """``parse`` of the evaluation kept in ``folder`` (size-limited, a regular file), and
+    "" ; or (None, why): ``none`` when there is none, else what is wrong with it."""
     folder = Path(folder)
     if not (folder / EVALUATION_FILE).exists():
-        return None, ("this model folder holds no evaluation (exported before this version "
-                      "kept one): open its data folder and train again to see one")
+        return None, none
     try:
         doc = read_json(regular_file(folder, EVALUATION_FILE, EVALUATION_FILE),
                         MAX_EVALUATION_BYTES)
-        return _parse_saved(doc, list(classes)), ""
+        return parse(doc), ""
     except ModelDirError as exc:
         return None, str(exc)
     except (KeyError, TypeError, ValueError) as exc:
@@ -200,40 +209,35 @@ def saved_tag_scores(folder: str | Path, tags: list[str], thresholds=None
     ``thresholds`` (metadata.json's; scores measured at other thresholds are not its scores);
     (None, why) when there are none or they cannot be trusted (every field checked, as
     :func:`saved_review` does)."""
-    folder = Path(folder)
-    if not (folder / EVALUATION_FILE).exists():
-        return None, "this model folder holds no evaluation"
-    try:
-        doc = read_json(regular_file(folder, EVALUATION_FILE, EVALUATION_FILE),
-                        MAX_EVALUATION_BYTES)
-        if not isinstance(doc, dict) or doc.get("task") != "multi-label":
-            raise ValueError("not the scores of a model of several tags a photo")
-        _count(doc["count"])
-        for key in TAG_SCORES:
-            _fraction(doc.get(key), key)
-        per = doc["per_tag"]
-        if not isinstance(per, dict) or sorted(per) != sorted(tags):
-            raise ValueError("its tags are not the model's")
-        per_tag = {}
-        for t in tags:
-            row = per[t]
-            if not isinstance(row, dict):
-                raise ValueError(f"tag {shown(t)!r} has no scores")
-            _count(row["support"])
-            for key in PER_TAG:
-                _fraction(row.get(key), f"{t}: {key}")
-            per_tag[t] = {"support": row["support"], **{k: row.get(k) for k in PER_TAG}}
-        if thresholds is not None and any(
-                per_tag[t]["threshold"] is None or abs(per_tag[t]["threshold"] - float(m)) > 1e-6
-                for t, m in zip(tags, thresholds)):
-            raise ValueError("its thresholds are not the model's (metadata.json)")
-        rule = doc.get("threshold_rule")
-        return SavedTagScores(doc["count"], {k: doc.get(k) for k in TAG_SCORES}, per_tag,
-                              shown(rule[:300]) if isinstance(rule, str) else ""), ""
-    except ModelDirError as exc:
-        return None, str(exc)
-    except (KeyError, TypeError, ValueError) as exc:
-        return None, f"{shown(folder)}/{EVALUATION_FILE} is damaged ({shown(str(exc)[:120])})"
+    return _read_kept(folder, lambda doc: _parse_tag_scores(doc, tags, thresholds),
+                      "this model folder holds no evaluation")
+
+
+def _parse_tag_scores(doc: Any, tags: list[str], thresholds) -> SavedTagScores:
+    if not isinstance(doc, dict) or doc.get("task") != "multi-label":
+        raise ValueError("not the scores of a model of several tags a photo")
+    _count(doc["count"])
+    for key in TAG_SCORES:
+        _fraction(doc.get(key), key)
+    per = doc["per_tag"]
+    if not isinstance(per, dict) or sorted(per) != sorted(tags):
+        raise ValueError("its tags are not the model's")
+    per_tag = {}
+    for t in tags:
+        row = per[t]
+        if not isinstance(row, dict):
+            raise ValueError(f"tag {shown(t)!r} has no scores")
+        _count(row["support"])
+        for key in PER_TAG:
+            _fraction(row.get(key), f"{t}: {key}")
+        per_tag[t] = {"support": row["support"], **{k: row.get(k) for k in PER_TAG}}
+    if thresholds is not None and any(
+            per_tag[t]["threshold"] is None or abs(per_tag[t]["threshold"] - float(m)) > 1e-6
+            for t, m in zip(tags, thresholds)):
+        raise ValueError("its thresholds are not the model's (metadata.json)")
+    rule = doc.get("threshold_rule")
+    return SavedTagScores(doc["count"], {k: doc.get(k) for k in TAG_SCORES}, per_tag,
+                          shown(rule[:300]) if isinstance(rule, str) else "")
 
 
 def _parse_saved(doc: Any, classes: list[str]) -> SavedReview:

@@ -96,7 +96,7 @@ class PredictControl(QObject):
         from app.core.intake.sorting import filed_in, sort_plan
 
         predictions = [r.prediction for r in self.page.results]
-        if any(p.tags is not None for p in predictions):
+        if self.page.multi_label:  # the model's task, as the page shows it
             self.banner.show_warning("Sort into folder files one class a photo; this model "
                                      "gives several tags a photo: Save CSV keeps the tag sets.")
             return None

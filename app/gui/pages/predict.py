@@ -165,7 +165,7 @@ class PredictPage(QWidget):
     def _update_buttons(self) -> None:
         for w in (self.copy, self.save, self.sort, self.clear):
             w.setEnabled(bool(self.results))
-        if any(r.prediction.tags is not None for r in self.results):
+        if self.multi_label:
             self.sort.setEnabled(False)  # one class a photo; a tag set has several
             self.sort.setToolTip(SORT_TAGS_TIP)
         else:
