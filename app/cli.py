@@ -199,7 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "chosen from their number), most typical first")
     p.add_argument("--assign", action="append", default=[], metavar="PHOTO=CLASS",
                    help="file PHOTO under CLASS (moved when it is in DATA_DIR, else copied); "
-                        "repeatable")
+                        "with --multi-label PHOTO=TAG;TAG (quote it; nothing after '=' is "
+                        "\"none of these\"): the photo's row in the tags file; repeatable, "
+                        "one undoable operation")
+    p.add_argument("--multi-label", action="store_true",
+                   help="several tags a photo: DATA_DIR's photos stay where they are and its "
+                        "tags file (see --labels) says which are tagged; suggestions give each "
+                        "tag's probability, the queue asks for the least sure tag sets")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="with --multi-label: the tags file in DATA_DIR (default "
+                        "DATA_DIR/labels.csv; made when missing)")
     p.add_argument("--create", action="store_true", help="create the classes --assign names")
     p.add_argument("--copy", action="store_true", help="copy photos inside DATA_DIR too")
     p.add_argument("--accept-above", type=float, default=None, metavar="P",
@@ -618,6 +627,10 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 
     if args.seed < 0:
         raise SettingsError(f"--seed must be 0 or more, got {args.seed}")
+    if args.labels and not args.multi_label:
+        raise SettingsError("--labels names the tags file of --multi-label")
+    if args.multi_label:
+        return _label_tags(args, bar, cancel)
     doc: dict = {"done": [], "refused": []}
 
     def report(filing) -> None:
@@ -629,15 +642,7 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
             bar.line(f"not filed {path}: {why}")
 
     if args.operations:
-        ops = operations(args.data_dir)
-        if args.json:
-            _print_json({"operations": [o.as_dict() for o in reversed(ops)]})
-        else:
-            for o in reversed(ops):
-                _say(f"{o.id}  {o.time}  {o.title} ({len(o.moves)} photo(s))")
-            if not ops:
-                _say("nothing to undo")
-        return EXIT_OK
+        return _print_operations(args, operations(args.data_dir))
     if args.undo is not None:
         result = undo(args.data_dir, operation=args.undo or None, progress=bar, cancel=cancel)
         doc["undone"] = result.as_dict()
@@ -727,6 +732,105 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
             f"  suggested {q['suggested']} {q['confidence']:.0%}"
             + ("  (maybe a new class)" if q["maybe_new_class"] else ""))
         _say(f"  {q['path']}{hint}  [{q['why']}]")
+    return EXIT_OK
+
+
+def _label_tags(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
+    """``label --multi-label``: tag photos (one undoable operation), undo, list operations,
+    and what to tag next with each tag's probability."""
+    from app.core.intake.filing import operations, undo
+    from app.core.intake.journal import LabelError
+    from app.core.intake.tagging import TagRequest, tag_photos
+    from app.core.intake.tags import SEPARATOR
+    from app.core.labeling.tags import prepare_tag_pool, suggest_tags
+
+    unused = [name for name, given in (
+        ("--inbox", args.inbox), ("--groups", args.groups is not None),
+        ("--create", args.create), ("--copy", args.copy),
+        ("--accept-above", args.accept_above is not None),
+        ("--file-rest", args.file_rest is not None)) if given]
+    if unused:
+        raise SettingsError(f"{', '.join(unused)}: not with --multi-label (tagged photos stay "
+                            "where they are; each tag set is given with --assign)")
+    if args.operations:
+        return _print_operations(args, operations(args.data_dir))
+    doc: dict = {"mode": "multi-label", "done": [], "refused": []}
+    if args.undo is not None:
+        result = undo(args.data_dir, operation=args.undo or None, progress=bar, cancel=cancel)
+        doc["undone"] = result.as_dict()
+        for m, why in result.kept:
+            bar.line(f"left {m.target}: {why}")
+        bar.line(result.summary())
+    requests = []
+    for item in args.assign:
+        photo, sep, tags = item.partition("=")
+        if not sep or not photo:
+            raise LabelError(f"--assign takes PHOTO=TAG{SEPARATOR}TAG with --multi-label, "
+                             f"got {item!r}")
+        requests.append(TagRequest(photo, tuple(t.strip() for t in tags.split(SEPARATOR)
+                                               if t.strip())))
+    if requests:
+        filing = tag_photos(args.data_dir, requests, args.labels,
+                            title=f"Tagged {len(requests)} photo(s) from the command line",
+                            cancel=cancel)
+        doc["done"] = [m.as_dict() for m in filing.done]
+        doc["refused"] = [{"path": p, "why": w} for p, w in filing.refused]
+        doc["operation"] = filing.operation
+        for m in filing.done:
+            bar.line(f"tagged {m.target}: {SEPARATOR.join(m.after) or '(none of these)'}")
+        for path, why in filing.refused:
+            bar.line(f"not tagged {path}: {why}")
+        bar.line(filing.summary())
+    pool = prepare_tag_pool(args.data_dir, args.labels, args.backbone, args.weights,
+                            args.cache_dir, bar, cancel)
+    model = pool.model(args.seed)
+    sug = suggest_tags(model, pool.unsorted)
+    queue = pool.ask(model, args.next, seed=args.seed)
+
+    def ask(i: int, why: str) -> dict:
+        out: dict = {"path": pool.paths[i], "why": why}
+        if sug is not None:
+            out.update(suggested=list(sug.suggested(i)),
+                       probabilities={t: round(float(p), 4)
+                                      for t, p in zip(sug.tags, sug.probabilities[i])},
+                       set_sure=round(float(sug.sureness[i]), 4), calibrated=sug.calibrated)
+        return out
+
+    doc.update(tags_file=str(pool.tags_file), tags=pool.tags,
+               labelled=len(pool.labelled_paths), waiting=len(pool.paths),
+               skipped=[s.as_dict() for s in pool.skipped],
+               findings=[f.as_dict() for f in pool.findings],
+               queue=[ask(a.index, a.reason) for a in queue.asks])
+    if args.json:
+        _print_json(doc)
+        return EXIT_OK
+    for s in pool.skipped:
+        bar.line(f"skipped {s.path}: {s.reason}")
+    for f in pool.findings:
+        bar.line(f"{f.level}: {f.message}")
+    _say(f"{len(pool.labelled_paths)} tagged photo(s), {len(pool.tags)} tag(s) "
+         f"({', '.join(pool.tags) or 'none yet'}); {len(pool.paths)} waiting")
+    if doc["queue"]:
+        _say("tag next:")
+    for q in doc["queue"]:
+        hint = ""
+        if "probabilities" in q:
+            probs = sorted(q["probabilities"].items(), key=lambda kv: -kv[1])[:4]
+            hint = ("  suggested " + (SEPARATOR.join(q["suggested"]) or "none of these")
+                    + " (" + ", ".join(f"{t} {p:.0%}" for t, p in probs) + ")"
+                    + ("" if q["calibrated"] else " rough"))
+        _say(f"  {q['path']}{hint}  [{q['why']}]")
+    return EXIT_OK
+
+
+def _print_operations(args: argparse.Namespace, ops) -> int:
+    if args.json:
+        _print_json({"operations": [o.as_dict() for o in reversed(ops)]})
+    else:
+        for o in reversed(ops):
+            _say(f"{o.id}  {o.time}  {o.title} ({len(o.moves)} photo(s))")
+        if not ops:
+            _say("nothing to undo")
     return EXIT_OK
 
 

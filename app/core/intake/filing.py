@@ -110,21 +110,24 @@ class Filing:
     def summary(self) -> str:
         """One line for the page that did it: "Copied 193 photos; 407 were already filed"."""
         moved = sum(m.op == "move" for m in self.done)
-        copied = len(self.done) - moved
+        tagged = sum(m.op == "tags" for m in self.done)
+        copied = len(self.done) - moved - tagged
         parts = []
+        if tagged:
+            parts.append(f"tagged {_photos(tagged)}")
         if moved:
             parts.append(f"moved {_photos(moved)}")
         if copied:
             parts.append(f"copied {_photos(copied)}")
         if not parts:
-            parts.append("filed no photo")
+            parts.append("filed no photo" if self.kind != "tag" else "tagged no photo")
         for folder in NOT_CLASSES:  # not a label: say how many went there
             n = sum(m.target.split("/", 1)[0] == folder for m in self.done)
             if n:
                 parts[-1] += f" ({n} of them into {folder})"
         if self.already:
             parts.append(f"{_photos(len(self.already))} {_were(len(self.already))} "
-                         "already filed")
+                         + ("tagged so already" if self.kind == "tag" else "already filed"))
         if self.refused:
             parts.append(f"{_photos(len(self.refused))} refused")
         if self.cancelled:
@@ -415,8 +418,11 @@ class Undone:
     def summary(self) -> str:
         op = self.operation
         copies = sum(m.op == "copy" for m in self.undone)
-        moved = len(self.undone) - copies
+        tagged = sum(m.op == "tags" for m in self.undone)
+        moved = len(self.undone) - copies - tagged
         parts = [f"Undid \u201c{op.title}\u201d"]
+        if tagged:
+            parts.append(f"the tags of {_photos(tagged)} set back")
         if moved:
             parts.append(f"{_photos(moved)} put back")
         if copies:
@@ -494,7 +500,17 @@ def undo(data_dir: str | Path, operation: str | None = None,
         lock.begin("undo", op.id)
         result = Undone(op)
         meter = RateMeter(len(op.moves))
-        for n, m in enumerate(reversed(op.moves)):
+        tagged = [m for m in op.moves if m.op == "tags"]
+        if tagged:  # the photos never moved: their rows in the tags file, one rewrite
+            from app.core.intake.tagging import untag
+
+            try:
+                result.undone, result.kept = untag(root, tagged)
+            except LabelError as exc:
+                result.note = f"{exc}; undo again to finish"
+        for n, m in enumerate(reversed([m for m in op.moves if m.op != "tags"])):
+            if result.note:
+                break
             if cancel is not None and cancel.cancelled:
                 result.cancelled = True
                 break
@@ -533,7 +549,8 @@ def _drop_emptied(root: Path, undone: list[Move]) -> None:
     """The waiting folders (``_not_sure``, ``_unknown``) that an undo left empty go: they
     hold the app's copies, and one left empty after undoing File the rest looked like work
     still to do. ``rmdir`` removes only an empty folder; a file put there since keeps it."""
-    emptied = {Path(m.target).parts[0] for m in undone if len(Path(m.target).parts) == 2}
+    emptied = {Path(m.target).parts[0] for m in undone
+               if m.op != "tags" and len(Path(m.target).parts) == 2}
     for name in sorted(emptied & set(NOT_CLASSES)):
         with contextlib.suppress(OSError):
             (root / name).rmdir()

@@ -28,7 +28,10 @@ Line formats (``v`` 2; lines of the first format, one move per line, are still r
 its own operation):
 
 - ``file``: ``operation`` (its id), ``kind``, ``title``, ``items``: ``[{id, op: move|copy,
-  source, target, digest}]``; an operation may span several lines.
+  source, target, digest}]``, or for a photo tagged (several tags a photo: the photo never
+  moves, the tags file is the truth) ``{id, op: tags, source: the tags file, target: the
+  photo's row, digest, before: its tags before (null: not listed), after: its tags}``; an
+  operation may span several lines.
 - ``undo``: ``operation``, ``items`` (the ids it ended), ``kept`` (``[{id, why}]`` among
   them: not put back, and why).
 - ``abort``: ``items``: ids whose file change never happened.
@@ -59,7 +62,7 @@ LOCK = ".bottleneck-studio-moves.lock"  # beside it: one writer at a time, and w
 KEY_FILE = "journal.key"
 KEY_BYTES = 32
 OPS = ("move", "copy", "undo", "abort", "file")
-KINDS = ("label", "group", "accept", "rest", "sort", "fix", "move")
+KINDS = ("label", "group", "accept", "rest", "sort", "fix", "move", "tag")
 MAX_LINE = 1 << 20  # longer lines are not ours (a line holds at most CHUNK items)
 CHUNK = 256  # items a ``file`` line holds
 FOREIGN_KEPT = 100  # foreign lines kept for showing; all are counted
@@ -82,8 +85,14 @@ class Move:
     op: str = field(default="move", compare=False)  # "move" (a rename) or "copy"
     digest: str = field(default="", compare=False)  # the content filed
     operation: str = field(default="", compare=False)  # the operation it belongs to
+    # a "tags" item: ``source`` the tags file, ``target`` the photo's row in it
+    before: tuple[str, ...] | None = field(default=None, compare=False)  # None: not listed
+    after: tuple[str, ...] = field(default=(), compare=False)
 
     def as_dict(self) -> dict:
+        if self.op == "tags":
+            return {"tags_file": self.source, "file": self.target, "tags": list(self.after),
+                    "before": None if self.before is None else list(self.before)}
         return {"source": self.source, "target": self.target}
 
 
@@ -122,8 +131,8 @@ class JournalState:
         return next((o for o in self.operations if o.id == op_id), None)
 
     def filed_digests(self) -> dict[str, str]:
-        """Digest -> target of every photo filed by an item in effect."""
-        return {m.digest: m.target for m in self.moves if m.digest}
+        """Digest -> target of every photo filed in a class folder by an item in effect."""
+        return {m.digest: m.target for m in self.moves if m.digest and m.op != "tags"}
 
 
 # -- the secret ---------------------------------------------------------------------------
@@ -362,8 +371,32 @@ def _take(root: Path, line: bytes, parsed: _Parsed) -> None:
         _foreign(parsed, entry)
 
 
+def row_name(rel: object) -> str:
+    """``rel`` as a tags file's row (a photo's path from the tags file's folder), or
+    :class:`LabelError`: relative, nothing leading out, no control character."""
+    if not isinstance(rel, str) or not rel.strip() or any(c in rel for c in "\x00\r\n\\"):
+        raise LabelError(f"{shown(rel)!r} is not a photo's row in a tags file")
+    path = PurePosixPath(rel)
+    if path.is_absolute() or any(p in ("", ".", "..") for p in path.parts):
+        raise LabelError(f"{shown(rel)!r} is not a photo's row in a tags file")
+    return rel
+
+
+def _tag_list(value: object, none: bool) -> tuple[str, ...] | None:
+    if value is None and none:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise LabelError("not a tag list")
+    return tuple(value)
+
+
 def _item(root: Path, raw: dict, operation: str) -> Move:
     op = raw.get("op")
+    if op == "tags" and isinstance(raw.get("id"), str):
+        return Move(check_relative(root, raw.get("source"), loose=True),
+                    row_name(raw.get("target")), raw["id"], "tags",
+                    str(raw.get("digest", "")), operation,
+                    _tag_list(raw.get("before"), True), _tag_list(raw.get("after"), False))
     if op not in ("move", "copy") or not isinstance(raw.get("id"), str):
         raise LabelError("not an item")
     digest = raw.get("digest", "")
@@ -461,8 +494,12 @@ def write(root: Path, entry: dict) -> str:
 
 
 def item_dict(move: Move) -> dict:
-    return {"id": move.id, "op": move.op, "source": move.source, "target": move.target,
-            "digest": move.digest}
+    out = {"id": move.id, "op": move.op, "source": move.source, "target": move.target,
+           "digest": move.digest}
+    if move.op == "tags":
+        out.update(before=None if move.before is None else list(move.before),
+                   after=list(move.after))
+    return out
 
 
 def write_items(root: Path, operation: str, kind: str, title: str, moves: list[Move]) -> None:
@@ -562,7 +599,24 @@ def recover(root: Path, pending: str) -> None:
     if op is None or what not in ("file", "undo"):
         return
     never, back, finished = [], [], 0
+    tagged = [m for m in op.moves if m.op == "tags"]
+    if tagged:
+        from app.core.intake.tags import current_tags
+
+        for source in dict.fromkeys(m.source for m in tagged):
+            items = [m for m in tagged if m.source == source]
+            with contextlib.suppress(OSError, LabelError):
+                now = current_tags(root / check_relative(root, source, loose=True),
+                                   [m.target for m in items])
+                for m in items:  # the file is replaced whole: all or none of them changed
+                    at = now.get(m.target)
+                    if what == "file" and at != m.after and at == m.before:
+                        never.append(m.id)
+                    elif what == "undo" and at == m.before:
+                        back.append(m.id)
     for m in op.moves:
+        if m.op == "tags":
+            continue
         dst = root / m.target
         src = root / m.source if m.op == "move" else None
         with contextlib.suppress(OSError, LabelError):

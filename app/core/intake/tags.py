@@ -190,6 +190,95 @@ def write_tags(path: str | Path, rows: dict[str, tuple[str, ...]]) -> None:
     os.replace(tmp, path)
 
 
+def row_key(name: str) -> str:
+    """How a tags file's ``file`` cell is compared: stripped, with ``/`` separators."""
+    return Path(name.strip()).as_posix()
+
+
+def _records(text: str) -> list[tuple[str, list[str]]]:
+    """The file's records as (their exact text, their cells); a record may span lines (a
+    quoted newline). Text after a CSV error is one record of no cells (kept as it is)."""
+    lines = text.splitlines(keepends=True)
+    out: list[tuple[str, list[str]]] = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    done = 0
+    try:
+        for cells in reader:
+            out.append(("".join(lines[done:reader.line_num]), cells))
+            done = reader.line_num
+    except csv.Error:
+        pass
+    if done < len(lines):
+        out.append(("".join(lines[done:]), []))
+    return out
+
+
+def current_tags(path: str | Path, keys: list[str]) -> dict[str, tuple[str, ...] | None]:
+    """Each key's tags as the file lists them now (its first row; None when not listed),
+    read as :func:`read_tags` reads them."""
+    want = {row_key(k) for k in keys}
+    found: dict[str, tuple[str, ...]] = {}
+    for row in read_tags(path).rows:
+        k = row_key(row.file)
+        if k in want:
+            found.setdefault(k, row.tags)
+    return {k: found.get(row_key(k)) for k in keys}
+
+
+def edit_tags(path: str | Path, changes: dict[str, tuple[str, ...] | None]) -> None:
+    """Change the rows of ``changes`` ({file: tags, or None to take the row out}) in the tags
+    file at ``path`` and nothing else: every other line stays byte for byte (a row the app
+    cannot read, a comment, the user's order); a file not listed gets a row at the end. The
+    file is replaced by rename (written and fsynced first, its mode kept): a crash leaves the
+    old file or the new one. A missing file is made (with its header)."""
+    path = Path(path)
+    for tags in changes.values():
+        for tag in tags or ():
+            reason = tag_name_reason(tag)
+            if reason:
+                raise ValueError(f"tag {tag!r} {reason}")
+    try:
+        raw = path.read_bytes()
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        raw, mode = b"", None
+    text = raw.decode("utf-8-sig")
+    bom = "\ufeff" if raw.startswith(b"\xef\xbb\xbf") else ""
+    todo = {row_key(k): v for k, v in changes.items()}
+    out: list[str] = []
+    newline = "\r\n" if "\r\n" in text else "\n"
+
+    def row(name: str, tags: tuple[str, ...]) -> str:
+        buf = io.StringIO(newline="")
+        csv.writer(buf, lineterminator=newline).writerow([name, SEPARATOR.join(sorted(tags))])
+        return buf.getvalue()
+
+    for number, (record, cells) in enumerate(_records(text)):
+        key = row_key(cells[0]) if cells and cells[0].strip() else None
+        if (key is None or key not in todo or len(cells) > 2
+                or (number == 0 and [c.strip().lower() for c in cells[:2]] == ["file", "tags"])):
+            out.append(record)
+            continue
+        tags = todo.pop(key)
+        if tags is not None:
+            ending = newline if record.endswith(("\n", "\r")) else ""
+            out.append(row(cells[0].strip(), tags).rstrip("\r\n") + ending)
+    if not text.strip():
+        out = [f"file,tags{newline}"]
+    added = [(k, v) for k, v in todo.items() if v is not None]
+    if added and out and not out[-1].endswith(("\n", "\r")):
+        out[-1] += newline
+    out += [row(k, v) for k, v in added]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(bom + "".join(out))
+        f.flush()
+        os.fsync(f.fileno())
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
 @dataclass
 class TaggedDataset:
     """A folder of photos with several tags each: the photos as a :class:`Dataset` (every

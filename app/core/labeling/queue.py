@@ -40,7 +40,7 @@ class Queue:
 
 def next_batch(pool: np.ndarray, labelled: np.ndarray, model: LabelModel | None, batch: int,
                seed: int = 0, random_share: float | None = None,
-               typical_share: float | None = None) -> Queue:
+               typical_share: float | None = None, doubt: np.ndarray | None = None) -> Queue:
     """The next ``batch`` pool photos to ask about. ``pool`` and ``labelled`` are unit rows
     (unlabelled and labelled photos). ``random_share``: of the batch, how much is asked at
     random; default ``RANDOM_SHARE``, or ``HARD_RANDOM_SHARE`` while the task is hard (below).
@@ -51,7 +51,9 @@ def next_batch(pool: np.ndarray, labelled: np.ndarray, model: LabelModel | None,
     half of the doubtful photos, since a weak model's doubts are often outliers, and half the
     batch is random. On flowers5 (3 seeds) that took the app from 0.7 and 1.2 points behind
     random order at 40 and 60 labels to 1.7 and 3.2 ahead. Measured with
-    benchmarks/labeling.py (docs/benchmarks.md)."""
+    benchmarks/labeling.py (docs/benchmarks.md). ``doubt``: instead of the ``model``'s
+    margins, how doubtful each pool photo's answer is (higher: asked first; the tag queue's
+    uncertain tag sets)."""
     hard = is_hard(model)
     if random_share is None:
         random_share = HARD_RANDOM_SHARE if hard else RANDOM_SHARE
@@ -89,7 +91,9 @@ def next_batch(pool: np.ndarray, labelled: np.ndarray, model: LabelModel | None,
         # it was taught with is no question to ask
         sug = suggest(model, pool[free]) if model is not None and len(model.classes) > 1 \
             else None
-        if sug is None:
+        if doubt is not None:
+            candidates = free[np.argsort(-np.asarray(doubt)[free], kind="stable")[:want * 5]]
+        elif sug is None:
             candidates = free[rng.permutation(len(free))[:want * 5]]
         else:
             candidates = free[np.argsort(sug.margin, kind="stable")[:want * 5]]
