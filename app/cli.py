@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "features (default: the user cache directory); never written")
     p.add_argument("--sort-into", default=None, metavar="OUT",
                    help="file the photos into OUT/<class>/ and OUT/_unknown/ by the answers "
-                        "(copies; journaled in OUT, never overwriting); see --dry-run, --undo")
+                        "(copies; journaled in OUT, never overwriting); a multi-label model "
+                        "copies each photo into OUT/<tag>/ for every tag it gets (one "
+                        "operation); see --dry-run, --undo")
     p.add_argument("--tags-csv", default=None, metavar="FILE",
                    help="a multi-label model: write each photo's tag set to FILE, a new "
                         "file, in the tags file's form (file,tags; paths from FILE's folder), "
@@ -559,9 +561,9 @@ def cmd_predict(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
     from app.core.base.paths import user_cache_dir
 
     predictor = Predictor.from_dir(args.model_dir, args.cache_dir or user_cache_dir())
-    if args.sort_into and getattr(predictor, "thresholds", None) is not None:
-        raise SettingsError("--sort-into files a photo by its one class; this model gives "
-                            "several tags a photo (use --json for each photo's tag set)")
+    if args.sort_into and args.move and getattr(predictor, "thresholds", None) is not None:
+        raise SettingsError("--move: this model gives several tags a photo, and a sort by "
+                            "tags copies each photo into every tag folder it gets")
     if args.tags_csv and getattr(predictor, "thresholds", None) is None:
         raise SettingsError("--tags-csv writes tag sets; this model gives one class a photo")
     if args.tags_csv and os.path.lexists(args.tags_csv):
@@ -836,14 +838,17 @@ def _print_operations(args: argparse.Namespace, ops) -> int:
 
 def _sort(args: argparse.Namespace, preds, bar: ProgressBar, cancel: CancelToken) -> int:
     from app.core.base.paths import user_cache_dir
-    from app.core.intake.sorting import filed_in, sort_into, sort_plan
+    from app.core.intake.sorting import filed_in, sort_into, sort_plan, tag_sort_plan
     from app.core.storage.store import FeatureStore
 
+    by_tags = any(p.tags is not None for p in preds)
     with FeatureStore(args.cache_dir or user_cache_dir()) as store:
-        filed = filed_in(args.sort_into, store, bar, cancel)
-    plan = sort_plan(preds, args.sort_into, filed)
+        filed = filed_in(args.sort_into, store, bar, cancel, per_folder=by_tags)
+    plan = (tag_sort_plan if by_tags else sort_plan)(preds, args.sort_into, filed)
     doc = {"plan": plan.counts(), "errors": [{"path": p, "error": e} for p, e in plan.errors],
            "already_filed": [{"path": p, "where": w} for p, w in plan.already]}
+    if by_tags:
+        doc["untagged"] = plan.untagged
     for path, error in plan.errors:
         bar.line(f"skipped {path}: {error}")
     for path, where in plan.already:

@@ -156,11 +156,21 @@ def test_train_and_predict_tag_sets_on_the_command_line(tmp_path):
     back = {r.file: r.tags for r in read_tags(tags_csv).rows}
     assert back == {f"s3/{Path(p['path']).name}": tuple(sorted(t["label"] for t in p["tags"]))
                     for p in preds}
-    out = subprocess.run([*run, "predict", str(tmp_path / "m"), str(data / "s3"),
-                          "--sort-into", str(tmp_path / "sorted")],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and "several tags a photo" in out.stderr
-    assert not (tmp_path / "sorted").exists()
+    # sorted by tags: a copy in every tag folder a photo gets (one operation), undone at once
+    sort = [*run, "predict", str(tmp_path / "m"), str(data / "s3"), "--sort-into",
+            str(tmp_path / "sorted")]
+    out = subprocess.run([*sort, "--move"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "copies each photo" in out.stderr
+    out = subprocess.run([*sort, "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sorted_doc = json.loads(out.stdout)
+    copies = [(folder, Path(p["path"]).name) for p in preds
+              for folder in (["_unknown"] if p["unknown"] else [t["label"] for t in p["tags"]])]
+    assert sorted_doc["done"] == len(copies) > 0
+    assert all((tmp_path / "sorted" / f / n).is_file() for f, n in copies)
+    out = subprocess.run([*sort, "--undo"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not any((tmp_path / "sorted" / f / n).exists() for f, n in copies)
 
 
 def test_the_fine_tune_mode_trains_tags_and_exports_them(tmp_path):

@@ -148,12 +148,14 @@ def test_any_tags_and_undos_keep_the_users_lines_and_undoing_all_restores(tmp_pa
                                                                           steps):
     """Any run of tagging operations and undos (of any operation still in effect): the lines
     the app did not write stay byte for byte; an undo changes no row its operation did not
-    tag; undoing what is left, latest first, gives back the rows the file started with."""
+    tag, and leaves a row it cannot take back (changed since) as it is; when no row had to be
+    kept, undoing what is left, latest first, gives back the rows the file started with."""
     root = _folder(tmp_path_factory.mktemp("tags"))
     labels = root / "labels.csv"
     labels.write_text("file,tags\n" + "".join(FOREIGN) + "photos/p0.png,b\n")
     start = _rows(labels)
     photos = [str(root / "photos" / f"p{i}.png") for i in range(4)]
+    kept = 0
     for kind, arg in steps:
         before = _rows(labels)
         if kind == "tag":
@@ -169,16 +171,18 @@ def test_any_tags_and_undos_keep_the_users_lines_and_undoing_all_restores(tmp_pa
             if not ops:
                 continue
             op = ops[arg % len(ops)]
-            undo(root, operation=op.id)
-            touched = {m.target for m in op.moves}
+            result = undo(root, operation=op.id)
+            touched = {m.target for m in result.undone}  # a row kept is left as it is
+            kept += len(result.kept)
         after = _rows(labels)
         assert {k: v for k, v in after.items() if k not in touched} == \
             {k: v for k, v in before.items() if k not in touched}
         text = labels.read_text()
         assert all(line in text for line in FOREIGN)
     while operations(root):
-        undo(root)
-    assert _rows(labels) == start
+        kept += len(undo(root).kept)
+    if not kept:  # a row changed by a later operation and kept by an undo stays as it is
+        assert _rows(labels) == start
 
 
 def _label_cli(*args):
@@ -256,3 +260,39 @@ def test_the_tag_model_learns_each_tag_apart_and_the_queue_asks_the_unsure():
     asked = [a.index for a in queue.asks if a.reason == "uncertain"]
     # the uncertain asks come from the least sure tag sets (5 candidates an ask, spread out)
     assert asked and sug.sureness[asked].max() <= np.quantile(sug.sureness, 0.4)
+
+
+def test_a_sort_by_tags_copies_each_photo_into_every_tag_folder_once_and_undoes(tmp_path):
+    from app.core.delivery.predict import Prediction
+    from app.core.intake.sorting import filed_in, sort_into, tag_sort_plan
+
+    photos = [make_image(tmp_path / "in" / f"p{i}.png", (30 * i, 80, 200), size=(10, 10),
+                         seed=i) for i in range(4)]
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    mine = out / "a" / "mine.png"
+    mine.write_bytes(photos[3].read_bytes())  # the user's own copy of p3, under "a"
+
+    def preds():
+        tag = [{"label": "a", "probability": 0.9}, {"label": "b", "probability": 0.7}]
+        return [Prediction(str(photos[0]), tag[:1], tags=tag),
+                Prediction(str(photos[1]), tag[:1], tags=[]),
+                Prediction(str(photos[2]), tag[:1], unknown=True, tags=tag[:1]),
+                Prediction(str(photos[3]), tag[:1], tags=tag[:1])]
+
+    plan = tag_sort_plan(preds(), out, filed_in(out, per_folder=True))
+    assert plan.counts() == {"_unknown": 1, "a": 1, "b": 1}
+    assert plan.folders["a"] == plan.folders["b"] == [str(photos[0])]
+    assert plan.untagged == [str(photos[1])] and plan.already == [(str(photos[3]), "a/mine.png")]
+    assert "3 copies of 2 photo(s)" in plan.preview(out)
+    filing = sort_into(out, plan)
+    assert len(filing.done) == 3 and not filing.refused
+    assert (out / "a" / "p0.png").read_bytes() == (out / "b" / "p0.png").read_bytes() \
+        == photos[0].read_bytes()
+    again = tag_sort_plan(preds(), out, filed_in(out, per_folder=True))
+    assert again.to_file == 0 and len(again.already) == 4  # sorted once, never twice
+    with pytest.raises(ValueError, match="copies"):
+        sort_into(out, plan, move=True)
+    undo(out)
+    assert not (out / "a" / "p0.png").exists() and not (out / "b" / "p0.png").exists()
+    assert mine.is_file() and all(p.is_file() for p in photos)  # only its own copies went

@@ -1,12 +1,13 @@
 """A model of several tags a photo in the window: its folder opens (the window refused it), the
 Predict page gives each photo's tag set as the model folder's own predictor does, the CSV keeps
-the tag sets, a sort into class folders is disabled and refused with why, the Train page draws
+the tag sets, a sort copies each photo into every tag folder it gets, the Train page draws
 the folder's mAP curves and the Evaluate page shows its kept per-tag scores (or why none)."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from PySide6.QtWidgets import QLabel, QProgressBar
@@ -40,7 +41,7 @@ def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window
     worker = window.models.open_model(str(folder))
     qtbot.waitUntil(lambda: not window.session.slot.empty, timeout=60000)
     assert worker is not None and window.session.slot.model.multi_label
-    photos = [model_dir / "photos" / f"s{s}" / "p0.png" for s in (0, 3, 6)]
+    photos = [model_dir / "photos" / f"s{s}" / f"p{i}.png" for i, s in enumerate((0, 3, 6))]
     page = window.predict
     assert window.predict_control.predict_paths([str(p) for p in photos]) is not None
     qtbot.waitUntil(lambda: page.table.rowCount() == 3 and not page.bar.isVisible(),
@@ -64,12 +65,20 @@ def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window
     assert [r["tags"] for r in rows] == [";".join(t["label"] for t in p.tags)
                                          for p in expected]
 
-    assert not page.sort.isEnabled() and "several tags a photo" in page.sort.toolTip()
-    shown = []
-    window.banner.shown.connect(shown.append)
-    assert window.predict_control.sort_predictions(str(tmp_path / "sorted")) is None
-    assert shown and "several tags a photo" in shown[-1]
-    assert not (tmp_path / "sorted").exists()
+    # Sort into folder: a copy in every tag folder a photo gets, one operation, undone at once
+    assert page.sort.isEnabled() and "for every tag it gets" in page.sort.toolTip()
+    asked = []
+    window.predict_control.confirm_sort = lambda text: asked.append(text) or True
+    out = tmp_path / "sorted"
+    assert window.predict_control.sort_predictions(str(out)) is not None
+    qtbot.waitUntil(lambda: "Copied" in page.ops.text.text(), timeout=60000)
+    copies = [(t["label"], p.path) for p in expected for t in p.tags]
+    assert f"{len(copies)} copies of" in asked[0]
+    assert sorted((f.parent.name, f.name) for f in out.glob("*/*.png")) == sorted(
+        (tag, Path(p).name) for tag, p in copies)
+    assert window.predict_control.undo_sort() is not None
+    qtbot.waitUntil(lambda: "Undid" in page.ops.text.text(), timeout=60000)
+    assert not list(out.glob("*/*.png"))
 
     plots = window.train.plots
     assert plots is not None

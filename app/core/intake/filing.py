@@ -167,8 +167,14 @@ def _relative(root: Path, path: Path, loose: bool = False) -> str:
     return check_relative(root, rel.as_posix(), loose=loose)
 
 
+def content_key(digest: str, folder: str | None = None) -> str:
+    """How filing tells content apart: by its digest (a photo goes into one class), or, for
+    a sort by tags (a photo copied into every tag folder it gets), by digest and folder."""
+    return digest if folder is None else f"{digest}/{folder}"
+
+
 def _plan(root: Path, req: Request, copy: bool | None, filed: dict[str, str],
-          taken: set[str]) -> tuple[Move, Path]:
+          taken: set[str], per_folder: bool = False) -> tuple[Move, Path]:
     """The item for ``req`` (not yet journaled) and the photo's path, or LabelError: why it
     is refused. Nothing is changed here. A photo waiting in ``_not_sure`` or ``_unknown`` (File
     the rest, a sort) is filed by moving it out of there, whether the request names it or an
@@ -180,8 +186,9 @@ def _plan(root: Path, req: Request, copy: bool | None, filed: dict[str, str],
         raise LabelError(f"{shown(cls)!r} is not a class folder of {shown(root)}")
     inside = _inside(root, image)
     source = _relative(root, image, loose=True) if inside else str(image)
-    waits = inside and source.split("/", 1)[0] in NOT_CLASSES and "/" in source
-    if inside and (copy is not True or waits):  # a waiting photo moves, even in a sort
+    waits = inside and source.split("/", 1)[0] in NOT_CLASSES and "/" in source \
+        and not per_folder  # one photo copied into several folders never moves
+    if inside and not per_folder and (copy is not True or waits):  # a waiting photo moves
         op = "move"
     else:
         source, op = str(image), "copy"
@@ -197,7 +204,9 @@ def _plan(root: Path, req: Request, copy: bool | None, filed: dict[str, str],
     if req.digest is not None and digest != req.digest:
         raise LabelError(f"{shown(image)} changed since it was listed (not the photo shown); "
                          "nothing was changed: look at it again")
-    where = filed.get(digest)
+    where = filed.get(content_key(digest, cls if per_folder else None))
+    if where is not None and where != source and per_folder:
+        raise LabelError(f"{shown(image.name)} is in {shown(cls)!r} already, as {shown(where)}")
     if where is not None and where != source:
         in_class = op == "move" and not waits and "/" in source  # a fix on Evaluate
         if where.split("/", 1)[0] not in NOT_CLASSES:
@@ -284,12 +293,14 @@ def file_photos(data_dir: str | Path, requests: Iterable[Request], kind: str = "
                 title: str = "", copy: bool | None = None,
                 already: dict[str, str] | None = None,
                 progress: ProgressCallback = no_progress,
-                cancel: CancelToken | None = None) -> Filing:
+                cancel: CancelToken | None = None, per_folder: bool = False) -> Filing:
     """File every request as ONE operation: photos inside the data folder are moved, those
     outside copied (``copy`` forces either way where it can). ``already``: digest -> where,
     content found filed in the folder by the caller (left alone, listed in ``already``). A
     refusal never stops the others; a cancel stops between photos, and everything filed
-    until then is one undoable operation."""
+    until then is one undoable operation. ``per_folder``: content is told apart by digest
+    and folder (:func:`content_key`; ``already`` keyed so too): one photo may be copied into
+    several folders, once each (a sort by tags); it is always copied, never moved."""
     root = _root(data_dir)
     requests = list(requests)
     filing = Filing("", kind, title or f"Filed {_photos(len(requests))}")
@@ -297,7 +308,9 @@ def file_photos(data_dir: str | Path, requests: Iterable[Request], kind: str = "
     meter = RateMeter(len(requests))
     with journal.locked(root) as lock:
         state = journal.read(root)
-        filed = state.filed_digests()
+        filed = state.filed_digests() if not per_folder else {
+            content_key(m.digest, m.target.split("/", 1)[0]): m.target
+            for m in state.moves if m.digest and m.op != "tags"}
         operation = journal.new_id()
         lock.begin("file", operation)
         taken: set[str] = set()
@@ -308,14 +321,15 @@ def file_photos(data_dir: str | Path, requests: Iterable[Request], kind: str = "
             planned: list[tuple[Move, Path, str]] = []
             for req in requests[start:start + CHUNK]:
                 try:
-                    item, image = _plan(root, req, copy, filed, taken)
+                    item, image = _plan(root, req, copy, filed, taken, per_folder)
                 except LabelError as exc:
                     filing.refused.append((str(req.photo), str(exc)))
                     continue
-                if item.digest in already:
-                    filing.already.append((str(req.photo), already[item.digest]))
+                key = content_key(item.digest, req.cls if per_folder else None)
+                if key in already:
+                    filing.already.append((str(req.photo), already[key]))
                     continue
-                filed[item.digest] = item.target  # the same content twice: the first only
+                filed[key] = item.target  # the same content twice: the first only
                 taken.add(item.target)
                 planned.append((Move(item.source, item.target, item.id, item.op, item.digest,
                                      operation), image, str(req.photo)))
@@ -344,7 +358,8 @@ def file_photos(data_dir: str | Path, requests: Iterable[Request], kind: str = "
                 except LabelError as exc:
                     failed.append(item.id)
                     filing.refused.append((photo, str(exc)))
-                    filed.pop(item.digest, None)
+                    filed.pop(content_key(item.digest, item.target.split("/", 1)[0]
+                                          if per_folder else None), None)
                 else:
                     filing.done.append(item)
                     filing.photos.append(photo)

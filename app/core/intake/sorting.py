@@ -15,7 +15,7 @@ from pathlib import Path
 
 from app.core.base.jobs import CancelToken, ProgressCallback, no_progress
 from app.core.intake.dataset import UNKNOWN_FOLDER, UNSURE_FOLDER
-from app.core.intake.filing import Filing, Request, create_class, file_photos
+from app.core.intake.filing import Filing, Request, content_key, create_class, file_photos
 
 
 @dataclass
@@ -30,6 +30,8 @@ class SortPlan:
     digests: dict[str, str] = field(default_factory=dict)  # photo -> content, when known
     waiting: int = 0  # of the photos to file, those waiting in the target's _not_sure or
     # _unknown (filing moves them out of there rather than copying them again)
+    by_tags: bool = False  # a sort by tags: a photo is copied into every tag folder it gets
+    untagged: list[str] = field(default_factory=list)  # (by tags) none of the tags: not sorted
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.folders.items()}
@@ -43,21 +45,29 @@ class SortPlan:
         moved = (f" ({self.waiting} of them moved out of {UNSURE_FOLDER} or {UNKNOWN_FOLDER} "
                  "there)" if self.waiting else "")
         lines = [f"{self.to_file} photo(s) would be {verb} into {out}{moved}:"]
+        if self.by_tags:
+            photos = len({p for v in self.folders.values() for p in v})
+            lines = [f"{self.to_file} copies of {photos} photo(s) would be made in {out}, one "
+                     "in each tag folder a photo gets:"]
         lines += [f"  {folder}: {n}" for folder, n in self.counts().items()]
         if self.already:
             where = sorted({w.split('/')[0] for _p, w in self.already})
             lines.append(f"{len(self.already)} already filed in {out} (in "
                          f"{', '.join(where[:5])}{', ...' if len(where) > 5 else ''}) "
                          "stay where they are")
+        if self.untagged:
+            lines.append(f"{len(self.untagged)} with none of the tags stay where they are")
         if self.errors:
             lines.append(f"{len(self.errors)} without an answer stay where they are")
         return "\n".join(lines)
 
 
 def filed_in(out: str | Path, store=None, progress: ProgressCallback = no_progress,
-             cancel: CancelToken | None = None) -> dict[str, str]:
+             cancel: CancelToken | None = None, per_folder: bool = False) -> dict[str, str]:
     """Digest -> ``class/file`` of every photo in a class folder of ``out`` (nothing when it
-    does not exist yet). With a feature ``store``, unchanged files are not read again."""
+    does not exist yet); ``per_folder``: keyed by digest and folder
+    (:func:`~app.core.intake.filing.content_key`), every copy. With a feature ``store``,
+    unchanged files are not read again."""
     from app.core.intake.dataset import scan_dataset
 
     root = Path(out).expanduser()
@@ -72,7 +82,7 @@ def filed_in(out: str | Path, store=None, progress: ProgressCallback = no_progre
             rel = path.relative_to(base).as_posix()
         except ValueError:
             rel = path.name
-        found.setdefault(r.digest, rel)
+        found.setdefault(content_key(r.digest, r.label if per_folder else None), rel)
     return found
 
 
@@ -118,6 +128,46 @@ def sort_plan(predictions, out: str | Path | None = None,
         waiting += wait is not None
         folders.setdefault(folder, []).append(p.path)
     return SortPlan(dict(sorted(folders.items())), errors, already, digests, waiting)
+
+
+def tag_sort_plan(predictions, out: str | Path | None = None,
+                  filed: dict[str, str] | None = None,
+                  digests: dict[str, str] | None = None) -> SortPlan:
+    """The preview of a sort by tags: each photo into every tag folder it gets (an unknown
+    photo into ``_unknown`` only); a photo with none of the tags is not sorted (listed in
+    ``untagged``). ``filed``: the target's photos by digest and folder
+    (:func:`filed_in` with ``per_folder``); a copy already in a folder is listed in
+    ``already`` for that folder."""
+    root = Path(out).expanduser().resolve() if out is not None else None
+    filed, digests = dict(filed or {}), dict(digests or {})
+    for d, where in _waiting(root).items():  # _unknown is no class: the scan leaves it out
+        filed.setdefault(content_key(d, where.split("/", 1)[0]), where)
+    folders: dict[str, list[str]] = {}
+    errors, already, untagged = [], [], []
+    for p in predictions:
+        if p.error or p.tags is None:
+            errors.append((p.path, p.error or "no tag set"))
+            continue
+        wanted = [UNKNOWN_FOLDER] if p.unknown else [t["label"] for t in p.tags]
+        if not wanted:
+            untagged.append(p.path)
+            continue
+        digest = digests.get(p.path) or _digest_or_none(p.path)
+        if digest is None:
+            errors.append((p.path, "could not be read"))
+            continue
+        digests[p.path] = digest
+        here = _in_class_folder(root, p.path)
+        for folder in wanted:
+            where = filed.get(content_key(digest, folder))
+            if where is None and here is not None and here.split("/", 1)[0] == folder:
+                where = here
+            if where is not None:
+                already.append((p.path, where))
+            else:
+                folders.setdefault(folder, []).append(p.path)
+    return SortPlan(dict(sorted(folders.items())), errors, already, digests, 0, True,
+                    untagged)
 
 
 def _waiting(root: Path | None) -> dict[str, str]:
@@ -169,8 +219,14 @@ def sort_into(out: str | Path, plan: SortPlan, move: bool = False, kind: str = "
     for folder, photos in plan.folders.items():
         create_class(out, folder)
         requests += [Request(p, folder, plan.digests.get(p)) for p in photos]
+    if plan.by_tags and move:
+        raise ValueError("a sort by tags copies: a photo with several tags goes into each")
+    if plan.by_tags and not title:
+        title = (f"Sorted {len({r.photo for r in requests})} photo(s) by tag into "
+                 f"{Path(out).name} ({len(requests)} copies)")
     filing = file_photos(out, requests, kind,
                          title or f"Sorted {len(requests)} photo(s) into {Path(out).name}",
-                         copy=None if move else True, progress=progress, cancel=cancel)
+                         copy=None if move else True, progress=progress, cancel=cancel,
+                         per_folder=plan.by_tags)
     filing.already = list(plan.already) + filing.already
     return filing

@@ -93,13 +93,11 @@ class PredictControl(QObject):
         """Preview (off the GUI thread: which photos are filed in ``out`` already, by
         content), ask, then copy the listed photos into ``out``/<class>/ and
         ``out``/_unknown/ by their answers as one undoable operation."""
-        from app.core.intake.sorting import filed_in, sort_plan
+        from app.core.intake.sorting import filed_in, sort_plan, tag_sort_plan
 
         predictions = [r.prediction for r in self.page.results]
-        if self.page.multi_label:  # the model's task, as the page shows it
-            self.banner.show_warning("Sort into folder files one class a photo; this model "
-                                     "gives several tags a photo: Save CSV keeps the tag sets.")
-            return None
+        by_tags = self.page.multi_label  # the model's task, as the page shows it: a photo is
+        # copied into every tag folder it gets
         if not any(p.top and not p.error for p in predictions):
             self.banner.show_warning("None of the photos listed has an answer to sort by.")
             return None
@@ -110,8 +108,8 @@ class PredictControl(QObject):
             from app.core.storage.store import FeatureStore
 
             with FeatureStore(cache_dir or user_cache_dir()) as store:
-                filed = filed_in(out, store, progress, cancel)
-            return sort_plan(predictions, out, filed)
+                filed = filed_in(out, store, progress, cancel, per_folder=by_tags)
+            return (tag_sort_plan if by_tags else sort_plan)(predictions, out, filed)
 
         return self.work.run("the sort's preview", f"Looking at {out}…", plan_job,
                              lambda plan: self._confirm_sort(out, plan))
@@ -122,7 +120,8 @@ class PredictControl(QObject):
         if not plan.to_file:
             self.page.ops.finish(f"Nothing to copy into {out}: " + (
                 f"the {len(plan.already)} photo(s) are filed there already"
-                if plan.already else "no photo has an answer"))
+                if plan.already else "no photo has a tag" if plan.untagged
+                else "no photo has an answer"))
             return
         if not self.confirm_sort(plan.preview(out)):
             self.page.ops.finish("Sort cancelled: nothing was copied.")

@@ -165,11 +165,7 @@ class PredictPage(QWidget):
     def _update_buttons(self) -> None:
         for w in (self.copy, self.save, self.sort, self.clear):
             w.setEnabled(bool(self.results))
-        if self.multi_label:
-            self.sort.setEnabled(False)  # one class a photo; a tag set has several
-            self.sort.setToolTip(SORT_TAGS_TIP)
-        else:
-            self.sort.setToolTip(SORT_TIP)
+        self.sort.setToolTip(SORT_TAGS_TIP if self.multi_label else SORT_TIP)
 
     def _choose(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(
@@ -221,8 +217,9 @@ class PredictPage(QWidget):
 
 SORT_TIP = ("Copy the photos listed into a folder's <class>/ and _unknown/ sub-folders by "
             "these answers (a preview of the counts first; never overwrites; undoable)")
-SORT_TAGS_TIP = ("This model gives several tags a photo; sorting files one class a photo. "
-                 "Save CSV keeps each photo's tag set.")
+SORT_TAGS_TIP = ("Copy each photo listed into a folder's <tag>/ sub-folder for every tag it "
+                 "gets, and _unknown/ (a preview of the counts first; never overwrites; "
+                 "undoable). Save CSV keeps each photo's tag set as a tags file's rows.")
 
 
 def _labels(pred, k: int = 3) -> QWidget:
