@@ -26,7 +26,8 @@ from PySide6.QtGui import QImage
 
 from app.core.base.jobs import CancelToken, ProgressCallback, long_lived_objects
 from app.core.base.paths import user_cache_dir
-from app.core.intake.dataset import Dataset, scan_dataset
+from app.core.intake.dataset import TAGS_FILE, Dataset, scan_dataset
+from app.core.intake.tags import scan_tagged
 from app.core.pipeline.retrain import RunChoice
 from app.core.storage.store import FeatureStore
 from app.gui import thumbnails
@@ -51,13 +52,21 @@ def summarize(ds: Dataset) -> DataSummary:
     return DataSummary(ds.class_counts(), ds.split_counts(), len({r.digest for r in ds.images}))
 
 
+def summarize_tagged(tagged) -> DataSummary:
+    """A tagged folder's counts: photos per tag (a photo counts once for each of its tags)."""
+    ds = tagged.images
+    return DataSummary(tagged.tag_counts(), ds.split_counts(), len(tagged.records()))
+
+
 @dataclass(frozen=True)
 class Scanned:
-    """What reading a folder gives: its dataset, its counts and a strip of photos a class."""
+    """What reading a folder gives: its dataset, its counts and a strip of photos a class
+    (a tag); ``tagged``: the folder's tags (a tags file at its top), or None."""
 
     dataset: Dataset
     summary: DataSummary
     strips: dict[str, QImage]
+    tagged: Any = None  # app.core.intake.tags.TaggedDataset
 
 
 @dataclass(frozen=True)
@@ -68,10 +77,17 @@ class FolderChange:
     summary: DataSummary
     strips: dict[str, QImage]
     generation: int
+    tagged: Any = None  # app.core.intake.tags.TaggedDataset: several tags a photo
 
     @property
     def root(self) -> Path:
         return Path(self.dataset.root)
+
+    @property
+    def names(self) -> list[str]:
+        """What its photos are labelled with: its classes, or its tags."""
+        return list(self.tagged.tag_names if self.tagged is not None else
+                    self.dataset.classes)
 
 
 @dataclass(frozen=True)
@@ -165,18 +181,26 @@ class Session(QObject):
             # they are built, and no full pass walks them afterwards (each held the window's
             # event loop 40-70 ms on a 100k-image folder)
             with long_lived_objects():
+                tagged = None
                 with FeatureStore(cache_dir or user_cache_dir()) as store:
-                    ds = scan_dataset(folder, store, progress=progress, cancel=cancel)
-                summary = summarize(ds)
-                first: dict[str, list[str]] = {c: [] for c in ds.classes}
+                    if (Path(folder) / TAGS_FILE).is_file():  # several tags a photo
+                        tagged = scan_tagged(folder, None, store, progress=progress,
+                                             cancel=cancel)
+                        ds = tagged.images
+                    else:
+                        ds = scan_dataset(folder, store, progress=progress, cancel=cancel)
+                summary = summarize(ds) if tagged is None else summarize_tagged(tagged)
+                names = ds.classes if tagged is None else tagged.tag_names
+                first: dict[str, list[str]] = {c: [] for c in names}
                 for r in ds.images:
-                    if len(first[r.label]) < CLASS_THUMBS:
-                        first[r.label].append(r.path)
+                    for c in ((r.label,) if tagged is None else tagged.tags.get(r.digest, ())):
+                        if c in first and len(first[c]) < CLASS_THUMBS:
+                            first[c].append(r.path)
                 strips = {}
-                for c in ds.classes:
+                for c in names:
                     cancel.raise_if_cancelled()
                     strips[c] = thumbnails.strip(first[c], THUMB)
-            return Scanned(ds, summary, strips)
+            return Scanned(ds, summary, strips, tagged)
 
         return job
 
@@ -185,7 +209,8 @@ class Session(QObject):
         one before its result can arrive)."""
         ds = scanned.dataset
         self.data_generation += 1
-        self.folder = FolderChange(ds, scanned.summary, scanned.strips, self.data_generation)
+        self.folder = FolderChange(ds, scanned.summary, scanned.strips, self.data_generation,
+                                   scanned.tagged)
         self.cache = self.cache_choice = None
         self.set_choice(folder=str(ds.root))
         self.folder_changed.emit(self.folder)
@@ -226,6 +251,8 @@ class Session(QObject):
     def train_job(self) -> Job:
         dataset, choice, generation = self._need_data(), self.choice, self.data_generation
         cache, cache_dir = self.cache_for(self.choice), self.cache_dir
+        if self.folder.tagged is not None:
+            return self._train_tags_job(self.folder.tagged, choice, generation)
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> TrainOutcome:
             from app.core.base.jobs import Cancelled
@@ -243,6 +270,27 @@ class Session(QObject):
             if model.result.epochs_run == 0:
                 model = None
             return TrainOutcome(model, used, choice, generation)
+
+        return job
+
+    def _train_tags_job(self, tagged, choice: RunChoice, generation: int) -> Job:
+        """Several tags a photo: trained in a child process and kept as a model folder of
+        the app's own (the newest few kept, and the current model's), which is opened."""
+        cache_dir, keep = self.cache_dir, {self.slot.folder} - {None}
+
+        def job(progress: ProgressCallback, cancel: CancelToken) -> TrainOutcome:
+            from app.core.base.jobs import Cancelled
+            from app.core.pipeline.tagged import new_run_dir, prune_runs, train_tagged_isolated
+
+            out = new_run_dir()
+            try:
+                model = train_tagged_isolated(choice, tagged, out, cache_dir, progress, cancel)
+            except Cancelled:
+                if cancel.cancelled:
+                    return TrainOutcome(None, None, choice, generation)
+                raise
+            prune_runs(keep | {str(out)})
+            return TrainOutcome(model, None, choice, generation)
 
         return job
 

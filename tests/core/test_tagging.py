@@ -296,3 +296,22 @@ def test_a_sort_by_tags_copies_each_photo_into_every_tag_folder_once_and_undoes(
     undo(out)
     assert not (out / "a" / "p0.png").exists() and not (out / "b" / "p0.png").exists()
     assert mine.is_file() and all(p.is_file() for p in photos)  # only its own copies went
+
+
+def test_pruning_the_windows_runs_removes_only_old_run_folders_of_its_own():
+    from app.core.pipeline.tagged import RUN_PREFIX, prune_runs, runs_dir
+
+    runs = runs_dir()
+    made = []
+    for i in range(5):
+        p = runs / f"{RUN_PREFIX}2026120{i}-000000-abcdef"
+        p.mkdir(parents=True)
+        (p / "metadata.json").write_text("{}")
+        made.append(p)
+    foreign = runs / "my-notes"
+    foreign.mkdir()
+    no_model = runs / f"{RUN_PREFIX}20250101-000000-000000"  # named like ours, not a model
+    no_model.mkdir()
+    removed = prune_runs(keep={str(made[0])}, newest=3)
+    assert sorted(removed) == [made[1]]
+    assert all(p.is_dir() for p in (made[0], *made[2:], foreign, no_model))

@@ -111,3 +111,52 @@ def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window
     assert page.per_class.rowCount() == 0
     # no scores is not "no misclassified test images" (a perfect model)
     assert "No test scores" in page.wrong.empty.text()
+
+
+def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, window,
+                                                                        tmp_path):
+    """A folder with a labels.csv at its top: the Data page lists its tags, the Train page
+    starts at the multi-label defaults and trains it (in a child process) with live mAP
+    curves; the model it keeps is a model folder of the app's own, opened as the current
+    model: Predict gives tag sets as that folder's predictor does, Evaluate shows its per-tag
+    scores; the Label page says it files one class a photo and changes nothing."""
+    from tests.gui.conftest import open_folder, use_tiny, wait_idle
+
+    data = make_tagged(tmp_path / "photos", per_set=6)
+    open_folder(qtbot, window, data)
+    assert window.session.folder.tagged is not None
+    page = window.data
+    assert page.table.horizontalHeaderItem(0).text() == "Tag"
+    assert [page.table.item(r, 0).text() for r in range(page.table.rowCount())] == \
+        ["blue", "green", "red"]
+    assert [page.table.item(r, 1).text() for r in range(3)] == ["18", "18", "18"]
+    assert "Several tags a photo" in page.report.text() and "go on to" in page.report.text()
+    settings = window.train.settings()
+    assert settings.hidden_units == 1024 and settings.answer == "main"  # the task's defaults
+    use_tiny(window)
+    window.train.fields["hidden_units"].setValue(32)
+    window.train.fields["epochs"].setValue(4)
+    window.show_page("Train")
+    window.train.start.click()
+    wait_idle(qtbot, window)
+    slot = window.session.slot
+    assert not slot.empty and slot.model.multi_label, window.train.status.text()
+    folder = slot.folder
+    assert folder and "runs" in folder and (Path(folder) / "metadata.json").is_file()
+    assert window.train.plots.plot_items["accuracy"].getAxis("left").labelText == "mAP"
+    assert [h["epoch"] for h in window.train.history] == [1, 2, 3, 4]
+    assert "finished after 4 epoch(s)" in window.train.status.text()
+    assert slot.tag_scores is not None  # the Evaluate page's per-tag scores
+    photos = [str(data / "s3" / "p1.png"), str(data / "s6" / "p2.png")]
+    assert window.predict_control.predict_paths(photos) is not None
+    qtbot.waitUntil(lambda: window.predict.table.rowCount() == 2
+                    and not window.predict.bar.isVisible(), timeout=60000)
+    expected = Predictor.from_dir(folder).predict(photos, top_k=3)
+    got = [r.prediction for r in window.predict.results]
+    assert [[t["label"] for t in p.tags] for p in got] == \
+        [[t["label"] for t in p.tags] for p in expected]
+    window.show_page("Label")
+    qtbot.waitUntil(lambda: "several tags each" in window.label.summary.text(), timeout=10000)
+    assert window.label.queue.paths == []
+    assert sorted(p.name for p in data.iterdir()) == ["labels.csv", *[f"s{s}" for s in
+                                                                      range(7)]]

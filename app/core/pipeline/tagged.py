@@ -20,6 +20,7 @@ from app.core.features.caching import CacheResult
 from app.core.features.keys import key_precision
 from app.core.intake.dataset import SPLITS, DatasetError
 from app.core.intake.tags import TaggedDataset
+from app.core.pipeline.opened import OpenedModel
 from app.core.pipeline.retrain import RunChoice, cache_features
 from app.core.storage.store import FeatureStore
 from app.core.training.feeds import FeatureSource, SplitData
@@ -122,6 +123,17 @@ class TaggedModel:
             "test": ev.as_dict(),
             "warnings": list(self.training_warnings),
         }
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedTags(OpenedModel):
+    """A multi-label run trained for the window: the model folder it was kept in, opened (its
+    predictor, curves and per-tag scores), with the run's result (without Keras objects: how
+    it ended, its history) and its warnings."""
+
+    result: TrainResult | None = None
+    training_warnings: tuple[str, ...] = ()
+    train_count: int = 0  # photos in the training split
 
 
 def judge_tags(result: TrainResult, splits: dict[str, SplitData],
@@ -238,3 +250,81 @@ def evaluate_tagged_model_dir(model_dir: str | Path, data_dir: str | Path,
     ev.skipped += [{"path": s.path, "reason": s.reason} for s in data.images.skipped]
     ev.findings = [f.as_dict() for f in data.findings if f.level != "info"]
     return ev
+
+
+# -- a multi-label run for a window: trained in a child process, kept as a model folder -------
+RUNS = "runs"  # in the user's data folder: the window's multi-label runs, one folder each
+RUN_PREFIX = "tags-"
+KEEP_RUNS = 3  # the newest run folders kept (and any the caller names)
+
+
+def runs_dir() -> Path:
+    from app.core.base.paths import user_data_dir
+
+    return user_data_dir() / RUNS
+
+
+def new_run_dir() -> Path:
+    """A new, not yet existing run folder of this app's own naming."""
+    import time
+    import uuid
+
+    return runs_dir() / f"{RUN_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def prune_runs(keep: set[str] = frozenset(), newest: int = KEEP_RUNS) -> list[Path]:
+    """Remove the run folders this app made (its naming, directly in :func:`runs_dir`, a
+    model folder's ``metadata.json`` in them) but the ``newest`` and those in ``keep``;
+    returns what was removed. Nothing else there is touched."""
+    import shutil
+
+    folder = runs_dir()
+    if not folder.is_dir():
+        return []
+    ours = sorted((p for p in folder.iterdir() if p.name.startswith(RUN_PREFIX)
+                   and p.is_dir() and not p.is_symlink() and (p / "metadata.json").is_file()),
+                  key=lambda p: p.name)
+    kept = {str(Path(k).resolve()) for k in keep}
+    removed = []
+    for p in ours[:max(0, len(ours) - newest)]:
+        if str(p.resolve()) not in kept:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def train_tagged_in_child(choice: RunChoice, data: TaggedDataset, out_dir: str,
+                          cache_dir: str | Path | None = None,
+                          progress: ProgressCallback = no_progress,
+                          cancel: CancelToken | None = None) -> tuple[TrainResult | None,
+                                                                      tuple[str, ...]]:
+    """The child-process half of :func:`train_tagged_isolated`: train, then write the model
+    folder (the Keras form, its scores kept) to ``out_dir``. Returns the run's result without
+    its Keras objects (None when stopped before an epoch ended) and its warnings."""
+    model, _cache = train_tagged(choice, data, cache_dir, progress, cancel)
+    if not model.result.epochs_run:
+        return None, model.training_warnings
+    model.export(out_dir, ("keras",))
+    return replace(model.result, head=None, model=None, base=None), model.training_warnings
+
+
+def train_tagged_isolated(choice: RunChoice, data: TaggedDataset, out_dir: str | Path,
+                          cache_dir: str | Path | None = None,
+                          progress: ProgressCallback = no_progress,
+                          cancel: CancelToken | None = None) -> TrainedTags | None:
+    """Train a multi-label head on a tagged folder in a child process (TensorFlow would hold
+    a window's GIL for ~150 ms at a time), keep it as the model folder ``out_dir`` and open
+    it: the model the window's pages show (its tag sets, curves and per-tag scores) is that
+    folder's. None when the run stopped before its first epoch ended."""
+    from app.core.base.isolation import run_isolated
+    from app.core.pipeline.opened import open_model
+
+    result, warnings = run_isolated(train_tagged_in_child, {
+        "choice": choice, "data": data, "out_dir": str(out_dir), "cache_dir": cache_dir},
+        progress, cancel)
+    if result is None:
+        return None
+    opened = open_model(out_dir, cache_dir)
+    return TrainedTags(opened.folder, opened.built, opened.saved, opened.why, opened.history,
+                       opened.tag_scores, result, tuple(warnings),
+                       len(data.records("train")))

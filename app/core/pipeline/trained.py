@@ -42,6 +42,11 @@ class TrainedModel:
     multi_label = False
 
     @property
+    def train_count(self) -> int:
+        """Photos in the training split."""
+        return len(self.splits["train"])
+
+    @property
     def detector(self):
         return self.trust.detector
 

@@ -8,7 +8,7 @@ setting cannot be missing from one of them (the warm-up epochs once were, from t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from app.core.base.errors import SettingsError
@@ -139,6 +139,18 @@ class TrainSettings:
             given = {**{name: s.multi_label for name, _d, _t, s in table()
                         if s.multi_label is not None}, **given}
         return cls(**given)
+
+    def for_other_task(self, multi_label: bool) -> TrainSettings:
+        """These settings for a folder of the other task: each setting still at the other
+        task's default takes this task's (a value the user set stays)."""
+        changes = {}
+        for name, default, _t, s in table():
+            if s.multi_label is None:
+                continue
+            was, now = (default, s.multi_label) if multi_label else (s.multi_label, default)
+            if getattr(self, name) == was:
+                changes[name] = now
+        return replace(self, **changes) if changes else self
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainSettings:

@@ -260,6 +260,16 @@ class LabelControl(QObject):
         root = self.data_dir
         if root is None or self.busy():
             return None
+        folder = self.session.folder
+        if folder is not None and folder.tagged is not None and folder.root == root:
+            self.dirty = False  # several tags a photo: this page files one class a photo
+            self.page.show_nothing(
+                f"The photos of {root.name} carry several tags each "
+                f"({folder.tagged.tags_file.name}); this page files one class a photo and "
+                "never changes a tags file. Tag photos from the command line (each tagging "
+                "one undoable operation, with suggestions and the photos to tag next): "
+                f"python -m app label \"{root}\" --multi-label")
+            return None
         self._load_folder_state()
         self.dirty = False
         backbone, weights = self.session.choice.backbone, self.session.choice.weights

@@ -111,6 +111,14 @@ class RunControl(QObject):
         self.describe()
 
     def _folder_changed(self, change) -> None:
+        try:  # a tagged folder's settings start at that task's defaults (and back again)
+            settings = self.train.settings()
+        except (ValueError, TypeError):
+            settings = None
+        if settings is not None:
+            wanted = settings.for_other_task(change.tagged is not None)
+            if wanted != settings:
+                self.train.set_settings(wanted)
         missing = "" if self.session.has_data else NO_DATA
         self.features.set_missing(missing)
         self.train.set_missing(missing)
@@ -254,7 +262,7 @@ class RunControl(QObject):
         per_epoch = self.train.clock.per_epoch()
         if per_epoch is not None:
             self.prefs.remember_epoch_seconds(result.backbone, result.settings.mode, per_epoch,
-                                              len(model.splits["train"]))
+                                              model.train_count)
         if result.trainable_backbone_layers:
             self.prefs.remember_trainable_layers(result.backbone,
                                                  result.trainable_backbone_layers)

@@ -31,8 +31,9 @@ class DataPage(QWidget):
         super().__init__(parent)
         self.setAcceptDrops(True)
         self.choose = QPushButton("&Choose folder…")
-        self.choose.setToolTip("A folder with one sub-folder of photos per class "
-                               "(you can also drop a folder onto the window)")
+        self.choose.setToolTip("A folder with one sub-folder of photos per class, or photos "
+                               "with a labels.csv of their tags (several tags a photo); you "
+                               "can also drop a folder onto the window")
         self.choose.clicked.connect(self.choose_requested)
         self.new = QPushButton("&New data folder…")
         self.new.setToolTip("Start from unsorted photos: an empty folder, classes created as "
@@ -67,9 +68,10 @@ class DataPage(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(heading("1  Data"))
-        layout.addWidget(hint("Point at a folder that holds one sub-folder of photos per class. "
-                              "Images are checked by content; broken files are skipped, never "
-                              "fatal."))
+        layout.addWidget(hint("Point at a folder that holds one sub-folder of photos per class, "
+                              "or photos and a labels.csv at its top that lists each photo's "
+                              "tags (file,tags; tags joined by ';'). Images are checked by "
+                              "content; broken files are skipped, never fatal."))
         layout.addLayout(top)
         layout.addWidget(self.table, 3)
         layout.addWidget(self.splits)
@@ -101,8 +103,12 @@ class DataPage(QWidget):
         summary = result.summary
         self.folder.setText(str(ds.root))
         counts = summary.class_counts
-        self.table.setRowCount(len(ds.classes))
-        for row, c in enumerate(ds.classes):
+        names = result.names
+        tagged = result.tagged is not None
+        self.table.setHorizontalHeaderLabels(["Tag" if tagged else "Class",
+                                              "Photos" if tagged else "Images", "Examples"])
+        self.table.setRowCount(len(names))
+        for row, c in enumerate(names):
             self.table.setItem(row, 0, QTableWidgetItem(c))
             n = QTableWidgetItem(str(counts[c]))
             n.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -116,7 +122,7 @@ class DataPage(QWidget):
         s = summary.split_counts
         self.splits.setText(f"<b>Split</b>: {len(ds.images)} images — {s['train']} to train, "
                             f"{s['validation']} to validate, {s['test']} to test")
-        self.report.setText(report_html(ds))
+        self.report.setText(report_html(ds) if not tagged else tags_report_html(result.tagged))
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802
         if folder_urls(event.mimeData()):
@@ -133,15 +139,7 @@ def report_html(ds: Dataset) -> str:
     """The validation report in plain words; an all-clear line when there is nothing to say."""
     if not ds.findings:
         return "✔ No problems found: every class has enough readable images."
-    lines = []
-    for f in ds.findings:
-        mark = "✖ Must fix" if f.level == "error" else "⚠ Note"
-        extra = ""
-        if f.paths:
-            shown = ", ".join(p.rsplit("/", 1)[-1] for p in f.paths[:4])
-            more = f" and {len(f.paths) - 4} more" if len(f.paths) > 4 else ""
-            extra = f" <i>({shown}{more})</i>"
-        lines.append(f"<b>{mark}:</b> {_escape(f.message)}{extra}")
+    lines = [_finding_html(f) for f in ds.findings]
     if not ds.errors:
         try:
             ds.for_training()
@@ -151,6 +149,28 @@ def report_html(ds: Dataset) -> str:
                          "or more images each: add a class folder, or label photos on the "
                          "<b>Label</b> page.")
     return "<br>".join(lines)
+
+
+def tags_report_html(tagged) -> str:
+    """A tagged folder's checks: that it is read as several tags a photo, from which file,
+    then what the tags file's and the photos' checks found."""
+    lines = [f"<b>Several tags a photo</b>, read from {_escape(tagged.tags_file.name)}: each "
+             "photo may carry any of the tags, or none (\u201cnone of these\u201d)."]
+    lines += [_finding_html(f) for f in tagged.findings]
+    if not tagged.errors:
+        lines.append("You can go on to <b>Features</b>.")
+    return "<br>".join(lines)
+
+
+def _finding_html(f) -> str:
+    """One finding: its level, its message and the first few file names (escaped)."""
+    mark = {"error": "✖ Must fix", "warning": "⚠ Note"}.get(f.level, "ℹ")
+    extra = ""
+    if f.paths:
+        shown = ", ".join(p.rsplit("/", 1)[-1] for p in f.paths[:4])
+        more = f" and {len(f.paths) - 4} more" if len(f.paths) > 4 else ""
+        extra = f" <i>({_escape(shown)}{more})</i>"
+    return f"<b>{mark}:</b> {_escape(f.message)}{extra}"
 
 
 def _escape(text: str) -> str:

@@ -350,6 +350,18 @@ class LabelPage(QWidget):
     def set_backbone(self, text: str) -> None:
         self.backbone.setText(text)
 
+    def show_nothing(self, text: str) -> None:
+        """No photos to label here (``text`` says why): the lists are emptied, so no key
+        files a photo of a view that no longer applies."""
+        self.view = None
+        self.classes, self.keys, self._index = [], {}, {}
+        self.class_list.clear()
+        self.queue.set_photos([])
+        self.group_pick.clear()
+        self.group_grid.set_photos([])
+        self.summary.setText(text)
+        self._describe_accept()
+
     def show_view(self, view, data_dir: Path | None, keys: dict[str, str] | None = None
                   ) -> None:
         """Show one refresh (app.core.labeling.LabelingView); ``keys``: class ->
