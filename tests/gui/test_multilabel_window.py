@@ -119,7 +119,7 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     starts at the multi-label defaults and trains it (in a child process) with live mAP
     curves; the model it keeps is a model folder of the app's own, opened as the current
     model: Predict gives tag sets as that folder's predictor does, Evaluate shows its per-tag
-    scores; the Label page says it files one class a photo and changes nothing."""
+    scores; the Label page tags (no photo waits here) and changes nothing."""
     from tests.gui.conftest import open_folder, use_tiny, wait_idle
 
     data = make_tagged(tmp_path / "photos", per_set=6)
@@ -155,8 +155,59 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     got = [r.prediction for r in window.predict.results]
     assert [[t["label"] for t in p.tags] for p in got] == \
         [[t["label"] for t in p.tags] for p in expected]
-    window.show_page("Label")
-    qtbot.waitUntil(lambda: "several tags each" in window.label.summary.text(), timeout=10000)
-    assert window.label.queue.paths == []
+    window.show_page("Label")  # every photo is tagged: none waits
+    qtbot.waitUntil(lambda: "0 photos waiting; 42 tagged" in window.label.summary.text(),
+                    timeout=60000)
+    assert window.label.queue.paths == [] and window.label.list_title.text() == "Tags"
     assert sorted(p.name for p in data.iterdir()) == ["labels.csv", *[f"s{s}" for s in
                                                                       range(7)]]
+
+
+def test_the_label_page_tags_photos_with_keys_and_enter_and_undoes(qtbot, window, tmp_path):
+    """A tagged folder on the Label page: the tags listed with their keys, each waiting photo
+    captioned with the set Enter gives (the suggested one, ✓), a tag's key turns it on or off
+    in that set, Enter writes exactly that set as the photo's row (the photo never moves),
+    Ctrl+Z takes that tagging back and nothing else."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    from app.core.intake.tags import read_tags
+    from tests.gui.conftest import open_folder, use_tiny
+
+    data = make_tagged(tmp_path / "photos", per_set=4)
+    listed = (data / "labels.csv").read_text().splitlines()
+    (data / "labels.csv").write_text("\n".join(listed[:15]) + "\n")  # 14 tagged, 14 waiting
+    before = (data / "labels.csv").read_text()
+    open_folder(qtbot, window, data)
+    use_tiny(window)
+    window.show_page("Label")
+    page = window.label
+    qtbot.waitUntil(lambda: page.tags is not None and page.queue.count() > 0, timeout=60000)
+    assert page.list_title.text() == "Tags"
+    keys = {page.class_list.item(i).data(Qt.ItemDataRole.UserRole):
+            page.class_list.item(i).text().split()[0] for i in range(page.class_list.count())}
+    assert set(keys) == {"blue", "green", "red"} and all(keys.values())
+    grid = page.queue
+    grid.setFocus()
+    grid.setCurrentRow(0)
+    photo = grid.item(0).data(Qt.ItemDataRole.UserRole)
+    start = page.tags.chosen(photo)
+    assert grid.item(0).text().split("\n")[1].startswith(
+        "✓ " + "; ".join(sorted(start)) if start else "none of these")
+    red = keys["red"]
+    qtbot.keyClick(QApplication.focusWidget(), red)
+    assert page.tags.chosen(photo) == start ^ {"red"}
+    assert ("red" in grid.item(0).text().split("·")[0]) == ("red" not in start)
+    qtbot.keyClick(QApplication.focusWidget(), keys["green"])
+    want = start ^ {"red", "green"}
+    qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_Return)
+    rows = {r.file: r.tags for r in read_tags(data / "labels.csv").rows}
+    rel = Path(photo).relative_to(data).as_posix()
+    assert rows[rel] == tuple(sorted(want)) and Path(photo).is_file()
+    assert grid.item(0).text().endswith("→ " + ("; ".join(sorted(want)) or "none of these"))
+    assert "Tagged 1 photo" in page.ops.text.text()
+    qtbot.waitUntil(lambda: not window.label_control.work.busy, timeout=30000)
+    page.setFocus()
+    qtbot.keyClick(page, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: "Undid" in page.ops.text.text(), timeout=30000)
+    assert (data / "labels.csv").read_text() == before

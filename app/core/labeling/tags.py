@@ -252,3 +252,37 @@ def prepare_tag_pool(data_dir, labels=None, backbone: str = "mobilenet",
     findings = list(tags_file.findings) if tags_file else []
     return TagPool(path, tag_names, lab_paths, y, rows[:n], wait_paths, wait_digests,
                    rows[n:], list(photos.skipped), findings)
+
+
+@dataclass
+class TagView:
+    """One refresh of the Label page for a tagged folder: the pool, each waiting photo's
+    tag probabilities, the queue and the groups of alike waiting photos."""
+
+    pool: TagPool
+    suggestions: TagSuggestions | None
+    queue: Queue
+    groups: list
+    model: TagModel | None = None
+
+
+def refresh_tags(data_dir, labels=None, backbone: str = "mobilenet", weights: str = "imagenet",
+                 cache_dir=None, seed: int = 1, batch: int = 24, groups: int | None = None,
+                 progress=None, cancel=None) -> TagView:
+    """Everything the Label page needs after a change in a tagged folder: scan and cache
+    what is new, fit the tag model, suggest, order the queue, group the waiting photos."""
+    from app.core.labeling.groups import make_groups
+
+    def check() -> None:  # a refresh replaced by a newer one stops between its stages
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+
+    pool = prepare_tag_pool(data_dir, labels, backbone, weights, cache_dir, progress, cancel)
+    check()
+    model = pool.model(seed)
+    sug = suggest_tags(model, pool.unsorted)
+    queue = pool.ask(model, batch, seed)
+    check()
+    grouped = make_groups(pool.unsorted, groups, seed=seed,
+                          classes=len(pool.tags)) if len(pool.paths) >= 2 else []
+    return TagView(pool, sug, queue, grouped, model)

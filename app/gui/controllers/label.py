@@ -32,6 +32,7 @@ from app.core.intake.filing import (
     undo,
 )
 from app.gui.activity import progress_text
+from app.gui.controllers.label_jobs import refresh_job, refresh_tags_job, tag_photos_now
 from app.gui.operations import FileWork
 from app.gui.pages.label import ICON, KEYS, LabelPage, photos
 from app.gui.widgets import dialog_folder
@@ -132,6 +133,7 @@ class LabelControl(QObject):
         page.add_folder_requested.connect(self.choose_inbox_folder)
         page.photos_dropped.connect(self.add)
         page.assign_requested.connect(self.assign)
+        page.tags_requested.connect(self.tag)
         page.new_class_requested.connect(self.new_class)
         page.undo_requested.connect(self.undo)
         page.accept_requested.connect(self.accept)
@@ -240,6 +242,10 @@ class LabelControl(QObject):
         from app.core.labeling import check_inbox
 
         self._load_folder_state()
+        if self.session.folder is not None and self.session.folder.tagged is not None:
+            self.banner.show_warning("This folder gives several tags a photo, and its photos "
+                                     "stay where they are: copy photos into it to tag them.")
+            return
         if self.data_dir is not None:
             try:
                 check_inbox(self.data_dir, paths)
@@ -261,15 +267,7 @@ class LabelControl(QObject):
         if root is None or self.busy():
             return None
         folder = self.session.folder
-        if folder is not None and folder.tagged is not None and folder.root == root:
-            self.dirty = False  # several tags a photo: this page files one class a photo
-            self.page.show_nothing(
-                f"The photos of {root.name} carry several tags each "
-                f"({folder.tagged.tags_file.name}); this page files one class a photo and "
-                "never changes a tags file. Tag photos from the command line (each tagging "
-                "one undoable operation, with suggestions and the photos to tag next): "
-                f"python -m app label \"{root}\" --multi-label")
-            return None
+        tagged = folder is not None and folder.tagged is not None and folder.root == root
         self._load_folder_state()
         self.dirty = False
         backbone, weights = self.session.choice.backbone, self.session.choice.weights
@@ -283,22 +281,12 @@ class LabelControl(QObject):
         made_for = (str(root), backbone, weights)
         previous = self.view if self._view_for == made_for else None
 
-        blas = self._blas
-
-        def job(progress, cancel):
-            from app.core.base.jobs import long_lived_objects
-            from app.core.labeling import refresh
-
-            # one BLAS thread: this worker runs at a lower priority, and OpenBLAS's helper
-            # threads, starved by any busy process, held each of the fit's thousands of small
-            # products (a refresh of 700 photos took 60 s instead of 1.2 s beside one); and
-            # no full collection pass while it runs: each held every thread, the window's
-            # included, 10-23 ms at 20,000 photos, several a refresh (no freeze: it runs every
-            # third label, and a freeze keeps the cyclic garbage of that moment for good)
-            with blas, long_lived_objects(freeze=False):
-                return refresh(root, inbox, backbone, weights, cache_dir, groups=groups,
-                               progress=progress, cancel=cancel, previous=previous)
-
+        if tagged:  # several tags a photo: the tag model, its suggestions and queue
+            job = refresh_tags_job(root, folder.tagged.tags_file, backbone, weights,
+                                   cache_dir, groups, self._blas)
+        else:
+            job = refresh_job(root, inbox, backbone, weights, cache_dir, groups, previous,
+                              self._blas)
         self.since_refresh = 0
         self.worker = self.jobs.start(
             "preparing the photos to label", job, slot="photos to label",
@@ -318,10 +306,11 @@ class LabelControl(QObject):
         self.worker = None
         self.view, self._view_for = view, made_for
         self.banner.clear_if_about("preparing the photos to label")
-        self.slots = class_keys(self.slots, view.pool.classes)
+        tagged = hasattr(view.pool, "tags")  # app.core.labeling.tags.TagView
+        self.slots = class_keys(self.slots, view.pool.tags if tagged else view.pool.classes)
         self._remember()
         keys = {c: KEYS[i] for i, c in enumerate(self.slots) if c}
-        self.page.show_view(view, root, keys)
+        (self.page.show_tag_view if tagged else self.page.show_view)(view, root, keys)
         self.page.current_grid().setFocus()
         self._show_operations()
         self.load_thumbnails()
@@ -382,14 +371,25 @@ class LabelControl(QObject):
                           root, requests, "group", title, progress=progress, cancel=cancel),
                       lambda filing: self._filed(filing, cls))
 
-    def _filed(self, filing, cls: str) -> None:
+    def tag(self, items: list) -> None:
+        """Give each photo of ``items`` ((photo, tags, content shown)) its tags: one
+        operation on the tags file (the photos stay where they are)."""
+        folder = self.session.folder
+        if self._refused() or not items or folder is None or folder.tagged is None:
+            return
+        try:
+            self._filed(*tag_photos_now(self.data_dir, folder.tagged.tags_file, items))
+        except LabelError as exc:
+            self.banner.show_warning(str(exc))
+
+    def _filed(self, filing, cls: str | dict[str, str]) -> None:
         for _path, why in filing.refused[:3]:
             self.banner.show_warning(why)
         self.filed = self.filed or bool(filing.done)
         for grid in (self.page.queue, self.page.group_grid):
             grid.mark_filed(set(filing.photos), cls)
-        self.page.ops.finish(f"{filing.summary()} under {cls}." if filing.done else
-                             f"{filing.summary()}.")
+        self.page.ops.finish(f"{filing.summary()} under {cls}." if filing.done and
+                             isinstance(cls, str) else f"{filing.summary()}.")
         self._show_operations()
         self.since_refresh += len(filing.done)
         if self._elsewhere():

@@ -99,21 +99,30 @@ class PhotoGrid(QListWidget):
         if self.count():
             self.setCurrentRow(0)
 
+    def set_caption(self, path: str, caption: str) -> None:
+        """A new caption for ``path`` (not for a photo marked filed)."""
+        for i in range(self.count()):
+            item = self.item(i)
+            if item.data(Qt.ItemDataRole.UserRole) == path and self._open(i):
+                item.setText(f"{shown(Path(path).name)}\n{caption}")
+
     def set_icon(self, path: str, pixmap: QPixmap) -> None:
         for i in range(self.count()):
             if self.item(i).data(Qt.ItemDataRole.UserRole) == path:
                 self.item(i).setIcon(QIcon(pixmap))
 
-    def mark_filed(self, paths: set[str], cls: str) -> None:
-        """Say on the photos just filed where they went (until the next refresh); they can no
-        longer be selected, and the next photo not filed yet becomes the current one."""
+    def mark_filed(self, paths: set[str], cls: str | dict[str, str]) -> None:
+        """Say on the photos just filed where they went (``cls``, or by photo: what it
+        became) until the next refresh; they can no longer be selected, and the next photo
+        not filed yet becomes the current one."""
         row = self.currentRow()
         for i in range(self.count()):
             item = self.item(i)
             path = item.data(Qt.ItemDataRole.UserRole)
             if path in paths:
                 item.setSelected(False)
-                item.setText(f"{shown(Path(path).name)}\n→ {shown(cls)}")
+                went = cls.get(path, "") if isinstance(cls, dict) else cls
+                item.setText(f"{shown(Path(path).name)}\n→ {shown(went)}")
                 item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsSelectable)
         later = [i for i in range(self.count()) if self._open(i)]
         after = [i for i in later if i >= row] or later
@@ -153,19 +162,22 @@ class ClassChooser(QDialog):
     """Any class by typing part of its name (and Enter), or a new class of the name typed."""
 
     def __init__(self, classes: list[str], keys: dict[str, str], text: str,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, tags: bool = False) -> None:
         super().__init__(parent)
-        self.setWindowTitle("File under…")
+        self.what = "tag" if tags else "class"
+        self.setWindowTitle("Tag on or off…" if tags else "File under…")
         self.classes, self.keys = classes, keys
         self.chosen: tuple[str, bool] | None = None  # (class, new)
         self.edit = QLineEdit(text)
-        self.edit.setPlaceholderText("type a class name")
+        self.edit.setPlaceholderText(f"type a {self.what} name")
         self.list = QListWidget()
         self.list.itemActivated.connect(lambda _i: self.accept())
         self.edit.textChanged.connect(self._filter)
         self.edit.returnPressed.connect(self.accept)
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("File the selected photos under (Enter; Esc: nothing):"))
+        layout.addWidget(QLabel("Turn on or off for the selected photos (Enter; Esc: nothing):"
+                                if tags else "File the selected photos under (Enter; Esc: "
+                                "nothing):"))
         layout.addWidget(self.edit)
         layout.addWidget(self.list)
         self._filter(text)
@@ -183,7 +195,7 @@ class ClassChooser(QDialog):
             item.setData(Qt.ItemDataRole.UserRole, (c, False))
             self.list.addItem(item)
         if text.strip() and text.strip() not in self.classes:
-            item = QListWidgetItem(f"+  New class \u201c{shown(text.strip())}\u201d")
+            item = QListWidgetItem(f"+  New {self.what} \u201c{shown(text.strip())}\u201d")
             item.setData(Qt.ItemDataRole.UserRole, (text.strip(), True))
             self.list.addItem(item)
         if self.list.count():
@@ -211,6 +223,7 @@ class LabelPage(QWidget):
     undo_requested = Signal(str)  # an operation's id, "" for the latest
     accept_requested = Signal(float)
     file_rest_requested = Signal(float)
+    tags_requested = Signal(list)  # [(photo, its tags, the content shown)]: a tagged folder
     groups_changed = Signal(int)  # 0: automatic
     group_shown = Signal()  # another group is shown: its thumbnails are wanted
     weights_requested = Signal()
@@ -221,6 +234,7 @@ class LabelPage(QWidget):
         self.classes: list[str] = []
         self.keys: dict[str, str] = {}  # class -> its key
         self.view = None
+        self.tags = None  # TagSets: the folder gives several tags a photo
         self._index: dict[str, int] = {}  # unsorted photo -> its row in the view's pool
         self.summary = QLabel("Open or make a data folder, then add unsorted photos.")
         self.summary.setWordWrap(True)
@@ -325,7 +339,8 @@ class LabelPage(QWidget):
 
         middle = QHBoxLayout()
         left = QVBoxLayout()
-        left.addWidget(QLabel("Classes"))
+        self.list_title = QLabel("Classes")
+        left.addWidget(self.list_title)
         left.addWidget(self.class_list, 1)
         middle.addLayout(left)
         middle.addWidget(self.tabs, 1)
@@ -353,7 +368,7 @@ class LabelPage(QWidget):
     def show_nothing(self, text: str) -> None:
         """No photos to label here (``text`` says why): the lists are emptied, so no key
         files a photo of a view that no longer applies."""
-        self.view = None
+        self.view = self.tags = None
         self.classes, self.keys, self._index = [], {}, {}
         self.class_list.clear()
         self.queue.set_photos([])
@@ -366,7 +381,8 @@ class LabelPage(QWidget):
                   ) -> None:
         """Show one refresh (app.core.labeling.LabelingView); ``keys``: class ->
         its key (stable across refreshes; see ``app.gui.labeling.class_keys``)."""
-        self.view = view
+        self.view, self.tags = view, None
+        self._set_mode(False)
         pool = view.pool
         self.classes = list(pool.classes)
         self.keys = dict(keys or {c: KEYS[i] for i, c in enumerate(self.classes)
@@ -410,6 +426,50 @@ class LabelPage(QWidget):
             + ("" if not pool.skipped else f"; {len(pool.skipped)} skipped (unreadable)"))
         self._describe_accept()
 
+    def _set_mode(self, tags: bool) -> None:
+        self.list_title.setText("Tags" if tags else "Classes")
+        self.new_class.setText("&New tag…" if tags else "&New class…")
+
+    def show_tag_view(self, view, data_dir: Path | None, keys: dict[str, str]) -> None:
+        """Show one refresh of a tagged folder (app.core.labeling.tags.TagView): a tag's key
+        turns it on or off in the selected photos' sets, Enter tags them with their sets."""
+        from app.gui.pages.label_tags import TagSets
+
+        self.view, self.tags = view, TagSets(view, keys)
+        self._set_mode(True)
+        pool = view.pool
+        self.classes, self.keys, self._index = list(pool.tags), dict(keys), self.tags.index
+        self._list_tags()
+        why = {pool.paths[a.index]: a.reason for a in view.queue.asks}
+        self.queue.set_photos([(p, f"{self.caption(p)} · {WHY[r][0]}", WHY[r][1])
+                               for p, r in why.items()])
+        self.group_pick.blockSignals(True)
+        self.group_pick.clear()
+        for n, g in enumerate(view.groups, 1):
+            self.group_pick.addItem(f"Group {n}: {photos(len(g.members))}", n - 1)
+        self.group_pick.blockSignals(False)
+        self._show_group()
+        self.summary.setText(self.tags.summary(data_dir))
+        self._describe_accept()
+
+    def _list_tags(self) -> None:
+        self.class_list.clear()
+        for t, n in self.tags.counts().items():
+            self.keys.setdefault(t, next((k for k in KEYS if k not in self.keys.values()), ""))
+            item = QListWidgetItem(f"{self.keys[t] or ' '}  {shown(t)} ({n})")
+            item.setData(Qt.ItemDataRole.UserRole, t)
+            self.class_list.addItem(item)
+        self.tags.keys = dict(self.keys)
+
+    def _toggle(self, paths: list[str], tag: str) -> None:
+        self.tags.toggle(paths, tag)
+        if tag not in self.classes:
+            self.classes.append(tag)
+            self._list_tags()
+        for grid in (self.queue, self.group_grid):
+            for p in paths:
+                grid.set_caption(p, self.caption(p))
+
     def suggestion(self, path: str) -> str | None:
         """The class the caption of unsorted ``path`` suggests (None: none, or "maybe a new
         class"): what Enter files it under."""
@@ -421,6 +481,8 @@ class LabelPage(QWidget):
 
     def caption(self, path: str) -> str:
         """What the page says of unsorted ``path``: its suggestion and confidence."""
+        if self.tags is not None:
+            return self.tags.caption(path)
         pool, sug = self.view.pool, self.view.suggestions
         if sug is None:
             return ("no suggestion yet" if len(pool.classes) > 1 else
@@ -451,7 +513,13 @@ class LabelPage(QWidget):
 
     def _describe_accept(self) -> None:
         view = self.view
-        sug = view.suggestions if view is not None else None
+        sug = view.suggestions if view is not None and self.tags is None else None
+        if self.tags is not None:
+            self.accept_text.setText("(several tags a photo: each photo's set is given with "
+                                     "Enter)")
+            self.accept.setEnabled(False)
+            self.file_rest.setEnabled(False)
+            return
         if sug is None or not sug.calibrated:
             self.accept_text.setText("(once there are 20 labels and 2 photos in every class, "
                                      "the confidence is calibrated)")
@@ -474,7 +542,10 @@ class LabelPage(QWidget):
         cls = next((c for c, k in self.keys.items() if k == key), None)
         paths = self._photos_for_key()
         if cls is not None and paths:
-            self.assign_requested.emit(paths, cls)
+            if self.tags is not None:
+                self._toggle(paths, cls)
+            else:
+                self.assign_requested.emit(paths, cls)
 
     def choose_class(self, text: str = "") -> None:
         """The class chooser, started with ``text``: any class by name, or a new one."""
@@ -482,27 +553,39 @@ class LabelPage(QWidget):
         grid = self.current_grid()
         if not paths:
             return
-        chooser = ClassChooser(self.classes, self.keys, text, self)
+        chooser = ClassChooser(self.classes, self.keys, text, self, self.tags is not None)
         if chooser.exec() == QDialog.DialogCode.Accepted and chooser.chosen:
             cls, new = chooser.chosen
-            if new:
+            if self.tags is not None:
+                self._toggle(paths, cls)
+            elif new:
                 self.new_class_requested.emit(paths, cls)
             else:
                 self.assign_requested.emit(paths, cls)
         grid.setFocus()
 
     def _new_class(self) -> None:
+        if self.tags is not None:
+            self.choose_class("")
+            return
         self.new_class_requested.emit(self._photos_for_key(), "")
         self.current_grid().setFocus()
 
     def _class_activated(self, item) -> None:
         cls = item.data(Qt.ItemDataRole.UserRole)
         paths = self.current_grid().selected_paths()
-        if paths and cls is not None:
+        if paths and cls is not None and self.tags is not None:
+            self._toggle(paths, cls)
+        elif paths and cls is not None:
             self.assign_requested.emit(paths, cls)
         self.current_grid().setFocus()
 
     def _accept_suggestion(self) -> None:
+        if self.tags is not None:
+            paths = self._photos_for_key()
+            if paths:
+                self.tags_requested.emit(self.tags.requests(paths))
+            return
         for path in self.current_grid().selected_paths():
             cls = self.suggestion(path)
             if cls is not None:
