@@ -155,3 +155,34 @@ def test_mnemonics_are_unique_on_every_page(qtbot, window):
                 letters.append(m.group(1).lower())
         assert len(letters) == len(set(letters)), (type(page).__name__, sorted(letters))
         assert not set(letters) & menus, (type(page).__name__, set(letters) & menus)
+
+
+def test_a_tag_refresh_keeps_the_waiting_photos_in_place_and_their_sets():
+    """Several tags a photo: a refresh (after every third tagging) keeps the photos still
+    waiting where they were, first, and the sets the user was making on them (and the tags
+    typed that no photo carries yet); the new asks come after them."""
+    from pathlib import Path
+
+    from app.core.labeling.tags import TagPool, TagSuggestions, TagView
+    from app.gui.pages.label_tags import TagSets
+
+    def view(paths, asks):
+        n = len(paths)
+        pool = TagPool(Path("/d/labels.csv"), ["a", "b"], [], np.zeros((0, 2), np.float32),
+                       np.zeros((0, 2), np.float32), paths, [str(i) for i in range(n)],
+                       np.zeros((n, 2), np.float32))
+        sug = TagSuggestions(["a", "b"], np.tile([0.9, 0.2], (n, 1)), True)
+        return TagView(pool, sug, Queue([Ask(i, "uncertain") for i in asks]), [])
+
+    first = TagSets(view([f"/p{i}" for i in range(6)], [0, 1, 2]), {"a": "1", "b": "2"})
+    assert list(first.asked([])) == ["/p0", "/p1", "/p2"]
+    first.toggle(["/p2"], "b")
+    first.toggle(["/p2"], "new")
+    assert first.chosen("/p2") == {"a", "b", "new"} and first.chosen("/p1") == {"a"}
+    # /p0 was tagged (gone from the pool); the refresh asks /p5, /p4, /p1
+    paths = ["/p1", "/p2", "/p3", "/p4", "/p5"]
+    second = TagSets(view(paths, [4, 3, 0]), {"a": "1", "b": "2"}, first)
+    assert list(second.asked(["/p1", "/p2"])) == ["/p1", "/p2", "/p5"]
+    assert second.chosen("/p2") == {"a", "b", "new"} and "new" in second.tags
+    assert second.caption("/p2").startswith("✓ a; b; new") and "unsure" in \
+        second.caption("/p5")

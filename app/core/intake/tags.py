@@ -407,7 +407,8 @@ def scan_tagged(root: str | Path, labels: str | Path | None = None,
                 and p.suffix.lower() in IMAGE_SUFFIXES]
     if unlisted:
         findings.append(Finding("info", f"{len(unlisted)} image file(s) are not in "
-                                        f"{tags_path.name}: not labelled, left out",
+                                        f"{tags_path.name}: not tagged yet, left out "
+                                        "(the Label page asks for their tags)",
                                 tuple(unlisted)))
     tags: dict[str, tuple[str, ...]] = {}
     conflicts: list[str] = []

@@ -130,18 +130,20 @@ class PredictControl(QObject):
         self.work.run("the sort", f"Copying {plan.to_file} photo(s) into {out}…",
                       lambda progress, cancel: sort_into(out, plan, progress=progress,
                                                          cancel=cancel),
-                      lambda filing: self._sorted(out, filing))
+                      lambda filing: self._sorted(out, filing, plan))
 
     def confirm_sort(self, text: str) -> bool:
         """Ask before sorting (tests replace this method)."""
         return QMessageBox.question(self.dialog_parent, "Sort into folder", text) == \
             QMessageBox.StandardButton.Yes
 
-    def _sorted(self, out: str, filing) -> None:
+    def _sorted(self, out: str, filing, plan=None) -> None:
         for _path, why in filing.refused[:3]:
             self.banner.show_warning(why)
         self.sorted_into = out
-        self.page.ops.finish(f"{filing.summary()} in {out}.")
+        untagged = len(plan.untagged) if plan is not None else 0
+        self.page.ops.finish(f"{filing.summary()} in {out}" + (
+            f"; {untagged} photo(s) with none of the tags not sorted." if untagged else "."))
         self._show_sort_operations()
         self._reread_if_data(out)
 

@@ -164,7 +164,7 @@ def tags_report_html(tagged) -> str:
 
 def _finding_html(f) -> str:
     """One finding: its level, its message and the first few file names (escaped)."""
-    mark = {"error": "✖ Must fix", "warning": "⚠ Note"}.get(f.level, "ℹ")
+    mark = {"error": "✖ Must fix", "warning": "⚠ Note"}.get(f.level, "Info")
     extra = ""
     if f.paths:
         shown = ", ".join(p.rsplit("/", 1)[-1] for p in f.paths[:4])

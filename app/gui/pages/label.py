@@ -38,6 +38,12 @@ from app.gui.errors import log
 from app.gui.operations import OperationBar
 from app.gui.widgets import heading, hint
 
+CLASS_HINT = ("Drop unsorted photos here. Name a group, or label the photos the app asks "
+              "about: it suggests the rest and learns from every label. Photos are filed in "
+              "the data folder's class folders (moved when they are in it, copied when not).")
+TAG_HINT = ("Several tags a photo: give each photo the app asks about its tags (or none), or "
+            "name a group; it suggests the rest and learns from every photo tagged. The photos "
+            "stay where they are; the tags file lists their tags.")
 ICON = 112
 GROUP_ICON = 72  # smaller: a whole group of ~40 on one screen, to check before naming it
 KEYS = "1234567890"  # a class's key: its slot's place here
@@ -346,10 +352,8 @@ class LabelPage(QWidget):
         middle.addWidget(self.tabs, 1)
         layout = QVBoxLayout(self)
         layout.addWidget(heading("2  Label"))
-        layout.addWidget(hint("Drop unsorted photos here. Name a group, or label the photos the "
-                              "app asks about: it suggests the rest and learns from every "
-                              "label. Photos are filed in the data folder's class folders "
-                              "(moved when they are in it, copied when not)."))
+        self.hint = hint(CLASS_HINT)
+        layout.addWidget(self.hint)
         layout.addLayout(top)
         layout.addWidget(self.summary)
         layout.addLayout(middle, 1)
@@ -427,6 +431,7 @@ class LabelPage(QWidget):
         self._describe_accept()
 
     def _set_mode(self, tags: bool) -> None:
+        self.hint.setText(TAG_HINT if tags else CLASS_HINT)
         self.list_title.setText("Tags" if tags else "Classes")
         self.new_class.setText("&New tag…" if tags else "&New class…")
 
@@ -435,14 +440,13 @@ class LabelPage(QWidget):
         turns it on or off in the selected photos' sets, Enter tags them with their sets."""
         from app.gui.pages.label_tags import TagSets
 
-        self.view, self.tags = view, TagSets(view, keys)
+        self.view, self.tags = view, TagSets(view, keys, self.tags)
         self._set_mode(True)
         pool = view.pool
         self.classes, self.keys, self._index = list(pool.tags), dict(keys), self.tags.index
         self._list_tags()
-        why = {pool.paths[a.index]: a.reason for a in view.queue.asks}
-        self.queue.set_photos([(p, f"{self.caption(p)} · {WHY[r][0]}", WHY[r][1])
-                               for p, r in why.items()])
+        self.queue.set_photos([(p, self.caption(p), WHY[r][1])
+                               for p, r in self.tags.asked(self._still_open()).items()])
         self.group_pick.blockSignals(True)
         self.group_pick.clear()
         for n, g in enumerate(view.groups, 1):
@@ -460,6 +464,11 @@ class LabelPage(QWidget):
             item.setData(Qt.ItemDataRole.UserRole, t)
             self.class_list.addItem(item)
         self.tags.keys = dict(self.keys)
+
+    def _still_open(self) -> list[str]:
+        """The photos of the queue not filed yet, in their places (a refresh never moves a
+        photo under the user's fingers)."""
+        return [p for i, p in enumerate(self.queue.paths) if self.queue._open(i)]
 
     def _toggle(self, paths: list[str], tag: str) -> None:
         self.tags.toggle(paths, tag)

@@ -9,19 +9,35 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.core.base.errors import shown
+from app.gui.pages.label import WHY  # (label.py imports this module when it first tags)
 
 
 class TagSets:
     """The tag sets being made on the page, by photo, over one refresh's view."""
 
-    def __init__(self, view, keys: dict[str, str]) -> None:
+    def __init__(self, view, keys: dict[str, str], last: TagSets | None = None) -> None:
         self.view = view
         self.keys = dict(keys)  # tag -> its key
         pool = view.pool
         self.index = {p: i for i, p in enumerate(pool.paths)}
         self.digests = dict(zip(pool.paths, pool.digests))
         self.tags = list(pool.tags)  # and any new tag typed on the page
-        self.pending: dict[str, set[str]] = {}
+        # what the last refresh's sets held for photos still waiting, and the tags typed
+        self.pending: dict[str, set[str]] = {p: s for p, s in (last.pending if last else
+                                                                {}).items() if p in self.index}
+        self.tags += [t for t in (last.tags if last else []) if t not in self.tags]
+        self.why: dict[str, str] = {}  # photo -> why the queue asks for it
+
+    def asked(self, waiting: list[str]) -> dict[str, str]:
+        """The queue: the photos still ``waiting`` in it first, in their places, then the
+        refresh's asks; photo -> why it is asked."""
+        pool, view = self.view.pool, self.view
+        new = {pool.paths[a.index]: a.reason for a in view.queue.asks}
+        kept = [p for p in waiting if p in self.index]
+        self.why = {**{p: new.get(p, "asked before") for p in kept},
+                    **{p: r for p, r in new.items() if p not in kept}}
+        self.why = dict(list(self.why.items())[:max(len(new), len(kept))])
+        return self.why
 
     def suggested(self, path: str) -> set[str]:
         """The tags the model gives ``path`` (each at 50% or more)."""
@@ -54,7 +70,8 @@ class TagSets:
         others = sorted(((p, t) for t, p in zip(sug.tags, sug.probabilities[i])
                          if t not in chosen), reverse=True)[:2]
         rest = ", ".join(f"{shown(t)} {rough}{p:.0%}" for p, t in others if p >= 0.05)
-        return f"{given} · {rest}" if rest else given
+        text = f"{given} · {rest}" if rest else given
+        return f"{text} · {WHY[self.why[path]][0]}" if path in self.why else text
 
     def requests(self, paths: list[str]) -> list[tuple[str, tuple[str, ...], str | None]]:
         """(photo, its tags, the content shown) for each of ``paths``."""
