@@ -244,7 +244,10 @@ GOOD_SCORES = {"task": "multi-label", "count": 10, "map": 0.8, "micro_f1": 0.7,
                "macro_f1": 0.6, "exact_match": 0.5, "hamming_loss": 0.1, "none_rate": 0.1,
                "unknown_rate": None, "threshold_rule": "0.5",
                "per_tag": {t: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "ap": 0.7,
-                               "support": 4, "threshold": 0.5} for t in ("cat", "dog")}}
+                               "support": 4, "threshold": 0.5} for t in ("cat", "dog")},
+               "confused": {"(none)": {"dog": 1}},
+               "errors": [{"path": "a.jpg", "true": ["cat", "dog"], "predicted": ["cat"]},
+                          {"path": "b.jpg", "true": [], "predicted": ["dog"]}]}
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -259,6 +262,11 @@ GOOD_SCORES = {"task": "multi-label", "count": 10, "map": 0.8, "micro_f1": 0.7,
     ({"per_tag": {"cat": GOOD_SCORES["per_tag"]["cat"],
                   "dog": {**GOOD_SCORES["per_tag"]["dog"], "threshold": 0.3}}},
      "its thresholds are not the model's"),
+    ({"confused": {"cat": {"bird": 1}}}, "its confusions are not counts between its tags"),
+    ({"confused": {"(none)": {"dog": -2}}}, "its confusions are not counts"),
+    ({"errors": [{"path": "a.jpg", "true": ["cat"], "predicted": ["<b>x"]}]},
+     "its error photos are not photos with tag sets of its tags"),
+    ({"errors": [{"path": 3, "true": [], "predicted": []}]}, "its error photos"),
 ])
 def test_a_multi_label_folders_kept_scores_are_read_or_refused_with_why(tmp_path, changes,
                                                                          message):
@@ -273,5 +281,9 @@ def test_a_multi_label_folders_kept_scores_are_read_or_refused_with_why(tmp_path
     if not message:
         assert why == "" and scores.count == 10 and scores.scores["map"] == 0.8
         assert list(scores.per_tag) == ["cat", "dog"] and scores.per_tag["dog"]["support"] == 4
+        assert scores.error_photos("(none)", "dog") == [
+            {"path": "b.jpg", "tags": True, "true": "none of the tags", "predicted": "dog"}]
+        assert [e["path"] for e in scores.error_photos()] == ["a.jpg", "b.jpg"]
+        assert scores.error_photos("cat", "dog") == []  # a.jpg lacks dog, given nothing extra
     else:
         assert scores is None and "is damaged" in why and message in why

@@ -100,7 +100,26 @@ def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window
     assert rows == {t: [percent(v["precision"]), percent(v["recall"]), percent(v["f1"]),
                         percent(v["ap"]), f"{v['threshold']:.2f}", str(v["support"])]
                     for t, v in kept["per_tag"].items()}
-    assert "Hamming loss" in page.note.text() and not page.confusion_box.isVisibleTo(page)
+    assert "Hamming loss" in page.note.text()
+    # what is confused with what: for each true tag, the tags given wrongly beside it, and
+    # the photos behind every error (a click on a cell shows those photos)
+    confused = {t: row for t, row in kept["confused"].items() if row}
+    conf = page.confusion
+    shown_counts = {conf.verticalHeaderItem(r).text(): {
+        conf.horizontalHeaderItem(c).text(): int(conf.item(r, c).text())
+        for c in range(conf.columnCount()) if conf.item(r, c).text()}
+        for r in range(conf.rowCount())}
+    assert shown_counts == confused and page.confusion_box.isVisibleTo(page)
+    assert page.wrong.entries and len(page.wrong.entries) == len(kept["errors"])
+    assert {e["path"] for e in page.wrong.entries} == {e["path"] for e in kept["errors"]}
+    true = next(iter(confused))
+    given = next(iter(confused[true]))
+    page._cell_clicked(page.labels.index(true), page.columns.index(given))
+    want = [e["path"] for e in kept["errors"] if given in e["predicted"]
+            and given not in e["true"] and (true in e["true"] or not e["true"]
+                                             and true == "(none)")]
+    assert [e["path"] for e in page.cell.entries] == want
+    assert len(want) == confused[true][given]
 
     # a damaged evaluation.json: no scores, and why; the captions are a class model's again
     (folder / "evaluation.json").write_text('{"task": "multi-label", "count": -1}', "utf-8")

@@ -32,6 +32,7 @@ from app.core.storage.model_folder import (
 from app.core.trust.calibration import softmax
 from app.core.trust.evaluation import Evaluation
 from app.core.trust.fitting import main_outputs
+from app.core.trust.tags import NO_TAG
 
 if TYPE_CHECKING:
     from app.core.pipeline.trained import TrainedModel
@@ -201,6 +202,26 @@ class SavedTagScores:
     scores: dict[str, float | None]  # TAG_SCORES
     per_tag: dict[str, dict[str, float | int | None]]  # in the model's tag order
     threshold_rule: str = ""
+    # {true tag, or NO_TAG: {tag given wrongly beside it: photos}}
+    confused: dict[str, dict[str, int]] = field(default_factory=dict)
+    # each test photo given a wrong set: {"path", "true": [tags], "predicted": [tags]}
+    errors: tuple[dict, ...] = ()
+
+    def error_photos(self, true: str | None = None, given: str | None = None) -> list[dict]:
+        """The photos behind the errors, as the image grids list them: all, or those with
+        ``true`` (NO_TAG: none) that were given ``given`` wrongly."""
+        out = []
+        for e in self.errors:
+            extra = set(e["predicted"]) - set(e["true"])
+            if true is not None and not (true in e["true"] or (true == NO_TAG
+                                                               and not e["true"])):
+                continue
+            if given is not None and given not in extra:
+                continue
+            out.append({"path": e["path"], "tags": True,
+                        "true": "; ".join(e["true"]) or "none of the tags",
+                        "predicted": "; ".join(e["predicted"]) or "none of the tags"})
+        return out
 
 
 def saved_tag_scores(folder: str | Path, tags: list[str], thresholds=None
@@ -236,8 +257,25 @@ def _parse_tag_scores(doc: Any, tags: list[str], thresholds) -> SavedTagScores:
             for t, m in zip(tags, thresholds)):
         raise ValueError("its thresholds are not the model's (metadata.json)")
     rule = doc.get("threshold_rule")
+    known = set(tags)
+    confused = {}
+    for true, row in (doc.get("confused") or {}).items():
+        if (true not in known and true != NO_TAG) or not isinstance(row, dict) \
+                or not set(row) <= known or not all(map(_is_count, row.values())):
+            raise ValueError("its confusions are not counts between its tags")
+        confused[true] = dict(row)
+    errors = []
+    for e in doc.get("errors") or []:
+        if not (isinstance(e, dict) and isinstance(e.get("path"), str)
+                and all(isinstance(e.get(k), list) and set(e[k]) <= known
+                        and all(isinstance(t, str) for t in e[k])
+                        for k in ("true", "predicted"))):
+            raise ValueError("its error photos are not photos with tag sets of its tags")
+        errors.append({"path": e["path"], "true": list(e["true"]),
+                       "predicted": list(e["predicted"])})
     return SavedTagScores(doc["count"], {k: doc.get(k) for k in TAG_SCORES}, per_tag,
-                          shown(rule[:300]) if isinstance(rule, str) else "")
+                          shown(rule[:300]) if isinstance(rule, str) else "", confused,
+                          tuple(errors))
 
 
 def _parse_saved(doc: Any, classes: list[str]) -> SavedReview:

@@ -36,6 +36,7 @@ from app.core.trust.calibration import best_temperature
 MIN_POSITIVES_TO_FIT = 3  # photos with a tag in the validation split before its T may sharpen
 MIN_POSITIVES_TO_TUNE = 25  # ... before its threshold moves from 0.5 to its best F1 there
 DEFAULT_THRESHOLD = 0.5
+NO_TAG = "(none)"  # the true "tag" of a photo with none, in the confusions
 def sigmoid(z: np.ndarray, temperature: np.ndarray | float = 1.0) -> np.ndarray:
     z = np.asarray(z, np.float64) / temperature
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(-z)), without overflow
@@ -211,7 +212,7 @@ def score_tags(tags: list[str], targets: np.ndarray, probs: np.ndarray, paths: l
         true = [tags[i] for i in np.flatnonzero(y[row])]
         given = [tags[i] for i in np.flatnonzero(pred[row])]
         for extra in set(given) - set(true):
-            for t in true or ["(none)"]:
+            for t in true or [NO_TAG]:
                 confused.setdefault(t, {}).setdefault(extra, 0)
                 confused[t][extra] += 1
         errors.append({"path": paths[row], "true": true, "predicted": given,

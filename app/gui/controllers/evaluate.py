@@ -113,6 +113,10 @@ class EvaluateControl(QObject):
     def show_cell(self, true: str, predicted: str) -> None:
         from app.core.pipeline.review import cell_images
 
+        tags = self.session.slot.tag_scores
+        if tags is not None:  # several tags a photo: the photos given ``predicted`` wrongly
+            self.page.show_cell(true, predicted, tags.error_photos(true, predicted))
+            return
         review = self.session.slot.review
         if review is None:
             self.status.showMessage("The images behind each cell are still being "

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.base.errors import shown
+from app.gui.pages.evaluate_tags import show_tag_errors
 from app.gui.pages.image_grid import ImageDialog, ImageGrid  # noqa: F401  (ImageDialog: API)
 from app.gui.pages.trust_panel import TrustPanel
 from app.gui.widgets import heading, hint, percent
@@ -59,6 +60,7 @@ TAG_SCORES = (
 )
 CLASS_COLUMNS = ["Class", "Precision", "Recall", "Images"]
 TAG_COLUMNS = ["Tag", "Precision", "Recall", "F1", "AP", "Threshold", "Photos"]
+CONFUSION_TITLE = "<b>Confusion matrix</b> (rows: true, columns: predicted)"
 
 
 class EvaluatePage(QWidget):
@@ -152,7 +154,8 @@ class EvaluatePage(QWidget):
         self.confusion_box = QWidget()  # hidden for a tag model: the others take its room
         left = QVBoxLayout(self.confusion_box)
         left.setContentsMargins(0, 0, 0, 0)
-        left.addWidget(QLabel("<b>Confusion matrix</b> (rows: true, columns: predicted)"))
+        self.confusion_title = QLabel(CONFUSION_TITLE)
+        left.addWidget(self.confusion_title)
         left.addWidget(self.confusion)
         middle = QVBoxLayout()
         self.per_title = QLabel("<b>Per class</b>")
@@ -171,6 +174,8 @@ class EvaluatePage(QWidget):
         layout.addLayout(tables, 2)
         layout.addWidget(self.tabs, 3)
         self.labels: list[str] = []
+        self.columns: list[str] = []  # the confusion table's columns (a tag model: the tags
+        # given wrongly; its rows, self.labels: the true tags)
 
     @property
     def grids(self) -> tuple[ImageGrid, ...]:
@@ -217,12 +222,8 @@ class EvaluatePage(QWidget):
                     item.setToolTip("How the thresholds were chosen: "
                                     + _html(scores.threshold_rule))
                 self.per_class.setItem(row, col, item)
-        self.wrong.empty.setText("A model of several tags a photo: the photos behind each "
-                                 "error are listed by python -m app evaluate MODEL DATA "
-                                 "--json.")
         self.per_class.resizeColumnsToContents()
-        # a tag model has no confusion matrix: its table takes that room
-        self.confusion_box.setVisible(False)
+        show_tag_errors(self, scores)
         self.note.setText(f"Model: <b>{_html(source)}</b>. {_html(note)}{_html(more)}")
         self.export.setEnabled(True)
 
@@ -243,7 +244,7 @@ class EvaluatePage(QWidget):
             label.setText("—")
         self.interval.setText("")
         self.few.setText("")
-        self.labels = []
+        self.labels, self.columns = [], []
         self.confusion.setRowCount(0)
         self.confusion.setColumnCount(0)
         self.per_class.setRowCount(0)
@@ -268,7 +269,8 @@ class EvaluatePage(QWidget):
         few = list(getattr(ev, "few_images", []) or [])
         self.few.setText(f"⚠ Fewer than 5 test images: {', '.join(few)} — too few to judge "
                          "these classes" if few else "")
-        self.labels = list(ev.labels)
+        self.labels = self.columns = list(ev.labels)
+        self.confusion_title.setText(CONFUSION_TITLE)
         n = len(ev.labels)
         self.confusion.setRowCount(n)
         self.confusion.setColumnCount(n)
@@ -314,7 +316,8 @@ class EvaluatePage(QWidget):
 
     def show_cell(self, true: str, predicted: str, entries: list[dict]) -> None:
         self.cell.set_items(entries)
-        what = "right" if true == predicted else f"predicted {predicted}"
+        what = ("right" if true == predicted else f"given {predicted} wrongly"
+                if entries and entries[0].get("tags") else f"predicted {predicted}")
         self.tabs.setTabText(1, f"{true}, {what} ({len(entries)})")
         self.tabs.setCurrentWidget(self.cell)
 
@@ -352,8 +355,8 @@ class EvaluatePage(QWidget):
         return super().eventFilter(watched, event)
 
     def _cell_clicked(self, row: int, column: int) -> None:
-        if row < len(self.labels) and column < len(self.labels):
-            self.cell_wanted.emit(self.labels[row], self.labels[column])
+        if row < len(self.labels) and column < len(self.columns):
+            self.cell_wanted.emit(self.labels[row], self.columns[column])
 
 
 def _heat(fraction: float, diagonal: bool) -> QColor:

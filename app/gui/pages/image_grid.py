@@ -8,6 +8,7 @@ and a worker makes them; a batch that arrives after the grid was refilled is dro
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +31,10 @@ ICON = 96
 
 
 def entry_caption(e: dict) -> str:
-    """What the model answered, then the class folder the image is filed under."""
+    """What the model answered, then the class folder the image is filed under (for a photo
+    of several tags: the tags given, then its true tags)."""
+    if e.get("tags"):
+        return f"given: {e['predicted']}\ntrue: {e['true']}"
     return f"predicted: {e['predicted']}\nfolder: {e['true']}"
 
 
@@ -179,6 +183,9 @@ class ImageGrid(QWidget):
         entry = self.selected()
         for w in (self.move, self.exclude, self.open):
             w.setEnabled(entry is not None)
+        if entry is not None and entry.get("tags"):  # a tagged photo stays where it is
+            self.move.setEnabled(False)
+            self.exclude.setEnabled(False)
         folder = Path(entry["path"]).parent.name if entry is not None else None
         for action in self.move_menu.actions():  # not into the folder it is in
             action.setEnabled(action.text() != folder)
@@ -205,6 +212,8 @@ class ImageGrid(QWidget):
 
 
 def _tip(e: dict) -> str:
+    if e.get("tags"):  # a photo of several tags given a wrong set
+        return "\n".join([e["path"], f"true tags: {e['true']}", f"given: {e['predicted']}"])
     lines = [e["path"], f"folder (label): {e['true']}",
              f"predicted: {e['predicted']} ({e['confidence']:.0%})"]
     if "loss" in e:
@@ -227,8 +236,12 @@ class ImageDialog(QDialog):
                              Qt.TransformationMode.SmoothTransformation)
         picture.setPixmap(pix)
         picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        text = QLabel(f"Label (folder): <b>{m['true']}</b><br>Predicted: <b>{m['predicted']}"
-                      f"</b> ({m['confidence']:.0%} sure)<br><small>{m['path']}</small>")
+        esc = {k: html.escape(str(m[k])) for k in ("true", "predicted", "path")}
+        text = QLabel(f"True tags: <b>{esc['true']}</b><br>Given: <b>{esc['predicted']}</b>"
+                      f"<br><small>{esc['path']}</small>" if m.get("tags") else
+                      f"Label (folder): <b>{esc['true']}</b><br>Predicted: <b>"
+                      f"{esc['predicted']}</b> ({m['confidence']:.0%} sure)<br><small>"
+                      f"{esc['path']}</small>")
         text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         close = QPushButton("Close")
         close.clicked.connect(self.accept)
