@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.base.paths import last_model_dir
 from app.gui.activity import ActivityLabel, say_while
 from app.gui.closing import Closing
 from app.gui.controllers.data import DataControl
@@ -171,13 +172,17 @@ class MainWindow(QMainWindow):
         busy = self.run_control.refused_while_busy
         self.data_control = DataControl(s, jobs, self.data, self.prefs, banner, status,
                                         self.activity, self.show_page, busy, self, self)
-        self.evaluate_control = EvaluateControl(self, s, self.evaluate, jobs, banner, status,
-                                                busy)
+        self.evaluate_control = EvaluateControl(
+            self, s, self.evaluate, jobs, banner, status, busy,
+            lambda generation: [str(last_model_dir())] if self.last_model.holds == generation
+            and not self.last_model.busy else [])
         self.evaluate_control.threshold_resting.connect(self.last_model.remember_threshold)
         self.evaluate_control.folder_changed.connect(self.reload_folder)
         self.models = ModelsControl(s, jobs, self.prefs, banner, status, self.activity,
                                     self.last_model, self.predict, self.train, self.evaluate,
                                     self.evaluate_control, self.show_page, underway, self, self)
+        self.evaluate_control.model_folder_changed.connect(
+            lambda folder, source: self.models.open_model(folder, source=source))
         self.predict_control = PredictControl(s, jobs, self.predict, banner, status,
                                               self.activity, self.show_page,
                                               self.reload_folder, self, self)

@@ -95,11 +95,13 @@ def test_a_multi_label_model_folder_answers_tag_sets_in_the_window(qtbot, window
     table = page.per_class
     header = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
     assert header == ["Tag", "Precision", "Recall", "F1", "AP", "Threshold", "Photos"]
-    rows = {table.item(r, 0).text(): [table.item(r, c).text() for c in range(1, 7)]
+    rows = {table.item(r, 0).text(): [table.item(r, c).text() for c in (1, 2, 3, 4, 6)]
             for r in range(table.rowCount())}
     assert rows == {t: [percent(v["precision"]), percent(v["recall"]), percent(v["f1"]),
-                        percent(v["ap"]), f"{v['threshold']:.2f}", str(v["support"])]
+                        percent(v["ap"]), str(v["support"])]
                     for t, v in kept["per_tag"].items()}
+    assert {t: s.value() / 100 for t, s in page.sliders.items()} == {
+        t: round(v["threshold"], 2) for t, v in kept["per_tag"].items()}  # a slider a tag
     assert "Hamming loss" in page.note.text()
     # what is confused with what: for each true tag, the tags given wrongly beside it, and
     # the photos behind every error (a click on a cell shows those photos)
@@ -174,6 +176,28 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     got = [r.prediction for r in window.predict.results]
     assert [[t["label"] for t in p.tags] for p in got] == \
         [[t["label"] for t in p.tags] for p in expected]
+    # Evaluate: a slider a tag measures the kept test answers again; Keep writes it
+    page = window.evaluate
+    kept = slot.tag_scores
+    assert set(page.sliders) == {"blue", "green", "red"} and kept.answers is not None
+    assert not page.keep_thresholds.isVisible()
+    page.sliders["red"].setValue(99)
+    red = list(kept.per_tag).index("red")
+    again = kept.at({**kept.thresholds, "red": 0.99})
+    assert page.per_class.item(red, 2).text() == percent(again.per_tag["red"]["recall"])
+    assert page.scores["balanced_accuracy"].text() == percent(again.scores["micro_f1"])
+    assert page.keep_thresholds.isVisibleTo(page)
+    generation = slot.generation
+    page.keep_thresholds.click()
+    qtbot.waitUntil(lambda: slot.generation > generation and not window.jobs.running,
+                    timeout=60000)
+    meta = json.loads((Path(folder) / "metadata.json").read_text("utf-8"))
+    assert meta["thresholds"]["red"] == 0.99 and meta["fitted_thresholds"] == kept.thresholds
+    assert slot.folder == folder and slot.tag_scores.thresholds["red"] == 0.99
+    assert slot.tag_scores.per_tag["red"] == again.per_tag["red"]
+    answers = slot.predictor.thresholds  # the model's answers use it from now on
+    assert answers[slot.predictor.classes.index("red")] == pytest.approx(0.99)
+    assert page.sliders["red"].value() == 99 and not page.keep_thresholds.isVisible()
     window.show_page("Label")  # every photo is tagged: none waits
     qtbot.waitUntil(lambda: "0 photos waiting; 42 tagged" in window.label.summary.text(),
                     timeout=60000)

@@ -190,6 +190,7 @@ def _read_kept(folder: str | Path, parse: Callable[[Any], Any], none: str
 TAG_SCORES = ("map", "micro_f1", "macro_f1", "exact_match", "hamming_loss", "none_rate",
               "unknown_rate")
 PER_TAG = ("precision", "recall", "f1", "ap", "threshold")
+THRESHOLDS_BY_HAND = "set by hand on the Evaluate page, looking at the test scores"
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,43 @@ class SavedTagScores:
     confused: dict[str, dict[str, int]] = field(default_factory=dict)
     # each test photo given a wrong set: {"path", "true": [tags], "predicted": [tags]}
     errors: tuple[dict, ...] = ()
+    # every test photo's probabilities and true tags (paths, (N, tags), (N, tags)), when kept:
+    # the scores can then be measured again at other thresholds (:meth:`at`)
+    answers: tuple | None = None
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {t: float(row["threshold"]) for t, row in self.per_tag.items()}
+
+    def at(self, thresholds: dict[str, float]) -> SavedTagScores:
+        """The same test photos scored with each tag given at ``thresholds`` (AP and mAP do
+        not depend on them; the unknown share is the one kept). Needs :attr:`answers`."""
+        from app.core.trust.tags import score_tags
+
+        if self.answers is None:
+            raise ValueError("this model folder keeps no answers to measure again")
+        paths, probs, targets = self.answers
+        tags = list(self.per_tag)
+        ev = score_tags(tags, targets, probs, list(paths), [thresholds[t] for t in tags],
+                        rule=THRESHOLDS_BY_HAND)
+        scores = {k: getattr(ev, k) for k in TAG_SCORES}
+        scores["unknown_rate"] = self.scores.get("unknown_rate")
+        per_tag = {t: {"support": ev.per_tag[t]["support"],
+                       **{k: ev.per_tag[t][k] for k in PER_TAG}} for t in tags}
+        return SavedTagScores(ev.count, scores, per_tag, THRESHOLDS_BY_HAND, ev.confused,
+                              tuple(ev.errors), self.answers)
+
+    def as_doc(self) -> dict:
+        """As evaluation.json keeps it."""
+        paths, probs, targets = self.answers if self.answers is not None else ([], [], [])
+        return {"task": "multi-label", "count": self.count, **self.scores,
+                "tags": list(self.per_tag), "per_tag": self.per_tag,
+                "thresholds": self.thresholds, "threshold_rule": self.threshold_rule,
+                "confused": self.confused, "errors": list(self.errors),
+                **({"answers": {"paths": list(paths),
+                                "probabilities": np.asarray(probs).tolist(),
+                                "targets": np.asarray(targets).astype(int).tolist()}}
+                   if self.answers is not None else {})}
 
     def error_photos(self, true: str | None = None, given: str | None = None) -> list[dict]:
         """The photos behind the errors, as the image grids list them: all, or those with
@@ -275,7 +313,30 @@ def _parse_tag_scores(doc: Any, tags: list[str], thresholds) -> SavedTagScores:
                        "predicted": list(e["predicted"])})
     return SavedTagScores(doc["count"], {k: doc.get(k) for k in TAG_SCORES}, per_tag,
                           shown(rule[:300]) if isinstance(rule, str) else "", confused,
-                          tuple(errors))
+                          tuple(errors), _answers(doc.get("answers"), doc["count"], len(tags)))
+
+
+def _answers(raw: Any, count: int, n_tags: int) -> tuple | None:
+    """The kept answers (paths, probabilities, targets), checked: one row a scored photo,
+    one fraction (and one 0/1) a tag; None when none are kept."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("its answers are not a table")
+    paths = raw.get("paths")
+    try:
+        probs = np.asarray(raw.get("probabilities"), np.float64)
+        targets = np.asarray(raw.get("targets"), np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("its answers are not numbers") from None
+    if (not isinstance(paths, list) or not all(isinstance(p, str) for p in paths)
+            or len(paths) != count or probs.shape != (count, n_tags)
+            or targets.shape != (count, n_tags) or not np.isfinite(probs).all()
+            or probs.min(initial=0) < 0 or probs.max(initial=0) > 1
+            or not np.isin(targets, (0, 1)).all()):
+        raise ValueError("its answers are not one probability and one 0/1 a tag for each "
+                         "photo scored")
+    return tuple(paths), probs, targets
 
 
 def _parse_saved(doc: Any, classes: list[str]) -> SavedReview:

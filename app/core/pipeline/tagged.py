@@ -106,7 +106,7 @@ class TaggedModel:
                 "cancelled": result.cancelled,
                 "left_out_classes": list(self.dataset.left_out_tags),
             },
-            evaluation={"task": "multi-label", **self.evaluation.as_dict()})
+            evaluation={"task": "multi-label", **self.evaluation.as_dict(answers=True)})
 
     def summary(self) -> dict:
         ev = self.evaluation

@@ -331,6 +331,7 @@ METADATA = {
     # several tags a photo: the task, and one threshold a tag (every class name)
     "task": (_task, False),
     "thresholds": (_per_class(_threshold), False),
+    "fitted_thresholds": (_nullable(_per_class(_threshold)), False),  # before moved by hand
     # what the exporter writes for people: checked for their type only
     **{k: _TEXT for k in ("written_by", "app_version", "keras_version", "created", "backbone",
                           "weights", "weights_fingerprint", "feature_precision", "input",

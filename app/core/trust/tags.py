@@ -166,9 +166,15 @@ class TagEvaluation:
     # [{"path", "reason"}]: photos meant to be scored that could not be (not in count)
     skipped: list[dict] = field(default_factory=list)
     findings: list[dict] = field(default_factory=list)  # the tags file's warnings, when read
+    # each photo scored: {"paths", "probabilities" (N, tags), "targets" (N, tags, 0/1)}, kept
+    # in a model folder so that its thresholds can be moved and the scores measured again
+    answers: dict = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def as_dict(self, answers: bool = False) -> dict:
+        out = asdict(self)
+        if not answers:
+            out.pop("answers")
+        return out
 
 
 def score_tags(tags: list[str], targets: np.ndarray, probs: np.ndarray, paths: list[str],
@@ -235,7 +241,9 @@ def score_tags(tags: list[str], targets: np.ndarray, probs: np.ndarray, paths: l
         thresholds={t: round(float(v), 4) for t, v in zip(tags, thr)},
         threshold_rule=rule,
         none_rate=_r(float((~pred.any(axis=1)).mean())),
-        unknown_rate=unknown_rate)
+        unknown_rate=unknown_rate,
+        answers={"paths": list(paths), "probabilities": np.round(probs, 4).tolist(),
+                 "targets": y.astype(int).tolist()})
 
 
 def _r(value: float | None) -> float | None:

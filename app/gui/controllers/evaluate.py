@@ -32,11 +32,13 @@ if TYPE_CHECKING:
 class EvaluateControl(QObject):
     threshold_resting = Signal()  # the slider rests at a new threshold: remember it
     folder_changed = Signal(str)  # files moved in this data folder: read it again
+    model_folder_changed = Signal(str, str)  # its tags' thresholds kept: open it again (source)
 
     def __init__(self, parent: QObject, session: Session, page: EvaluatePage, jobs: Jobs,
-                 banner: ErrorBanner, status: QStatusBar, refused_while_busy: Callable[[str], bool]
-                 ) -> None:
+                 banner: ErrorBanner, status: QStatusBar, refused_while_busy: Callable[[str], bool],
+                 kept_copies: Callable[[int], list[str]] = lambda _generation: []) -> None:
         super().__init__(parent)
+        self.kept_copies = kept_copies  # other folders holding the model of a generation
         self.session, self.page, self.jobs = session, page, jobs
         self.banner, self.status, self._busy = banner, status, refused_while_busy
         self.review_worker = None
@@ -49,6 +51,11 @@ class EvaluateControl(QObject):
         page.cell_wanted.connect(self.show_cell)
         page.undo_requested.connect(self.undo)
         page.trust.threshold_moved.connect(self.set_threshold)
+        page.tag_threshold_moved.connect(self.try_tag_threshold)
+        page.keep_thresholds_requested.connect(self.keep_tag_thresholds)
+        page.reset_thresholds_requested.connect(self.reset_tag_thresholds)
+        session.slot.changed.connect(lambda: setattr(self, "trying", None))
+        self.trying: dict[str, float] | None = None  # the tags' thresholds being tried
         session.slot.reviewed.connect(self.show_review)
         self._remember = QTimer(self, singleShot=True, interval=400)  # once the slider rests
         self._remember.timeout.connect(self.threshold_resting)
@@ -109,6 +116,51 @@ class EvaluateControl(QObject):
         if self._remember.isActive():
             self._remember.stop()
             self.threshold_resting.emit()
+
+    # --- a tag model's thresholds --------------------------------------------------------
+    def try_tag_threshold(self, tag: str, value: float) -> None:
+        """A tag's slider moved: the kept test answers measured at the thresholds tried."""
+        from app.gui.pages.evaluate_tags import show_tag_numbers
+
+        kept = self.session.slot.tag_scores
+        if kept is None or kept.answers is None:
+            return
+        self.trying = {**(self.trying or kept.thresholds), tag: float(value)}
+        show_tag_numbers(self.page, kept.at(self.trying), self.trying != kept.thresholds)
+
+    def reset_tag_thresholds(self) -> None:
+        slot = self.session.slot
+        self.trying = None
+        if slot.tag_scores is not None:
+            self.page.show_tag_scores(slot.tag_scores, slot.source, slot.evaluation_note)
+
+    def keep_tag_thresholds(self) -> None:
+        """Write the thresholds tried into the current model's folder (and the copy kept
+        for the next start, when it holds this model), then open it again."""
+        from app.core.pipeline.review import THRESHOLDS_BY_HAND
+
+        slot = self.session.slot
+        kept, folder, thresholds = slot.tag_scores, slot.folder, self.trying
+        if kept is None or not folder or not thresholds or self._busy("changing the model"):
+            return
+        doc = kept.at(thresholds).as_doc()
+        folders = [folder, *self.kept_copies(slot.generation)]
+
+        def job(progress, cancel) -> bool:
+            from app.core.delivery.export import set_tag_thresholds
+
+            return all([set_tag_thresholds(f, thresholds, THRESHOLDS_BY_HAND, doc)
+                        for f in folders])
+
+        def done(ok: bool) -> None:
+            if not ok:
+                self.banner.show_warning(f"{folder} is not a model folder this app wrote for "
+                                         "these tags: its thresholds were not changed")
+                return
+            self.status.showMessage("The tags' thresholds are kept in the model folder", 5000)
+            self.model_folder_changed.emit(folder, slot.source)
+
+        self.jobs.start("keeping the tags' thresholds", job, on_result=done)
 
     def show_cell(self, true: str, predicted: str) -> None:
         from app.core.pipeline.review import cell_images

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.base.errors import shown
-from app.gui.pages.evaluate_tags import show_tag_errors
+from app.gui.pages.evaluate_tags import add_threshold_sliders, show_tag_errors
 from app.gui.pages.image_grid import ImageDialog, ImageGrid  # noqa: F401  (ImageDialog: API)
 from app.gui.pages.trust_panel import TrustPanel
 from app.gui.widgets import heading, hint, percent
@@ -67,6 +67,9 @@ class EvaluatePage(QWidget):
     export_requested = Signal()
     cell_wanted = Signal(str, str)  # true label, predicted label
     undo_requested = Signal()
+    tag_threshold_moved = Signal(str, float)  # a tag's slider: try this threshold
+    keep_thresholds_requested = Signal()
+    reset_thresholds_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -99,9 +102,22 @@ class EvaluatePage(QWidget):
         self.export.setToolTip("Write the model folder (model.keras, labels, metadata)")
         self.export.setEnabled(False)
         self.export.clicked.connect(self.export_requested)
+        self.keep_thresholds = QPushButton("&Keep thresholds")
+        self.keep_thresholds.setToolTip("Write the tags' thresholds as the sliders stand into "
+                                        "the model folder: its answers use them from now on")
+        self.keep_thresholds.clicked.connect(self.keep_thresholds_requested)
+        self.reset_thresholds = QPushButton("Kept thresholds")
+        self.reset_thresholds.setToolTip("Back to the thresholds the model folder holds")
+        self.reset_thresholds.clicked.connect(self.reset_thresholds_requested)
+        self.sliders: dict = {}  # tag -> its threshold slider (a tag model keeping answers)
         top = QHBoxLayout()
         top.addLayout(grid, 1)
-        top.addWidget(self.export, 0, Qt.AlignmentFlag.AlignTop)
+        buttons = QVBoxLayout()
+        for w in (self.export, self.keep_thresholds, self.reset_thresholds):
+            buttons.addWidget(w)
+            w.setVisible(w is self.export)
+        buttons.addStretch(1)
+        top.addLayout(buttons)
 
         self.confusion = QTableWidget()
         self.confusion.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -224,6 +240,9 @@ class EvaluatePage(QWidget):
                 self.per_class.setItem(row, col, item)
         self.per_class.resizeColumnsToContents()
         show_tag_errors(self, scores)
+        add_threshold_sliders(self, scores)
+        self.keep_thresholds.setVisible(False)
+        self.reset_thresholds.setVisible(False)
         self.note.setText(f"Model: <b>{_html(source)}</b>. {_html(note)}{_html(more)}")
         self.export.setEnabled(True)
 
@@ -244,7 +263,9 @@ class EvaluatePage(QWidget):
             label.setText("—")
         self.interval.setText("")
         self.few.setText("")
-        self.labels, self.columns = [], []
+        self.labels, self.columns, self.sliders = [], [], {}
+        self.keep_thresholds.setVisible(False)
+        self.reset_thresholds.setVisible(False)
         self.confusion.setRowCount(0)
         self.confusion.setColumnCount(0)
         self.per_class.setRowCount(0)

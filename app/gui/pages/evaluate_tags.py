@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor
-from PySide6.QtWidgets import QHeaderView, QTableWidgetItem
+from PySide6.QtWidgets import QHBoxLayout, QHeaderView, QLabel, QSlider, QTableWidgetItem, QWidget
 
 from app.core.base.errors import shown
 from app.core.trust.tags import NO_TAG
@@ -51,3 +51,53 @@ def show_tag_errors(page, scores) -> None:
     page.tabs.setTabText(0, f"Test photos with a wrong tag set ({len(errors)})")
     page.cell.set_items([])
     page.tabs.setTabText(1, "Confusion cell")
+
+
+THRESHOLD_COLUMN = 5
+
+
+def add_threshold_sliders(page, scores) -> None:
+    """A slider in each tag's Threshold cell (0.01 to 0.99) when the folder keeps the test
+    photos' answers: moving it says so (``tag_threshold_moved``); the page's numbers follow
+    from what the controller measures (:func:`show_tag_numbers`)."""
+    page.sliders = {}
+    if scores.answers is None:
+        return
+    for row, (tag, pt) in enumerate(scores.per_tag.items()):
+        cell = QWidget()
+        layout = QHBoxLayout(cell)
+        layout.setContentsMargins(2, 0, 2, 0)
+        slider = QSlider(Qt.Orientation.Horizontal)
+        slider.setRange(1, 99)
+        slider.setMinimumWidth(90)
+        slider.setValue(round(float(pt["threshold"]) * 100))
+        slider.setToolTip(f"{shown(tag)} is given at or above this probability: move it to "
+                          "see the test scores at another threshold (Keep writes it into the "
+                          "model folder)" + (f". Chosen: {shown(scores.threshold_rule)}"
+                                             if scores.threshold_rule else ""))
+        value = QLabel(f"{slider.value() / 100:.2f}")
+        slider.valueChanged.connect(lambda v, t=tag, label=value: (
+            label.setText(f"{v / 100:.2f}"), page.tag_threshold_moved.emit(t, v / 100)))
+        layout.addWidget(slider, 1)
+        layout.addWidget(value)
+        page.per_class.setItem(row, THRESHOLD_COLUMN, QTableWidgetItem(""))
+        page.per_class.setCellWidget(row, THRESHOLD_COLUMN, cell)
+        page.sliders[tag] = slider
+    page.per_class.setColumnWidth(THRESHOLD_COLUMN, 140)
+
+
+def show_tag_numbers(page, scores, moved: bool) -> None:
+    """The scores at the thresholds the sliders stand at, in place (the sliders stay):
+    the figures, each tag's precision, recall, F1 and photos given, the confusions and the
+    photos with a wrong set; ``moved``: the thresholds differ from the folder's."""
+    from app.gui.widgets import percent
+
+    for slot, key in zip(("main_accuracy", "balanced_accuracy", "aux1_accuracy",
+                          "aux2_accuracy"), ("map", "micro_f1", "macro_f1", "exact_match")):
+        page.scores[slot].setText(percent(scores.scores.get(key)))
+    for row, pt in enumerate(scores.per_tag.values()):
+        for col, key in ((1, "precision"), (2, "recall"), (3, "f1")):
+            page.per_class.item(row, col).setText(percent(pt.get(key)))
+    show_tag_errors(page, scores)
+    page.keep_thresholds.setVisible(moved)
+    page.reset_thresholds.setVisible(moved)

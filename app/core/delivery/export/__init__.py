@@ -59,6 +59,7 @@ from app.core.delivery.export.folder import (
     copy_model,
     is_model_folder,
     read_history,
+    set_tag_thresholds,
     set_unknown_threshold,
     write_history,
 )
@@ -92,7 +93,7 @@ __all__ = [
     "WRITTEN_BY", "_SCRATCH", "ExportError", "ExportReport", "ParityReport", "answer_taps",
     "check_destination", "check_parity", "classifier_model", "clean_leftovers", "copy_model",
     "export_model", "is_model_folder", "onnx_unavailable", "read_history",
-    "set_unknown_threshold", "taps_extractor", "write_history",
+    "set_tag_thresholds", "set_unknown_threshold", "taps_extractor", "write_history",
 ]
 
 

@@ -77,6 +77,37 @@ def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
     return True
 
 
+def set_tag_thresholds(folder: str | Path, thresholds: dict[str, float], rule: str,
+                       evaluation: dict) -> bool:
+    """Give each tag of a multi-label model folder of ours the threshold the user moved it
+    to (the ones fitted stay as ``fitted_thresholds``) and keep ``evaluation`` (its test
+    scores at those thresholds) with it: evaluation.json first, then metadata.json, each
+    replaced by rename (a crash between leaves thresholds that differ, which the folder's
+    reader refuses with why, never scores of other thresholds). False, nothing touched, when
+    ``folder`` is not a model folder of this app or not one of these tags."""
+    folder = Path(folder)
+    if not is_model_folder(folder):
+        return False
+    path = folder / "metadata.json"
+    meta = json.loads(path.read_text("utf-8"))
+    old = meta.get("thresholds")
+    if meta.get("task") != "multi-label" or not isinstance(old, dict) \
+            or sorted(old) != sorted(thresholds):
+        return False
+    meta.setdefault("fitted_thresholds", dict(old))
+    meta["thresholds"] = {t: float(thresholds[t]) for t in old}
+    meta["threshold_rule"] = rule
+    for name, doc in ((EVALUATION_FILE, evaluation), ("metadata.json", meta)):
+        tmp = _scratch(folder, Path(name).stem, ".json")
+        try:
+            tmp.write_text(json.dumps(doc, indent=2 if name == "metadata.json" else None,
+                                      ensure_ascii=False, allow_nan=False), "utf-8")
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return True
+
+
 def _move_threshold(unknown: dict, threshold: float) -> None:
     """metadata.json's ``unknown`` entry answering below ``threshold`` from now on; the
     fitted one stays as ``fitted_threshold``."""
