@@ -276,7 +276,10 @@ class Session(QObject):
     def _train_tags_job(self, tagged, choice: RunChoice, generation: int) -> Job:
         """Several tags a photo: trained in a child process and kept as a model folder of
         the app's own (the newest few kept, and the current model's), which is opened."""
+        from app.core.delivery.export import onnx_unavailable
+
         cache_dir, keep = self.cache_dir, {self.slot.folder} - {None}
+        formats = ("keras",) if onnx_unavailable() else ("keras", "onnx")  # as Export writes
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> TrainOutcome:
             from app.core.base.jobs import Cancelled
@@ -284,7 +287,8 @@ class Session(QObject):
 
             out = new_run_dir()
             try:
-                model = train_tagged_isolated(choice, tagged, out, cache_dir, progress, cancel)
+                model = train_tagged_isolated(choice, tagged, out, cache_dir, progress, cancel,
+                                              formats)
             except Cancelled:
                 if cancel.cancelled:
                     return TrainOutcome(None, None, choice, generation)

@@ -164,6 +164,7 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     assert not slot.empty and slot.model.multi_label, window.train.status.text()
     folder = slot.folder
     assert folder and "runs" in folder and (Path(folder) / "metadata.json").is_file()
+    assert (Path(folder) / "model.onnx").is_file()  # the forms the window's Export writes
     assert window.train.plots.plot_items["accuracy"].getAxis("left").labelText == "mAP"
     assert [h["epoch"] for h in window.train.history] == [1, 2, 3, 4]
     assert "finished after 4 epoch(s)" in window.train.status.text()

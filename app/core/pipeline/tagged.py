@@ -128,7 +128,8 @@ class TaggedModel:
 @dataclass(frozen=True, eq=False)
 class TrainedTags(OpenedModel):
     """A multi-label run trained for the window: the model folder it was kept in, opened (its
-    predictor, curves and per-tag scores), with the run's result (without Keras objects: how
+    predictor, curves and per-tag scores; Export copies that folder, in the forms it was
+    written in), with the run's result (without Keras objects: how
     it ended, its history) and its warnings."""
 
     result: TrainResult | None = None
@@ -296,22 +297,24 @@ def prune_runs(keep: set[str] = frozenset(), newest: int = KEEP_RUNS) -> list[Pa
 def train_tagged_in_child(choice: RunChoice, data: TaggedDataset, out_dir: str,
                           cache_dir: str | Path | None = None,
                           progress: ProgressCallback = no_progress,
-                          cancel: CancelToken | None = None) -> tuple[TrainResult | None,
-                                                                      tuple[str, ...]]:
+                          cancel: CancelToken | None = None,
+                          formats: tuple[str, ...] = ("keras",)) -> tuple[TrainResult | None,
+                                                                           tuple[str, ...]]:
     """The child-process half of :func:`train_tagged_isolated`: train, then write the model
-    folder (the Keras form, its scores kept) to ``out_dir``. Returns the run's result without
+    folder (``formats``, its scores kept) to ``out_dir``. Returns the run's result without
     its Keras objects (None when stopped before an epoch ended) and its warnings."""
     model, _cache = train_tagged(choice, data, cache_dir, progress, cancel)
     if not model.result.epochs_run:
         return None, model.training_warnings
-    model.export(out_dir, ("keras",))
+    model.export(out_dir, formats)
     return replace(model.result, head=None, model=None, base=None), model.training_warnings
 
 
 def train_tagged_isolated(choice: RunChoice, data: TaggedDataset, out_dir: str | Path,
                           cache_dir: str | Path | None = None,
                           progress: ProgressCallback = no_progress,
-                          cancel: CancelToken | None = None) -> TrainedTags | None:
+                          cancel: CancelToken | None = None,
+                          formats: tuple[str, ...] = ("keras",)) -> TrainedTags | None:
     """Train a multi-label head on a tagged folder in a child process (TensorFlow would hold
     a window's GIL for ~150 ms at a time), keep it as the model folder ``out_dir`` and open
     it: the model the window's pages show (its tag sets, curves and per-tag scores) is that
@@ -320,7 +323,8 @@ def train_tagged_isolated(choice: RunChoice, data: TaggedDataset, out_dir: str |
     from app.core.pipeline.opened import open_model
 
     result, warnings = run_isolated(train_tagged_in_child, {
-        "choice": choice, "data": data, "out_dir": str(out_dir), "cache_dir": cache_dir},
+        "choice": choice, "data": data, "out_dir": str(out_dir), "cache_dir": cache_dir,
+        "formats": tuple(formats)},
         progress, cancel)
     if result is None:
         return None
