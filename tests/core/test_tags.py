@@ -287,3 +287,33 @@ def test_a_multi_label_folders_kept_scores_are_read_or_refused_with_why(tmp_path
         assert scores.error_photos("cat", "dog") == []  # a.jpg lacks dog, given nothing extra
     else:
         assert scores is None and "is damaged" in why and message in why
+
+
+def test_kept_answers_measure_the_scores_again_at_other_thresholds(tmp_path):
+    """A tag's threshold moved on the Evaluate page: the kept test answers give each tag's
+    precision, recall and F1 and the set scores at the new thresholds (as scoring them anew
+    does); the ranking scores stay as kept."""
+    import json
+
+    from app.core.pipeline.review import saved_tag_scores
+    from app.core.trust.tags import score_tags
+
+    probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.3, 0.45], [0.55, 0.1]])
+    targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    paths = [f"p{i}.jpg" for i in range(4)]
+    ev = score_tags(["cat", "dog"], targets, probs, paths, [0.5, 0.5])
+    doc = {"task": "multi-label", **ev.as_dict(answers=True)}
+    (tmp_path / "evaluation.json").write_text(json.dumps(doc), "utf-8")
+    kept, why = saved_tag_scores(tmp_path, ["cat", "dog"], [0.5, 0.5])
+    assert why == "" and kept.answers is not None
+    moved = kept.at({"cat": 0.58, "dog": 0.4})
+    fresh = score_tags(["cat", "dog"], targets, probs, paths, [0.58, 0.4])
+    assert moved.per_tag["cat"]["recall"] == fresh.per_tag["cat"]["recall"] == 0.5
+    assert moved.per_tag["dog"]["precision"] == fresh.per_tag["dog"]["precision"] == 1.0
+    assert moved.scores["micro_f1"] == fresh.micro_f1 != kept.scores["micro_f1"]
+    assert moved.scores["map"] == kept.scores["map"] and moved.thresholds == {"cat": 0.58,
+                                                                             "dog": 0.4}
+    assert [e["path"] for e in moved.errors] == [e["path"] for e in fresh.errors]
+    doc["answers"]["targets"][0] = [1, 2]  # not 0/1: the whole kept evaluation is refused
+    (tmp_path / "evaluation.json").write_text(json.dumps(doc), "utf-8")
+    assert saved_tag_scores(tmp_path, ["cat", "dog"], [0.5, 0.5])[0] is None

@@ -187,6 +187,7 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     again = kept.at({**kept.thresholds, "red": 0.99})
     assert page.per_class.item(red, 2).text() == percent(again.per_tag["red"]["recall"])
     assert page.scores["balanced_accuracy"].text() == percent(again.scores["micro_f1"])
+    assert page.scores["main_accuracy"].text() == percent(kept.scores["map"])  # no threshold
     assert page.keep_thresholds.isVisibleTo(page)
     generation = slot.generation
     page.keep_thresholds.click()

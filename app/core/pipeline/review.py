@@ -227,9 +227,12 @@ class SavedTagScores:
         ev = score_tags(tags, targets, probs, list(paths), [thresholds[t] for t in tags],
                         rule=THRESHOLDS_BY_HAND)
         scores = {k: getattr(ev, k) for k in TAG_SCORES}
-        scores["unknown_rate"] = self.scores.get("unknown_rate")
+        # the ranking scores as kept (the answers are kept rounded: ties would move them)
+        for k in ("map", "unknown_rate"):
+            scores[k] = self.scores.get(k)
         per_tag = {t: {"support": ev.per_tag[t]["support"],
-                       **{k: ev.per_tag[t][k] for k in PER_TAG}} for t in tags}
+                       **{k: ev.per_tag[t][k] for k in PER_TAG},
+                       "ap": self.per_tag[t].get("ap")} for t in tags}
         return SavedTagScores(ev.count, scores, per_tag, THRESHOLDS_BY_HAND, ev.confused,
                               tuple(ev.errors), self.answers)
 

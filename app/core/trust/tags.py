@@ -242,7 +242,7 @@ def score_tags(tags: list[str], targets: np.ndarray, probs: np.ndarray, paths: l
         threshold_rule=rule,
         none_rate=_r(float((~pred.any(axis=1)).mean())),
         unknown_rate=unknown_rate,
-        answers={"paths": list(paths), "probabilities": np.round(probs, 4).tolist(),
+        answers={"paths": list(paths), "probabilities": np.round(probs, 6).tolist(),
                  "targets": y.astype(int).tolist()})
 
 

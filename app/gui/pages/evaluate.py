@@ -106,7 +106,7 @@ class EvaluatePage(QWidget):
         self.keep_thresholds.setToolTip("Write the tags' thresholds as the sliders stand into "
                                         "the model folder: its answers use them from now on")
         self.keep_thresholds.clicked.connect(self.keep_thresholds_requested)
-        self.reset_thresholds = QPushButton("Kept thresholds")
+        self.reset_thresholds = QPushButton("Reset thresholds")
         self.reset_thresholds.setToolTip("Back to the thresholds the model folder holds")
         self.reset_thresholds.clicked.connect(self.reset_thresholds_requested)
         self.sliders: dict = {}  # tag -> its threshold slider (a tag model keeping answers)
@@ -166,11 +166,12 @@ class EvaluatePage(QWidget):
         self.tabs.addTab(fixes, "Moves")
         self.tabs.setMinimumHeight(210)  # the same height whichever tab is open; 720 px fit
 
-        tables = QHBoxLayout()
+        tables = self.tables = QHBoxLayout()
         self.confusion_box = QWidget()  # hidden for a tag model: the others take its room
         left = QVBoxLayout(self.confusion_box)
         left.setContentsMargins(0, 0, 0, 0)
         self.confusion_title = QLabel(CONFUSION_TITLE)
+        self.confusion_title.setWordWrap(True)  # a long title must not widen its table
         left.addWidget(self.confusion_title)
         left.addWidget(self.confusion)
         middle = QVBoxLayout()
@@ -241,12 +242,17 @@ class EvaluatePage(QWidget):
         self.per_class.resizeColumnsToContents()
         show_tag_errors(self, scores)
         add_threshold_sliders(self, scores)
+        self.trust.show_tag_calibration()
+        for i, stretch in enumerate((3, 4, 2)):  # the per-tag table and its sliders: room
+            self.tables.setStretch(i, stretch)
         self.keep_thresholds.setVisible(False)
         self.reset_thresholds.setVisible(False)
         self.note.setText(f"Model: <b>{_html(source)}</b>. {_html(note)}{_html(more)}")
         self.export.setEnabled(True)
 
     def _captions(self, scores, columns: list[str], title: str) -> None:
+        for i, stretch in enumerate((3, 2, 3)):
+            self.tables.setStretch(i, stretch)
         for (slot, _, _), (_, caption, tip) in zip(SCORES, scores):
             self.captions[slot].setText(caption)
             self.captions[slot].setToolTip(tip)

@@ -62,6 +62,9 @@ def add_threshold_sliders(page, scores) -> None:
     from what the controller measures (:func:`show_tag_numbers`)."""
     page.sliders = {}
     if scores.answers is None:
+        page.per_class.horizontalHeaderItem(THRESHOLD_COLUMN).setToolTip(
+            "This model folder keeps no test answers (written by an earlier version), so "
+            "its thresholds cannot be moved here; train it again to move them")
         return
     for row, (tag, pt) in enumerate(scores.per_tag.items()):
         cell = QWidget()
@@ -69,13 +72,14 @@ def add_threshold_sliders(page, scores) -> None:
         layout.setContentsMargins(2, 0, 2, 0)
         slider = QSlider(Qt.Orientation.Horizontal)
         slider.setRange(1, 99)
-        slider.setMinimumWidth(90)
+        slider.setMinimumWidth(80)
         slider.setValue(round(float(pt["threshold"]) * 100))
         slider.setToolTip(f"{shown(tag)} is given at or above this probability: move it to "
                           "see the test scores at another threshold (Keep writes it into the "
                           "model folder)" + (f". Chosen: {shown(scores.threshold_rule)}"
                                              if scores.threshold_rule else ""))
         value = QLabel(f"{slider.value() / 100:.2f}")
+        value.setFixedWidth(value.fontMetrics().horizontalAdvance("0.000"))
         slider.valueChanged.connect(lambda v, t=tag, label=value: (
             label.setText(f"{v / 100:.2f}"), page.tag_threshold_moved.emit(t, v / 100)))
         layout.addWidget(slider, 1)
@@ -83,7 +87,7 @@ def add_threshold_sliders(page, scores) -> None:
         page.per_class.setItem(row, THRESHOLD_COLUMN, QTableWidgetItem(""))
         page.per_class.setCellWidget(row, THRESHOLD_COLUMN, cell)
         page.sliders[tag] = slider
-    page.per_class.setColumnWidth(THRESHOLD_COLUMN, 140)
+    page.per_class.setColumnWidth(THRESHOLD_COLUMN, 150)
 
 
 def show_tag_numbers(page, scores, moved: bool) -> None:

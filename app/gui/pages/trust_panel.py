@@ -47,8 +47,8 @@ class TrustPanel(QWidget):
         self.method: str | None = None
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(0, 0, 0, 0)
-        self._layout.addWidget(QLabel("<b>Are its probabilities right?</b> (reliability, "
-                                      "test images)"))
+        self.title = QLabel("<b>Are its probabilities right?</b> (reliability, test images)")
+        self._layout.addWidget(self.title)
         self._layout.addWidget(self.ece)
         self._layout.addWidget(QLabel("<b>“Unknown” threshold</b>"))
         row = QHBoxLayout()
@@ -84,7 +84,7 @@ class TrustPanel(QWidget):
             entries.append(f"<span style='color:{colour}'>●— {name}</span>")
         # the legend is a line of text above the plot: inside it, it hid the curves (seen with
         # a model too sure at the top left and one not sure enough at the bottom right)
-        legend = QLabel(" &nbsp; ".join(entries))
+        legend = self.legend = QLabel(" &nbsp; ".join(entries))
         self._layout.insertWidget(1, legend)
         self._layout.insertWidget(2, self.plot, 1)
 
@@ -95,6 +95,9 @@ class TrustPanel(QWidget):
             self._build_plot()
         import pyqtgraph as pg
 
+        for w in (self.plot, self.legend):
+            w.setVisible(True)
+        self.title.setText("<b>Are its probabilities right?</b> (reliability, test images)")
         for label in self.count_labels:
             self.plot.removeItem(label)
         self.count_labels = []
@@ -126,6 +129,17 @@ class TrustPanel(QWidget):
             f"{self.ece.toolTip().split(chr(10))[0]}\nThe probabilities are softmax(logits / "
             f"T), T fitted on the validation images: "
             f"{'T > 1 softens over-confident' if t > 1 else 'T < 1 sharpens timid'} answers.")
+
+    def show_tag_calibration(self) -> None:
+        """A model of several tags a photo: no reliability curve of one answer a photo; what
+        calibrates its probabilities, in words."""
+        for w in (self.plot, getattr(self, "legend", None)):
+            if w is not None:
+                w.setVisible(False)
+        self.title.setText("<b>Its probabilities</b>")
+        self.ece.setText("Each tag's probability is calibrated by a temperature of its own, "
+                         "fitted on the validation photos; a tag is given at or above its "
+                         "threshold (the sliders beside).")
 
     def set_threshold_range(self, scale, threshold: float | None, method: str | None,
                             why: str = "") -> None:
