@@ -624,7 +624,6 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
         create_class,
         file_photos,
         operations,
-        undo,
     )
 
     if args.seed < 0:
@@ -645,12 +644,7 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 
     if args.operations:
         return _print_operations(args, operations(args.data_dir))
-    if args.undo is not None:
-        result = undo(args.data_dir, operation=args.undo or None, progress=bar, cancel=cancel)
-        doc["undone"] = result.as_dict()
-        for m, why in result.kept:
-            bar.line(f"left {m.target}: {why}")
-        bar.line(result.summary())
+    _label_undo(args, doc, bar, cancel)
     requests = []
     for item in args.assign:
         photo, sep, cls = item.rpartition("=")
@@ -740,7 +734,7 @@ def cmd_label(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -
 def _label_tags(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken) -> int:
     """``label --multi-label``: tag photos (one undoable operation), undo, list operations,
     and what to tag next with each tag's probability."""
-    from app.core.intake.filing import operations, undo
+    from app.core.intake.filing import operations
     from app.core.intake.journal import LabelError
     from app.core.intake.tagging import TagRequest, tag_photos
     from app.core.intake.tags import SEPARATOR
@@ -757,12 +751,7 @@ def _label_tags(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
     if args.operations:
         return _print_operations(args, operations(args.data_dir))
     doc: dict = {"mode": "multi-label", "done": [], "refused": []}
-    if args.undo is not None:
-        result = undo(args.data_dir, operation=args.undo or None, progress=bar, cancel=cancel)
-        doc["undone"] = result.as_dict()
-        for m, why in result.kept:
-            bar.line(f"left {m.target}: {why}")
-        bar.line(result.summary())
+    _label_undo(args, doc, bar, cancel)
     requests = []
     for item in args.assign:
         photo, sep, tags = item.partition("=")
@@ -823,6 +812,21 @@ def _label_tags(args: argparse.Namespace, bar: ProgressBar, cancel: CancelToken)
                     + ("" if q["calibrated"] else " rough"))
         _say(f"  {q['path']}{hint}  [{q['why']}]")
     return EXIT_OK
+
+
+def _label_undo(args: argparse.Namespace, doc: dict, bar: ProgressBar,
+                cancel: CancelToken) -> None:
+    """``label --undo [ID]``: take back the latest operation (or that one), filing or
+    tagging alike."""
+    from app.core.intake.filing import undo
+
+    if args.undo is None:
+        return
+    result = undo(args.data_dir, operation=args.undo or None, progress=bar, cancel=cancel)
+    doc["undone"] = result.as_dict()
+    for m, why in result.kept:
+        bar.line(f"left {m.target}: {why}")
+    bar.line(result.summary())
 
 
 def _print_operations(args: argparse.Namespace, ops) -> int:

@@ -16,6 +16,7 @@ from app.core.intake.journal import LabelError
 from app.core.intake.tagging import TagRequest, tag_photos
 from app.core.intake.tags import read_tags, scan_tagged
 from tests.conftest import make_image
+from tests.core.test_labeling import _label_cli
 
 FOREIGN = ["# a note the user keeps,with,three cells\n", "zz.jpg,old;row;spaces \n"]
 
@@ -183,22 +184,6 @@ def test_any_tags_and_undos_keep_the_users_lines_and_undoing_all_restores(tmp_pa
         kept += len(undo(root).kept)
     if not kept:  # a row changed by a later operation and kept by an undo stays as it is
         assert _rows(labels) == start
-
-
-def _label_cli(*args):
-    import io
-    import sys
-
-    from app import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
-    try:
-        code = cli.main(["label", *map(str, args)])
-    finally:
-        sys.stdout, sys.stderr = old
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_label_multi_label_on_the_command_line_tags_asks_and_undoes(tmp_path):

@@ -167,6 +167,20 @@ def _relative(root: Path, path: Path, loose: bool = False) -> str:
     return check_relative(root, rel.as_posix(), loose=loose)
 
 
+def content_shown(image: Path, expected: str | None) -> str:
+    """``image``'s content digest, checked to be the content the user saw (``expected``,
+    when known); :class:`LabelError` when it cannot be read or has changed."""
+    try:
+        digest = _digest(image)
+    except OSError as exc:
+        raise LabelError(os_error_message(exc, f"{shown(image)} could not be read")
+                         + "; nothing was changed") from exc
+    if expected is not None and digest != expected:
+        raise LabelError(f"{shown(image)} changed since it was listed (not the photo shown); "
+                         "nothing was changed: look at it again")
+    return digest
+
+
 def content_key(digest: str, folder: str | None = None) -> str:
     """How filing tells content apart: by its digest (a photo goes into one class), or, for
     a sort by tags (a photo copied into every tag folder it gets), by digest and folder."""
@@ -196,14 +210,7 @@ def _plan(root: Path, req: Request, copy: bool | None, filed: dict[str, str],
         raise LabelError(f"{shown(image)} is a link; the app never moves links")
     if not image.is_file():
         raise LabelError(f"{shown(image)} no longer exists; nothing was changed")
-    try:
-        digest = _digest(image)
-    except OSError as exc:
-        raise LabelError(os_error_message(exc, f"{shown(image)} could not be read")
-                         + "; nothing was changed") from exc
-    if req.digest is not None and digest != req.digest:
-        raise LabelError(f"{shown(image)} changed since it was listed (not the photo shown); "
-                         "nothing was changed: look at it again")
+    digest = content_shown(image, req.digest)
     where = filed.get(content_key(digest, cls if per_folder else None))
     if where is not None and where != source and per_folder:
         raise LabelError(f"{shown(image.name)} is in {shown(cls)!r} already, as {shown(where)}")

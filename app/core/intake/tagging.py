@@ -22,7 +22,7 @@ from app.core.base.errors import os_error_message, shown
 from app.core.base.jobs import CancelToken
 from app.core.intake import journal
 from app.core.intake.dataset import TAGS_FILE
-from app.core.intake.filing import Filing, _digest, _photos, _root
+from app.core.intake.filing import Filing, _photos, _root, content_shown
 from app.core.intake.journal import CHUNK, LabelError, Move, check_relative
 from app.core.intake.tags import (
     current_tags,
@@ -159,14 +159,7 @@ def _plan(root: Path, base: Path, source: str, req: TagRequest,
     if image.is_symlink() or not image.is_file():
         raise LabelError(f"{shown(image)} is not a photo file (gone, or a link); nothing was "
                          "changed")
-    try:
-        digest = _digest(image)
-    except OSError as exc:
-        raise LabelError(os_error_message(exc, f"{shown(image)} could not be read")
-                         + "; nothing was changed") from exc
-    if req.digest is not None and digest != req.digest:
-        raise LabelError(f"{shown(image)} changed since it was listed (not the photo shown); "
-                         "nothing was changed: look at it again")
+    digest = content_shown(image, req.digest)
     key = rel
     if key not in listed and image.name in listed:  # listed by its bare name
         key = image.name

@@ -58,23 +58,33 @@ def set_unknown_threshold(folder: str | Path, threshold: float) -> bool:
     answers "unknown" with it from now on; the fitted one stays as ``fitted_threshold``. The
     new metadata.json replaces the old by rename. False (nothing touched) when ``folder`` is
     not a model folder of this app or has no unknown test."""
-    folder = Path(folder)
-    if not is_model_folder(folder):
-        return False
-    path = folder / "metadata.json"
-    meta = json.loads(path.read_text("utf-8"))
-    unknown = meta.get("unknown")
+    meta = _our_metadata(folder)
+    unknown = meta.get("unknown") if meta is not None else None
     if not isinstance(unknown, dict) or not unknown.get("method"):
         return False
     _move_threshold(unknown, threshold)
-    # beside the folder, not in it: a crash must not leave a stray file inside a model folder
-    tmp = _scratch(folder, "metadata", ".json")
+    _replace_json(Path(folder), "metadata.json", meta)
+    return True
+
+
+def _our_metadata(folder: str | Path) -> dict | None:
+    """A model folder of this app's metadata.json, or None when it is not one."""
+    folder = Path(folder)
+    if not is_model_folder(folder):
+        return None
+    return json.loads((folder / "metadata.json").read_text("utf-8"))
+
+
+def _replace_json(folder: Path, name: str, doc: dict) -> None:
+    """Write ``doc`` as ``folder/name`` by rename, from a scratch file beside the folder,
+    not in it (a crash must not leave a stray file inside a model folder)."""
+    tmp = _scratch(folder, Path(name).stem, ".json")
     try:
-        tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
-        os.replace(tmp, path)
+        tmp.write_text(json.dumps(doc, indent=2 if name == "metadata.json" else None,
+                                  ensure_ascii=False, allow_nan=False), "utf-8")
+        os.replace(tmp, folder / name)
     finally:
         tmp.unlink(missing_ok=True)
-    return True
 
 
 def set_tag_thresholds(folder: str | Path, thresholds: dict[str, float], rule: str,
@@ -85,26 +95,16 @@ def set_tag_thresholds(folder: str | Path, thresholds: dict[str, float], rule: s
     replaced by rename (a crash between leaves thresholds that differ, which the folder's
     reader refuses with why, never scores of other thresholds). False, nothing touched, when
     ``folder`` is not a model folder of this app or not one of these tags."""
-    folder = Path(folder)
-    if not is_model_folder(folder):
-        return False
-    path = folder / "metadata.json"
-    meta = json.loads(path.read_text("utf-8"))
-    old = meta.get("thresholds")
-    if meta.get("task") != "multi-label" or not isinstance(old, dict) \
+    meta = _our_metadata(folder)
+    old = meta.get("thresholds") if meta is not None else None
+    if meta is None or meta.get("task") != "multi-label" or not isinstance(old, dict) \
             or sorted(old) != sorted(thresholds):
         return False
     meta.setdefault("fitted_thresholds", dict(old))
     meta["thresholds"] = {t: float(thresholds[t]) for t in old}
     meta["threshold_rule"] = rule
     for name, doc in ((EVALUATION_FILE, evaluation), ("metadata.json", meta)):
-        tmp = _scratch(folder, Path(name).stem, ".json")
-        try:
-            tmp.write_text(json.dumps(doc, indent=2 if name == "metadata.json" else None,
-                                      ensure_ascii=False, allow_nan=False), "utf-8")
-            os.replace(tmp, folder / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _replace_json(Path(folder), name, doc)
     return True
 
 
