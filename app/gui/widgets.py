@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QMimeData, QStandardPaths
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QLabel
 
 
@@ -102,3 +103,13 @@ def unique_mnemonics(page, taken: set[str]) -> None:
             continue
         used.add(plain[spot].lower())
         set_text(w, (plain[:spot] + "&" + plain[spot:]).replace("\0", "&&"))
+
+
+def heat_colour(fraction: float, diagonal: bool) -> QColor:
+    """White to blue on the diagonal (right), white to red off it (confusions)."""
+    if fraction <= 0:
+        return QColor(0, 0, 0, 0)
+    base = QColor(31, 119, 180) if diagonal else QColor(214, 39, 40)
+    t = 0.15 + 0.85 * fraction
+    return QColor(int(255 + (base.red() - 255) * t), int(255 + (base.green() - 255) * t),
+                  int(255 + (base.blue() - 255) * t))

@@ -300,3 +300,28 @@ def test_pruning_the_windows_runs_removes_only_old_run_folders_of_its_own():
     removed = prune_runs(keep={str(made[0])}, newest=3)
     assert sorted(removed) == [made[1]]
     assert all(p.is_dir() for p in (made[0], *made[2:], foreign, no_model))
+
+
+def test_a_row_the_file_cannot_read_is_never_written_over_nor_a_name_shared(tmp_path):
+    """The review's three: a row left out as unreadable (a tag 'animal/cat') still names the
+    photo: tagging it is refused (fix that line first) and the row stays; a form feed inside
+    a note shifts no row (the csv reader's lines); a bare name matching two photos names
+    neither, so tagging one adds its own row and leaves the user's row alone."""
+    root = _folder(tmp_path / "data")
+    labels = root / "labels.csv"
+    text = "file,tags\nphotos/p0.png,animal/cat;outdoor\n# note\f here,\nphotos/p1.png,x\n"
+    labels.write_text(text)
+    p0, p1 = (str(root / "photos" / f"p{i}.png") for i in range(2))
+    filing = tag_photos(root, [TagRequest(p0, ("dog",)), TagRequest(p1, ("y",))])
+    assert "line 2 of labels.csv lists photos/p0.png but cannot be read" in filing.refused[0][1]
+    assert labels.read_text() == text.replace("photos/p1.png,x", "photos/p1.png,y")
+    undo(root)
+    assert labels.read_text() == text
+    make_image(root / "other" / "p2.png", (9, 9, 9), size=(12, 10), seed=9)
+    labels.write_text("file,tags\np2.png,cat\n")
+    tag_photos(root, [TagRequest(str(root / "photos" / "p2.png"), ("dog",))])
+    assert labels.read_text() == "file,tags\np2.png,cat\nphotos/p2.png,dog\n"
+    (root / "broken.csv").write_text('file,tags\n"a.png,cat\n')  # a quote never closed
+    refused = tag_photos(root, [TagRequest(p1, ("z",))], labels="broken.csv").refused
+    assert "would not read back as meant" in refused[0][1]
+    assert (root / "broken.csv").read_text() == 'file,tags\n"a.png,cat\n'

@@ -38,6 +38,7 @@ from app.core.intake.journal import (
     Operation,
     check_relative,
 )
+from app.core.intake.tags import current_tags, edit_tags
 
 
 def _root(data_dir: str | Path) -> Path:
@@ -524,8 +525,6 @@ def undo(data_dir: str | Path, operation: str | None = None,
         meter = RateMeter(len(op.moves))
         tagged = [m for m in op.moves if m.op == "tags"]
         if tagged:  # the photos never moved: their rows in the tags file, one rewrite
-            from app.core.intake.tagging import untag
-
             try:
                 result.undone, result.kept = untag(root, tagged)
             except LabelError as exc:
@@ -565,6 +564,55 @@ def undo(data_dir: str | Path, operation: str | None = None,
         lock.clear()
         _drop_emptied(root, result.undone)
     return result
+
+
+def untag(root: Path, items: list[Move]) -> tuple[list[Move], list[tuple[Move, str]]]:
+    """Take back ``tags`` items (of one operation): each row set back to its tags before
+    while it holds the tags the item gave it; one that holds its tags before already is
+    counted as taken back; any other is kept, with why. One rewrite per tags file. Raises
+    :class:`LabelError` when a file cannot be written (nothing of it changed)."""
+    undone: list[Move] = []
+    kept: list[tuple[Move, str]] = []
+    for source in dict.fromkeys(m.source for m in items):
+        group = [m for m in items if m.source == source]
+        try:
+            path = root / check_relative(root, source, loose=True)
+        except LabelError as exc:
+            kept += [(m, str(exc)) for m in group]
+            continue
+        if not path.is_file() or path.is_symlink():
+            kept += [(m, f"the tags file {shown(path)} is gone; nothing to take back")
+                     for m in group]
+            continue
+        now = current_tags(path, [m.target for m in group])
+        changes: dict[str, tuple[str, ...] | None] = {}
+        back: list[Move] = []
+        for m in group:
+            at = now.get(m.target)
+            if at == m.before:
+                undone.append(m)
+            elif at == m.after:
+                changes[m.target] = m.before
+                back.append(m)
+            else:
+                kept.append((m, f"{shown(m.target)} was tagged {_tags(at)} since (not "
+                                f"{_tags(m.after)}), so its tags stay"))
+        if changes:
+            try:
+                edit_tags(path, changes)
+            except OSError as exc:
+                raise LabelError(os_error_message(exc, f"the tags file {shown(path)} could "
+                                                       "not be written")) from exc
+            except ValueError as exc:  # it would not read back as meant: left as it is
+                raise LabelError(str(exc)) from exc
+        undone += back
+    return undone, kept
+
+
+def _tags(tags: tuple[str, ...] | None) -> str:
+    if tags is None:
+        return "not at all"
+    return "; ".join(tags) if tags else "none of these"
 
 
 def _drop_emptied(root: Path, undone: list[Move]) -> None:

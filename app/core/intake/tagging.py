@@ -7,13 +7,14 @@ of photos tagged from the command line) is one *operation* in the data folder's 
 each photo's row in the tags file with its tags before and after. The file is then changed
 once (:func:`~app.core.intake.tags.edit_tags`: only those rows, replaced by rename).
 
-:func:`app.core.intake.filing.undo` takes an operation back through :func:`untag`: a row is
-set back to its tags before only while it still holds the tags the operation gave it; a row
+:func:`app.core.intake.filing.undo` takes an operation back (its ``untag``): a row is set
+back to its tags before only while it still holds the tags the operation gave it; a row
 changed since (by hand, or by a later operation) is reported and left as it is.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,6 @@ from app.core.intake.dataset import TAGS_FILE
 from app.core.intake.filing import Filing, _photos, _root, content_shown
 from app.core.intake.journal import CHUNK, LabelError, Move, check_relative
 from app.core.intake.tags import (
-    current_tags,
     edit_tags,
     read_tags,
     row_key,
@@ -44,13 +44,15 @@ class TagRequest:
 
 
 def tags_file_in(data_dir: str | Path, labels: str | Path | None = None) -> Path:
-    """The tags file tagging writes: ``labels`` (relative to the data folder unless absolute)
-    or the folder's ``labels.csv``; it must lie in the data folder or one folder below it (the
-    journal names it), and may not exist yet."""
+    """The tags file tagging writes: ``labels`` (read as training reads it: as given when
+    that file exists, else relative to the data folder) or the folder's ``labels.csv``; it
+    must lie in the data folder or one folder below it (the journal names it), and may not
+    exist yet."""
     root = _root(data_dir)
     path = Path(labels).expanduser() if labels else root / TAGS_FILE
-    if not path.is_absolute():
+    if not path.is_absolute() and not path.exists():
         path = root / path
+    path = path.absolute()
     path = path.parent.resolve() / path.name
     try:
         rel = path.relative_to(root).as_posix()
@@ -80,10 +82,16 @@ def tag_photos(data_dir: str | Path, requests: Iterable[TagRequest],
     filing = Filing("", kind, title or f"Tagged {_photos(len(requests))}")
     source = path.relative_to(root).as_posix()
     with journal.locked(root) as lock:
-        rows = read_tags(path).rows if path.exists() else []
+        found = read_tags(path) if path.exists() else None
+        if found is not None and found.unreadable:  # a write could bury what it cannot read
+            why = (f"{shown(path)} cannot be read whole ({found.findings[0].message}); "
+                   "nothing was changed: fix it first")
+            filing.refused = [(str(r.photo), why) for r in requests]
+            return filing
         listed: dict[str, tuple[str, ...]] = {}
-        for row in rows:
+        for row in found.rows if found is not None else []:
             listed.setdefault(row_key(row.file), row.tags)
+        left_out = found.left_out if found is not None else {}
         planned: list[tuple[Move, str]] = []
         seen: set[str] = set()
         operation = journal.new_id()
@@ -92,7 +100,7 @@ def tag_photos(data_dir: str | Path, requests: Iterable[TagRequest],
                 filing.cancelled = True
                 break
             try:
-                item = _plan(root, base, source, req, listed, seen, operation)
+                item = _plan(root, base, source, req, listed, seen, operation, left_out)
             except LabelError as exc:
                 filing.refused.append((str(req.photo), str(exc)))
                 continue
@@ -119,7 +127,7 @@ def tag_photos(data_dir: str | Path, requests: Iterable[TagRequest],
             edit_tags(path, {m.target: m.after for m, _p in planned})
         except (OSError, ValueError) as exc:
             why = (os_error_message(exc, f"the tags file {shown(path)} could not be written")
-                   if isinstance(exc, OSError) else str(exc)) + "; nothing was changed"
+                   + "; nothing was changed" if isinstance(exc, OSError) else str(exc))
             filing.refused += [(photo, why) for _m, photo in planned]
             _abort(root, [m.id for m, _p in planned])
             filing.operation = ""
@@ -130,6 +138,18 @@ def tag_photos(data_dir: str | Path, requests: Iterable[TagRequest],
     return filing
 
 
+def _only_one(base: Path, image: Path) -> bool:
+    """Whether ``image`` is the only file of its name below ``base`` (a bare name in the tags
+    file names it then, as the folder's reading takes it)."""
+    seen = 0
+    for _folder, dirs, files in os.walk(base):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        seen += files.count(image.name)
+        if seen > 1:
+            return False
+    return True
+
+
 def _abort(root: Path, ids: list[str]) -> None:
     try:
         journal.write_end(root, "abort", ids)
@@ -138,8 +158,8 @@ def _abort(root: Path, ids: list[str]) -> None:
 
 
 def _plan(root: Path, base: Path, source: str, req: TagRequest,
-          listed: dict[str, tuple[str, ...]], seen: set[str], operation: str
-          ) -> Move | None:
+          listed: dict[str, tuple[str, ...]], seen: set[str], operation: str,
+          left_out: dict[str, int]) -> Move | None:
     """The ``tags`` item for ``req`` (None: its row holds those tags already), or
     :class:`LabelError`: why it is refused. Nothing is changed here."""
     tags = tuple(sorted({t.strip() for t in req.tags if t.strip()}))
@@ -160,9 +180,14 @@ def _plan(root: Path, base: Path, source: str, req: TagRequest,
         raise LabelError(f"{shown(image)} is not a photo file (gone, or a link); nothing was "
                          "changed")
     digest = content_shown(image, req.digest)
+    for name in (rel, image.name):  # a row of it the file could not read is never written over
+        if name in left_out:
+            raise LabelError(f"line {left_out[name]} of {shown(source)} lists {shown(name)} "
+                             "but cannot be read (see the folder's checks): fix that line "
+                             "first; nothing was changed")
     key = rel
-    if key not in listed and image.name in listed:  # listed by its bare name
-        key = image.name
+    if key not in listed and image.name in listed and _only_one(base, image):
+        key = image.name  # listed by its bare name, which names this photo alone
     if key in seen:
         raise LabelError(f"{shown(image.name)} is asked twice in one go; the first counts")
     seen.add(key)
@@ -171,50 +196,3 @@ def _plan(root: Path, base: Path, source: str, req: TagRequest,
         return None
     return Move(source, journal.row_name(key), journal.new_id(), "tags", digest, operation,
                 before, tags)
-
-
-def untag(root: Path, items: list[Move]) -> tuple[list[Move], list[tuple[Move, str]]]:
-    """Take back ``tags`` items (of one operation): each row set back to its tags before
-    while it holds the tags the item gave it; one that holds its tags before already is
-    counted as taken back; any other is kept, with why. One rewrite per tags file. Raises
-    :class:`LabelError` when a file cannot be written (nothing of it changed)."""
-    undone: list[Move] = []
-    kept: list[tuple[Move, str]] = []
-    for source in dict.fromkeys(m.source for m in items):
-        group = [m for m in items if m.source == source]
-        try:
-            path = root / check_relative(root, source, loose=True)
-        except LabelError as exc:
-            kept += [(m, str(exc)) for m in group]
-            continue
-        if not path.is_file() or path.is_symlink():
-            kept += [(m, f"the tags file {shown(path)} is gone; nothing to take back")
-                     for m in group]
-            continue
-        now = current_tags(path, [m.target for m in group])
-        changes: dict[str, tuple[str, ...] | None] = {}
-        back: list[Move] = []
-        for m in group:
-            at = now.get(m.target)
-            if at == m.before:
-                undone.append(m)
-            elif at == m.after:
-                changes[m.target] = m.before
-                back.append(m)
-            else:
-                kept.append((m, f"{shown(m.target)} was tagged {_tags(at)} since (not "
-                                f"{_tags(m.after)}), so its tags stay"))
-        if changes:
-            try:
-                edit_tags(path, changes)
-            except OSError as exc:
-                raise LabelError(os_error_message(exc, f"the tags file {shown(path)} could "
-                                                       "not be written")) from exc
-        undone += back
-    return undone, kept
-
-
-def _tags(tags: tuple[str, ...] | None) -> str:
-    if tags is None:
-        return "not at all"
-    return "; ".join(tags) if tags else "none of these"

@@ -69,6 +69,39 @@ class TagsFile:
     path: Path
     rows: list[TagRow] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    # rows that name a file but were left out (their line): tagging never writes over them
+    left_out: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unreadable(self) -> bool:
+        """The file could not be read (whole or in part): nothing may be written to it."""
+        return any(f.level == "error" for f in self.findings)
+
+
+def parse_row(cells: list[str]) -> tuple[str, tuple[str, ...]] | tuple[str, str] | None:
+    """One record of a tags file: (file, its tags) when usable; (file, why not) when it names
+    a file but cannot be used; None for a record that names no file (blank, or no 'file,tags'
+    row). The one reading of a row, for reading the file and for editing it."""
+    if not cells or not any(c.strip() for c in cells):
+        return None
+    name = cells[0].strip()
+    if not name:
+        return None
+    if len(cells) > 2:
+        return name, "is not 'file,tags'"
+    if os.path.isabs(name) or ".." in Path(name).parts or bad_name_reason(name):
+        return name, "names a file outside the folder or with an unusable name"
+    tags: list[str] = []
+    for tag in (cells[1] if len(cells) > 1 else "").split(SEPARATOR):
+        tag = tag.strip()
+        if not tag:
+            continue
+        reason = tag_name_reason(tag)
+        if reason:
+            return name, f"tag {shown(tag)!r} {reason}"
+        if tag not in tags:
+            tags.append(tag)
+    return name, tuple(sorted(tags))
 
 
 def read_tags(path: str | Path) -> TagsFile:
@@ -95,6 +128,12 @@ def read_tags(path: str | Path) -> TagsFile:
         out.findings.append(Finding("error", f"{shown(path)} is not UTF-8 text (byte "
                                              f"{exc.start}): save it as UTF-8 CSV"))
         return out
+    return parse_tags_text(text, path)
+
+
+def parse_tags_text(text: str, path: Path) -> TagsFile:
+    """:func:`read_tags` of the text of the tags file ``path``."""
+    out = TagsFile(path)
     bad_rows: list[str] = []
     bad_tags: list[str] = []
     outside: list[str] = []
@@ -107,28 +146,21 @@ def read_tags(path: str | Path) -> TagsFile:
                 continue
             if number == 1 and [c.strip().lower() for c in row[:2]] == ["file", "tags"]:
                 continue  # the header
-            if len(row) > 2 or not row[0].strip():
+            parsed = parse_row(row)
+            if parsed is None or len(row) > 2:
                 bad_rows.append(f"line {number}: {shown(','.join(row))[:80]}")
+                if parsed is not None:
+                    out.left_out.setdefault(row_key(parsed[0]), number)
                 continue
-            name = row[0].strip()
-            if os.path.isabs(name) or ".." in Path(name).parts or bad_name_reason(name):
-                outside.append(f"line {number}: {shown(name)}")
+            name, tags = parsed
+            if isinstance(tags, str):  # a file named, and why it cannot be used
+                (bad_tags if tags.startswith("tag ") else outside).append(
+                    f"line {number}: {shown(name)}" + (f": {tags}" if tags.startswith("tag ")
+                                                       else ""))
+                # without that tag it would train as a "no" for it: left out
+                out.left_out.setdefault(row_key(name), number)
                 continue
-            tags, refused = [], False
-            for tag in (row[1] if len(row) > 1 else "").split(SEPARATOR):
-                tag = tag.strip()
-                if not tag:
-                    continue
-                reason = tag_name_reason(tag)
-                if reason:
-                    bad_tags.append(f"line {number}: {shown(name)}: tag {shown(tag)!r} "
-                                    f"{reason}")
-                    refused = True
-                elif tag not in tags:
-                    tags.append(tag)
-            if refused:  # without that tag it would train as a "no" for it: left out
-                continue
-            entry = TagRow(name, tuple(sorted(tags)), number)
+            entry = TagRow(name, tags, number)
             first = seen.setdefault(Path(name).as_posix(), entry)
             if first is not entry and first.tags != entry.tags:
                 differing.append(f"{shown(name)} (lines {first.line} and {number})")
@@ -198,7 +230,8 @@ def row_key(name: str) -> str:
 def _records(text: str) -> list[tuple[str, list[str]]]:
     """The file's records as (their exact text, their cells); a record may span lines (a
     quoted newline). Text after a CSV error is one record of no cells (kept as it is)."""
-    lines = text.splitlines(keepends=True)
+    # the same lines the csv reader counts (\n, \r, \r\n; not splitlines' \f, \x85...)
+    lines = io.StringIO(text, newline="").readlines()
     out: list[tuple[str, list[str]]] = []
     reader = csv.reader(io.StringIO(text, newline=""))
     done = 0
@@ -255,10 +288,15 @@ def edit_tags(path: str | Path, changes: dict[str, tuple[str, ...] | None]) -> N
 
     for number, (record, cells) in enumerate(_records(text)):
         key = row_key(cells[0]) if cells and cells[0].strip() else None
-        if (key is None or key not in todo or len(cells) > 2
+        if (key is None or key not in todo
                 or (number == 0 and [c.strip().lower() for c in cells[:2]] == ["file", "tags"])):
             out.append(record)
             continue
+        parsed = parse_row(cells)
+        if parsed is None or isinstance(parsed[1], str):  # a row not read: never written over
+            raise ValueError(f"line {number + 1} of {path.name} lists {cells[0].strip()!r} but "
+                             f"cannot be read ({parsed[1] if parsed else 'no file'}): fix "
+                             "that line first; nothing was changed")
         tags = todo.pop(key)
         if tags is not None:
             ending = newline if record.endswith(("\n", "\r")) else ""
@@ -269,14 +307,33 @@ def edit_tags(path: str | Path, changes: dict[str, tuple[str, ...] | None]) -> N
     if added and out and not out[-1].endswith(("\n", "\r")):
         out[-1] += newline
     out += [row(k, v) for k, v in added]
+    # read back before it replaces anything: each change as meant, every other row as it was
+    # (a quote the user left open would swallow a row added at the end)
+    def rows(text_: str) -> dict[str, tuple[str, ...]]:
+        found: dict[str, tuple[str, ...]] = {}
+        for r in parse_tags_text(text_, path).rows:
+            found.setdefault(row_key(r.file), r.tags)
+        return found
+
+    wanted = {row_key(k): v for k, v in changes.items()}
+    before, after = rows(text), rows("".join(out))
+    wrong = [k for k, v in wanted.items() if v is not None and after.get(k) != tuple(sorted(v))]
+    if wrong or ({k: v for k, v in before.items() if k not in wanted}
+                 != {k: v for k, v in after.items() if k not in wanted}):
+        raise ValueError(f"{path.name} would not read back as meant after the change (an "
+                         "unclosed quote?): nothing was changed; fix the file first")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(bom + "".join(out))
-        f.flush()
-        os.fsync(f.fileno())
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(bom + "".join(out))
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 @dataclass

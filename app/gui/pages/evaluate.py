@@ -26,7 +26,7 @@ from app.core.base.errors import shown
 from app.gui.pages.evaluate_tags import add_threshold_sliders, show_tag_errors
 from app.gui.pages.image_grid import ImageDialog, ImageGrid  # noqa: F401  (ImageDialog: API)
 from app.gui.pages.trust_panel import TrustPanel
-from app.gui.widgets import heading, hint, percent
+from app.gui.widgets import heading, heat_colour, hint, percent
 
 FEW_IMAGES_TIP = ("Fewer than 5 test images: this class's scores can swing by 20% with one "
                   "image; add photos before trusting them")
@@ -308,7 +308,7 @@ class EvaluatePage(QWidget):
             for j, value in enumerate(row):
                 item = QTableWidgetItem(str(value) if value else "")
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-                item.setBackground(QBrush(_heat(value / peak, i == j)))
+                item.setBackground(QBrush(heat_colour(value / peak, i == j)))
                 item.setForeground(QBrush(QColor("white" if value / peak > 0.5 else "black")))
                 item.setToolTip(f"true {ev.labels[i]}, predicted {ev.labels[j]}: {value} "
                                 "(click to see them)")
@@ -384,16 +384,6 @@ class EvaluatePage(QWidget):
     def _cell_clicked(self, row: int, column: int) -> None:
         if row < len(self.labels) and column < len(self.columns):
             self.cell_wanted.emit(self.labels[row], self.columns[column])
-
-
-def _heat(fraction: float, diagonal: bool) -> QColor:
-    """White to blue on the diagonal (right), white to red off it (confusions)."""
-    if fraction <= 0:
-        return QColor(0, 0, 0, 0)
-    base = QColor(31, 119, 180) if diagonal else QColor(214, 39, 40)
-    t = 0.15 + 0.85 * fraction
-    return QColor(int(255 + (base.red() - 255) * t), int(255 + (base.green() - 255) * t),
-                  int(255 + (base.blue() - 255) * t))
 
 
 def _html(text: str) -> str:

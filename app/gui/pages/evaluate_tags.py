@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QHBoxLayout, QHeaderView, QLabel, QSlider, QTableW
 
 from app.core.base.errors import shown
 from app.core.trust.tags import NO_TAG
+from app.gui.widgets import heat_colour
 
 TITLE = ("<b>Given wrongly</b> (rows: a photo's true tag, “(none)”: no tag; columns: a tag "
          "it was given that it does not have)")
@@ -19,8 +20,6 @@ TITLE = ("<b>Given wrongly</b> (rows: a photo's true tag, “(none)”: no tag; 
 def show_tag_errors(page, scores) -> None:
     """Fill ``page`` (an EvaluatePage) from ``scores``: the confusion table of the tags
     given wrongly, and the photos with a wrong tag set."""
-    from app.gui.pages.evaluate import _heat
-
     order = list(scores.per_tag)
     rows = [t for t in [*order, NO_TAG] if scores.confused.get(t)]
     cols = [t for t in order if any(t in r for r in scores.confused.values())]
@@ -37,7 +36,7 @@ def show_tag_errors(page, scores) -> None:
             value = scores.confused[true].get(given, 0)
             item = QTableWidgetItem(str(value) if value else "")
             item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-            item.setBackground(QBrush(_heat(value / peak, False)))
+            item.setBackground(QBrush(heat_colour(value / peak, False)))
             item.setForeground(QBrush(QColor("white" if value / peak > 0.5 else "black")))
             item.setToolTip(f"photos with {shown(true)} given {shown(given)} wrongly: {value} "
                             "(click to see them)")

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 from app.core.base.errors import shown
 from app.gui.errors import log
 from app.gui.operations import OperationBar
+from app.gui.pages.label_tags import WHY, TagSets
 from app.gui.widgets import heading, hint
 
 CLASS_HINT = ("Drop unsorted photos here. Name a group, or label the photos the app asks "
@@ -47,16 +48,6 @@ TAG_HINT = ("Several tags a photo: give each photo the app asks about its tags (
 ICON = 112
 GROUP_ICON = 72  # smaller: a whole group of ~40 on one screen, to check before naming it
 KEYS = "1234567890"  # a class's key: its slot's place here
-WHY = {  # the queue's reasons, short on the photo, explained on hover
-    "typical of a group without labels": (
-        "typical", "the most typical photo of a group of alike photos that has no label yet"),
-    "uncertain": ("unsure", "the model hesitates between two classes for this photo"),
-    "random": ("random", "picked at random, so that what the model is sure of and wrong "
-                         "about shows up"),
-    "asked before": ("asked before", "asked before the last refresh, still waiting for you"),
-}
-
-
 def photos(n: int) -> str:
     return f"{n} photo{'s' if n != 1 else ''}"
 
@@ -438,8 +429,6 @@ class LabelPage(QWidget):
     def show_tag_view(self, view, data_dir: Path | None, keys: dict[str, str]) -> None:
         """Show one refresh of a tagged folder (app.core.labeling.tags.TagView): a tag's key
         turns it on or off in the selected photos' sets, Enter tags them with their sets."""
-        from app.gui.pages.label_tags import TagSets
-
         self.view, self.tags = view, TagSets(view, keys, self.tags)
         self._set_mode(True)
         pool = view.pool

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.core.base.errors import shown
-from app.gui.pages.label import WHY  # (label.py imports this module when it first tags)
+
+WHY = {  # the queue's reasons, short on the photo, explained on hover
+    "typical of a group without labels": (
+        "typical", "the most typical photo of a group of alike photos that has no label yet"),
+    "uncertain": ("unsure", "the model hesitates between two classes for this photo"),
+    "random": ("random", "picked at random, so that what the model is sure of and wrong "
+                         "about shows up"),
+    "asked before": ("asked before", "asked before the last refresh, still waiting for you"),
+}
 
 
 class TagSets:
