@@ -278,12 +278,12 @@ class Session(QObject):
         the app's own (the newest few kept, and the current model's), which is opened."""
         from app.core.delivery.export import onnx_unavailable
 
-        cache_dir, keep = self.cache_dir, {self.slot.folder} - {None}
+        cache_dir = self.cache_dir
         formats = ("keras",) if onnx_unavailable() else ("keras", "onnx")  # as Export writes
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> TrainOutcome:
             from app.core.base.jobs import Cancelled
-            from app.core.pipeline.tagged import new_run_dir, prune_runs, train_tagged_isolated
+            from app.core.pipeline.tagged import new_run_dir, train_tagged_isolated
 
             out = new_run_dir()
             try:
@@ -293,7 +293,6 @@ class Session(QObject):
                 if cancel.cancelled:
                     return TrainOutcome(None, None, choice, generation)
                 raise
-            prune_runs(keep | {str(out)})
             return TrainOutcome(model, None, choice, generation)
 
         return job
@@ -312,6 +311,10 @@ class Session(QObject):
                 self.stopped = outcome
             else:
                 self.slot.set_model(outcome.model, "the model just trained")
+        if getattr(outcome.model, "folder", None):  # a tag run kept as a folder of its own:
+            from app.core.pipeline.tagged import prune_runs  # the older runs go, never the
+            waiting = self.stopped.model.folder if self.stopped is not None else None
+            prune_runs({self.slot.folder, waiting} - {None})  # current one or one waiting
         self.trained.emit(outcome)
         return True
 

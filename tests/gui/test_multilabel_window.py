@@ -188,6 +188,12 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     assert page.per_class.item(red, 2).text() == percent(again.per_tag["red"]["recall"])
     assert page.scores["balanced_accuracy"].text() == percent(again.scores["micro_f1"])
     assert page.scores["main_accuracy"].text() == percent(kept.scores["map"])  # no threshold
+    assert "not kept yet" in page.note.text()
+    assert f"Hamming loss {again.scores['hamming_loss']:.3f}" in page.note.text()
+    assert [e["path"] for e in page.wrong.entries] == [e["path"] for e in again.errors]
+    if page.labels and page.columns:  # a cell shows its photos at the thresholds tried
+        page._cell_clicked(0, 0)
+        assert page.cell.entries == again.error_photos(page.labels[0], page.columns[0])
     assert page.keep_thresholds.isVisibleTo(page)
     generation = slot.generation
     page.keep_thresholds.click()

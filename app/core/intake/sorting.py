@@ -214,13 +214,13 @@ def sort_into(out: str | Path, plan: SortPlan, move: bool = False, kind: str = "
               cancel: CancelToken | None = None) -> Filing:
     """Carry out ``plan`` in ``out`` as one operation: copies (photos inside ``out`` are moved
     when ``move``); never overwrites; undone at once (``filing.undo(out, operation=...)``)."""
+    if plan.by_tags and move:  # refused before any folder is made
+        raise ValueError("a sort by tags copies: a photo with several tags goes into each")
     Path(out).expanduser().mkdir(parents=True, exist_ok=True)
     requests = []
     for folder, photos in plan.folders.items():
         create_class(out, folder)
         requests += [Request(p, folder, plan.digests.get(p)) for p in photos]
-    if plan.by_tags and move:
-        raise ValueError("a sort by tags copies: a photo with several tags goes into each")
     if plan.by_tags and not title:
         title = (f"Sorted {len({r.photo for r in requests})} photo(s) by tag into "
                  f"{Path(out).name} ({len(requests)} copies)")

@@ -316,16 +316,19 @@ def _parse_tag_scores(doc: Any, tags: list[str], thresholds) -> SavedTagScores:
                        "predicted": list(e["predicted"])})
     return SavedTagScores(doc["count"], {k: doc.get(k) for k in TAG_SCORES}, per_tag,
                           shown(rule[:300]) if isinstance(rule, str) else "", confused,
-                          tuple(errors), _answers(doc.get("answers"), doc["count"], len(tags)))
+                          tuple(errors), _answers(doc.get("answers"), doc["count"], tags,
+                                                  doc.get("tags")))
 
 
-def _answers(raw: Any, count: int, n_tags: int) -> tuple | None:
+def _answers(raw: Any, count: int, tags: list[str], order: Any) -> tuple | None:
     """The kept answers (paths, probabilities, targets), checked: one row a scored photo,
-    one fraction (and one 0/1) a tag; None when none are kept."""
+    one fraction (and one 0/1) a tag, the columns in the model's tag order (``order``: the
+    evaluation's tags); None when none are kept."""
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise ValueError("its answers are not a table")
+    n_tags = len(tags)
+    if not isinstance(raw, dict) or order != tags:
+        raise ValueError("its answers are not a table of the model's tags in its order")
     paths = raw.get("paths")
     try:
         probs = np.asarray(raw.get("probabilities"), np.float64)

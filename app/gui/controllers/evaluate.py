@@ -125,7 +125,9 @@ class EvaluateControl(QObject):
         kept = self.session.slot.tag_scores
         if kept is None or kept.answers is None:
             return
-        self.trying = {**(self.trying or kept.thresholds), tag: float(value)}
+        fitted = kept.thresholds[tag]  # back where it stood: the exact value kept, not 0.37
+        value = fitted if round(fitted * 100) == round(value * 100) else float(value)
+        self.trying = {**(self.trying or kept.thresholds), tag: value}
         show_tag_numbers(self.page, kept.at(self.trying), self.trying != kept.thresholds)
 
     def reset_tag_thresholds(self) -> None:
@@ -146,17 +148,21 @@ class EvaluateControl(QObject):
         doc = kept.at(thresholds).as_doc()
         folders = [folder, *self.kept_copies(slot.generation)]
 
-        def job(progress, cancel) -> bool:
+        def job(progress, cancel) -> list[str]:
             from app.core.delivery.export import set_tag_thresholds
 
-            return all([set_tag_thresholds(f, thresholds, THRESHOLDS_BY_HAND, doc)
-                        for f in folders])
+            return [f for f in folders
+                    if not set_tag_thresholds(f, thresholds, THRESHOLDS_BY_HAND, doc)]
 
-        def done(ok: bool) -> None:
-            if not ok:
+        def done(failed: list[str]) -> None:
+            if folder in failed:
                 self.banner.show_warning(f"{folder} is not a model folder this app wrote for "
                                          "these tags: its thresholds were not changed")
                 return
+            if failed:  # the model's own folder has them; the copy for the next start not
+                self.banner.show_warning(f"The thresholds are kept in {folder}, but not in "
+                                         f"{failed[0]}: the next start opens the old ones "
+                                         "until the current model is saved again")
             self.status.showMessage("The tags' thresholds are kept in the model folder", 5000)
             self.model_folder_changed.emit(folder, slot.source)
 
@@ -166,7 +172,9 @@ class EvaluateControl(QObject):
         from app.core.pipeline.review import cell_images
 
         tags = self.session.slot.tag_scores
-        if tags is not None:  # several tags a photo: the photos given ``predicted`` wrongly
+        if tags is not None:  # several tags a photo: the photos given ``predicted`` wrongly,
+            if self.trying is not None:  # at the thresholds the table shows
+                tags = tags.at(self.trying)
             self.page.show_cell(true, predicted, tags.error_photos(true, predicted))
             return
         review = self.session.slot.review

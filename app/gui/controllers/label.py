@@ -32,7 +32,13 @@ from app.core.intake.filing import (
     undo,
 )
 from app.gui.activity import progress_text
-from app.gui.controllers.label_jobs import refresh_job, refresh_tags_job, tag_photos_now
+from app.gui.controllers.label_jobs import (
+    measured_with,
+    refresh_job,
+    refresh_tags_job,
+    rest_question,
+    tag_photos_now,
+)
 from app.gui.operations import FileWork
 from app.gui.pages.label import ICON, KEYS, LabelPage, photos
 from app.gui.widgets import dialog_folder
@@ -198,16 +204,9 @@ class LabelControl(QObject):
                                             keys=self.slots)
 
     def _name_backbone(self) -> None:
-        from app.core.features.backbones import BACKBONES
-
         choice = self.session.choice
         self._measured_with = (choice.backbone, choice.weights)
-        spec = BACKBONES.get(choice.backbone)
-        weights = choice.weights
-        where = {"imagenet": "ImageNet weights (downloaded once)", "none": "random weights",
-                 "": "a weights file still to choose"}.get(
-            weights, f"weights from {Path(weights).name}")
-        self.page.set_backbone(f"Measures photos with {spec.title if spec else '?'}, {where}")
+        self.page.set_backbone(measured_with(choice.backbone, choice.weights))
 
     # --- inputs -----------------------------------------------------------------------------
     def choose_photos(self) -> None:
@@ -377,8 +376,14 @@ class LabelControl(QObject):
         folder = self.session.folder
         if self._refused() or not items or folder is None or folder.tagged is None:
             return
+        root, tags_file = self.data_dir, folder.tagged.tags_file
+        if len(items) > 1:  # a group: each photo read off the GUI thread, with Cancel
+            self.work.run("tagging photos", f"Tagging {photos(len(items))}…",
+                          lambda _p, _c: tag_photos_now(root, tags_file, items),
+                          lambda out: self._filed(*out))
+            return
         try:
-            self._filed(*tag_photos_now(self.data_dir, folder.tagged.tags_file, items))
+            self._filed(*tag_photos_now(root, tags_file, items))
         except LabelError as exc:
             self.banner.show_warning(str(exc))
 
@@ -459,11 +464,7 @@ class LabelControl(QObject):
             return
         if kind == "rest":
             title = f"Filed the rest: {photos(len(requests))} by the model's answers"
-            text = (f"File {photos(len(sure))} under their suggested class (the calibration "
-                    f"expects about {wrong:.1f} of them to be wrong) and {photos(unsure)} in "
-                    f"{labeling.UNSURE_FOLDER} (not a class: they stay here to label)? One "
-                    "operation: Undo takes it back at once.")
-            if not self.confirm(text):
+            if not self.confirm(rest_question(len(sure), unsure, wrong)):
                 return
             try:
                 create_class(self.data_dir, labeling.UNSURE_FOLDER)

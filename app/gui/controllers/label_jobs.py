@@ -2,7 +2,8 @@
 :class:`~app.gui.controllers.label.LabelControl`, which applies what they return: a refresh of
 a folder of classes (:func:`app.core.labeling.refresh`) or of several tags a photo (the tag
 model, suggestions, queue and groups: :func:`app.core.labeling.tags.refresh_tags`), and
-tagging (one operation on the tags file: :func:`app.core.intake.tagging.tag_photos`)."""
+tagging (one operation on the tags file: :func:`app.core.intake.tagging.tag_photos`); and
+the page's texts made from values (what measures the photos, File the rest's question)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,28 @@ def refresh_tags_job(root: Path, tags_file: Path, backbone: str, weights: str, c
                                 progress=progress, cancel=cancel)
 
     return job
+
+
+def measured_with(backbone: str, weights: str) -> str:
+    """The Label page's line on what measures the photos."""
+    from app.core.features.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    where = {"imagenet": "ImageNet weights (downloaded once)", "none": "random weights",
+             "": "a weights file still to choose"}.get(weights,
+                                                       f"weights from {Path(weights).name}")
+    return f"Measures photos with {spec.title if spec else '?'}, {where}"
+
+
+def rest_question(sure: int, unsure: int, wrong: float) -> str:
+    """What File the rest asks before it files."""
+    from app.core.labeling import UNSURE_FOLDER
+    from app.gui.pages.label import photos
+
+    return (f"File {photos(sure)} under their suggested class (the calibration expects "
+            f"about {wrong:.1f} of them to be wrong) and {photos(unsure)} in {UNSURE_FOLDER} "
+            "(not a class: they stay here to label)? One operation: Undo takes it back at "
+            "once.")
 
 
 def tag_photos_now(root: Path, tags_file: Path, items: list) -> tuple:

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.base.errors import shown
-from app.gui.pages.evaluate_tags import add_threshold_sliders, show_tag_errors
+from app.gui.pages.evaluate_tags import add_threshold_sliders, show_tag_errors, tag_line
 from app.gui.pages.image_grid import ImageDialog, ImageGrid  # noqa: F401  (ImageDialog: API)
 from app.gui.pages.trust_panel import TrustPanel
 from app.gui.widgets import heading, heat_colour, hint, percent
@@ -110,6 +110,7 @@ class EvaluatePage(QWidget):
         self.reset_thresholds.setToolTip("Back to the thresholds the model folder holds")
         self.reset_thresholds.clicked.connect(self.reset_thresholds_requested)
         self.sliders: dict = {}  # tag -> its threshold slider (a tag model keeping answers)
+        self.note_head = ""  # a tag model's note, before its figures
         top = QHBoxLayout()
         top.addLayout(grid, 1)
         buttons = QVBoxLayout()
@@ -220,13 +221,6 @@ class EvaluatePage(QWidget):
         for (slot, _, _), (key, _, _) in zip(SCORES, TAG_SCORES):  # the same five places
             v = scores.count if key == "count" else scores.scores.get(key)
             self.scores[slot].setText(str(v) if key == "count" else percent(v))
-        extra = scores.scores
-        more = (f" Hamming loss {extra['hamming_loss']:.3f}"
-                + (f"; no tag for {extra['none_rate']:.0%} of the photos"
-                   if extra.get("none_rate") is not None else "")
-                + (f"; {extra['unknown_rate']:.0%} read unknown"
-                   if extra.get("unknown_rate") is not None else "") + "."
-                if extra.get("hamming_loss") is not None else "")
         self.per_class.setRowCount(len(scores.per_tag))
         for row, (tag, pt) in enumerate(scores.per_tag.items()):
             threshold = pt.get("threshold")
@@ -247,7 +241,8 @@ class EvaluatePage(QWidget):
             self.tables.setStretch(i, stretch)
         self.keep_thresholds.setVisible(False)
         self.reset_thresholds.setVisible(False)
-        self.note.setText(f"Model: <b>{_html(source)}</b>. {_html(note)}{_html(more)}")
+        self.note_head = f"Model: <b>{_html(source)}</b>. {_html(note)}"
+        self.note.setText(self.note_head + _html(tag_line(scores)))
         self.export.setEnabled(True)
 
     def _captions(self, scores, columns: list[str], title: str) -> None:

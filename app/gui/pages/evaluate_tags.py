@@ -55,6 +55,19 @@ def show_tag_errors(page, scores) -> None:
 THRESHOLD_COLUMN = 5
 
 
+def tag_line(scores) -> str:
+    """The figures beside the five: Hamming loss, the share given no tag, the share read
+    unknown (plain text)."""
+    extra = scores.scores
+    if extra.get("hamming_loss") is None:
+        return ""
+    return (f" Hamming loss {extra['hamming_loss']:.3f}"
+            + (f"; no tag for {extra['none_rate']:.0%} of the photos"
+               if extra.get("none_rate") is not None else "")
+            + (f"; {extra['unknown_rate']:.0%} read unknown"
+               if extra.get("unknown_rate") is not None else "") + ".")
+
+
 def add_threshold_sliders(page, scores) -> None:
     """A slider in each tag's Threshold cell (0.01 to 0.99) when the folder keeps the test
     photos' answers: moving it says so (``tag_threshold_moved``); the page's numbers follow
@@ -102,5 +115,8 @@ def show_tag_numbers(page, scores, moved: bool) -> None:
         for col, key in ((1, "precision"), (2, "recall"), (3, "f1")):
             page.per_class.item(row, col).setText(percent(pt.get(key)))
     show_tag_errors(page, scores)
+    page.note.setText(page.note_head + tag_line(scores).replace(
+        "&", "&amp;").replace("<", "&lt;") + (" <b>At the thresholds the sliders stand at: "
+                                               "not kept yet.</b>" if moved else ""))
     page.keep_thresholds.setVisible(moved)
     page.reset_thresholds.setVisible(moved)

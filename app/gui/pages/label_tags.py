@@ -30,7 +30,10 @@ class TagSets:
         self.index = {p: i for i, p in enumerate(pool.paths)}
         self.digests = dict(zip(pool.paths, pool.digests))
         self.tags = list(pool.tags)  # and any new tag typed on the page
-        # what the last refresh's sets held for photos still waiting, and the tags typed
+        # what the last refresh's sets held for photos still waiting, and the tags typed (of
+        # the same tags file: another folder's typed tags are not this one's)
+        last = last if last is not None and last.view.pool.tags_file == pool.tags_file \
+            else None
         self.pending: dict[str, set[str]] = {p: s for p, s in (last.pending if last else
                                                                 {}).items() if p in self.index}
         self.tags += [t for t in (last.tags if last else []) if t not in self.tags]

@@ -103,6 +103,11 @@ def set_tag_thresholds(folder: str | Path, thresholds: dict[str, float], rule: s
     meta.setdefault("fitted_thresholds", dict(old))
     meta["thresholds"] = {t: float(thresholds[t]) for t in old}
     meta["threshold_rule"] = rule
+    try:  # what the evaluation kept beside its scores (photos not scored, checks) stays
+        kept = json.loads((Path(folder) / EVALUATION_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        kept = {}
+    evaluation = {**(kept if isinstance(kept, dict) else {}), **evaluation}
     for name, doc in ((EVALUATION_FILE, evaluation), ("metadata.json", meta)):
         _replace_json(Path(folder), name, doc)
     return True
