@@ -467,6 +467,7 @@ class LabelPage(QWidget):
         for grid in (self.queue, self.group_grid):
             for p in paths:
                 grid.set_caption(p, self.caption(p))
+            grid.viewport().update()  # a shorter caption left pieces of the longer one
 
     def suggestion(self, path: str) -> str | None:
         """The class the caption of unsorted ``path`` suggests (None: none, or "maybe a new
