@@ -154,6 +154,8 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     assert "Several tags a photo" in page.report.text() and "go on to" in page.report.text()
     settings = window.train.settings()
     assert settings.hidden_units == 1024 and settings.answer == "main"  # the task's defaults
+    window.train.ensure_plots()  # the lower plot reads mAP before any curve
+    assert window.train.plots.plot_items["accuracy"].getAxis("left").labelText == "mAP"
     use_tiny(window)
     window.train.fields["hidden_units"].setValue(32)
     window.train.fields["epochs"].setValue(4)

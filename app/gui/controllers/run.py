@@ -119,6 +119,7 @@ class RunControl(QObject):
             wanted = settings.for_other_task(change.tagged is not None)
             if wanted != settings:
                 self.train.set_settings(wanted)
+        self.train.set_task(change.tagged is not None)
         missing = "" if self.session.has_data else NO_DATA
         self.features.set_missing(missing)
         self.train.set_missing(missing)

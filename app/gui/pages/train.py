@@ -92,6 +92,7 @@ class TrainPage(QWidget):
         self.best_lines: list[pg.InfiniteLine] = []
         self.history: list[dict] = []
         self.epochs = TrainSettings().epochs
+        self.tags_task = False  # the data folder gives several tags a photo: its score is mAP
 
         settings = QWidget()
         left_inner = QVBoxLayout(settings)
@@ -145,9 +146,12 @@ class TrainPage(QWidget):
         from app.gui.pages.train_plots import TrainPlots
 
         self.plots = TrainPlots()
+        self.plots.tags_task = self.tags_task
         self.plots.set_mode(self.mode.mode())
         self.curves, self.best_lines = self.plots.curves, self.plots.best_lines
         self.plot_area.addWidget(self.plots)
+        if self.tags_task:  # its score's name from the start
+            self.plots.show_history(self.history, self.epochs)
 
     def showEvent(self, event) -> None:  # noqa: N802
         self.ensure_plots()
@@ -230,6 +234,15 @@ class TrainPage(QWidget):
         """A new folder: the last run's failure or result line was about another one."""
         if not self.running:
             self.status.setText("")
+
+    def set_task(self, tags: bool) -> None:
+        """The data folder's task: the lower plot reads mAP for several tags a photo before
+        any curve says so."""
+        self.tags_task = tags
+        if self.plots is not None:
+            self.plots.tags_task = tags
+            if not self.history:
+                self.plots.show_history([], self.epochs)
 
     def clear(self) -> None:
         self.ensure_plots()

@@ -24,7 +24,8 @@ from app.core.features.cuts import CUTS, feature_bytes_per_image
 from app.gui.widgets import duration
 
 HEAD_TEXT = ("New classifiers on cached features: fast; the two auxiliary outputs read "
-             "intermediate layers, and the answer averages them with the main output.")
+             "intermediate layers, and the answer averages them with the main output "
+             "(unless Answer says main, as it does for several tags a photo).")
 FINETUNE_TEXT = ("The backbone's top blocks train too, from a cached cut; the auxiliary losses "
                  "(weight 0.3) shape the layers the main output uses. Slower; measured, it "
                  "helped on small, blurry photos and matched head-only on sharp ones.")

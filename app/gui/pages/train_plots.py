@@ -65,6 +65,7 @@ class WideSample(pg.ItemSample):
 
 
 class TrainPlots(pg.GraphicsLayoutWidget):
+    tags_task = False  # before any curve: the data folder gives several tags a photo
     """Two plots and their twelve curves, created once; :meth:`show_history` only setData."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -174,7 +175,7 @@ class TrainPlots(pg.GraphicsLayoutWidget):
         """Draw every curve from the epoch records; x from 1 to ``epochs`` (or further)."""
         # a model of several tags a photo records mAP (Keras' PR-AUC per tag, averaged)
         # where one of one class a photo records accuracy: the lower plot shows which
-        tagged = any("main_map" in h for h in history)
+        tagged = any("main_map" in h for h in history) or (not history and self.tags_task)
         axis, want = self.plot_items["accuracy"].getAxis("left"), "mAP" if tagged else "Accuracy"
         if axis.labelText != want:
             axis.setLabel(want, color=self.palette().color(QPalette.ColorRole.WindowText).name())
