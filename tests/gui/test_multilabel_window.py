@@ -193,9 +193,17 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     assert "not kept yet" in page.note.text()
     assert f"Hamming loss {again.scores['hamming_loss']:.3f}" in page.note.text()
     assert [e["path"] for e in page.wrong.entries] == [e["path"] for e in again.errors]
-    if page.labels and page.columns:  # a cell shows its photos at the thresholds tried
-        page._cell_clicked(0, 0)
-        assert page.cell.entries == again.error_photos(page.labels[0], page.columns[0])
+    # a cell shows its photos at the thresholds tried: red given at 0.05 is given wrongly
+    # beside other tags, which the kept thresholds never did so often
+    page.sliders["red"].setValue(5)
+    low = kept.at({**kept.thresholds, "red": 0.05})
+    assert "red" in page.columns
+    row = next(r for r, t in enumerate(page.labels) if low.confused[t].get("red"))
+    page._cell_clicked(row, page.columns.index("red"))
+    want = low.error_photos(page.labels[row], "red")
+    assert page.cell.entries == want and len(want) > len(
+        kept.error_photos(page.labels[row], "red"))
+    page.sliders["red"].setValue(99)
     assert page.keep_thresholds.isVisibleTo(page)
     generation = slot.generation
     page.keep_thresholds.click()
