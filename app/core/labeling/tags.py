@@ -20,7 +20,7 @@ import numpy as np
 from app.core.labeling.groups import unit
 from app.core.labeling.model import centred
 from app.core.labeling.queue import Queue, next_batch
-from app.core.trust.tags import MIN_POSITIVES_TO_FIT, fit_tag_temperature, sigmoid
+from app.core.trust.tags import safe_tag_temperature, sigmoid
 
 CALIBRATE_AT = 20  # labels before the per-tag temperatures are fitted out of fold
 FOLDS = 5
@@ -105,11 +105,7 @@ def fit_tag_model(x: np.ndarray, y: np.ndarray, tags: list[str], pool: np.ndarra
             fw, fb = _fit(cx[fold != f], y[fold != f])
             oof[fold == f] = cx[fold == f] @ fw + fb
         for k in range(len(tags)):
-            t = fit_tag_temperature(oof[:, k], y[:, k])
-            wrong = int(((oof[:, k] >= 0) != (y[:, k] > 0.5)).sum())
-            if t < 1.0 and (y[:, k].sum() < MIN_POSITIVES_TO_FIT or wrong == 0):
-                t = 1.0
-            model.temperatures[k] = t
+            model.temperatures[k] = safe_tag_temperature(oof[:, k], y[:, k])[0]
         model.calibrated = True
     return model
 

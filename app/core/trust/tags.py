@@ -56,6 +56,17 @@ def fit_tag_temperature(z: np.ndarray, y: np.ndarray, iterations: int = 60) -> f
     return best_temperature(lambda t: bce(z, y, t), iterations)
 
 
+def safe_tag_temperature(z: np.ndarray, y: np.ndarray) -> tuple[float, bool]:
+    """One tag's temperature (:func:`fit_tag_temperature`), never sharpening on thin
+    evidence: fewer than MIN_POSITIVES_TO_FIT photos with the tag, or none answered wrong, keep
+    T = 1. Returns (T, whether it was held at 1 for that reason)."""
+    t = fit_tag_temperature(z, y)
+    wrong = int(((np.asarray(z) >= 0) != (np.asarray(y) > 0.5)).sum())
+    if t < 1.0 and (np.asarray(y).sum() < MIN_POSITIVES_TO_FIT or wrong == 0):
+        return 1.0, True
+    return t, False
+
+
 def best_f1_threshold(p: np.ndarray, y: np.ndarray) -> float:
     """The threshold on probabilities ``p`` with the best F1 for targets ``y`` (a tie: the
     highest such threshold); between two neighbouring probabilities, their midpoint. No
@@ -109,11 +120,8 @@ def fit_tag_trust(logits: np.ndarray, targets: np.ndarray) -> TagTrust:
                              "calibrated and every tag's threshold is 0.5")
     temps, kept = [], []
     for k in range(targets.shape[1]):
-        z, y = logits[:, k], targets[:, k]
-        t = fit_tag_temperature(z, y)
-        wrong = int(((z >= 0) != (y > 0.5)).sum())
-        if t < 1.0 and (y.sum() < MIN_POSITIVES_TO_FIT or wrong == 0):
-            t = 1.0
+        t, held = safe_tag_temperature(logits[:, k], targets[:, k])
+        if held:
             kept.append(k)
         temps.append(t)
     trust = TagTrust(temps, [])
