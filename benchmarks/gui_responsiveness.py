@@ -199,17 +199,50 @@ def measure_folder(home: Path, data: Path) -> dict:
     return result
 
 
+def compare_niceness(values: list[int], args) -> int:
+    """(b) in a fresh process per niceness of the window's background jobs, one after the
+    other in this run, so that the values are compared on the same machine's same minutes."""
+    rows = []
+    for nice in values:
+        code = ("import json, os, sys, tempfile; from pathlib import Path; "
+                f"sys.path.insert(0, {str(ROOT)!r}); "
+                f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+                "import gui_responsiveness as g; t = tempfile.mkdtemp(prefix='gui-bench-'); "
+                "os.environ['BOTTLENECK_STUDIO_CACHE'] = t + '/cache'; "
+                "os.environ['BOTTLENECK_STUDIO_DATA'] = t + '/data'; "
+                f"print('RESULT', json.dumps(g.measure_stalls(Path(t), {args.images}, "
+                f"{args.backbone!r}, {args.epochs})))")
+        env = dict(os.environ, BOTTLENECK_STUDIO_BACKGROUND_NICE=str(nice))
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True)
+        if "RESULT " not in run.stdout:
+            raise SystemExit(f"the run at niceness {nice} failed:\n{run.stderr[-3000:]}")
+        stalls = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
+        rows.append({"nice": nice, **stalls})
+        print(f"background niceness {nice}: longest stall while caching "
+              f"{stalls['caching_max_stall_ms']:.0f} ms ({stalls['caching_s']} s), while "
+              f"training {stalls['training_max_stall_ms']:.0f} ms ({stalls['training_s']} s)",
+              flush=True)
+    print(json.dumps(rows))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--launches", type=int, default=3)
     parser.add_argument("--images", type=int, default=100, help="images per class (3 classes)")
     parser.add_argument("--backbone", default="mobilenet")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--nice", default=None, metavar="N,M,...",
+                        help="measure only (b), once per background niceness given (each in "
+                             "a fresh process, BOTTLENECK_STUDIO_BACKGROUND_NICE), in turn")
     parser.add_argument("--data", type=Path, default=None,
                         help="open this existing folder in the window (measures c only)")
     args = parser.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sys.path.insert(0, str(ROOT))
+    if args.nice:
+        return compare_niceness([int(v) for v in args.nice.split(",")], args)
     with tempfile.TemporaryDirectory(prefix="gui-bench-") as tmp:
         home = Path(tmp)
         os.environ["BOTTLENECK_STUDIO_CACHE"] = str(home / "cache")

@@ -30,16 +30,23 @@ from app.core.base.jobs import Cancelled, CancelToken, Progress
 log = logging.getLogger("app.gui")
 
 JobFn = Callable[[Callable[[Progress], None], CancelToken], Any]
-BACKGROUND_NICE = 10
+# The niceness of the window's jobs and of what they start (TensorFlow's threads, the
+# decoder's pool, the training child, a local Ray): 0, the app's own priority, unless
+# BOTTLENECK_STUDIO_BACKGROUND_NICE asks for a lower one. It was 10, to let the GUI thread win
+# the CPU; measured (benchmarks/gui_responsiveness.py --nice, docs/benchmarks.md) it bought no
+# smoothness on an idle machine, and on a busy one (`stress --cpu 4` beside it) the window's
+# caching took 11x and its training 10x as long as at 0, and the window stalled 750 ms against
+# 66: a niced job thread holding Python's GIL waits for a core while the GUI thread waits for
+# the GIL.
+BACKGROUND_NICE = int(os.environ.get("BOTTLENECK_STUDIO_BACKGROUND_NICE", "0"))
 
 
 def lower_thread_priority(thread: QThread) -> None:
-    """Let the GUI thread win the CPU over background work.
-
-    On Linux the nice value is per thread and inherited by the threads it starts, so
-    TensorFlow's thread pools and the decode pool created by a job run at this priority too;
-    they still use every idle core. Elsewhere Qt's thread priority does the same.
-    """
+    """Run this job thread at :data:`BACKGROUND_NICE` (nothing to do at 0). On Linux the nice
+    value is per thread and inherited by the threads and processes it starts; elsewhere Qt's
+    low thread priority stands for any value above 0."""
+    if BACKGROUND_NICE <= 0:
+        return
     if sys.platform.startswith("linux"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)

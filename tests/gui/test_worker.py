@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from PySide6.QtCore import QThread
 
 from app.core.base.jobs import Progress
@@ -121,3 +122,27 @@ def test_a_job_in_a_slot_replaces_the_one_before_which_never_reports(qtbot):
                on_result=heard.append)  # another slot is left alone
     qtbot.waitUntil(lambda: heard == ["new folder", "kept"], timeout=10000)
     qtbot.waitUntil(lambda: not jobs.running, timeout=10000)
+
+
+def test_a_job_and_the_process_it_starts_run_at_the_windows_own_priority(qtbot):
+    """A job thread niced to 10 made the window's caching 11x and training 10x slower on a
+    busy machine (and stalled the window on the GIL): jobs, and the children they start, run
+    at the app's priority."""
+    import os
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread niceness is Linux's")
+    jobs = Jobs()
+    results = []
+
+    def job(progress, cancel):
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"],
+                               capture_output=True, text=True, check=True).stdout
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), int(child)
+
+    with qtbot.waitSignal(jobs.busy_changed, check_params_cb=lambda busy: not busy):
+        jobs.start("job", job, on_result=results.append)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert results == [(own, own)]
