@@ -317,3 +317,19 @@ def test_kept_answers_measure_the_scores_again_at_other_thresholds(tmp_path):
     doc["answers"]["targets"][0] = [1, 2]  # not 0/1: the whole kept evaluation is refused
     (tmp_path / "evaluation.json").write_text(json.dumps(doc), "utf-8")
     assert saved_tag_scores(tmp_path, ["cat", "dog"], [0.5, 0.5])[0] is None
+
+
+def test_a_file_listed_twice_answers_with_its_first_row_everywhere(tmp_path):
+    """The tags file's first row for a file is its answer (the second is a finding): what the
+    Label page shows, what tagging compares before writing and what an edit changes."""
+    from app.core.intake.tags import current_tags, edit_tags
+
+    path = tmp_path / "labels.csv"
+    path.write_text("file,tags\na.jpg,cat\nb.jpg,dog\n./a.jpg,dog;person\n")
+    found = read_tags(path)
+    assert found.first_tags() == {"a.jpg": ("cat",), "b.jpg": ("dog",)}
+    assert any("listed twice with different tags" in f.message for f in found.findings)
+    assert current_tags(path, ["a.jpg", "c.jpg"]) == {"a.jpg": ("cat",), "c.jpg": None}
+    edit_tags(path, {"a.jpg": ("bird",)})
+    assert path.read_text() == "file,tags\na.jpg,bird\nb.jpg,dog\n./a.jpg,dog;person\n"
+    assert current_tags(path, ["a.jpg"]) == {"a.jpg": ("bird",)}

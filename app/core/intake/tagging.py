@@ -28,7 +28,6 @@ from app.core.intake.journal import CHUNK, LabelError, Move, check_relative
 from app.core.intake.tags import (
     edit_tags,
     read_tags,
-    row_key,
     tag_name_reason,
 )
 
@@ -88,9 +87,7 @@ def tag_photos(data_dir: str | Path, requests: Iterable[TagRequest],
                    "nothing was changed: fix it first")
             filing.refused = [(str(r.photo), why) for r in requests]
             return filing
-        listed: dict[str, tuple[str, ...]] = {}
-        for row in found.rows if found is not None else []:
-            listed.setdefault(row_key(row.file), row.tags)
+        listed = found.first_tags() if found is not None else {}
         left_out = found.left_out if found is not None else {}
         planned: list[tuple[Move, str]] = []
         seen: set[str] = set()

@@ -77,6 +77,11 @@ class TagsFile:
         """The file could not be read (whole or in part): nothing may be written to it."""
         return any(f.level == "error" for f in self.findings)
 
+    def first_tags(self) -> dict[str, tuple[str, ...]]:
+        """Each listed file's tags by :func:`row_key`: :attr:`rows` holds a file's first row
+        only (a later row for the same file is a finding, never an answer)."""
+        return {row_key(row.file): row.tags for row in self.rows}
+
 
 def parse_row(cells: list[str]) -> tuple[str, tuple[str, ...]] | tuple[str, str] | None:
     """One record of a tags file: (file, its tags) when usable; (file, why not) when it names
@@ -249,12 +254,7 @@ def _records(text: str) -> list[tuple[str, list[str]]]:
 def current_tags(path: str | Path, keys: list[str]) -> dict[str, tuple[str, ...] | None]:
     """Each key's tags as the file lists them now (its first row; None when not listed),
     read as :func:`read_tags` reads them."""
-    want = {row_key(k) for k in keys}
-    found: dict[str, tuple[str, ...]] = {}
-    for row in read_tags(path).rows:
-        k = row_key(row.file)
-        if k in want:
-            found.setdefault(k, row.tags)
+    found = read_tags(path).first_tags()
     return {k: found.get(row_key(k)) for k in keys}
 
 
@@ -309,14 +309,9 @@ def edit_tags(path: str | Path, changes: dict[str, tuple[str, ...] | None]) -> N
     out += [row(k, v) for k, v in added]
     # read back before it replaces anything: each change as meant, every other row as it was
     # (a quote the user left open would swallow a row added at the end)
-    def rows(text_: str) -> dict[str, tuple[str, ...]]:
-        found: dict[str, tuple[str, ...]] = {}
-        for r in parse_tags_text(text_, path).rows:
-            found.setdefault(row_key(r.file), r.tags)
-        return found
-
     wanted = {row_key(k): v for k, v in changes.items()}
-    before, after = rows(text), rows("".join(out))
+    before = parse_tags_text(text, path).first_tags()
+    after = parse_tags_text("".join(out), path).first_tags()
     wrong = [k for k, v in wanted.items() if v is not None and after.get(k) != tuple(sorted(v))]
     if wrong or ({k: v for k, v in before.items() if k not in wanted}
                  != {k: v for k, v in after.items() if k not in wanted}):

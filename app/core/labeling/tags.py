@@ -184,7 +184,7 @@ def prepare_tag_pool(data_dir, labels=None, backbone: str = "mobilenet",
     from app.core.features.caching import CacheJob
     from app.core.intake.dataset import scan_inbox
     from app.core.intake.tagging import tags_file_in
-    from app.core.intake.tags import read_tags, row_key
+    from app.core.intake.tags import read_tags
     from app.core.labeling.pool import _features
     from app.core.storage.store import FeatureStore
 
@@ -193,9 +193,7 @@ def prepare_tag_pool(data_dir, labels=None, backbone: str = "mobilenet",
     root = Path(data_dir).expanduser().resolve()
     path = tags_file_in(root, labels)
     tags_file = read_tags(path) if path.exists() else None
-    listed: dict[str, tuple[str, ...]] = {}
-    for row in tags_file.rows if tags_file else []:
-        listed.setdefault(row_key(row.file), row.tags)
+    listed = tags_file.first_tags() if tags_file else {}
     with FeatureStore(cache_dir) as store:
         photos = scan_inbox(root, store, progress, cancel)
     key = None
