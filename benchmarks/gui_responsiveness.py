@@ -204,17 +204,17 @@ def compare_niceness(values: list[int], args) -> int:
     other in this run, so that the values are compared on the same machine's same minutes."""
     rows = []
     for nice in values:
-        code = ("import json, os, sys, tempfile; from pathlib import Path; "
-                f"sys.path.insert(0, {str(ROOT)!r}); "
-                f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
-                "import gui_responsiveness as g; t = tempfile.mkdtemp(prefix='gui-bench-'); "
-                "os.environ['BOTTLENECK_STUDIO_CACHE'] = t + '/cache'; "
-                "os.environ['BOTTLENECK_STUDIO_DATA'] = t + '/data'; "
-                f"print('RESULT', json.dumps(g.measure_stalls(Path(t), {args.images}, "
-                f"{args.backbone!r}, {args.epochs})))")
-        env = dict(os.environ, BOTTLENECK_STUDIO_BACKGROUND_NICE=str(nice))
-        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True)
+        with tempfile.TemporaryDirectory(prefix="gui-bench-") as tmp:
+            code = ("import json, os, sys; from pathlib import Path; "
+                    f"sys.path.insert(0, {str(ROOT)!r}); "
+                    f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+                    "import gui_responsiveness as g; "
+                    f"print('RESULT', json.dumps(g.measure_stalls(Path({tmp!r}), {args.images}, "
+                    f"{args.backbone!r}, {args.epochs})))")
+            env = dict(os.environ, BOTTLENECK_STUDIO_BACKGROUND_NICE=str(nice),
+                       BOTTLENECK_STUDIO_CACHE=f"{tmp}/cache", BOTTLENECK_STUDIO_DATA=f"{tmp}/data")
+            run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                 text=True)
         if "RESULT " not in run.stdout:
             raise SystemExit(f"the run at niceness {nice} failed:\n{run.stderr[-3000:]}")
         stalls = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])

@@ -33,12 +33,29 @@ JobFn = Callable[[Callable[[Progress], None], CancelToken], Any]
 # The niceness of the window's jobs and of what they start (TensorFlow's threads, the
 # decoder's pool, the training child, a local Ray): 0, the app's own priority, unless
 # BOTTLENECK_STUDIO_BACKGROUND_NICE asks for a lower one. It was 10, to let the GUI thread win
-# the CPU; measured (benchmarks/gui_responsiveness.py --nice, docs/benchmarks.md) it bought no
-# smoothness on an idle machine, and on a busy one (`stress --cpu 4` beside it) the window's
-# caching took 11x and its training 10x as long as at 0, and the window stalled 750 ms against
-# 66: a niced job thread holding Python's GIL waits for a core while the GUI thread waits for
-# the GIL.
-BACKGROUND_NICE = int(os.environ.get("BOTTLENECK_STUDIO_BACKGROUND_NICE", "0"))
+# the CPU. Measured on Linux (benchmarks/gui_responsiveness.py --nice, docs/benchmarks.md):
+# idle, it changed nothing the window shows; beside `stress --cpu 4` the window's caching took
+# 11x and its training 10x as long as at 0, the window stalled 750 ms against 66 while caching
+# (a niced job thread holding Python's GIL waits for a core while the GUI thread waits for the
+# GIL) and 83 ms against 103 while training (a child process: no GIL shared). Elsewhere Qt's
+# low thread priority was the same trade, not measured: it follows the same setting.
+
+
+def background_nice(value: str | None) -> int:
+    """The setting's niceness: a whole number from 0 to 19; anything else is 0 (logged)."""
+    if value is None or not value.strip():
+        return 0
+    try:
+        nice = int(value)
+    except ValueError:
+        nice = -1
+    if not 0 <= nice <= 19:
+        log.warning("BOTTLENECK_STUDIO_BACKGROUND_NICE=%r is not 0-19: jobs run at 0", value)
+        return 0
+    return nice
+
+
+BACKGROUND_NICE = background_nice(os.environ.get("BOTTLENECK_STUDIO_BACKGROUND_NICE"))
 
 
 def lower_thread_priority(thread: QThread) -> None:

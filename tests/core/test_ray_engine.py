@@ -1,5 +1,7 @@
 """The Ray engine fills the same store as the local engine, with the same numbers."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,8 @@ def local_ray():
     later in the same process)."""
     from app.core.features.engines.ray import RaySession
 
+    if os.environ.get("RAY_ADDRESS"):
+        pytest.skip("RAY_ADDRESS names a cluster: these tests start a local Ray")
     with RaySession(None):  # the app's own start of a local Ray
         yield
 
@@ -25,8 +29,6 @@ def local_ray():
 def test_a_local_ray_computes_at_the_apps_own_priority(local_ray):
     """Ray starts its workers 15 steps nicer: beside `stress --cpu 4` a window's caching on a
     local Ray got ~2 s of CPU in 4.5 minutes. The app's local Ray computes at its priority."""
-    import os
-
     own = os.getpriority(os.PRIO_PROCESS, 0)
     assert ray.get(ray.remote(lambda: os.getpriority(os.PRIO_PROCESS, 0)).remote(),
                    timeout=300) == own
@@ -145,3 +147,33 @@ def test_a_local_ray_outlives_the_thread_that_started_it(tmp_path):
                          timeout=300, env=env, cwd=tmp_path)
     assert "dead: []" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "answer: 42" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("address", "preset", "expected"), [
+    (None, None, "0"),           # a local Ray the app starts: the app's priority
+    (None, "7", "7"),            # the user's own setting wins
+    ("head-node:6379", None, None),  # a cluster's workers are the cluster's business
+])
+def test_the_worker_priority_is_set_only_for_a_local_ray_and_never_over_the_users(
+        monkeypatch, address, preset, expected):
+    from app.core.features.engines import ray as engine
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_worker_niceness", preset or "")  # restored after the test
+    if preset is None:
+        monkeypatch.delenv("RAY_worker_niceness")
+
+    class FakeRay:
+        started: list = []
+
+        def is_initialized(self):
+            return False
+
+    fake = FakeRay()
+    monkeypatch.setattr(engine, "_import_ray", lambda: fake)
+    monkeypatch.setattr(engine, "_connected", None)
+    monkeypatch.setattr(engine, "_init_from_lasting_thread",
+                        lambda ray, **kw: fake.started.append(
+                            os.environ.get("RAY_worker_niceness")))
+    engine.RaySession(address).__enter__()
+    assert fake.started == [expected]

@@ -333,3 +333,17 @@ def test_a_file_listed_twice_answers_with_its_first_row_everywhere(tmp_path):
     edit_tags(path, {"a.jpg": ("bird",)})
     assert path.read_text() == "file,tags\na.jpg,bird\nb.jpg,dog\n./a.jpg,dog;person\n"
     assert current_tags(path, ["a.jpg"]) == {"a.jpg": ("bird",)}
+
+
+def test_taking_out_a_file_listed_twice_is_refused_not_half_done(tmp_path):
+    """Taking out the first row would make the later row (the user's) the file's answer."""
+    from app.core.intake.tags import edit_tags
+
+    path = tmp_path / "labels.csv"
+    text = "file,tags\na.jpg,cat\nb.jpg,dog\n./a.jpg,dog;person\n"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="would not read back as meant"):
+        edit_tags(path, {"a.jpg": None})
+    assert path.read_text() == text
+    edit_tags(path, {"b.jpg": None})
+    assert path.read_text() == "file,tags\na.jpg,cat\n./a.jpg,dog;person\n"

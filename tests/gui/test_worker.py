@@ -146,3 +146,37 @@ def test_a_job_and_the_process_it_starts_run_at_the_windows_own_priority(qtbot):
         jobs.start("job", job, on_result=results.append)
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert results == [(own, own)]
+
+
+def test_a_lower_priority_asked_for_reaches_the_job_and_its_child(qtbot, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from app.gui import worker
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread niceness is Linux's")
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if own > 14:
+        pytest.skip("already too nice to be made 5 nicer")
+    monkeypatch.setattr(worker, "BACKGROUND_NICE", own + 5)
+    jobs = Jobs()
+    results = []
+
+    def job(progress, cancel):
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"],
+                               capture_output=True, text=True, check=True).stdout
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), int(child)
+
+    with qtbot.waitSignal(jobs.busy_changed, check_params_cb=lambda busy: not busy):
+        jobs.start("job", job, on_result=results.append)
+    assert results == [(own + 5, own + 5)]
+
+
+@pytest.mark.parametrize(("value", "nice"), [(None, 0), ("", 0), ("7", 7), (" 19 ", 19),
+                                             ("low", 0), ("25", 0), ("-3", 0)])
+def test_the_background_niceness_setting_is_read_or_ignored_never_fatal(value, nice):
+    from app.gui.worker import background_nice
+
+    assert background_nice(value) == nice

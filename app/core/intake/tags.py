@@ -312,7 +312,10 @@ def edit_tags(path: str | Path, changes: dict[str, tuple[str, ...] | None]) -> N
     wanted = {row_key(k): v for k, v in changes.items()}
     before = parse_tags_text(text, path).first_tags()
     after = parse_tags_text("".join(out), path).first_tags()
-    wrong = [k for k, v in wanted.items() if v is not None and after.get(k) != tuple(sorted(v))]
+    # a row taken out must leave the file unlisted (a later row for the same file would
+    # become its answer: refused, that row is the user's)
+    wrong = [k for k, v in wanted.items()
+             if after.get(k) != (None if v is None else tuple(sorted(v)))]
     if wrong or ({k: v for k, v in before.items() if k not in wanted}
                  != {k: v for k, v in after.items() if k not in wanted}):
         raise ValueError(f"{path.name} would not read back as meant after the change (an "

@@ -19,9 +19,9 @@ def refresh_job(root: Path, inbox, backbone: str, weights: str, cache_dir,
         from app.core.base.jobs import long_lived_objects
         from app.core.labeling import refresh
 
-        # one BLAS thread: this worker runs at a lower priority, and OpenBLAS's helper
-        # threads, starved by any busy process, held each of the fit's thousands of small
-        # products (a refresh of 700 photos took 60 s instead of 1.2 s beside one); and
+        # one BLAS thread: OpenBLAS's helper threads, starved by a busy process, held each
+        # of the fit's thousands of small products (a refresh of 700 photos took 60 s
+        # instead of 1.2 s beside one, when the window's jobs ran niced); and
         # no full collection pass while it runs: each held every thread, the window's
         # included, 10-23 ms at 20,000 photos, several a refresh (no freeze: it runs every
         # third label, and a freeze keeps the cyclic garbage of that moment for good)
