@@ -311,12 +311,24 @@ class Session(QObject):
                 self.stopped = outcome
             else:
                 self.slot.set_model(outcome.model, "the model just trained")
-        if getattr(outcome.model, "folder", None):  # a tag run kept as a folder of its own:
-            from app.core.pipeline.tagged import prune_runs  # the older runs go, never the
-            waiting = self.stopped.model.folder if self.stopped is not None else None
-            prune_runs({self.slot.folder, waiting} - {None})  # current one or one waiting
         self.trained.emit(outcome)
         return True
+
+    def prune_runs_job(self) -> Job:
+        """After a tag run (kept as a model folder of its own): the job that removes the
+        older run folders (files, off the GUI thread), never the current model's or a
+        stopped run's waiting for an answer (decided now, on the GUI thread)."""
+        keep = {self.slot.folder}
+        if self.stopped is not None:
+            keep.add(getattr(self.stopped.model, "folder", None))
+        keep.discard(None)
+
+        def job(progress: ProgressCallback, cancel: CancelToken) -> list:
+            from app.core.pipeline.tagged import prune_runs
+
+            return prune_runs(keep)
+
+        return job
 
     def adopt_stopped(self) -> None:
         """The user chose the stopped run over the model they had."""

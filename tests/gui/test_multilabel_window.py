@@ -159,6 +159,14 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     use_tiny(window)
     window.train.fields["hidden_units"].setValue(32)
     window.train.fields["epochs"].setValue(4)
+    from app.core.pipeline.tagged import RUN_PREFIX, runs_dir
+
+    older = []  # runs of earlier days: the newest three runs stay, the oldest two go
+    for day in range(1, 5):
+        older.append(runs_dir() / f"{RUN_PREFIX}2026110{day}-000000-abcdef")
+        older[-1].mkdir(parents=True)
+        (older[-1] / "metadata.json").write_text("{}")
+    (runs_dir() / "my-notes").mkdir()  # not the app's: never touched
     window.show_page("Train")
     window.train.start.click()
     wait_idle(qtbot, window)
@@ -166,6 +174,8 @@ def test_a_tagged_folder_reads_trains_and_answers_tag_sets_in_the_window(qtbot, 
     assert not slot.empty and slot.model.multi_label, window.train.status.text()
     folder = slot.folder
     assert folder and "runs" in folder and (Path(folder) / "metadata.json").is_file()
+    assert sorted(p.name for p in runs_dir().iterdir()) == sorted(
+        [older[2].name, older[3].name, Path(folder).name, "my-notes"])
     assert (Path(folder) / "model.onnx").is_file()  # the forms the window's Export writes
     assert window.train.plots.plot_items["accuracy"].getAxis("left").labelText == "mAP"
     assert [h["epoch"] for h in window.train.history] == [1, 2, 3, 4]

@@ -228,6 +228,8 @@ class RunControl(QObject):
         self.train.export.setEnabled(not session.slot.empty)
         if session.slot.generation != before:  # the run's model became the current one
             self.last_model.save(session.slot.model, session.slot.generation)
+        if getattr(outcome.model, "folder", None):  # a tag run: the older run folders go
+            self.jobs.start("tidying runs", session.prune_runs_job(), slot="prune-runs")
 
     def _show_trained(self, outcome: TrainOutcome) -> None:
         """The Train and Features pages follow a training run's outcome."""
