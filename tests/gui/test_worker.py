@@ -124,55 +124,51 @@ def test_a_job_in_a_slot_replaces_the_one_before_which_never_reports(qtbot):
     qtbot.waitUntil(lambda: not jobs.running, timeout=10000)
 
 
+
+def _job_and_child_niceness(qtbot) -> tuple[int, int]:
+    """The niceness of a window job's thread and of a process that job starts."""
+    import os
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread niceness is Linux's")
+    jobs = Jobs()
+    results = []
+
+    def job(progress, cancel):
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"],
+                               capture_output=True, text=True, check=True).stdout
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), int(child)
+
+    with qtbot.waitSignal(jobs.busy_changed, check_params_cb=lambda busy: not busy):
+        jobs.start("job", job, on_result=results.append)
+    assert len(results) == 1
+    return results[0]
+
+
+def _own_niceness() -> int:
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
 def test_a_job_and_the_process_it_starts_run_at_the_windows_own_priority(qtbot):
     """A job thread niced to 10 made the window's caching 11x and training 10x slower on a
     busy machine (and stalled the window on the GIL): jobs, and the children they start, run
     at the app's priority."""
-    import os
-    import subprocess
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("per-thread niceness is Linux's")
-    jobs = Jobs()
-    results = []
-
-    def job(progress, cancel):
-        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"],
-                               capture_output=True, text=True, check=True).stdout
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), int(child)
-
-    with qtbot.waitSignal(jobs.busy_changed, check_params_cb=lambda busy: not busy):
-        jobs.start("job", job, on_result=results.append)
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert results == [(own, own)]
+    own = _own_niceness()
+    assert _job_and_child_niceness(qtbot) == (own, own)
 
 
 def test_a_lower_priority_asked_for_reaches_the_job_and_its_child(qtbot, monkeypatch):
-    import os
-    import subprocess
-    import sys
-
     from app.gui import worker
 
-    if not sys.platform.startswith("linux"):
-        pytest.skip("per-thread niceness is Linux's")
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    own = _own_niceness()
     if own > 14:
         pytest.skip("already too nice to be made 5 nicer")
     monkeypatch.setattr(worker, "BACKGROUND_NICE", own + 5)
-    jobs = Jobs()
-    results = []
-
-    def job(progress, cancel):
-        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"],
-                               capture_output=True, text=True, check=True).stdout
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), int(child)
-
-    with qtbot.waitSignal(jobs.busy_changed, check_params_cb=lambda busy: not busy):
-        jobs.start("job", job, on_result=results.append)
-    assert results == [(own + 5, own + 5)]
-
+    assert _job_and_child_niceness(qtbot) == (own + 5, own + 5)
 
 @pytest.mark.parametrize(("value", "nice"), [(None, 0), ("", 0), ("7", 7), (" 19 ", 19),
                                              ("low", 0), ("25", 0), ("-3", 0)])
