@@ -22,7 +22,7 @@ class ActivityLabel(QLabel):
     def track(self, worker: Worker, text: str) -> None:
         """Show ``text`` for ``worker`` until it is done."""
         self._texts[worker] = text
-        worker.done.connect(lambda: self._end(worker))
+        worker.when_done(lambda: self._end(worker))
         self._refresh()
 
     def update_text(self, worker: Worker, text: str) -> None:
@@ -60,4 +60,4 @@ def say_while(bar: QStatusBar, worker: Worker, text: str) -> None:
         if bar.currentMessage() == text:
             bar.clearMessage()
 
-    worker.done.connect(end)
+    worker.when_done(end)

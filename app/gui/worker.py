@@ -88,6 +88,16 @@ class Worker(QThread):
         self.fn, self.name = fn, name
         self.token = CancelToken()
         self.setObjectName(name)
+        self.ended = False  # set on the job's thread just before ``done`` is emitted
+
+    def when_done(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the GUI thread once this job is done, even if it was done before
+        this was asked: a job that fails at once can emit ``done`` before a receiver
+        connected after :meth:`Jobs.start` is there (seen on a busy machine: the window's
+        "Loading the model…" never ended). ``fn`` may be called twice; it must not mind."""
+        self.done.connect(fn)
+        if self.ended:  # emitted before the connection: the connection above never fires
+            fn()
 
     def cancel(self) -> None:
         self.token.cancel()
@@ -108,6 +118,7 @@ class Worker(QThread):
         else:  # a result, even after a cancel: it says itself what it holds (CacheResult's
             self.succeeded.emit(result)  # "cancelled", TrainResult's), one signal, not two
         finally:
+            self.ended = True
             self.done.emit()
 
 

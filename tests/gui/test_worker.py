@@ -176,3 +176,27 @@ def test_the_background_niceness_setting_is_read_or_ignored_never_fatal(value, n
     from app.gui.worker import background_nice
 
     assert background_nice(value) == nice
+
+
+def test_a_job_done_before_its_receivers_connected_still_ends_its_messages(qtbot):
+    """On a busy machine a job that fails at once (a folder that is not a model) emitted
+    ``done`` before the window connected its "Loading the model…" line to it, and the line
+    never ended. A message tracked after the job is done ends at once."""
+    from PySide6.QtWidgets import QStatusBar
+
+    from app.gui.activity import ActivityLabel, say_while
+
+    jobs = Jobs()
+
+    def job(progress, cancel):
+        raise ValueError("not a model folder")
+
+    worker = jobs.start("opening", job)
+    qtbot.waitUntil(worker.isFinished)  # done was emitted, with no receiver of ours yet
+    label, bar = ActivityLabel(), QStatusBar()
+    qtbot.addWidget(label)
+    qtbot.addWidget(bar)
+    label.track(worker, "Loading the model…")
+    say_while(bar, worker, "Loading the model in X…")
+    assert label.isHidden() and label.text() == ""  # nothing more will come: it ended
+    assert bar.currentMessage() == ""
