@@ -65,8 +65,9 @@ class WideSample(pg.ItemSample):
 
 
 class TrainPlots(pg.GraphicsLayoutWidget):
-    tags_task = False  # before any curve: the data folder gives several tags a photo
     """Two plots and their twelve curves, created once; :meth:`show_history` only setData."""
+
+    tags_task = False  # before any curve: the data folder gives several tags a photo
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
